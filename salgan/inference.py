@@ -1,0 +1,63 @@
+"""From a trained generator to saliency maps at the images' original size.
+
+Post-processing follows the original code (scripts/utils.py): the sigmoid output is resized to the
+original size with bicubic interpolation, blurred with a 5x5 Gaussian (sigma 1.1, OpenCV's choice for
+that size when sigma is 0) and clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from salgan.data import images_to_float
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def postprocess(maps: torch.Tensor, size: tuple[int, int], blur_size: int = 5) -> torch.Tensor:
+    """(N, 1, h, w) maps in [0, 1] -> (N, H, W) at ``size`` = (H, W): bicubic, Gaussian blur, clip."""
+    out = F.interpolate(maps.float(), size=size, mode="bicubic", align_corners=False)
+    if blur_size > 1:
+        sigma = 0.3 * ((blur_size - 1) * 0.5 - 1) + 0.8
+        out = gaussian_blur(out, kernel_size=[blur_size, blur_size], sigma=[sigma, sigma])
+    return out.clamp_(0, 1)[:, 0]
+
+
+@torch.no_grad()
+def predict_batches(
+    generator: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    original_sizes: np.ndarray,
+    batch_size: int = 16,
+    blur_size: int = 5,
+    device: torch.device | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield one float32 map in [0, 1] per image, at its original (H, W), batch by batch.
+
+    ``images``: uint8 (N, h, w, 3) at the model's input size (the prepared arrays).
+    """
+    device = device or default_device()
+    generator = generator.to(device).eval()
+    images = torch.as_tensor(np.asarray(images))
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            maps = generator(images_to_float(batch))
+        sizes = original_sizes[start : start + batch_size]
+        if (sizes == sizes[0]).all():  # one resize for the batch, the common case
+            yield from postprocess(maps, tuple(int(s) for s in sizes[0]), blur_size).cpu().numpy()
+        else:
+            for one, size in zip(maps, sizes):
+                yield postprocess(one[None], (int(size[0]), int(size[1])), blur_size)[0].cpu().numpy()
+
+
+def to_uint8(saliency: np.ndarray) -> np.ndarray:
+    """[0, 1] float map -> 8-bit grey, as saved in PNGs."""
+    return np.clip(np.rint(saliency * 255.0), 0, 255).astype(np.uint8)
