@@ -1,0 +1,148 @@
+"""Tests of salgan.scoring on a small synthetic split."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from salgan import metrics as m
+from salgan.scoring import fixation_density_baseline, score_split, write_scores
+
+SHAPE = (48, 64)
+N_IMAGES = 6
+
+
+def make_split(seed=0):
+    """Six images: fixations in an image-specific blob plus a shared centre bias; GT = blurred counts."""
+    rng = np.random.default_rng(seed)
+    coords, offsets, gts = [], [0], []
+    for i in range(N_IMAGES):
+        centre = np.array([8 + 5 * i, 10 + 8 * i])
+        blob = centre + rng.normal(0, 2.5, (25, 2))
+        bias = np.array(SHAPE) / 2 + rng.normal(0, 6, (10, 2))
+        pts = np.clip(np.vstack([blob, bias]), 0, np.array(SHAPE) - 1).astype(np.int32)
+        coords.append(pts)
+        offsets.append(offsets[-1] + len(pts))
+        gt = gaussian_filter(m.fixation_map_from_coords(pts, SHAPE).astype(float), 3)
+        gts.append(np.round(255 * gt / gt.max()).astype(np.uint8))
+    return np.vstack(coords), np.array(offsets, dtype=np.int64), np.stack(gts)
+
+
+def score(predictions, **kwargs):
+    coords, offsets, gts = make_split()
+    baseline = fixation_density_baseline(coords, offsets, SHAPE, sigma=5)
+    kwargs.setdefault("progress", False)
+    return score_split(predictions, gts, coords, offsets, baseline, n_splits=20, **kwargs)
+
+
+def test_rows_means_and_files(tmp_path):
+    _, _, gts = make_split()
+    names = [f"img{i}" for i in range(N_IMAGES)]
+    rows, means = score(gts, names=names)
+    assert len(rows) == N_IMAGES
+    assert [row["name"] for row in rows] == names
+    assert [row["index"] for row in rows] == list(range(N_IMAGES))
+    assert all(row["n_fixations"] == 35 for row in rows)
+    assert set(means) == set(m.METRIC_NAMES)
+    for key in m.METRIC_NAMES:
+        assert means[key] == pytest.approx(np.mean([row[key] for row in rows]))
+        assert all(np.isfinite(row[key]) for row in rows)
+
+    csv_path, json_path = tmp_path / "out" / "scores.csv", tmp_path / "out" / "scores.json"
+    write_scores(rows, means, csv_path, json_path, extra={"n_splits": 20})
+    with csv_path.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == N_IMAGES
+    assert table[2]["name"] == "img2"
+    assert float(table[2]["nss"]) == rows[2]["nss"]  # full precision
+    summary = json.loads(json_path.read_text())
+    assert summary["n_images"] == N_IMAGES
+    assert summary["n_splits"] == 20
+    assert summary["means"] == pytest.approx(means)
+
+
+def test_rows_match_the_public_metric_functions():
+    coords, offsets, gts = make_split()
+    baseline = fixation_density_baseline(coords, offsets, SHAPE, sigma=5)
+    rng = np.random.default_rng(1)
+    predictions = [rng.random((24, 32)) for _ in range(N_IMAGES)]  # resized to 48x64 by the scorer
+    rows, _ = score_split(
+        predictions, gts, coords, offsets, baseline, n_splits=20, sauc_other_images=2, seed=7, progress=False
+    )
+    i = 4
+    f = m.fixation_map_from_coords(coords[offsets[i] : offsets[i + 1]], SHAPE)
+    others = [5, 0]  # the next two images, cyclically
+    other = sum(m.fixation_map_from_coords(coords[offsets[j] : offsets[j + 1]], SHAPE) for j in others)
+    s, q = predictions[i], gts[i]
+    expected = {
+        "auc_judd": m.auc_judd(s, f),
+        "auc_borji": m.auc_borji(s, f, n_splits=20, seed=[7, i, 0]),
+        "auc_shuffled": m.auc_shuffled(s, f, other, n_splits=20, seed=[7, i, 1]),
+        "nss": m.nss(s, f),
+        "cc": m.cc(s, q),
+        "kld": m.kld(s, q),
+        "sim": m.sim(s, q),
+        "information_gain": m.information_gain(s, f, baseline),
+    }
+    assert {key: rows[i][key] for key in expected} == pytest.approx(expected, abs=1e-12)
+
+
+def test_perfect_prediction_beats_centre_bias():
+    _, _, gts = make_split()
+    perfect, _ = score(gts)
+    centre, _ = score(np.stack([m.center_bias_map(SHAPE, 0.15)] * N_IMAGES))
+    for key in ("nss", "cc", "auc_judd", "auc_shuffled", "sim"):
+        assert np.mean([r[key] for r in perfect]) > np.mean([r[key] for r in centre]), key
+    assert all(p["nss"] > c["nss"] and p["cc"] > c["cc"] for p, c in zip(perfect, centre, strict=True))
+
+
+def test_seed_controls_the_sampled_metrics():
+    _, _, gts = make_split()
+    a, _ = score(gts, seed=0)
+    b, _ = score(gts, seed=0)
+    c, _ = score(gts, seed=1)
+    assert a == b
+    assert [r["auc_borji"] for r in a] != [r["auc_borji"] for r in c]
+    assert [r["nss"] for r in a] == [r["nss"] for r in c]
+
+
+def test_errors_name_the_image():
+    coords, offsets, gts = make_split()
+    baseline = fixation_density_baseline(coords, offsets, SHAPE, sigma=5)
+    # Image 2 loses its fixations.
+    keep = np.r_[0 : offsets[2], offsets[3] : len(coords)]
+    holes = offsets.copy()
+    holes[3:] -= offsets[3] - offsets[2]
+    with pytest.raises(ValueError, match=r"image 2 \(c\).*no fixations"):
+        score_split(gts, gts, coords[keep], holes, baseline, names=list("abcdef"), progress=False)
+    bad = gts.astype(float)
+    bad[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"image 1: prediction: .*NaN"):
+        score_split(bad, gts, coords, offsets, baseline, progress=False)
+    with pytest.raises(ValueError, match="predictions"):
+        score_split(gts[:5], gts, coords, offsets, baseline, progress=False)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        score_split(gts[:1], gts[:1], coords[: offsets[1]], offsets[:2], baseline, progress=False)
+    with pytest.raises(ValueError, match="outside"):
+        score_split(gts, gts, coords + 100, offsets, baseline, progress=False)
+
+
+def test_fixation_density_baseline():
+    coords = np.array([[0, 0], [1, 1], [1, 1], [3, 2]], dtype=np.int32)
+    offsets = np.array([0, 3, 4])
+    density = fixation_density_baseline(coords, offsets, (4, 3), sigma=0)
+    assert density.sum() == pytest.approx(1.0)
+    assert density[1, 1] == pytest.approx(0.5)
+    assert density[3, 2] == pytest.approx(0.25)
+    # Image 1 was recorded at 8x6: its (3, 2) lands on (1, 1) of the 4x3 baseline.
+    rescaled = fixation_density_baseline(coords, offsets, (4, 3), 0, original_sizes=[[4, 3], [8, 6]])
+    assert rescaled[1, 1] == pytest.approx(0.75)
+    blurred = fixation_density_baseline(coords, offsets, (40, 30), sigma=3)
+    assert blurred.sum() == pytest.approx(1.0)
+    assert blurred[1, 1] > blurred[10, 10] > blurred[30, 25]
+    with pytest.raises(ValueError, match="no fixations"):
+        fixation_density_baseline(np.zeros((0, 2), np.int32), np.array([0, 0]), (4, 3), 1)
