@@ -88,6 +88,7 @@ class EvaluateParams:
     n_splits: int = 100  # AUC-Borji / sAUC resampling
     sauc_other_images: int = 10  # sAUC negatives: fixations of this many other images
     center_bias_sigma: float = 0.25  # centre-bias baseline, in units of the image diagonal
+    ig_baseline_sigma: float = 0.05  # blur of the training-fixation density that IG is measured against
     grid_images: int = 6
 
 

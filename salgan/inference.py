@@ -54,7 +54,7 @@ def predict_batches(
         if (sizes == sizes[0]).all():  # one resize for the batch, the common case
             yield from postprocess(maps, tuple(int(s) for s in sizes[0]), blur_size).cpu().numpy()
         else:
-            for one, size in zip(maps, sizes):
+            for one, size in zip(maps, sizes, strict=True):
                 yield postprocess(one[None], (int(size[0]), int(size[1])), blur_size)[0].cpu().numpy()
 
 

@@ -317,7 +317,9 @@ def _end_of_epoch(models, val_split, params, epoch, history, out, tracker) -> No
 
 
 def _epoch_line(record: dict, epochs: int, elapsed: float) -> str:
-    losses = " ".join(f"{k} {record[k]:.4f}" for k in ("g_loss", "content_loss", "d_loss", "val_content_loss") if k in record)
+    losses = " ".join(
+        f"{k} {record[k]:.4f}" for k in ("g_loss", "content_loss", "d_loss", "val_content_loss") if k in record
+    )
     return (
         f"epoch {record['epoch']}/{epochs} [{record['phase']}] {losses} "
         f"{record['images_per_s']:.1f} img/s elapsed {elapsed:.1f}s"

@@ -38,9 +38,7 @@ class Discriminator(nn.Module):
             nn.MaxPool2d(2),
         )
         flat = 64 * (width // reduction) * (height // reduction)
-        self.classifier = nn.Sequential(
-            nn.Linear(flat, 100), nn.Tanh(), nn.Linear(100, 2), nn.Tanh(), nn.Linear(2, 1)
-        )
+        self.classifier = nn.Sequential(nn.Linear(flat, 100), nn.Tanh(), nn.Linear(100, 2), nn.Tanh(), nn.Linear(2, 1))
 
     def forward(self, image: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
         features = self.features(torch.cat([image, saliency.to(image.dtype)], dim=1))

@@ -79,6 +79,7 @@ class Generator(nn.Module):
             if isinstance(module, nn.MaxPool2d):
                 block += 1
 
+
 def infer_width(state_dict: dict[str, torch.Tensor]) -> float:
     """The width multiplier a generator state_dict was built with (conv1_1 has 64 * width filters)."""
     try:
