@@ -1,0 +1,608 @@
+"""The ``download`` stage: the raw SALICON tree in data/raw, from the release, a mirror, or the sample.
+
+Reads ``params.download`` (salgan/config.py). Whatever the source, the output has SALICON's layout
+(docs/data-layout.md, REFERENCE §2) and a ``SOURCE.json`` saying where it came from, with checksums.
+
+The release is three zip files (Google Drive ids and md5s from pysaliency external_datasets/salicon.py):
+the stimuli zip holds ``images/{train,val,test}/COCO_*.jpg``; the fixations zip ``{train,val}/COCO_*.mat``;
+the maps zip ``{train,val}/COCO_*.png`` (layouts as read by pysaliency, datadings SALICON2015_write.py
+and MSI-Net download.py). Here they are called ``images.zip``, ``fixations_<edition>.zip`` and
+``maps.zip`` in the cache and on mirrors.
+
+Safety: the new tree is built in a temporary folder beside the output, checked, and only then swapped
+in with a rename, so a bad checksum, a truncated archive, an entry that points outside the target
+(``../``, an absolute path, a symlink) or an incomplete layout stops the stage and leaves the previous
+output as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import sys
+import uuid
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from salgan import fetch
+from salgan.config import DEFAULT_PARAMS_FILE, ConfigError, DownloadParams, load_params
+from salgan.fetch import FetchError, md5sum
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+GROUND_TRUTH_SPLITS = ("train", "val")
+EXTENSIONS = {"images": ".jpg", "maps": ".png", "fixations": ".mat"}
+SOURCE_FILE = "SOURCE.json"
+CHECKSUMS_FILE = "checksums.json"
+_NAME = re.compile(r"COCO_(train|val|test)2014_\d{12}\.(jpg|png|mat)")
+
+
+class DownloadError(RuntimeError):
+    """The stage cannot produce a valid tree; the message names the file, entry or folder at fault."""
+
+
+class ChecksumError(DownloadError):
+    """An archive's md5 differs from the published or the mirror's checksum."""
+
+
+class ArchiveError(DownloadError):
+    """An archive is truncated, corrupt, unsafe or holds no SALICON files."""
+
+
+class LayoutError(DownloadError):
+    """The tree lacks images, maps or fixation files."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One zip of the SALICON release."""
+
+    kind: str  # images | fixations | maps: the folder its files go to
+    filename: str  # its name in the cache and on mirrors
+    drive_id: str  # Google Drive file id
+    md5: str | None  # the published md5; None where none is published
+    aliases: tuple[str, ...] = ()  # other names accepted in a local folder or on a mirror
+
+
+# pysaliency external_datasets/salicon.py (REFERENCE §2); maps.zip has no published md5.
+RELEASE: dict[str, Archive] = {
+    "images": Archive(
+        "images",
+        "images.zip",
+        "1g8j-hTT-51IG1UFwP0xTGhLdgIUCW5e5",
+        "eb2a1bb706633d1b31fc2e01422c5757",
+        ("image.zip", "stimuli.zip"),
+    ),
+    "fixations_2017": Archive(
+        "fixations",
+        "fixations_2017.zip",
+        "1P-jeZXCsjoKO79OhFUgnj6FGcyvmLDPj",
+        "462b70f4f9e8ea446ac628e46cea8d3d",
+        ("fixations.zip",),
+    ),
+    "fixations_2015": Archive(
+        "fixations",
+        "fixations_2015.zip",
+        "1WVEiXba-I4GN33f0uUl4KhaN1rK7qzs6",
+        "9a22db9d718200fb90252e5010c004c4",
+        ("fixations.zip",),
+    ),
+    "maps": Archive("maps", "maps.zip", "1PnO7szbdub1559LfjYHMy65EDC4VhJC8", None, ("saliency.zip",)),
+}
+
+SOURCES_HELP = """\
+download.source in params.yaml picks where the raw tree comes from:
+  sample               generate the offline sample (download.sample_train/_val/_test, sample_seed):
+                       synthetic images, observers and maps in SALICON's exact layout and formats
+  salicon              the SALICON release (LSUN 2017) from Google Drive: images.zip (3 GB),
+                       the fixations of download.fixations_edition (2017 or 2015) and maps.zip;
+                       md5-checked where published, resumable (partial files in download.cache_dir)
+  s3://bucket/prefix   the same zips mirrored on S3 (see `salgan mirror`), read with boto3 and the
+                       standard AWS settings (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
+                       AWS_ENDPOINT_URL for S3-compatible stores); resumable
+  https://host/prefix  the same zips on a plain web server; resumable with Range requests
+  a directory          holding the zips, or an already extracted tree (images/, maps/, fixations/)
+
+Zips are looked for as images.zip (or image.zip, stimuli.zip), fixations_<edition>.zip (or
+fixations.zip) and maps.zip. Published md5s are checked (none is published for maps.zip); so is a
+mirror's checksums.json ({"images.zip": "<md5>", ...} or {"images.zip": {"md5": "<md5>"}, ...}) or
+<name>.md5 sidecar. Nothing in download.output is replaced unless the new tree is complete and verified.
+"""
+
+
+def release_archives(edition: str) -> list[Archive]:
+    """The three zips of the release for a fixations edition ('2017' or '2015')."""
+    return [RELEASE["images"], RELEASE[f"fixations_{edition}"], RELEASE["maps"]]
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def run(params: DownloadParams, progress: bool = True) -> dict:
+    """Fill ``params.output`` from ``params.source``; return what SOURCE.json records."""
+    output = Path(params.output)
+    kind = source_type(params.source)
+    _remove_stale_staging(output)
+    with staging_dir(output) as stage:
+        if kind == "sample":
+            record = _from_sample(params, stage)
+        elif kind == "local" and _is_tree(Path(params.source)):
+            record = _from_tree(Path(params.source), stage)
+        else:
+            archives = _fetch_archives(params, kind, progress)
+            for archive, path, _ in archives:
+                extract_archive(path, archive.kind, stage, progress)
+            record = {"archives": [info for _, _, info in archives]}
+        record = {"source": redact(params.source), "type": kind, **record}
+        record["counts"] = check_layout(stage)
+        (stage / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        swap_into_place(stage, output)
+    return record
+
+
+def source_type(source: str) -> str:
+    """sample | salicon | s3 | http | local; anything else is a ConfigError naming download.source."""
+    if source in ("sample", "salicon"):
+        return source
+    if source.startswith("s3://"):
+        return "s3"
+    if source.startswith(("http://", "https://")):
+        return "http"
+    if Path(source).is_dir():
+        return "local"
+    raise ConfigError(
+        f"download.source: {source!r} is not 'sample', 'salicon', an s3:// or http(s):// URL, "
+        "or an existing directory"
+    )
+
+
+def _from_sample(params: DownloadParams, stage: Path) -> dict:
+    from salgan.sample import generate_sample
+
+    log.info(
+        "generating the sample: %d train, %d val, %d test images (seed %d)",
+        params.sample_train,
+        params.sample_val,
+        params.sample_test,
+        params.sample_seed,
+    )
+    generate_sample(stage, params.sample_train, params.sample_val, params.sample_test, params.sample_seed)
+    return {"seed": params.sample_seed}
+
+
+def _is_tree(folder: Path) -> bool:
+    """An extracted tree has an images/ folder; a folder of zips does not."""
+    return (folder / "images").is_dir()
+
+
+def _from_tree(source: Path, stage: Path) -> dict:
+    """Copy the SALICON files of an extracted tree (other files are left behind)."""
+    copied = 0
+    for kind, ext in EXTENSIONS.items():
+        for split in SPLITS:
+            folder = source / kind / split
+            if not folder.is_dir():
+                continue
+            target = stage / kind / split
+            target.mkdir(parents=True, exist_ok=True)
+            for file in folder.iterdir():
+                if _NAME.fullmatch(file.name) and file.suffix == ext and file.is_file():
+                    shutil.copy2(file, target / file.name)
+                    copied += 1
+    log.info("copied %d files from %s", copied, source)
+    return {}
+
+
+# --- getting the zips ---------------------------------------------------------------------------
+
+
+def _fetch_archives(params: DownloadParams, kind: str, progress: bool) -> list[tuple[Archive, Path, dict]]:
+    """Each release zip as (archive, local path, checksum record), verified."""
+    archives = release_archives(params.fixations_edition)
+    if kind == "salicon":
+        return [_from_drive(a, Path(params.cache_dir), progress) for a in archives]
+    if kind == "local":
+        folder = Path(params.source)
+
+        def read(name: str) -> str | None:
+            return (folder / name).read_text() if (folder / name).is_file() else None
+
+        sidecars = _read_sidecars(read, CHECKSUMS_FILE)
+        found = []
+        for archive in archives:
+            path = _find_local(folder, archive)
+            sidecars.update(_md5_sidecar(read, path.name))
+            found.append((archive, path, verify(path, archive, sidecars)))
+        return found
+    mirror = _Mirror(params.source, kind, progress)
+    return [_from_mirror(a, mirror, Path(params.cache_dir)) for a in archives]
+
+
+def _from_drive(archive: Archive, cache: Path, progress: bool) -> tuple[Archive, Path, dict]:
+    """Fetch one zip from Google Drive with gdown (it answers the large-file confirmation page)."""
+    dest = cache / archive.filename
+    cached = _reuse_cached(dest, archive, {})
+    if cached:
+        return archive, dest, cached
+    import gdown
+
+    cache.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)  # gdown skips an existing output; only a verified one is reused
+    log.info("downloading %s from Google Drive (id %s) to %s", archive.filename, archive.drive_id, dest)
+    try:
+        # resume=True: gdown keeps the partial download in the cache folder as <name>XXXXXXXX.part
+        # and continues it with a Range request on the next run.
+        gdown.download(id=archive.drive_id, output=str(dest), quiet=not progress, resume=True)
+    except Exception as exc:  # gdown raises several unrelated types (quota, permission, network)
+        raise FetchError(
+            f"{archive.filename}: Google Drive download failed: {type(exc).__name__}: {exc}\n"
+            f"If Drive refuses (quota exceeded is common), download https://drive.google.com/uc?id="
+            f"{archive.drive_id} by hand into a folder and set download.source to that folder."
+        ) from None
+    return archive, dest, _verify_download(dest, archive, {})
+
+
+class _Mirror:
+    """The zips and checksum sidecars under an s3:// or http(s):// prefix."""
+
+    def __init__(self, base: str, kind: str, progress: bool):
+        self.base, self.kind, self.progress = base, kind, progress
+        if kind == "s3":
+            self.bucket, prefix = fetch.parse_s3_url(base)
+            self.prefix = prefix + "/" if prefix else ""
+            self.client = fetch.s3_client()
+        else:
+            self.root = base.rstrip("/") + "/"
+
+    def read(self, name: str) -> str | None:
+        if self.kind == "s3":
+            return fetch.s3_text(self.client, self.bucket, self.prefix + name, forbidden_is_missing=True)
+        return fetch.http_text(self.root + name)
+
+    def exists(self, name: str) -> bool:
+        if self.kind == "s3":
+            head = fetch.s3_head(self.client, self.bucket, self.prefix + name, forbidden_is_missing=True)
+            return head is not None
+        return fetch.http_exists(self.root + name)
+
+    def download(self, name: str, dest: Path) -> None:
+        if self.kind == "s3":
+            fetch.fetch_s3(self.bucket, self.prefix + name, dest, client=self.client, progress=self.progress)
+        else:
+            fetch.fetch_http(self.root + name, dest, progress=self.progress)
+
+
+def _from_mirror(archive: Archive, mirror: _Mirror, cache: Path) -> tuple[Archive, Path, dict]:
+    """Fetch one zip from an S3 or HTTP mirror into the cache, resuming a partial download."""
+    name = next((n for n in (archive.filename, *archive.aliases) if mirror.exists(n)), None)
+    if name is None:
+        tried = ", ".join((archive.filename, *archive.aliases))
+        raise FetchError(
+            f"{redact(mirror.base)}: no {archive.kind} archive on the mirror (tried {tried}; "
+            "a missing object and one you may not read look the same)"
+        )
+    sidecars = _read_sidecars(mirror.read, CHECKSUMS_FILE)
+    sidecars.update(_md5_sidecar(mirror.read, name))
+    dest = cache / archive.filename
+    cached = _reuse_cached(dest, archive, sidecars, name)
+    if cached:
+        return archive, dest, cached
+    log.info("downloading %s/%s to %s", redact(mirror.base).rstrip("/"), name, dest)
+    mirror.download(name, dest)
+    return archive, dest, _verify_download(dest, archive, sidecars, name)
+
+
+def _reuse_cached(
+    dest: Path, archive: Archive, sidecars: dict[str, str], name: str | None = None
+) -> dict | None:
+    """The checksum record of an earlier download that still matches every known md5, else None.
+
+    Files reach the cache only by an atomic rename after a complete transfer, so a cached zip with no
+    known md5 (maps.zip without a sidecar) is reused as it is.
+    """
+    if not dest.is_file():
+        return None
+    try:
+        record = verify(dest, archive, sidecars, name)
+    except ChecksumError:
+        log.info("%s: the cached copy does not match its checksum; downloading it again", dest)
+        return None
+    log.info("using the cached %s", dest)
+    return record
+
+
+def _verify_download(dest: Path, archive: Archive, sidecars: dict[str, str], name: str | None = None) -> dict:
+    """Verify a fresh download; a mismatch removes it from the cache so the next run fetches it anew."""
+    try:
+        return verify(dest, archive, sidecars, name)
+    except ChecksumError as exc:
+        dest.unlink(missing_ok=True)
+        raise ChecksumError(f"{exc} (removed from the cache)") from None
+
+
+def _find_local(folder: Path, archive: Archive) -> Path:
+    for name in (archive.filename, *archive.aliases):
+        if (folder / name).is_file():
+            return folder / name
+    tried = ", ".join((archive.filename, *archive.aliases))
+    raise DownloadError(
+        f"{folder}: no {archive.kind} archive (looked for {tried}), and no extracted tree (images/ folder)"
+    )
+
+
+# --- checksums ----------------------------------------------------------------------------------
+
+
+def verify(path: Path, archive: Archive, sidecars: dict[str, str], name: str | None = None) -> dict:
+    """Check ``path`` against the published md5 and the mirror's; return the record for SOURCE.json."""
+    name = name or path.name
+    actual = md5sum(path)
+    checked = []
+    if archive.md5:
+        if actual != archive.md5:
+            raise ChecksumError(
+                f"{path}: md5 {actual} differs from the published {archive.md5} of SALICON's "
+                f"{archive.filename}{_edition_hint(archive, actual)}; the file is damaged or not the release"
+            )
+        checked.append("published")
+    mirror = sidecars.get(name)
+    if mirror:
+        if actual != mirror:
+            raise ChecksumError(
+                f"{path}: md5 {actual} differs from the mirror's checksum {mirror} for {name}"
+            )
+        checked.append("mirror")
+    if not checked:
+        log.warning("%s: no published or mirror checksum; recording md5 %s", path, actual)
+    return {"kind": archive.kind, "file": name, "md5": actual, "verified_against": checked}
+
+
+def _edition_hint(archive: Archive, actual: str) -> str:
+    """Point at download.fixations_edition when the file is the other edition's fixations."""
+    for key, other in RELEASE.items():
+        if other.kind == archive.kind and other != archive and other.md5 == actual:
+            return f" (it is {key}: set download.fixations_edition accordingly)"
+    return ""
+
+
+def _read_sidecars(read, filename: str) -> dict[str, str]:
+    """Parse a mirror's checksums.json into {file name: md5}; {} when there is none.
+
+    Accepts ``{"images.zip": "<md5>"}``, ``{"images.zip": {"md5": "<md5>", ...}}`` and either of
+    those under a ``"files"`` key; keys may be paths (their last component is used). Keys that do
+    not name a .zip are ignored.
+    """
+    text = read(filename)
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ChecksumError(f"{filename}: not valid JSON: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("files"), dict):
+        data = data["files"]
+    if not isinstance(data, dict):
+        raise ChecksumError(f"{filename}: expected a mapping of file name to md5")
+    sums = {}
+    for key, value in data.items():
+        digest = value.get("md5") if isinstance(value, dict) else value
+        if digest is None or not key.endswith(".zip"):  # other metadata a mirror may keep
+            continue
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{32}", digest):
+            raise ChecksumError(f"{filename}: entry {key!r} is not an md5: {digest!r}")
+        sums[key.rsplit("/", 1)[-1]] = digest.lower()
+    return sums
+
+
+def _md5_sidecar(read, name: str) -> dict[str, str]:
+    """``<name>.md5`` (md5sum's format: the digest first) as {name: md5}; {} when there is none."""
+    text = read(name + ".md5")
+    if text is None:
+        return {}
+    digest = text.split()[0] if text.split() else ""
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", digest):
+        raise ChecksumError(f"{name}.md5: does not start with an md5: {text[:80]!r}")
+    return {name: digest.lower()}
+
+
+# --- safe extraction ----------------------------------------------------------------------------
+
+
+def extract_archive(path: Path, kind: str, stage: Path, progress: bool = False) -> int:
+    """Extract the SALICON files of one zip into ``stage/<kind>/<split>/``; return how many.
+
+    Every entry is checked before anything is written: an absolute path, a ``..`` component or a
+    symlink refuses the whole archive. Files go to a folder chosen from their SALICON name
+    (``COCO_val2014_...`` -> val), so the zip's own folder nesting does not matter; other entries
+    (``__MACOSX/``, read-me files) are skipped.
+    """
+    from tqdm import tqdm
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArchiveError(
+            f"{path}: not a readable zip archive (truncated or corrupt download?): {exc}"
+        ) from None
+    with archive:
+        entries = archive.infolist()
+        for entry in entries:
+            _check_entry(path, entry)
+        written = 0
+        for entry in tqdm(entries, desc=f"extract {path.name}", unit="file", disable=not progress):
+            target = _target(entry, kind, stage)
+            if target is None:
+                continue
+            if target.exists():
+                raise ArchiveError(f"{path}: entry {entry.filename!r} duplicates {target.name}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with archive.open(entry) as source, open(target, "wb") as sink:
+                    shutil.copyfileobj(source, sink, fetch.CHUNK_SIZE)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+                raise ArchiveError(
+                    f"{path}: entry {entry.filename!r} cannot be extracted (corrupt archive?): {exc}"
+                ) from None
+            written += 1
+    if not written:
+        ext = EXTENSIONS[kind]
+        raise ArchiveError(f"{path}: no SALICON {kind} (COCO_<split>2014_<id>{ext}) in this archive")
+    log.info("extracted %d %s from %s", written, kind, path.name)
+    return written
+
+
+def _check_entry(path: Path, entry: zipfile.ZipInfo) -> None:
+    """Refuse an entry that could land outside the target folder."""
+    name = entry.filename.replace("\\", "/")
+    reason = None
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        reason = "an absolute path"
+    elif ".." in name.split("/"):
+        reason = "a '..' path component"
+    elif stat.S_ISLNK(entry.external_attr >> 16):
+        reason = "a symbolic link"
+    if reason:
+        raise ArchiveError(f"{path}: refusing entry {entry.filename!r}: {reason}; nothing was extracted")
+
+
+def _target(entry: zipfile.ZipInfo, kind: str, stage: Path) -> Path | None:
+    """Where a SALICON file of this kind goes, or None for anything else."""
+    if entry.is_dir():
+        return None
+    base = entry.filename.replace("\\", "/").rsplit("/", 1)[-1]
+    match = _NAME.fullmatch(base)
+    if not match or "." + match.group(2) != EXTENSIONS[kind]:
+        return None
+    return stage / kind / match.group(1) / base
+
+
+# --- layout, staging and swapping ---------------------------------------------------------------
+
+
+def check_layout(root: Path) -> dict[str, dict[str, int]]:
+    """Every split has images; train and val have a map and a fixation file per image. Returns counts."""
+    problems, counts = [], {}
+    for split in SPLITS:
+        names = _stems(root / "images" / split, ".jpg")
+        counts[split] = {"images": len(names)}
+        if not names:
+            problems.append(f"images/{split}: no images")
+        if split not in GROUND_TRUTH_SPLITS:
+            continue
+        for kind in ("maps", "fixations"):
+            have = _stems(root / kind / split, EXTENSIONS[kind])
+            counts[split][kind] = len(have)
+            missing = sorted(names - have)
+            if missing:
+                examples = ", ".join(n + EXTENSIONS[kind] for n in missing[:3])
+                problems.append(
+                    f"{kind}/{split}: missing for {len(missing)} of {len(names)} images ({examples} ...)"
+                )
+    if problems:
+        raise LayoutError(
+            "the new tree is incomplete, so the output was left as it was:\n  " + "\n  ".join(problems)
+        )
+    return counts
+
+
+def _stems(folder: Path, ext: str) -> set[str]:
+    """Base names of the SALICON files of one split folder (``folder`` is ``<kind>/<split>``)."""
+    if not folder.is_dir():
+        return set()
+    prefix = f"COCO_{folder.name}2014_"
+    return {
+        p.name[: -len(ext)]
+        for p in folder.iterdir()
+        if p.name.endswith(ext) and p.name.startswith(prefix) and _NAME.fullmatch(p.name)
+    }
+
+
+@contextlib.contextmanager
+def staging_dir(output: Path) -> Iterator[Path]:
+    """A fresh folder beside ``output`` (same file system: the final rename is atomic); removed on error.
+
+    Made with mkdir rather than mkdtemp so that it gets the usual permissions (umask), not 0700.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stage = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    stage.mkdir()
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already after a successful swap
+
+
+def swap_into_place(stage: Path, output: Path) -> None:
+    """Replace ``output`` with ``stage`` by two renames; the old tree is restored if the second fails."""
+    if not output.exists():
+        os.rename(stage, output)
+        return
+    old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(output, old)
+    try:
+        os.rename(stage, output)
+    except OSError:
+        os.rename(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_staging(output: Path) -> None:
+    """Folders a killed run left beside the output (they are never the output itself)."""
+    if not output.parent.is_dir():
+        return
+    for leftover in output.parent.glob(f".{output.name}.*-*"):
+        if leftover.is_dir() and re.fullmatch(rf"\.{re.escape(output.name)}\.(tmp|old)-\w+", leftover.name):
+            log.info("removing %s, left by an interrupted run", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def redact(source: str) -> str:
+    """A source without credentials: user:password@ and query strings (signed URLs) are dropped."""
+    if not source.startswith(("http://", "https://")):
+        return source
+    parts = urlsplit(source)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``salgan download [--params params.yaml]``: run the stage; 0 on success, 1 with a message otherwise."""
+    parser = argparse.ArgumentParser(
+        prog="salgan download",
+        description="Fetch the raw SALICON tree (or generate the offline sample) into download.output.",
+        epilog=SOURCES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="settings file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="download: %(message)s")
+    try:
+        params = load_params(args.params).download
+        record = run(params, progress=True)
+    except (ConfigError, DownloadError, FetchError) as exc:
+        print(f"salgan download: error: {exc}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{split} {c['images']}" for split, c in record["counts"].items())
+    print(f"download: {params.output} ready from {record['source']} (images: {counts})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
