@@ -1,0 +1,116 @@
+"""Reading SALICON fixation files (REFERENCE §2, docs/data-layout.md).
+
+A SALICON ``.mat`` file holds ``image`` (the name), ``resolution`` = [rows, cols] and ``gaze``, a struct
+array with one entry per observer whose fields are ``location`` (raw mouse samples, N x 2), ``timestamp``
+(N x 1) and ``fixations`` (K x 2). Coordinates are [x, y] and 1-based, as MATLAB indexes.
+
+``scipy.io.loadmat`` returns that struct in several shapes depending on its options and on the data
+(``squeeze_me`` turns a single observer into a 0-d array, a single fixation into shape (2,), an empty one
+into shape (0,) or (0, 0); ``struct_as_record=False`` gives ``mat_struct`` objects instead of records), so
+the parsing below accepts every variant rather than trusting one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.io
+
+
+class FixationFileError(ValueError):
+    """A fixation file cannot be read or does not have SALICON's layout; the message names the file."""
+
+
+def load_fixations_mat(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read a SALICON fixation file.
+
+    Returns ``(coords, resolution)``: ``coords`` int32 (K, 2), the 0-based (row, col) of every fixation
+    of every observer in file order, clipped into the image; ``resolution`` the image's (rows, cols).
+    Raises :class:`FixationFileError` naming ``path`` when the file is unreadable or malformed.
+    """
+    path = Path(path)
+    try:
+        mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
+    except FileNotFoundError:
+        raise FixationFileError(f"{path}: no such fixation file") from None
+    # loadmat raises many types for damaged input (ValueError, TypeError, MatReadError, and
+    # NotImplementedError for v7.3/HDF5 files); all of them mean "not a usable SALICON file".
+    except Exception as exc:  # noqa: BLE001
+        raise FixationFileError(f"{path}: cannot read MATLAB file: {type(exc).__name__}: {exc}") from None
+    return fixations_from_mat(mat, source=path)
+
+
+def fixations_from_mat(mat: dict[str, Any], source: str | Path = "<mat>") -> tuple[np.ndarray, tuple[int, int]]:
+    """Parse the dict returned by ``scipy.io.loadmat`` (any ``squeeze_me``/``struct_as_record``).
+
+    ``source`` names the file in error messages. See :func:`load_fixations_mat` for the result.
+    """
+    resolution = _resolution(mat, source)
+    if "gaze" not in mat:
+        raise FixationFileError(f"{source}: no 'gaze' variable (keys: {sorted(k for k in mat if k[:2] != '__')})")
+    per_observer = [_observer_fixations(obs, source) for obs in _observers(mat["gaze"])]
+    xy = np.concatenate(per_observer) if per_observer else np.zeros((0, 2))
+    return to_row_col(xy, resolution), resolution
+
+
+def to_row_col(xy: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
+    """1-based [x, y] (float) -> 0-based (row, col) int32, rounded and clipped into ``resolution``.
+
+    Non-finite rows are dropped: they carry no location and would otherwise become arbitrary pixels.
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    rows, cols = resolution
+    row = np.clip(np.rint(xy[:, 1]) - 1, 0, rows - 1)
+    col = np.clip(np.rint(xy[:, 0]) - 1, 0, cols - 1)
+    return np.stack([row, col], axis=1).astype(np.int32)
+
+
+def _resolution(mat: dict[str, Any], source: str | Path) -> tuple[int, int]:
+    if "resolution" not in mat:
+        raise FixationFileError(f"{source}: no 'resolution' variable")
+    values = np.asarray(mat["resolution"]).ravel()
+    if values.size != 2 or not np.all(np.isfinite(values.astype(np.float64))) or np.any(values <= 0):
+        raise FixationFileError(f"{source}: 'resolution' must be [rows, cols], got {values.tolist()}")
+    return int(values[0]), int(values[1])
+
+
+def _observers(gaze: Any) -> list[Any]:
+    """The observer entries of ``gaze`` whatever shape loadmat gave it (0-d, (N,), (1, N), (N, 1))."""
+    if isinstance(gaze, np.ndarray):
+        return list(gaze.ravel())
+    return [gaze]  # squeeze_me=True, struct_as_record=False and a single observer: a bare mat_struct
+
+
+def _observer_fixations(observer: Any, source: str | Path) -> np.ndarray:
+    """One observer's fixations as float (K, 2) [x, y]; an observer without fixations gives (0, 2)."""
+    value = _field(observer, "fixations", source)
+    try:
+        xy = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FixationFileError(f"{source}: gaze.fixations is not numeric") from None
+    if xy.size == 0:
+        return np.zeros((0, 2))
+    if xy.ndim == 1 and xy.size == 2:  # a single fixation, squeezed
+        return xy.reshape(1, 2)
+    if xy.ndim == 2 and xy.shape[1] == 2:
+        return xy
+    if xy.ndim == 2 and xy.shape[0] == 2:  # stored transposed (2 x K)
+        return xy.T
+    raise FixationFileError(f"{source}: gaze.fixations must be K x 2 [x, y], got shape {xy.shape}")
+
+
+def _field(observer: Any, name: str, source: str | Path) -> Any:
+    """A struct field from a record (np.void / 0-d structured array) or a ``mat_struct``."""
+    names = getattr(getattr(observer, "dtype", None), "names", None)
+    if names is not None:
+        if name not in names:
+            raise FixationFileError(f"{source}: gaze has no field '{name}' (fields: {list(names)})")
+        return observer[name]
+    if hasattr(observer, "_fieldnames"):
+        if name not in observer._fieldnames:
+            raise FixationFileError(f"{source}: gaze has no field '{name}' (fields: {observer._fieldnames})")
+        return getattr(observer, name)
+    raise FixationFileError(f"{source}: gaze is not a struct array (got {type(observer).__name__})")

@@ -1,0 +1,546 @@
+"""The ``prepare`` stage: decode and resize SALICON into arrays that train without decoding.
+
+Reads the raw tree under ``prepare.input`` (SALICON's layout, REFERENCE §2) and writes, per split present,
+the arrays that docs/data-layout.md specifies (the contract with train, evaluate and predict):
+``images.npy``, ``maps.npy``, ``names.json``, ``original_sizes.npy``, ``fixations.npz`` and, for val,
+``maps_full.npy``; plus ``report.json`` beside the split folders.
+
+Speed: JPEGs are decoded with PIL's draft mode (libjpeg scales by 1/2, 1/4 or 1/8 in the DCT, so a
+640x480 image destined for 256x192 is decoded at 320x240) and a process pool writes straight into
+preallocated memory-mapped ``.npy`` files. Row i always holds the i-th name in sorted order, whatever the
+worker count, so the output is deterministic.
+
+Safety: everything is written into a temporary sibling folder that replaces the output only once the
+stage has succeeded, so a failed run leaves the previous output intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from salgan.fixations import load_fixations_mat
+
+if TYPE_CHECKING:
+    from salgan.config import PrepareParams
+
+SPLITS = ("train", "val", "test")
+GROUND_TRUTH_SPLITS = ("train", "val")  # test has images only
+FULL_MAP_SPLITS = ("val",)  # evaluate scores val at the original resolution
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SALICON_SIZE = (480, 640)  # (rows, cols), used only when no val image header can be read at all
+RESAMPLE = Image.Resampling.BILINEAR  # Pillow's BILINEAR widens its support when shrinking: antialiased
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class PrepareError(RuntimeError):
+    """The stage cannot produce its output; the message names the offending file."""
+
+
+class BadFileError(ValueError):
+    """One input file is unreadable or inconsistent; ``path`` names it."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and, for train/val, its ground truth files."""
+
+    name: str
+    image: Path
+    map: Path | None = None
+    fixations: Path | None = None
+
+
+@dataclass(frozen=True)
+class SplitJob:
+    """What a worker needs to fill rows of one split's preallocated arrays."""
+
+    folder: str
+    size: tuple[int, int]  # (W, H)
+    with_maps: bool
+    full_size: tuple[int, int] | None  # (rows, cols) every image must have; None: no maps_full
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """A worker's answer for one row: its original size and fixations, or why it is bad."""
+
+    index: int
+    original_size: tuple[int, int] | None = None  # (rows, cols)
+    coords: np.ndarray | None = None
+    bad_path: str | None = None
+    reason: str | None = None
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: grey, CMYK, palette, 16-bit and transparent images included.
+
+    Transparent pixels are composited over white: their stored colour is undefined (often black) and a
+    viewer shows them as background, not as dark paint.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
+        return _to_8bit_grey(img).convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_grey(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit grey ('L'); 16-bit values are scaled, not clipped."""
+    if img.mode == "L":
+        return img
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
+        return _to_8bit_grey(img)
+    return img.convert("L")
+
+
+def _to_8bit_grey(img: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit int / float) grey -> 'L'.
+
+    Pillow's own conversion clips such values at 255, which turns a 16-bit image white. 16-bit modes are
+    scaled by 255/65535; mode 'I' is treated as 16-bit when it exceeds 255 (PNG and TIFF readers use it
+    for 16-bit data); float images are taken as already on the 0-255 scale.
+    """
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16") or (img.mode == "I" and values.size and values.max() > 255):
+        values = values * (255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def load_image(path: str | Path, size: Sequence[int], draft: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image, convert it to RGB and resize it to ``size`` = (W, H).
+
+    Returns ``(uint8 (H, W, 3), (rows, cols) of the original)``. With ``draft`` a JPEG is decoded at the
+    smallest DCT scale that is still at least ``size`` (a no-op for other formats). EXIF orientation is
+    not applied: SALICON's maps and fixations refer to the stored pixel grid.
+    Raises :class:`BadFileError` naming ``path``.
+    """
+    width, height = int(size[0]), int(size[1])
+    try:
+        with Image.open(path) as img:
+            original = (img.height, img.width)
+            if draft:
+                img.draft("RGB", (width, height))
+            rgb = to_rgb(img)
+            resized = rgb.resize((width, height), RESAMPLE) if rgb.size != (width, height) else rgb
+            array = np.asarray(resized, dtype=np.uint8)
+    except FileNotFoundError:
+        raise BadFileError(path, "no such file") from None
+    # Pillow signals damaged input with OSError, SyntaxError, ValueError, EOFError, struct/zlib errors and
+    # DecompressionBombError; whatever the type, the file is unusable and the message must name it.
+    except Exception as exc:  # noqa: BLE001
+        raise BadFileError(path, f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    return array, original
+
+
+def load_map(path: str | Path, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a saliency map as 8-bit grey: ``(resized uint8 (H, W), original uint8 (rows, cols))``."""
+    width, height = int(size[0]), int(size[1])
+    try:
+        with Image.open(path) as img:
+            grey = to_grey(img)
+            full = np.asarray(grey, dtype=np.uint8)
+            resized = grey.resize((width, height), RESAMPLE) if grey.size != (width, height) else grey
+            return np.asarray(resized, dtype=np.uint8), full
+    except FileNotFoundError:
+        raise BadFileError(path, "no such file") from None
+    except Exception as exc:  # noqa: BLE001 -- see load_image
+        raise BadFileError(path, f"cannot decode map: {type(exc).__name__}: {exc}") from None
+
+
+def resize_image(path: str | Path, size: Sequence[int]) -> np.ndarray:
+    """The stage's fast path for one image: draft-mode decode, RGB, bilinear resize to (W, H)."""
+    return load_image(path, size, draft=True)[0]
+
+
+def resize_image_naive(path: str | Path, size: Sequence[int]) -> np.ndarray:
+    """Reference path for benchmarks: full-resolution decode, then convert and resize (no draft)."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB").resize((int(size[0]), int(size[1])), RESAMPLE), dtype=np.uint8)
+
+
+# --- finding the samples --------------------------------------------------------------------------
+
+
+def present_splits(root: str | Path) -> list[str]:
+    """Splits with an ``images/{split}`` folder under ``root``, in train, val, test order."""
+    return [split for split in SPLITS if (Path(root) / "images" / split).is_dir()]
+
+
+def find_samples(root: str | Path, split: str) -> tuple[list[Sample], list[tuple[str, str, str]]]:
+    """Samples of ``split`` sorted by name, and ``(name, path, reason)`` for images lacking ground truth."""
+    root = Path(root)
+    images: dict[str, Path] = {}
+    for path in sorted((root / "images" / split).iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in images:
+            raise PrepareError(f"{path}: same name as {images[path.stem]}; image names must be unique")
+        images[path.stem] = path
+    if split not in GROUND_TRUTH_SPLITS:
+        return [Sample(name, path) for name, path in sorted(images.items())], []
+    samples, missing = [], []
+    for name, image in sorted(images.items()):
+        map_path = root / "maps" / split / f"{name}.png"
+        fix_path = root / "fixations" / split / f"{name}.mat"
+        if not map_path.is_file():
+            missing.append((name, str(image), f"no saliency map {map_path}"))
+        elif not fix_path.is_file():
+            missing.append((name, str(image), f"no fixation file {fix_path}"))
+        else:
+            samples.append(Sample(name, image, map_path, fix_path))
+    _warn_orphans(root, split, set(images))
+    return samples, missing
+
+
+def _warn_orphans(root: Path, split: str, names: set[str]) -> None:
+    """Maps or fixation files without an image are ignored; say so, since it hints at a broken download."""
+    for kind, suffix in (("maps", ".png"), ("fixations", ".mat")):
+        folder = root / kind / split
+        if not folder.is_dir():
+            continue
+        orphans = sorted(p.name for p in folder.glob(f"*{suffix}") if p.stem not in names)
+        if orphans:
+            print(
+                f"prepare: warning: {len(orphans)} file(s) in {folder} have no image, ignored "
+                f"(first: {', '.join(orphans[:3])})",
+                file=sys.stderr,
+            )
+
+
+# --- the workers ----------------------------------------------------------------------------------
+
+
+def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[ItemResult]:
+    """Decode ``items`` and write them into rows of the split's memory-mapped arrays.
+
+    Runs in a worker process. A bad file yields an :class:`ItemResult` naming it instead of an exception,
+    so that the parent decides (stop, or skip with ``skip_bad``) and the rest of the chunk still runs.
+    """
+    folder = Path(job.folder)
+    images = np.load(folder / "images.npy", mmap_mode="r+")
+    maps = np.load(folder / "maps.npy", mmap_mode="r+") if job.with_maps else None
+    maps_full = np.load(folder / "maps_full.npy", mmap_mode="r+") if job.full_size else None
+    results = []
+    for index, sample in items:
+        try:
+            image, original = load_image(sample.image, job.size)
+            if job.full_size is not None and original != job.full_size:
+                raise BadFileError(
+                    sample.image,
+                    f"is {original[1]}x{original[0]} but the split's images are "
+                    f"{job.full_size[1]}x{job.full_size[0]}; maps_full needs one size",
+                )
+            coords = None
+            if job.with_maps:
+                small, full = load_map(sample.map, job.size)
+                _check_same_size(sample.map, full.shape, original)
+                coords, resolution = _load_fixations(sample.fixations)
+                _check_same_size(sample.fixations, resolution, original)
+                maps[index] = small
+                if maps_full is not None:
+                    maps_full[index] = full
+            images[index] = image
+            results.append(ItemResult(index, original, coords))
+        except BadFileError as exc:
+            results.append(ItemResult(index, bad_path=exc.path, reason=exc.reason))
+    # No flush: the mapped pages are the page cache the parent reads back, and msync's write to disk
+    # cost ~10% of the stage's time; the kernel writes them back on its own.
+    return results
+
+
+def _load_fixations(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    try:
+        return load_fixations_mat(path)
+    except ValueError as exc:  # FixationFileError: the message already names the file
+        raise BadFileError(path, str(exc).removeprefix(f"{path}: ")) from None
+
+
+def _check_same_size(path: Path, shape: Sequence[int], original: tuple[int, int]) -> None:
+    if tuple(shape[:2]) != original:
+        raise BadFileError(path, f"is {shape[1]}x{shape[0]} but its image is {original[1]}x{original[0]}")
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+
+def resolve_workers(workers: int) -> int:
+    """``prepare.workers``: 0 means one process per usable core."""
+    if workers < 0:
+        raise PrepareError(f"prepare.workers: must be 0 (one per core) or more, got {workers}")
+    if workers:
+        return workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def prepare(params: PrepareParams, progress: bool = True) -> dict:
+    """Run the stage for :class:`salgan.config.PrepareParams` ``params``; return the report it writes.
+
+    Raises :class:`PrepareError` naming the file when an input is bad and ``params.skip_bad`` is false.
+    """
+    root, output = Path(params.input), Path(params.output)
+    splits = present_splits(root)
+    if not splits:
+        raise PrepareError(f"{root}: no images/train, images/val or images/test folder")
+    size = (int(params.size[0]), int(params.size[1]))
+    workers = resolve_workers(params.workers)
+    report: dict = {"input": str(root), "size": list(size), "splits": {}, "skipped": []}
+    with atomic_directory(output) as tmp:
+        for split in splits:
+            samples, missing = find_samples(root, split)
+            skipped = [_skip(split, name, path, reason, params.skip_bad) for name, path, reason in missing]
+            counts, more = _prepare_split(split, samples, tmp / split, size, workers, params.skip_bad, progress)
+            skipped += more
+            report["splits"][split] = {**counts, "skipped": len(skipped)}
+            report["skipped"] += skipped
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _skip(split: str, name: str, path: str, reason: str, skip_bad: bool) -> dict:
+    """Record a bad sample, or stop the stage when skipping is off."""
+    if not skip_bad:
+        raise PrepareError(f"{path}: {reason} (set prepare.skip_bad: true to skip such files)")
+    print(f"prepare: skipping {name}: {path}: {reason}", file=sys.stderr)
+    return {"split": split, "name": name, "file": path, "reason": reason}
+
+
+def _prepare_split(
+    split: str,
+    samples: list[Sample],
+    folder: Path,
+    size: tuple[int, int],
+    workers: int,
+    skip_bad: bool,
+    progress: bool,
+) -> tuple[dict, list[dict]]:
+    """Fill one split folder; return its counts and the skipped samples."""
+    folder.mkdir(parents=True)
+    n, (width, height) = len(samples), size
+    with_maps = split in GROUND_TRUTH_SPLITS
+    full_size = _peek_size(samples) if split in FULL_MAP_SPLITS else None
+    _allocate(folder / "images.npy", (n, height, width, 3))
+    if with_maps:
+        _allocate(folder / "maps.npy", (n, height, width))
+    if full_size:
+        _allocate(folder / "maps_full.npy", (n, *full_size))
+    job = SplitJob(str(folder), size, with_maps, full_size)
+    results = _run_jobs(job, list(enumerate(samples)), workers, f"prepare {split}", progress, stop_on_bad=not skip_bad)
+    skipped = [_skip(split, samples[r.index].name, r.bad_path, r.reason, skip_bad) for r in results if r.bad_path]
+    keep = [r for r in results if not r.bad_path]
+    if len(keep) < n:
+        _compact(folder, [r.index for r in keep])
+    names = [samples[r.index].name for r in keep]
+    (folder / "names.json").write_text(json.dumps(names, indent=1) + "\n")
+    sizes = np.array([r.original_size for r in keep], dtype=np.int32).reshape(-1, 2)
+    np.save(folder / "original_sizes.npy", sizes)
+    counts = {"images": len(keep)}
+    if with_maps:
+        counts["fixations"] = _save_fixations(folder / "fixations.npz", [r.coords for r in keep])
+    return counts, skipped
+
+
+def _peek_size(samples: Sequence[Sample]) -> tuple[int, int]:
+    """(rows, cols) of the first image whose header reads: the size ``maps_full`` is allocated with."""
+    for sample in samples:
+        with contextlib.suppress(Exception), Image.open(sample.image) as img:
+            return img.height, img.width
+    return SALICON_SIZE  # every image is unreadable: each will be reported on its own
+
+
+def _allocate(path: Path, shape: tuple[int, ...]) -> None:
+    """A zero-filled uint8 ``.npy`` of ``shape`` that workers open with ``mmap_mode='r+'``."""
+    if 0 in shape:  # an empty file cannot be memory-mapped
+        np.save(path, np.zeros(shape, dtype=np.uint8))
+    else:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        del array  # closes the map; the file is sparse and reads as zeros
+
+
+def _run_jobs(
+    job: SplitJob, items: list, workers: int, desc: str, progress: bool, stop_on_bad: bool
+) -> list[ItemResult]:
+    """Process ``items`` in chunks, in this process or a pool; results come back sorted by row.
+
+    With ``stop_on_bad`` the first bad file ends the run at once (queued chunks are cancelled).
+    """
+    chunk = max(1, min(32, -(-len(items) // (4 * workers))))  # ~4 chunks per worker balances the load
+    chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+    results: list[ItemResult] = []
+    if workers == 1 or len(chunks) <= 1:
+        with _bar(len(items), desc, progress) as bar:
+            for part in chunks:
+                results += _checked(process_chunk(job, part), stop_on_bad)
+                bar.update(len(part))
+        return sorted(results, key=lambda r: r.index)
+    with _pool(min(workers, len(chunks))) as pool:
+        # Submitting starts the workers, before the bar: draw nothing until they run.
+        pending: set[Future] = {pool.submit(process_chunk, job, part) for part in chunks}
+        with _bar(len(items), desc, progress) as bar:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    part = _checked(future.result(), stop_on_bad)
+                    results += part
+                    bar.update(len(part))
+    return sorted(results, key=lambda r: r.index)
+
+
+class _Bar(tqdm):
+    """tqdm without its monitor thread.
+
+    The thread would make forking unsafe (see _pool) and is not needed: the bar moves once per chunk.
+    """
+
+    monitor_interval = 0
+
+
+def _bar(total: int, desc: str, progress: bool) -> tqdm:
+    return _Bar(total=total, desc=desc, unit="img", disable=not progress, file=sys.stderr)
+
+
+def _checked(results: list[ItemResult], stop_on_bad: bool) -> list[ItemResult]:
+    bad = next((r for r in results if r.bad_path), None)
+    if stop_on_bad and bad is not None:
+        raise PrepareError(f"{bad.bad_path}: {bad.reason} (set prepare.skip_bad: true to skip such files)")
+    return results
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool that starts fast without risking a deadlocked child.
+
+    ``fork`` starts workers in milliseconds (``forkserver`` and ``spawn`` pay ~0.5 s of interpreter start
+    and imports, the whole budget of a small run), but forking a process in which another thread holds a
+    lock copies that lock held forever. So fork only while this process runs a single Python thread (the
+    command line; the progress bar starts no thread); otherwise (embedded in a flow, a notebook or a test
+    session with threads) use the forkserver, which preloads this module once.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        context = multiprocessing.get_context("fork")
+    elif "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["salgan.prepare"])
+    else:
+        context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _compact(folder: Path, keep: list[int]) -> None:
+    """Drop the rows of skipped samples from every array of ``folder``."""
+    for path in sorted(folder.glob("*.npy")):
+        source = np.load(path, mmap_mode="r")
+        shape = (len(keep), *source.shape[1:])
+        tmp = path.with_name(path.stem + ".compact.npy")
+        _allocate(tmp, shape)
+        if len(keep):
+            target = np.load(tmp, mmap_mode="r+")
+            for start in range(0, len(keep), 256):  # bounded memory for the full SALICON arrays
+                target[start : start + 256] = source[keep[start : start + 256]]
+            del target
+        del source
+        os.replace(tmp, path)
+
+
+def _save_fixations(path: Path, per_image: list[np.ndarray]) -> int:
+    """``coords`` (M, 2) int32 and ``offsets`` (N + 1) int64; return M."""
+    lengths = np.array([len(c) for c in per_image], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    coords = np.concatenate(per_image).astype(np.int32) if per_image else np.zeros((0, 2), np.int32)
+    np.savez(path, coords=coords.reshape(-1, 2), offsets=offsets)
+    return int(offsets[-1])
+
+
+@contextlib.contextmanager
+def atomic_directory(output: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``output`` that replaces it when the block succeeds.
+
+    On failure the temporary folder is removed and ``output`` is left exactly as it was.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = output.with_name(f".{output.name}.old-{os.getpid()}")
+    if output.exists():
+        os.replace(output, old)
+    os.replace(tmp, output)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="salgan prepare",
+        description="Decode and resize the raw SALICON tree (prepare.input) into the arrays of "
+        "docs/data-layout.md under prepare.output: images and maps at prepare.size, names, original sizes, "
+        "fixations at the original resolution, and full-size val maps for scoring.",
+        epilog="Settings (params.yaml, section 'prepare'): input, output, size [W, H], skip_bad "
+        "(skip unreadable files and list them in report.json instead of stopping), "
+        "workers (0: one per core).",
+    )
+    parser.add_argument("--params", default="params.yaml", help="settings file (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``salgan prepare``: run the stage; 0 on success, 1 with a message naming the bad file otherwise."""
+    from salgan.config import ConfigError, load_params
+
+    args = build_parser().parse_args(argv)
+    try:
+        params = load_params(args.params).prepare
+        report = prepare(params)
+    except (ConfigError, PrepareError) as exc:
+        print(f"salgan prepare: error: {exc}", file=sys.stderr)
+        return 1
+    summary = ", ".join(f"{split} {c['images']}" for split, c in report["splits"].items())
+    print(f"prepare: {summary} images -> {params.output} ({len(report['skipped'])} skipped)")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not this __main__ copy, so that pool tasks pickle as salgan.prepare.*
+    from salgan import prepare as _stage
+
+    raise SystemExit(_stage.main())

@@ -1,0 +1,154 @@
+"""The package stage: both submission formats, the manifest, and validation before writing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from salgan import package as stage
+from salgan.config import params_from_dict
+
+NAMES = [f"COCO_test2014_{i:012d}" for i in (1, 42, 123456)]
+W0, H0 = 640, 480
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict:
+    """A prepared test split, a predictions folder of valid maps, a model file and params.yaml."""
+    test = tmp_path / "prepared" / "test"
+    test.mkdir(parents=True)
+    (test / "names.json").write_text(json.dumps(NAMES))
+    np.save(test / "original_sizes.npy", np.array([[H0, W0]] * len(NAMES), dtype=np.int32))
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for i, name in enumerate(NAMES):
+        Image.fromarray(np.full((H0, W0), 10 * i, dtype=np.uint8)).save(preds / f"{name}.png")
+    model = tmp_path / "models" / "generator.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"weights")
+    return {"tmp": tmp_path, "preds": preds, "model": model, "output": tmp_path / "out" / "submission.zip"}
+
+
+def write_params(setup: dict, fmt: str) -> Path:
+    data = {
+        "train": {"data": str(setup["tmp"] / "prepared"), "output": str(setup["tmp"] / "models")},
+        "predict": {"output": str(setup["preds"])},
+        "package": {"format": fmt, "algorithm": "salgan", "output": str(setup["output"])},
+    }
+    path = setup["tmp"] / "params.yaml"
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return path
+
+
+def run(setup: dict, fmt: str, *extra: str) -> int:
+    return stage.main(["--params", str(write_params(setup, fmt)), *extra])
+
+
+def test_2017_archive_holds_one_png_per_image_and_a_manifest(setup: dict) -> None:
+    assert run(setup, "2017") == 0  # predictions and model from their defaults
+    with zipfile.ZipFile(setup["output"]) as archive:
+        members = sorted(archive.namelist())
+        assert members == sorted([f"{n}.png" for n in NAMES] + ["manifest.json"])
+        for name in NAMES:
+            data = archive.read(f"{name}.png")
+            assert data == (setup["preds"] / f"{name}.png").read_bytes()
+            img = Image.open(io.BytesIO(data))
+            assert (img.mode, img.size) == ("L", (W0, H0))
+        manifest = json.loads(archive.read("manifest.json"))
+    params = params_from_dict(json.loads((setup["tmp"] / "params.yaml").read_text()))
+    assert manifest["format"] == "2017"
+    assert manifest["counts"] == {"maps": 3}
+    assert manifest["model"]["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert manifest["params_sha256"] == stage.params_sha256(params)
+    assert manifest["created"] and manifest["package_version"]
+    assert [p.name for p in setup["output"].parent.iterdir()] == ["submission.zip"]  # no temp file left
+
+
+def test_2015_archive_holds_coco_style_results(setup: dict) -> None:
+    assert run(setup, "2015", "--predictions", str(setup["preds"]), "--model", str(setup["model"])) == 0
+    with zipfile.ZipFile(setup["output"]) as archive:
+        member = "fixations_test2014_salgan_results.json"
+        assert sorted(archive.namelist()) == sorted([member, "manifest.json"])
+        results = json.loads(archive.read(member))
+        assert json.loads(archive.read("manifest.json"))["results_file"] == member
+    assert [r["image_id"] for r in results] == [1, 42, 123456]
+    for i, result in enumerate(results):
+        img = Image.open(io.BytesIO(base64.b64decode(result["saliency_map"])))
+        assert (img.mode, img.size) == ("L", (W0, H0))
+        assert np.asarray(img).max() == 10 * i
+
+
+def test_image_id_is_the_number_ending_the_name() -> None:
+    assert stage.image_id("COCO_test2014_000000000042") == 42
+    with pytest.raises(stage.PackageError, match="no COCO image id"):
+        stage.image_id("COCO_test2014_x")
+
+
+def break_predictions(preds: Path) -> None:
+    (preds / f"{NAMES[0]}.png").unlink()
+    Image.new("L", (10, 10)).save(preds / "COCO_test2014_999999999999.png")
+    Image.new("L", (320, 240)).save(preds / f"{NAMES[1]}.png")
+    Image.new("RGB", (W0, H0)).save(preds / f"{NAMES[2]}.png")
+
+
+def test_validator_lists_every_kind_of_problem(setup: dict) -> None:
+    break_predictions(setup["preds"])
+    with pytest.raises(ValueError) as error:
+        stage.validate_predictions(setup["preds"], NAMES)
+    message = str(error.value)
+    assert f"1 of 3 expected maps missing: {NAMES[0]}.png" in message
+    assert "unexpected file(s): COCO_test2014_999999999999.png" in message
+    assert f"{NAMES[1]}.png is 320x240, expected 640x480" in message
+    assert f"{NAMES[2]}.png has mode RGB" in message
+
+
+def test_validator_rejects_sixteen_bit_and_non_png(setup: dict) -> None:
+    Image.fromarray(np.zeros((H0, W0), dtype=np.uint16)).save(setup["preds"] / f"{NAMES[0]}.png")
+    Image.new("L", (W0, H0)).save(setup["preds"] / f"{NAMES[1]}.png", format="JPEG")
+    with pytest.raises(ValueError, match=r"mode I;16.*is JPEG, not PNG"):
+        stage.validate_predictions(setup["preds"], NAMES, {n: (W0, H0) for n in NAMES})
+
+
+def test_validator_truncates_long_listings(tmp_path: Path) -> None:
+    names = [f"COCO_test2014_{i:012d}" for i in range(20)]
+    with pytest.raises(
+        ValueError, match=r"0 file\(s\) for 20 test images; 20 of 20 expected maps missing: .*, and 15 more"
+    ):
+        stage.validate_predictions(tmp_path, names)
+
+
+@pytest.mark.parametrize("fmt", ["2017", "2015"])
+def test_invalid_predictions_write_nothing(setup: dict, fmt: str, capsys) -> None:
+    setup["output"].parent.mkdir()
+    setup["output"].write_bytes(b"previous archive")
+    break_predictions(setup["preds"])
+    assert run(setup, fmt) == 1
+    assert "expected maps missing" in capsys.readouterr().err
+    assert setup["output"].read_bytes() == b"previous archive"
+    assert [p.name for p in setup["output"].parent.iterdir()] == ["submission.zip"]
+
+
+def test_missing_model_or_split_is_named(setup: dict, capsys) -> None:
+    assert run(setup, "2017", "--model", str(setup["tmp"] / "nope.pt")) == 1
+    assert "nope.pt: model file not found" in capsys.readouterr().err
+    (setup["tmp"] / "prepared" / "test" / "names.json").unlink()
+    assert run(setup, "2017") == 1
+    assert "names.json: not found" in capsys.readouterr().err
+    assert not setup["output"].exists()
+
+
+def test_unsafe_algorithm_name_is_rejected(setup: dict, capsys) -> None:
+    path = write_params(setup, "2015")
+    data = json.loads(path.read_text())
+    data["package"]["algorithm"] = "../evil"
+    path.write_text(json.dumps(data))
+    assert stage.main(["--params", str(path)]) == 1
+    assert "package.algorithm" in capsys.readouterr().err
