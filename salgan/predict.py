@@ -1,0 +1,494 @@
+"""``salgan predict``: saliency maps from a trained generator.
+
+Stage mode (no INPUTS; the DVC ``predict`` stage): every test image of the prepared data is predicted
+with ``<train.output>/generator.pt`` and written to ``<predict.output>/<name>.png``, 8-bit grey at the
+image's original size (640x480 for SALICON), post-processed as the original code (bicubic resize, 5x5
+Gaussian blur). The folder is written beside the old one and swapped in only when complete.
+
+Tool mode: ``salgan predict --model URI --output DIR [--overlay] INPUTS...``. URI is a registry URI
+(``models:/salgan@champion``, ``models:/salgan/3``), a run or logged-model URI (``runs:/<id>/model``,
+``models:/m-<id>``), a local MLflow model directory, or a plain weights file (a generator state_dict such
+as models/generator.pt, or a training checkpoint). INPUTS are image files, directories (searched
+recursively) and glob patterns; JPEG, PNG, BMP, WebP and TIFF in any mode. Each map is written at the
+input's displayed size (EXIF orientation applied) as ``DIR/<path relative to its input>.png``; with
+``--overlay`` also ``..._overlay.jpg``, a jet heat map over the image. Unreadable inputs are named on
+stderr and skipped; the exit status is 1 if any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from salgan.config import ConfigError, Params, load_params
+from salgan.inference import default_device, predict_batches, to_uint8
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+DEFAULT_SIZE = (256, 192)  # (W, H): the paper's input when the model does not say
+GLOB_CHARS = set("*?[")
+RESAMPLE = Image.Resampling.BILINEAR  # as the prepare stage, so inputs look like the training data
+
+
+class ModelError(RuntimeError):
+    """The --model argument cannot be loaded; the message names it."""
+
+
+@dataclass
+class Job:
+    """One input image and the output stem (relative path without suffix) its results are written to."""
+
+    path: Path
+    stem: Path
+
+
+@dataclass
+class Loaded:
+    """A decoded input: the model-size array, the displayed (rows, cols) and, for overlays, the image."""
+
+    job: Job
+    array: np.ndarray
+    original_size: tuple[int, int]
+    full: np.ndarray | None
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+def load_model(uri: str, params: Params, size: tuple[int, int] | None) -> tuple[torch.nn.Module, tuple[int, int]]:
+    """(generator, input size (W, H)) from any --model form; an explicit ``size`` wins over the model's."""
+    path = Path(uri).expanduser()
+    if path.is_file():
+        generator, model_size = _from_weights(path)
+    elif path.is_dir():
+        if not (path / "MLmodel").is_file():
+            raise ModelError(f"--model {uri}: a directory without an MLmodel file is not an MLflow model")
+        generator, model_size = _from_mlflow_dir(path)
+    elif ":" in uri:
+        from salgan.tracking import download_model
+
+        with tempfile.TemporaryDirectory(prefix="salgan-model-") as tmp:
+            try:
+                local = download_model(uri, params, Path(tmp))
+            except Exception as exc:  # MlflowException, botocore and HTTP errors alike: the URI is unusable
+                from salgan.tracking import scrub
+
+                raise ModelError(f"--model {uri}: cannot fetch the MLflow model: {scrub(str(exc))}") from None
+            generator, model_size = _from_mlflow_dir(local)
+    else:
+        raise ModelError(f"--model {uri}: no such file or directory, and not an MLflow URI")
+    return generator, size or model_size or DEFAULT_SIZE
+
+
+def _from_weights(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | None]:
+    """A generator state_dict, or a training checkpoint holding one (its config gives the input size)."""
+    from salgan.models import Generator, infer_width
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights-only errors all mean: not a weights file
+        raise ModelError(f"--model {path}: not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
+    config = None
+    if isinstance(state, dict) and isinstance(state.get("generator"), dict):
+        state, config = state["generator"], state.get("config")
+    if config is None and (path.parent / "checkpoint.pt").is_file() and path.name != "checkpoint.pt":
+        config = _checkpoint_config(path.parent / "checkpoint.pt")
+    try:
+        generator = Generator(width=infer_width(state))
+        generator.load_state_dict(state)
+    except (ValueError, RuntimeError, AttributeError, TypeError) as exc:
+        raise ModelError(f"--model {path}: not a SalGAN generator state_dict ({exc})") from None
+    size = tuple(config["prepare"]["size"]) if config else None
+    return generator.eval(), size
+
+
+def _checkpoint_config(path: Path) -> dict | None:
+    """The settings a training checkpoint was made with (train saves one beside generator.pt)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("config")
+    except Exception:  # a damaged checkpoint only costs the size hint
+        return None
+
+
+def _from_mlflow_dir(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | None]:
+    """An MLflow pytorch model; a SalGAN is rebuilt as a plain Generator (eval mode, any device)."""
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    from salgan.models import Generator, infer_width
+
+    meta = Model.load(str(path))
+    module = mlflow.pytorch.load_model(str(path), map_location="cpu")
+    state = module.state_dict()
+    if "encoder.0.weight" in state:
+        # torch.export modules refuse .eval() and cannot follow autocast changes; the weights can.
+        generator = Generator(width=infer_width(state))
+        generator.load_state_dict(state)
+        module = generator.eval()
+    else:
+        module = _Frozen(module)
+    return module, _model_input_size(meta)
+
+
+class _Frozen(torch.nn.Module):
+    """Wraps a module that must not be switched between train and eval mode (a torch.export module)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> _Frozen:
+        return self
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.module(image)
+
+
+def _model_input_size(meta) -> tuple[int, int] | None:
+    """(W, H) from the MLmodel metadata written by salgan.tracking, else from a fixed-size signature."""
+    size = (meta.metadata or {}).get("input_size")
+    if size and len(size) == 2:
+        return int(size[0]), int(size[1])
+    inputs = meta.signature.inputs if meta.signature else None
+    if inputs is not None and inputs.is_tensor_spec():
+        shape = inputs.inputs[0].shape
+        if len(shape) == 4 and shape[2] > 0 and shape[3] > 0:
+            return int(shape[3]), int(shape[2])
+    return None
+
+
+# --- inputs ----------------------------------------------------------------------------------------------
+
+
+def collect(inputs: list[str], exclude: Path | None = None) -> tuple[list[Job], list[str]]:
+    """Jobs for files, directories (recursive, images only, dot-files skipped) and globs; and errors."""
+    jobs: list[Job] = []
+    errors: list[str] = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_file():
+            jobs.append(Job(path, Path(path.stem)))
+        elif path.is_dir():
+            jobs += [Job(p, p.relative_to(path).with_suffix("")) for p in _walk(path, exclude)]
+        elif GLOB_CHARS & set(text):
+            base = _glob_base(text)
+            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
+            found = [p for p in matches if p.is_file()]
+            if not found:
+                errors.append(f"{text}: no files match")
+            jobs += [Job(p, _relative(p, base).with_suffix("")) for p in found]
+        else:
+            errors.append(f"{text}: no such file or directory")
+    return _unique(jobs, errors), errors
+
+
+def _walk(root: Path, exclude: Path | None) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _same(here / d, exclude))
+        for name in sorted(filenames):
+            # ._x.jpg AppleDouble files and other dot-files are not images even with an image suffix.
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield here / name
+
+
+def _same(a: Path, b: Path | None) -> bool:
+    return b is not None and a.resolve() == b.resolve()
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard (outputs keep the path below it)."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if GLOB_CHARS & set(p))]]
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _relative(path: Path, base: Path) -> Path:
+    try:
+        return path.relative_to(base)
+    except ValueError:
+        return Path(path.name)
+
+
+def _unique(jobs: list[Job], errors: list[str]) -> list[Job]:
+    """Drop repeated files; two inputs with one stem (a.jpg, a.png) keep their suffix in the output name."""
+    seen: set[Path] = set()
+    distinct = []
+    for job in jobs:
+        if job.path.resolve() not in seen:
+            seen.add(job.path.resolve())
+            distinct.append(job)
+    jobs = distinct
+    counts: dict[Path, int] = {}
+    for job in jobs:
+        counts[job.stem] = counts.get(job.stem, 0) + 1
+    for job in jobs:
+        if counts[job.stem] > 1:
+            job.stem = job.stem.with_name(job.path.name)
+    taken: set[Path] = set()
+    unique = []
+    for job in jobs:
+        if job.stem in taken:
+            errors.append(f"{job.path}: output name {job.stem}.png is already used by another input; skipped")
+            continue
+        taken.add(job.stem)
+        unique.append(job)
+    return unique
+
+
+def read_image(job: Job, size: tuple[int, int], keep_full: bool) -> Loaded:
+    """Decode, apply EXIF orientation, convert to RGB and resize to ``size`` = (W, H).
+
+    Raises ``ValueError`` naming the problem for anything unusable: not an image, truncated, or past
+    Pillow's decompression-bomb limit (its warning is turned into an error: a 90-megapixel "photo" is
+    more likely an attack or a mistake than a picture to score).
+    """
+    from salgan.prepare import to_rgb
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(job.path) as img:
+                img.load()  # decode now: a truncated file fails here, not half-way through a batch
+                image = ImageOps.exif_transpose(img) or img
+                rgb = to_rgb(image)
+    # Pillow reports damage as OSError, SyntaxError, ValueError, EOFError, zlib/struct errors and the
+    # decompression-bomb error and warning; whatever the type, this input is unusable.
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    array = np.asarray(rgb.resize(size, RESAMPLE) if rgb.size != size else rgb, dtype=np.uint8)
+    return Loaded(job, array, (rgb.height, rgb.width), np.asarray(rgb) if keep_full else None)
+
+
+# --- outputs ---------------------------------------------------------------------------------------------
+
+
+def jet(saliency: np.ndarray) -> np.ndarray:
+    """[0, 1] map -> uint8 RGB with a jet-like colour map (blue - cyan - yellow - red)."""
+    s = np.clip(saliency, 0.0, 1.0)[..., None]
+    centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # where red, green and blue peak
+    rgb = np.clip(1.5 - np.abs(4.0 * (s - centres)), 0.0, 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
+    """The heat map blended over the image, more opaque where saliency is high (seed paper Fig. 1).
+
+    The map is stretched to [0, 1] first, as saliency figures are shown: only the ranking of locations
+    matters, and a model's raw output may span a narrow range."""
+    low, high = float(saliency.min()), float(saliency.max())
+    stretched = (saliency - low) / (high - low) if high - low > 1e-6 else np.zeros_like(saliency)
+    alpha = (0.2 + 0.5 * stretched)[..., None]
+    blended = image.astype(np.float32) * (1.0 - alpha) + jet(stretched).astype(np.float32) * alpha
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_atomic(image: Image.Image, path: Path, image_format: str, **options) -> None:
+    """Write to a temporary name in the same folder, then rename: an interrupted run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format=image_format, **options)
+    os.replace(tmp, path)
+
+
+def write_results(loaded: Loaded, saliency: np.ndarray, output: Path, with_overlay: bool) -> None:
+    stem = output / loaded.job.stem
+    save_atomic(Image.fromarray(to_uint8(saliency), mode="L"), stem.with_name(stem.name + ".png"), "PNG")
+    if with_overlay and loaded.full is not None:
+        heat = Image.fromarray(overlay(loaded.full, saliency), mode="RGB")
+        save_atomic(heat, stem.with_name(stem.name + "_overlay.jpg"), "JPEG", quality=90)
+
+
+# --- the two modes ---------------------------------------------------------------------------------------
+
+
+def predict_files(
+    generator: torch.nn.Module,
+    jobs: list[Job],
+    output: Path,
+    size: tuple[int, int],
+    batch_size: int = 16,
+    blur_size: int = 5,
+    with_overlay: bool = False,
+    device: torch.device | None = None,
+) -> tuple[int, list[str]]:
+    """Predict every job in batches; returns the number written and the errors (path: reason) of the
+    inputs that were skipped."""
+    from tqdm import tqdm
+
+    device = device or default_device()
+    generator = generator.to(device).eval()
+    errors: list[str] = []
+    written = 0
+    with tqdm(total=len(jobs), unit="image", desc="predict", disable=None) as bar:
+        for start in range(0, len(jobs), batch_size):
+            batch: list[Loaded] = []
+            for job in jobs[start : start + batch_size]:
+                try:
+                    batch.append(read_image(job, size, with_overlay))
+                except ValueError as exc:
+                    errors.append(f"{job.path}: {exc}")
+                    bar.update(1)
+            if not batch:
+                continue
+            images = np.stack([item.array for item in batch])
+            sizes = np.array([item.original_size for item in batch], dtype=np.int64)
+            maps = predict_batches(generator, images, sizes, len(batch), blur_size, device)
+            for item, saliency in zip(batch, maps, strict=True):
+                write_results(item, saliency, output, with_overlay)
+                written += 1
+                bar.update(1)
+    return written, errors
+
+
+def run_stage(params: Params) -> list[Path]:
+    """The DVC stage: maps for the prepared test split, swapped into predict.output when complete."""
+    from salgan.models import load_generator
+    from salgan.train import GENERATOR_FILE
+
+    test = Path(params.train.data) / "test"
+    images = np.load(test / "images.npy", mmap_mode="c")  # read lazily; "c" is writable, as torch wants
+    names = json.loads((test / "names.json").read_text())
+    sizes = np.load(test / "original_sizes.npy")
+    if not len(names) == len(images) == len(sizes):
+        raise ValueError(f"{test}: names.json, images.npy and original_sizes.npy disagree on the image count")
+    generator = load_generator(Path(params.train.output) / GENERATOR_FILE)
+    output = Path(params.predict.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
+    try:
+        from tqdm import tqdm
+
+        maps = predict_batches(generator, images, sizes, params.predict.batch_size, params.predict.blur_size)
+        pairs = zip(names, maps, strict=True)
+        for name, saliency in tqdm(pairs, total=len(names), unit="image", desc="predict", disable=None):
+            Image.fromarray(to_uint8(saliency), mode="L").save(tmp / f"{name}.png")
+        _swap(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [output / f"{name}.png" for name in names]
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Replace folder ``target`` by ``new``; the old one is removed only after the rename."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 256x192, got {text!r}") from None
+    if width <= 0 or height <= 0 or width % 16 or height % 16:
+        raise argparse.ArgumentTypeError(f"sides must be positive multiples of 16, got {text!r}")
+    return width, height
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="salgan predict",
+        description="Saliency maps. Without INPUTS: the predict stage (test split of the prepared data, "
+        "generator from train.output, maps into predict.output). With INPUTS: maps for your images from "
+        "a registry model, an MLflow model or a weights file, written as 8-bit grey PNGs at each image's "
+        "own size. MLflow URIs use MLFLOW_TRACKING_URI, else mlflow.tracking_uri in params.yaml.",
+        epilog="example: salgan predict --model models:/salgan@champion --output maps --overlay photos/",
+    )
+    parser.add_argument("inputs", nargs="*", metavar="INPUTS", help="image files, directories and globs")
+    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+    parser.add_argument(
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, models:/m-ID, an MLflow model "
+        "directory or a weights file (default: models:/<mlflow.model_name>@champion)",
+    )
+    parser.add_argument("--output", type=Path, help="folder for the maps (required with INPUTS)")
+    parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.jpg heat maps")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default: 16)")
+    parser.add_argument("--blur", type=int, default=5, help="Gaussian blur kernel size, 0: none (default: 5)")
+    parser.add_argument("--size", type=parse_size, help="model input WxH (default: the model's own, else 256x192)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    return parser
+
+
+def _load_params(path: str, required: bool) -> Params:
+    """params.yaml; tool mode runs outside the repository too, with the defaults."""
+    if not required and not Path(path).is_file():
+        return Params()
+    return load_params(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        params = _load_params(args.params, required=not args.inputs)
+    except ConfigError as exc:
+        print(f"salgan predict: {exc}", file=sys.stderr)
+        return 2
+    if not args.inputs:
+        if args.model or args.output or args.overlay:
+            parser.error("--model, --output and --overlay need INPUTS (without INPUTS this is the DVC stage)")
+        return _stage_main(params)
+    if args.output is None:
+        parser.error("--output DIR is required with INPUTS")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    return _tool_main(args, params)
+
+
+def _stage_main(params: Params) -> int:
+    try:
+        files = run_stage(params)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"salgan predict: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(files)} maps to {params.predict.output}")
+    if params.mlflow.enabled:
+        from salgan.tracking import record_prediction
+
+        record_prediction(params, files)
+    return 0
+
+
+def _tool_main(args: argparse.Namespace, params: Params) -> int:
+    model = args.model or f"models:/{params.mlflow.model_name}@champion"
+    try:
+        generator, size = load_model(model, params, args.size)
+    except ModelError as exc:
+        print(f"salgan predict: {exc}", file=sys.stderr)
+        return 1
+    jobs, errors = collect(args.inputs, exclude=args.output)
+    device = default_device() if args.device == "auto" else torch.device(args.device)
+    written, failed = predict_files(
+        generator, jobs, args.output, size, args.batch_size, args.blur, args.overlay, device
+    )
+    errors += failed
+    for error in errors:
+        print(f"salgan predict: skipped {error}", file=sys.stderr)
+    print(f"wrote {written} maps to {args.output}" + (f"; {len(errors)} inputs failed" if errors else ""))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

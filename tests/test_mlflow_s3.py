@@ -1,0 +1,88 @@
+"""MLflow artifacts on S3, against a real S3 HTTP endpoint: moto's server mode on 127.0.0.1."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from salgan.models import Generator
+from salgan.tracking import log_generator, register
+
+BUCKET = "salgan-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server in its own process, stopped at the end."""
+    pytest.importorskip("moto.server")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server on port {port} did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_model_artifacts_round_trip_through_s3(s3_endpoint, tmp_path, monkeypatch):
+    import boto3
+
+    for key, value in {
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("s3", artifact_location=f"s3://{BUCKET}/mlflow")
+    torch.manual_seed(0)
+    weights = tmp_path / "generator.pt"
+    torch.save(Generator(width=0.0625).state_dict(), weights)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_text("hello", "notes/hello.txt")
+        info = log_generator(weights, [64, 48])
+        version = register(MlflowClient(), "salgan-s3", info.model_uri, {"nss": 1.5}, run.info.run_id)
+
+    keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")["Contents"]]
+    assert any(k.endswith("notes/hello.txt") for k in keys)
+    assert any(k.endswith("data/model.pt2") for k in keys) and any(k.endswith("/MLmodel") for k in keys)
+    assert not list(tmp_path.glob("mlruns/**/model.pt2"))  # nothing fell back to local storage
+
+    module = mlflow.pytorch.load_model("models:/salgan-s3@challenger", map_location="cpu")
+    batch = torch.from_numpy(np.random.default_rng(0).random((2, 3, 48, 64), dtype=np.float32))
+    expected = Generator(width=0.0625)
+    expected.load_state_dict(torch.load(weights, weights_only=True))
+    torch.testing.assert_close(module(batch), expected.eval()(batch))
+    assert version == "1"

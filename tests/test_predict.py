@@ -1,0 +1,156 @@
+"""``salgan predict``: from the registry on images of many modes, from a weights file, and as the stage."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from PIL import Image
+
+from salgan import predict
+from salgan.config import Params, to_dict
+from salgan.models import Generator
+from salgan.tracking import log_generator, register
+from tests.conftest import write_prepared
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "generator.pt"
+    torch.save(Generator(width=0.0625).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def champion_store(tmp_path_factory, weights):
+    """A sqlite store whose model 'salgan' has version 1 as champion, trained at 64x48."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("predict-test")
+        with mlflow.start_run() as run:
+            info = log_generator(weights, [64, 48])
+            version = register(MlflowClient(), "salgan", info.model_uri, {"nss": 1.0}, run.info.run_id)
+        MlflowClient().set_registered_model_alias("salgan", "champion", version)
+    return uri
+
+
+def make_images(folder: Path) -> dict[str, tuple[int, int]]:
+    """Images of many modes and formats; returns output stem -> (width, height). Plus one broken JPEG."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    folder.mkdir(parents=True)
+    (folder / "sub").mkdir()
+    rgb.save(folder / "photo.jpg")
+    rgb.resize((64, 50)).convert("L").save(folder / "sub" / "grey.png")
+    rgba = rgb.resize((70, 60)).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "sub" / "alpha.png")
+    rgb.resize((90, 70)).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((rng.random((40, 60)) * 65535).astype(np.uint16)).save(folder / "deep.png")
+    rgb.resize((50, 50)).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    rgb.resize((33, 21)).save(folder / "tiny.bmp")
+    rgb.resize((48, 36)).save(folder / "web.webp")
+    rgb.resize((40, 30)).save(folder / "scan.tiff")
+    data = (folder / "photo.jpg").read_bytes()
+    (folder / "broken.jpg").write_bytes(data[: len(data) // 2])  # truncated
+    (folder / "notes.txt").write_text("not an image")  # not picked up from a directory
+    return {
+        "photo": (100, 80),
+        "sub/grey": (64, 50),
+        "sub/alpha": (70, 60),
+        "cmyk": (90, 70),
+        "deep": (60, 40),
+        "palette": (50, 50),
+        "tiny": (33, 21),
+        "web": (48, 36),
+        "scan": (40, 30),
+    }
+
+
+def test_predict_from_the_registry_champion(tmp_path, monkeypatch, capsys, champion_store):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+    monkeypatch.chdir(tmp_path)
+    expected = make_images(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["--model", "models:/salgan@champion", "--output", str(out), "--overlay", "--batch-size", "4", "in"]
+    assert predict.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and err.count("skipped") == 1
+    for stem, size in expected.items():
+        with Image.open(out / f"{stem}.png") as saliency:
+            assert (saliency.mode, saliency.size) == ("L", size), stem
+        with Image.open(out / f"{stem}_overlay.jpg") as heat:
+            assert (heat.mode, heat.size) == ("RGB", size), stem
+    assert not (out / "broken.png").exists()
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == sorted(f"{stem}.png" for stem in expected)
+
+
+def test_model_input_size_comes_from_the_mlflow_metadata(champion_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+    generator, size = predict.load_model("models:/salgan/1", Params(), None)
+    assert size == (64, 48) and isinstance(generator, Generator)
+    assert predict.load_model("models:/salgan/1", Params(), (128, 96))[1] == (128, 96)
+
+
+def test_weights_file_glob_and_decompression_bombs(tmp_path, monkeypatch, capsys, weights):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warns above 1000 pixels, refuses above 2000
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name, side in (("ok", 20), ("warns", 40), ("refused", 50)):
+        Image.new("RGB", (side, side), (200, 100, 50)).save(folder / f"{name}.png")
+    argv = ["--model", str(weights), "--output", "out", "--size", "64x48", "--blur", "0", "pics/*.png"]
+    assert predict.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "warns.png" in err and "refused.png" in err and "DecompressionBomb" in err
+    with Image.open(tmp_path / "out" / "ok.png") as saliency:
+        assert saliency.size == (20, 20)
+
+
+def test_missing_input_and_bad_model_are_reported(tmp_path, monkeypatch, capsys, weights):
+    monkeypatch.chdir(tmp_path)
+    assert predict.main(["--model", str(tmp_path / "nope.pt"), "--output", "out", "x.jpg"]) == 1
+    assert "nope.pt" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert predict.main(["--model", "junk.pt", "--output", "out", "x.jpg"]) == 1
+    assert "junk.pt: not a PyTorch weights file" in capsys.readouterr().err
+    assert predict.main(["--model", str(weights), "--output", "out", "missing.jpg"]) == 1
+    assert "missing.jpg: no such file" in capsys.readouterr().err
+
+
+def test_stage_mode_writes_one_map_per_test_image(tmp_path, monkeypatch, weights):
+    monkeypatch.chdir(tmp_path)
+    params = Params()
+    params.train.data = str(write_prepared(tmp_path / "prepared"))
+    params.train.output = str(tmp_path / "models")
+    params.predict.output = str(tmp_path / "outputs" / "test_maps")
+    params.mlflow.enabled = False
+    Path(params.train.output).mkdir()
+    (Path(params.train.output) / "generator.pt").write_bytes(weights.read_bytes())
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(to_dict(params)))
+    assert predict.main(["--params", str(params_file)]) == 0
+    names = json.loads((Path(params.train.data) / "test" / "names.json").read_text())
+    written = sorted(p.name for p in Path(params.predict.output).iterdir())
+    assert written == sorted(f"{n}.png" for n in names)
+    for name in names:
+        with Image.open(Path(params.predict.output) / f"{name}.png") as saliency:
+            assert (saliency.mode, saliency.size) == ("L", (640, 480))
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["test_maps"]  # no temp folder left
+
+
+def test_jet_runs_blue_to_red():
+    colours = predict.jet(np.array([0.0, 0.5, 1.0]))
+    assert colours[0, 2] > 100 and colours[0, 0] == 0  # low: blue
+    assert colours[1, 1] == 255  # middle: green-ish
+    assert colours[2, 0] > 100 and colours[2, 2] == 0  # high: red

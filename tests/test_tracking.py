@@ -1,0 +1,177 @@
+"""MLflow tracking against a real sqlite store in a temporary folder."""
+
+import copy
+import json
+import socket
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from salgan import tracking
+from salgan.distributed import DistInfo
+from salgan.tracking import (
+    CHALLENGER,
+    RUN_FILE,
+    TrackingUnavailableWarning,
+    TrainingTracker,
+    record_evaluation,
+    redact,
+)
+from salgan.train import run
+from tests.conftest import tiny_params
+
+DVC_LOCK = """schema: '2.0'
+stages:
+  download:
+    outs:
+    - path: data/raw
+      md5: 1111aaaa.dir
+  prepare:
+    outs:
+    - path: data/prepared
+      md5: 2222bbbb.dir
+"""
+METRICS = {"nss": 1.25, "cc": 0.5, "kld": 0.9, "auc_judd": 0.8}
+BASELINES = {"center_bias": {"nss": 0.7, "cc": 0.3}, "ground_truth": {"nss": 3.0}}
+
+
+def tracked_params(root: Path, uri: str, **train):
+    params = tiny_params(root, **train)
+    params.mlflow.enabled = True
+    params.mlflow.tracking_uri = uri
+    params.mlflow.experiment = "tiny"
+    return params
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 2-epoch training run recorded in a fresh sqlite store (cwd moved there, so ./mlruns is too)."""
+    root = tmp_path_factory.mktemp("tracked")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        (root / "dvc.lock").write_text(DVC_LOCK)
+        params = tracked_params(root, uri, epochs=2, bce_epochs=1)
+        assert run(params) == 0
+        yield params, root, uri
+
+
+def test_training_records_params_metrics_and_artifacts(trained):
+    params, root, uri = trained
+    record = json.loads((root / "models" / RUN_FILE).read_text())
+    assert record["tracking_uri"] == uri
+    client = MlflowClient(uri)
+    mlrun = client.get_run(record["run_id"])
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["train.epochs"] == "2"
+    assert mlrun.data.params["prepare.size"] == "[64, 48]"
+    assert mlrun.data.params["mlflow.experiment"] == "tiny"
+    tags = mlrun.data.tags
+    assert tags["world_size"] == "1" and tags["device"] == "cpu"
+    assert tags["data.raw.md5"] == "1111aaaa.dir" and tags["data.prepared.md5"] == "2222bbbb.dir"
+    for key in ("g_loss", "content_loss", "val_content_loss", "images_per_s", "lr"):
+        assert [m.step for m in client.get_metric_history(record["run_id"], key)] == [1, 2], key
+    assert [m.step for m in client.get_metric_history(record["run_id"], "d_loss")] == [2]  # adversarial only
+    snapshots = [f.path for f in client.list_artifacts(record["run_id"], "snapshots")]
+    assert snapshots == ["snapshots/epoch_001.png", "snapshots/epoch_002.png"]
+    assert "params.yaml" in [f.path for f in client.list_artifacts(record["run_id"])]
+
+
+def test_resumed_training_continues_the_recorded_run(trained):
+    params, root, uri = trained
+    run_id = json.loads((root / "models" / RUN_FILE).read_text())["run_id"]
+    tracker = TrainingTracker(params)
+    tracker.start(DistInfo(0, 1, 0, 1, torch.device("cpu")), resumed_epochs=2)
+    assert tracker.run_id == run_id
+    tracker.log_epoch({"epoch": 3, "g_loss": 0.5}, None)
+    tracker.finish(root / "models" / "generator.pt")
+    history = MlflowClient(uri).get_metric_history(run_id, "g_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+
+
+def test_record_evaluation_registers_a_challenger(trained):
+    params, root, uri = trained
+    reports = root / "reports"
+    reports.mkdir(exist_ok=True)
+    artifacts = [reports / "metrics.json", reports / "per_image.csv"]
+    artifacts[0].write_text(json.dumps(METRICS))
+    artifacts[1].write_text("index,nss\n0,1.25\n")
+    version = record_evaluation(params, METRICS, BASELINES, artifacts, root / "models" / "generator.pt")
+    assert version == "1"
+
+    client = MlflowClient(uri)
+    model_version = client.get_model_version_by_alias("salgan", CHALLENGER)
+    assert str(model_version.version) == "1"
+    assert float(model_version.tags["nss"]) == 1.25 and float(model_version.tags["kld"]) == 0.9
+    run_id = json.loads((root / "models" / RUN_FILE).read_text())["run_id"]
+    assert model_version.run_id == run_id  # the pipeline's one run, continued
+    data = client.get_run(run_id).data
+    assert data.metrics["val_nss"] == 1.25 and data.metrics["baseline_center_bias_nss"] == 0.7
+    logged = {f.path for f in client.list_artifacts(run_id, "evaluation")}
+    assert logged == {"evaluation/metrics.json", "evaluation/per_image.csv"}
+
+    mlflow.set_tracking_uri(uri)
+    batch = np.random.default_rng(0).random((3, 3, 48, 64), dtype=np.float32)
+    module = mlflow.pytorch.load_model("models:/salgan@challenger", map_location="cpu")
+    assert tuple(module(torch.from_numpy(batch)).shape) == (3, 1, 48, 64)
+    pyfunc = mlflow.pyfunc.load_model("models:/salgan/1")
+    assert pyfunc.metadata.metadata["input_size"] == [64, 48]
+    assert np.asarray(pyfunc.predict(batch)).shape == (3, 1, 48, 64)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_costs_one_warning(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://user:secret@127.0.0.1:{closed_port()}"
+    params = tracked_params(tmp_path, uri, epochs=1, bce_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run(params) == 0
+        assert record_evaluation(params, METRICS, BASELINES, [], tmp_path / "models" / "generator.pt") is None
+    messages = [str(w.message) for w in caught if issubclass(w.category, TrackingUnavailableWarning)]
+    assert len(messages) == 2  # one for training, one for the evaluation
+    assert all(redact(uri) in m and "secret" not in m for m in messages)
+    assert (tmp_path / "models" / "generator.pt").is_file()
+    assert len(json.loads((tmp_path / "models" / "history.json").read_text())) == 1
+    assert not (tmp_path / "models" / RUN_FILE).exists()
+
+
+def test_epochs_missed_while_the_server_was_down_are_backfilled(trained, monkeypatch):
+    params, root, uri = trained
+    params = copy.deepcopy(params)
+    params.train.output = str(root / "flaky")
+    real = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def down_once(self, name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise MlflowException("connection refused")
+        return real(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", down_once)
+    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.0)
+    tracker = TrainingTracker(params)
+    with pytest.warns(TrackingUnavailableWarning, match="could not start a run"):
+        tracker.start(DistInfo(0, 1, 0, 1, torch.device("cpu")))
+    assert tracker.run_id is None
+    tracker.log_epoch({"epoch": 1, "g_loss": 0.9}, None)
+    tracker.log_epoch({"epoch": 2, "g_loss": 0.8}, None)
+    tracker.finish(root / "models" / "generator.pt")
+    history = MlflowClient(uri).get_metric_history(tracker.run_id, "g_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.9), (2, 0.8)]
+    assert json.loads((root / "flaky" / RUN_FILE).read_text())["run_id"] == tracker.run_id
