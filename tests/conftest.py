@@ -13,6 +13,7 @@ from salgan.config import params_from_dict
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
 def write_prepared(root: Path, n_train: int = 32, n_val: int = 8, size: tuple[int, int] = (64, 48), seed: int = 0):
