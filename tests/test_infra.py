@@ -1,0 +1,254 @@
+"""The production stack's definitions are wired as infra/README.md describes them.
+
+infra/docker-compose.yml is parsed with PyYAML and checked service by service (and by `docker compose
+config` where a compose client runs without an engine); the Kubernetes job and the DVC remotes likewise.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+COMPOSE_FILE = INFRA / "docker-compose.yml"
+ENV_EXAMPLE = INFRA / ".env.example"
+SERVICES = {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "prefect-worker"}
+VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def env_example() -> dict[str, str]:
+    pairs = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    return dict(item.split("=", 1) for item in env) if isinstance(env, list) else env
+
+
+def command(service: dict) -> str:
+    cmd = service.get("command") or ""
+    return " ".join(cmd) if isinstance(cmd, list) else cmd
+
+
+def test_every_service_is_there(services):
+    assert set(services) == SERVICES
+
+
+def test_start_up_order_waits_for_health(services):
+    expected = {
+        "minio-init": {"minio": "service_healthy"},
+        "mlflow": {"postgres": "service_healthy", "minio-init": "service_completed_successfully"},
+        "prefect-server": {"postgres": "service_healthy"},
+        "prefect-worker": {
+            "prefect-server": "service_healthy",
+            "mlflow": "service_healthy",
+            "minio-init": "service_completed_successfully",
+        },
+    }
+    for name, needs in expected.items():
+        depends = services[name]["depends_on"]
+        assert {dep: spec["condition"] for dep, spec in depends.items()} == needs, name
+    waited_for = {dep for s in services.values() for dep, spec in (s.get("depends_on") or {}).items()
+                  if spec["condition"] == "service_healthy"}  # fmt: skip
+    for name in waited_for:
+        assert services[name]["healthcheck"]["test"], f"{name} is waited for but has no health check"
+    for name in SERVICES - {"minio-init"}:
+        assert "healthcheck" in services[name], f"{name}: no health check"
+    assert services["minio-init"]["restart"] == "no"
+
+
+def test_ports_are_published_on_the_bind_address(services):
+    published = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            host, _, container = port.rpartition(":")
+            assert host.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port} is not bound to BIND_ADDRESS"
+            published[int(container)] = name
+    assert published == {9000: "minio", 9001: "minio", 5000: "mlflow", 4200: "prefect-server"}
+
+
+def test_data_lives_in_named_volumes_and_mounted_files_exist(compose, services):
+    declared = set(compose["volumes"])
+    assert {"postgres-data", "minio-data", "worker-dvc-cache"} <= declared
+    mounts = {name: [v.split(":")[:2] for v in s.get("volumes", [])] for name, s in services.items()}
+    assert ["postgres-data", "/var/lib/postgresql/data"] in mounts["postgres"]
+    assert ["minio-data", "/data"] in mounts["minio"]
+    for name, pairs in mounts.items():
+        for source, _ in pairs:
+            if source.startswith("."):
+                assert (INFRA / source).is_file(), f"{name}: mounts {source}, which does not exist"
+            else:
+                assert source in declared, f"{name}: volume {source} is not declared"
+    init = [t for s, t in mounts["postgres"] if t.startswith("/docker-entrypoint-initdb.d/")]
+    assert init, "postgres: no init script creates the mlflow and prefect databases"
+    script = (INFRA / "postgres" / Path(init[0]).name).read_text()
+    assert "CREATE DATABASE mlflow" in script and "CREATE DATABASE prefect" in script
+
+
+def test_servers_use_postgres_and_s3(services):
+    mlflow = services["mlflow"]
+    # The driver named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, older releases to psycopg2.
+    assert environment(mlflow)["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://mlflow:${")
+    assert environment(mlflow)["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
+    assert "--artifacts-destination=s3://${S3_BUCKET:-salgan}/mlflow" in command(mlflow)
+    assert "--serve-artifacts" in command(mlflow)
+    assert environment(mlflow)["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert "psycopg[binary]" in mlflow["build"]["dockerfile_inline"]  # the official image lacks the driver
+    assert "mlflow" in environment(mlflow)["MLFLOW_SERVER_ALLOWED_HOSTS"]  # other containers call it so
+
+    url = environment(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert re.fullmatch(r"postgresql\+asyncpg://prefect:\$\{PREFECT_DB_PASSWORD:\?[^}]*\}@postgres:5432/prefect", url)
+    init = command(services["minio-init"])
+    assert 'mc mb --ignore-existing "local/$$S3_BUCKET"' in init
+
+
+def test_worker_serves_the_gpu_pool_on_the_gpus(services):
+    worker = services["prefect-worker"]
+    assert worker["build"] == {"context": "..", "dockerfile": "infra/Dockerfile"}
+    assert "--pool ${PREFECT_WORK_POOL:-gpu}" in command(worker)
+    env = environment(worker)
+    assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "worker-dvc-cache:/opt/salgan/.dvc/cache" in worker["volumes"]
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", dockerfile, re.M)
+    assert "pip install -c requirements.lock ." in dockerfile
+    assert "WORKDIR /opt/salgan" in dockerfile and "dvc remote default --local s3" in dockerfile
+    ignored = (INFRA / "Dockerfile.dockerignore").read_text().split()
+    # The image is a checkout (DVC needs .git) without secrets or host-only settings.
+    assert {"infra/.env", ".dvc/config.local", "data", "models"} <= set(ignored) and ".git" not in ignored
+
+
+def test_every_variable_is_in_the_example_env_file(compose):
+    text = yaml.safe_dump(compose)  # the values compose interpolates, not the comments
+    used = set(VARIABLE.findall(text))
+    example = env_example()
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
+    assert required <= set(example), f"required but not in .env.example: {sorted(required - set(example))}"
+    commented = set(re.findall(r"^# ?([A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.M))
+    assert used <= set(example) | commented, (
+        f"not documented in .env.example: {sorted(used - set(example) - commented)}"
+    )
+
+
+def test_no_secret_is_committed(services):
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if SECRET_NAME.search(key) or "://" in str(value):
+                # A secret, or a URL that could carry one, only as a ${VAR} reference.
+                creds = re.search(r"://[^/@]*:([^@/]*)@", str(value))
+                secret = creds.group(1) if creds else value
+                if SECRET_NAME.search(key) or creds:
+                    assert str(secret).startswith("${"), f"{name}: {key} holds a literal secret"
+    for key, value in env_example().items():
+        if SECRET_NAME.search(key):
+            assert value == "change-me", f".env.example: {key} must be a placeholder"
+    for path in INFRA.rglob("*"):
+        if path.is_file() and path.name != ".env":
+            assert not re.search(r"(?i)(password|secret)\s*[:=]\s*['\"]?[a-z0-9]{8,}", path.read_text()), path
+
+
+def test_env_file_is_ignored_by_git():
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    result = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=REPO)
+    assert result.returncode == 0, "add infra/.env to .gitignore: it holds the stack's passwords"
+
+
+def compose_client() -> list[str] | None:
+    for candidate in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(candidate[0]) is None:
+            continue
+        if subprocess.run([*candidate, "version"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def test_docker_compose_accepts_the_file():
+    client = compose_client()
+    if client is None:
+        pytest.skip("no docker compose client here")
+    # `config` resolves and validates the file without an engine; the example env fills every variable.
+    result = subprocess.run(
+        [*client, "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- Kubernetes ---------------------------------------------------------------------------------
+
+
+def test_multinode_job_rendezvous_at_pod_0_and_requests_gpus():
+    docs = list(yaml.safe_load_all((INFRA / "k8s" / "train-multinode.yaml").read_text()))
+    by_kind = {doc["kind"]: doc for doc in docs}
+    job, service = by_kind["Job"], by_kind["Service"]
+    assert job["spec"]["completionMode"] == "Indexed"
+    nodes = job["spec"]["completions"]
+    assert nodes == job["spec"]["parallelism"] == 2
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert service["spec"]["selector"] == {"job-name": job["metadata"]["name"]}
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"]
+
+    (train,) = pod["containers"]
+    args = train["command"]
+    assert args[0] == "torchrun" and args[-4:] == ["-m", "salgan.train", "--params", "params.yaml"]
+    options = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    assert int(options["nnodes"]) == nodes and options["rdzv-backend"] == "c10d"
+    host = f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert options["rdzv-endpoint"] == f"{host}:{service['spec']['ports'][0]['port']}"
+    gpus = int(options["nproc-per-node"])
+    assert train["resources"]["limits"]["nvidia.com/gpu"] == gpus == 8
+    for container in [*pod["initContainers"], train]:
+        for var in container["env"]:
+            if SECRET_NAME.search(var["name"]) or var["name"] == "AWS_ACCESS_KEY_ID":
+                assert "secretKeyRef" in var["valueFrom"], f"{var['name']} must come from a Secret"
+
+
+# --- DVC remotes --------------------------------------------------------------------------------
+
+
+def test_dvc_remotes_default_to_a_local_folder_and_offer_s3():
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dvc")), "config", "--project", "--list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    config = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    default = config["core.remote"]
+    local = (REPO / ".dvc" / config[f"remote.{default}.url"]).resolve()
+    assert "://" not in config[f"remote.{default}.url"]
+    assert not local.is_relative_to(REPO), "the default remote must live outside the repository"
+    assert config["remote.s3.url"] == "s3://salgan/dvc"
+    # Endpoint and credentials belong in .dvc/config.local or the AWS settings, not in git.
+    assert not {k for k in config if k.startswith("remote.s3.") and k != "remote.s3.url"}
