@@ -1,0 +1,266 @@
+"""Scheduled retraining: refresh the data, train a challenger as a DVC experiment, gate its promotion.
+
+1. refresh: re-run the download stage (``dvc repro --force --single-item download``, retried with backoff),
+   or ``dvc pull`` the versions dvc.lock names from the remote, or leave the data as it is;
+2. train: the pipeline as one ``dvc exp run`` with the flow's overrides (the ``salgan-pipeline`` flow as a
+   subflow), whose evaluate stage registers the model as the registry's ``challenger``;
+3. gate: ``salgan.registry.promote`` moves the ``champion`` alias to the challenger only when it beats the
+   champion on ``metric`` by at least ``min_delta``;
+4. report: a markdown artifact (key ``salgan-retrain``) with challenger and champion metrics and the decision.
+
+The whole flow holds the workspace lock (see ``flows.pipeline.workspace_lock``): two triggers at once run
+one after the other instead of interleaving their writes to params.yaml, dvc.lock and the outputs.
+
+Run locally on the ephemeral API server: ``python -m flows.retrain`` (``--help`` for the options).
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.pipeline import (
+    DOWNLOAD_RETRIES,
+    end_recorded_stage,
+    parse_set,
+    repro_command,
+    retry_delays,
+    run_streaming,
+    salgan_pipeline,
+    workspace_lock,
+)
+
+ARTIFACT_KEY = "salgan-retrain"
+REFRESH_MODES = ("download", "pull", "none")
+
+
+@task(name="refresh-data", task_run_name="refresh-{mode}", cache_policy=NO_CACHE)
+def refresh_data(mode: str, workdir: str) -> None:
+    """Bring the raw data up to date: re-run the download stage, or pull what dvc.lock names."""
+    logger = get_run_logger()
+    if mode == "download":
+        command = repro_command("download", force=True)
+    elif mode == "pull":
+        command = ["dvc", "pull"]
+    else:
+        logger.info("refresh=none: training on the data already in the workspace")
+        return
+    run_streaming(command, workdir, f"refresh ({mode})", logger)
+
+
+def tracking_settings(workdir: str | Path) -> tuple[str, str, bool]:
+    """(tracking URI, registered model name, enabled) as the pipeline's stages see them from ``workdir``.
+
+    The stages run with ``workdir`` as their current directory, so a relative sqlite or file store is
+    resolved against it, not against wherever this flow process happens to run.
+    """
+    from salgan.config import params_from_dict
+
+    path = Path(workdir) / "params.yaml"
+    data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    settings = params_from_dict({"mlflow": (data or {}).get("mlflow") or {}}).mlflow
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri
+    return absolute_store(uri, Path(workdir).resolve()), settings.model_name, settings.enabled
+
+
+def absolute_store(uri: str, base: Path) -> str:
+    """A store relative to ``base`` made absolute (``sqlite:///mlflow.db``, ``mlruns``); other URIs unchanged."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{base / uri[len('sqlite:///') :]}"
+    if "://" not in uri and not Path(uri).is_absolute():
+        return str(base / uri)
+    return uri
+
+
+def run_promotion(uri: str, name: str, metric: str, min_delta: float) -> dict[str, Any]:
+    """``salgan.registry.promote`` against the registry at ``uri``, with each side's metrics added.
+
+    The gate returns only the compared metric; the report shows all of them, from the version tags that
+    evaluation wrote. Imported here: mlflow is heavy, and running stages does not need the registry.
+    """
+    from mlflow import MlflowClient
+
+    from salgan.registry import promote
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    result = promote(client, name, metric, min_delta)
+    for side in ("challenger", "champion"):
+        if isinstance(result.get(side), dict) and result[side].get("version") is not None:
+            tags = client.get_model_version(name, result[side]["version"]).tags
+            result[side]["metrics"] = {key: float(value) for key, value in tags.items() if _is_number(value)}
+    return result
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@task(name="promotion-gate", task_run_name="promotion-gate", cache_policy=NO_CACHE)
+def promotion_gate(workdir: str, metric: str, min_delta: float) -> dict[str, Any]:
+    """Compare the registry's challenger with its champion on ``metric``; promote when it is better."""
+    logger = get_run_logger()
+    uri, name, enabled = tracking_settings(workdir)
+    if not enabled:
+        logger.info("mlflow.enabled is false: no registry, no promotion")
+        return {"promoted": False, "reason": "MLflow is disabled in params.yaml", "metric": metric}
+    logger.info("promotion gate on %s (model %r, metric %s, min_delta %s)", uri, name, metric, min_delta)
+    result = run_promotion(uri, name, metric, min_delta)
+    logger.info("gate decision: %s", decision_text(result))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The report
+
+
+def decision_text(result: dict[str, Any]) -> str:
+    """One line: promoted or kept, and why."""
+    verdict = result.get("decision") or ("promoted" if result.get("promoted") else "not promoted")
+    reason = result.get("reason")
+    return f"{verdict}: {reason}" if reason else str(verdict)
+
+
+def _metrics_of(entry: Any, metric: str) -> dict[str, Any]:
+    """A challenger/champion entry's metrics: its ``metrics`` and the gate's ``value`` of ``metric``."""
+    if not isinstance(entry, dict):
+        return {}
+    metrics = dict(entry.get("metrics") or {})
+    if entry.get("value") is not None:
+        metrics[metric] = entry["value"]
+    return metrics
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def decision_markdown(result: dict[str, Any], metric: str, min_delta: float) -> str:
+    """The artifact: a table of challenger vs champion metrics (the gate's metric first) and the decision."""
+    challenger, champion = result.get("challenger") or {}, result.get("champion") or {}
+    ours, theirs = _metrics_of(challenger, metric), _metrics_of(champion, metric)
+    names = sorted(set(ours) | set(theirs), key=lambda name: (name != metric, name))
+    direction = "lower" if result.get("higher_is_better") is False else "higher"
+    gate = (
+        f"Gate: the challenger's `{metric}` ({direction} is better) must beat the champion's by more than {min_delta}"
+    )
+    if result.get("delta") is not None:
+        gate += f"; improvement {result['delta']:+.4f}"
+    lines = [
+        "# SalGAN retraining",
+        "",
+        f"**Decision: {decision_text(result)}**",
+        "",
+        gate + ".",
+        "",
+        f"| metric | challenger (v{_cell(challenger.get('version'))}) | champion (v{_cell(champion.get('version'))}) |",
+        "|---|---:|---:|",
+    ]
+    for name in names:
+        label = f"**{name}**" if name == metric else name
+        lines.append(f"| {label} | {_cell(ours.get(name))} | {_cell(theirs.get(name))} |")
+    if not names:
+        lines.append("| (no metrics recorded) | — | — |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The flow
+
+
+@flow(name="salgan-retrain", on_cancellation=[end_recorded_stage], on_crashed=[end_recorded_stage])
+def salgan_retrain(
+    refresh: Literal["download", "pull", "none"] = "download",
+    overrides: dict | None = None,
+    workdir: str = ".",
+    metric: str = "nss",
+    min_delta: float = 0.0,
+) -> dict[str, Any]:
+    """Refresh the data, train a challenger as a DVC experiment, promote it only when it is better.
+
+    Args:
+        refresh: ``download`` re-runs the download stage, ``pull`` runs ``dvc pull``, ``none`` skips it.
+        overrides: params.yaml overrides for the experiment, ``{"train.epochs": 60}``.
+        workdir: the DVC repository (a checkout of this project).
+        metric: the validation metric the gate compares (higher is better, but for kld).
+        min_delta: how much better the challenger must be to become champion.
+
+    Returns the gate's result (``salgan.registry.promote``).
+    """
+    if refresh not in REFRESH_MODES:
+        raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")
+    logger = get_run_logger()
+    with workspace_lock(workdir, logger):
+        refresh_task = refresh_data
+        if refresh == "download":
+            # The download stage is the one exposed to networks and mirrors: retry it with backoff.
+            refresh_task = refresh_data.with_options(
+                retries=DOWNLOAD_RETRIES, retry_delay_seconds=retry_delays(), retry_jitter_factor=0.5
+            )
+        refresh_task(refresh, workdir)
+        salgan_pipeline(overrides=overrides, workdir=workdir, experiment=True)
+        result = promotion_gate(workdir, metric, min_delta)
+    create_markdown_artifact(
+        markdown=decision_markdown(result, metric, min_delta),
+        key=ARTIFACT_KEY,
+        description="Challenger vs champion and the promotion decision",
+    )
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.retrain",
+        description="Retrain SalGAN as a DVC experiment and promote it if it beats the champion (Prefect "
+        "flow; the ephemeral API server unless PREFECT_API_URL points at a server).",
+    )
+    parser.add_argument("--refresh", choices=REFRESH_MODES, default="download", help="how to refresh the data")
+    parser.add_argument(
+        "--set",
+        "-S",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params.yaml override for the experiment (repeatable)",
+    )
+    parser.add_argument("--metric", default="nss", help="metric the promotion gate compares (default: nss)")
+    parser.add_argument("--min-delta", type=float, default=0.0, help="required improvement (default: 0)")
+    parser.add_argument("--workdir", default=".", help="the DVC repository (default: .)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_set(args.overrides)
+    except ValueError as error:
+        parser.error(str(error))
+    state = salgan_retrain(
+        refresh=args.refresh,
+        overrides=overrides or None,
+        workdir=args.workdir,
+        metric=args.metric,
+        min_delta=args.min_delta,
+        return_state=True,
+    )
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""The Prefect flows on a throwaway DVC project whose stages are tiny scripts named like the real ones.
+
+One ``prefect_test_harness`` serves the whole session (it costs ~18 s to start, REFERENCE §5). The flows
+drive real ``dvc`` and ``git`` subprocesses; only the stage commands and the registry gate are stand-ins,
+so the machinery (order, failures, retries, GPU slots, cancellation, workspace lock, report) is tested
+independently of the real pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGES = ["download", "prepare", "train", "evaluate", "predict", "package"]
+
+# The stand-in stage: logs an event line, prints to both streams, writes its output, and misbehaves on
+# request (behaviour.json, read at run time and not a DVC dependency, so tests can change it freely).
+STAGE_SCRIPT = """
+import json, os, subprocess, sys, time
+from pathlib import Path
+
+import yaml
+
+name = sys.argv[1]
+tag = os.environ.get("RUN_TAG", "-")
+behaviour = json.loads(Path("behaviour.json").read_text()).get(name, {})
+
+
+def event(what):
+    with open("events.log", "a") as log:
+        log.write(f"{time.time():.6f} {tag} {name} {what}\\n")
+
+
+event("start")
+print(f"{name}: working on stdout", flush=True)
+print(f"{name}: a note on stderr", file=sys.stderr, flush=True)
+if behaviour.get("fail"):
+    print(f"{name}: boom, the stage broke", file=sys.stderr)
+    sys.exit(3)
+if behaviour.get("flaky"):
+    tries = Path(f"{name}.tries")
+    count = int(tries.read_text()) + 1 if tries.exists() else 1
+    tries.write_text(str(count))
+    if count <= behaviour["flaky"]:
+        print(f"{name}: transient failure {count}", file=sys.stderr)
+        sys.exit(4)
+if behaviour.get("spawn"):
+    # A child in this group and a grandchild in its own session, as torchrun starts its workers.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    Path("pids.txt").write_text(f"{os.getpid()} {child.pid} {grandchild.pid}")
+    time.sleep(300)
+time.sleep(behaviour.get("sleep", 0))
+params = yaml.safe_load(Path("params.yaml").read_text())
+Path("out").mkdir(exist_ok=True)
+Path(f"out/{name}.json").write_text(json.dumps({"stage": name, "epochs": params["train"]["epochs"]}))
+if behaviour.get("register"):
+    # As salgan.tracking.register: a new version with its metrics as tags and alias "challenger".
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    experiment = client.get_experiment_by_name("salgan") or client.get_experiment(client.create_experiment("salgan"))
+    run = client.create_run(experiment.experiment_id)
+    nss = 1.0 + 0.1 * params["train"]["epochs"]
+    client.log_metric(run.info.run_id, "nss", nss)
+    if not client.search_registered_models("name='salgan'"):
+        client.create_registered_model("salgan")
+    tags = {"nss": repr(nss), "cc": repr(nss / 3)}
+    version = client.create_model_version("salgan", run.info.artifact_uri, run_id=run.info.run_id, tags=tags)
+    client.set_registered_model_alias("salgan", "challenger", version.version)
+    print(f"registered salgan version {version.version} (nss {nss})")
+event("end")
+"""
+
+
+def _git(root: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
+
+
+def make_project(root: Path, behaviour: dict | None = None, extra_params: dict | None = None) -> Path:
+    """A git + DVC repository with six stand-in stages chained download -> ... -> package."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "stage.py").write_text(STAGE_SCRIPT)
+    (root / "behaviour.json").write_text(json.dumps(behaviour or {}))
+    params = {"train": {"epochs": 1}, "mlflow": {"enabled": False}, **(extra_params or {})}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    stages = {}
+    for i, name in enumerate(STAGES):
+        stage = {"cmd": f"{sys.executable} stage.py {name}", "deps": ["stage.py"], "outs": [f"out/{name}.json"]}
+        if i:
+            stage["deps"].append(f"out/{STAGES[i - 1]}.json")
+        if name == "train":
+            stage["params"] = ["train.epochs"]
+        stages[name] = stage
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    (root / ".gitignore").write_text("events.log\n*.tries\npids.txt\nbehaviour.json\nmlflow.db\nmlruns/\n")
+    _git(root, "init", "-q", "-b", "main")
+    subprocess.run([BIN / "dvc", "init", "-q"], cwd=root, check=True, capture_output=True)
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "tiny project")
+    return root
+
+
+def events(root: Path) -> list[tuple[float, str, str, str]]:
+    """(time, run tag, stage, start|end) for every event the stand-in stages logged."""
+    path = root / "events.log"
+    rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return [(float(t), tag, stage, what) for t, tag, stage, what in rows]
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """One temporary Prefect API server for the session; yields its URL for subprocess flows."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(autouse=True)
+def _path(monkeypatch):
+    """``dvc`` from this interpreter's environment, whatever the caller's PATH."""
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("SALGAN_RETRY_DELAY_S", "0")
+
+
+def _flow_logs(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_overrides_become_dvc_set_arguments():
+    from flows.pipeline import experiment_command, parse_set
+
+    overrides = parse_set(["train.epochs=2", "prepare.size=[64, 48]", "download.source=s3://b/p"])
+    assert overrides == {"train.epochs": 2, "prepare.size": [64, 48], "download.source": "s3://b/p"}
+    assert experiment_command({"model": {"width": 0.5}, **overrides}) == [
+        "dvc", "exp", "run",
+        "-S", "model.width=0.5", "-S", "train.epochs=2", "-S", "prepare.size=[64, 48]", "-S", "download.source=s3://b/p",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_set(["train.epochs"])
+
+
+def test_stage_selection_keeps_pipeline_order():
+    from flows.pipeline import select_stages
+
+    assert select_stages(["train", "download"], STAGES) == ["download", "train"]
+    assert select_stages(None, STAGES) == STAGES
+    with pytest.raises(ValueError, match="unknown stage"):
+        select_stages(["deploy"], STAGES)
+
+
+def test_relative_stores_resolve_against_the_workspace(tmp_path):
+    from flows.retrain import absolute_store
+
+    assert absolute_store("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert absolute_store("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
+    assert absolute_store("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
+    assert absolute_store("mlruns", tmp_path) == str(tmp_path / "mlruns")
+
+
+def test_decision_markdown_tabulates_both_models():
+    from flows.retrain import decision_markdown
+
+    # The shape of salgan.registry.promote's result, with the metrics run_promotion adds.
+    result = {
+        "decision": "promoted",
+        "reason": "improvement +0.1 is above 0.05",
+        "metric": "nss",
+        "higher_is_better": True,
+        "delta": 0.1,
+        "challenger": {"version": "3", "value": 1.6, "metrics": {"nss": 1.6, "cc": 0.7}},
+        "champion": {"version": "2", "value": 1.5, "metrics": {"nss": 1.5, "cc": 0.72}},
+    }
+    text = decision_markdown(result, "nss", 0.05)
+    assert "**Decision: promoted: improvement +0.1 is above 0.05**" in text
+    assert "improvement +0.1000" in text
+    assert "| metric | challenger (v3) | champion (v2) |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "metric" not in line]
+    assert rows == ["| **nss** | 1.6000 | 1.5000 |", "| cc | 0.7000 | 0.7200 |"]  # the gate's metric first
+    first = {"decision": "promoted", "reason": "no champion yet", "challenger": {"version": "1", "value": 1.0}}
+    text = decision_markdown(first | {"champion": None}, "nss", 0)
+    assert "| **nss** | 1.0000 | — |" in text and "champion (v—)" in text
+
+
+def test_download_retries_back_off_exponentially(monkeypatch):
+    from flows.pipeline import retry_delays
+
+    monkeypatch.setenv("SALGAN_RETRY_DELAY_S", "30")
+    assert retry_delays() == [30, 60, 120]
+
+
+def test_work_pool_templates_request_gpus(harness):
+    """Both templates are accepted by the API as ``gpu`` pools, and render to settings that ask for NVIDIA GPUs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.utilities.templating import apply_values
+
+    def render(name: str) -> dict:
+        template = json.loads((REPO / "infra" / "work-pools" / name).read_text())
+        with get_client(sync_client=True) as client:
+            pool = client.create_work_pool(
+                WorkPoolCreate(name=f"gpu-{name.split('-')[0]}", type=name.split("-")[0], base_job_template=template)
+            )
+        assert pool.base_job_template == template
+        defaults = {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
+        return apply_values(template["job_configuration"], defaults)
+
+    docker = render("docker-gpu.json")
+    (request,) = docker["container_create_kwargs"]["device_requests"]
+    assert request["capabilities"] == [["gpu"]] and request["count"] == -1
+    pod = render("kubernetes-gpu.json")["job_manifest"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pipeline flow
+
+
+def test_stages_run_in_order_with_output_in_the_logs(harness, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.pipeline import salgan_pipeline
+
+    project = make_project(tmp_path / "p")
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=1))
+    try:
+        state = salgan_pipeline(workdir=str(project), return_state=True)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name("gpu")
+    assert state.is_completed(), state.message
+    assert state.result() == STAGES
+    assert [(stage, what) for _, _, stage, what in events(project)] == [
+        (s, w) for s in STAGES for w in ("start", "end")
+    ]
+    assert "out/package.json" in (project / "dvc.lock").read_text()
+    logs = _flow_logs(state.state_details.flow_run_id)
+    assert "[train] train: working on stdout" in logs
+    assert "[train] train: a note on stderr" in logs
+    assert any(line.startswith("[download] $ dvc repro --single-item download") for line in logs)
+    assert sum("holding a 'gpu' slot" in line for line in logs) == 2  # train and predict
+
+
+def test_a_failing_stage_names_itself_and_its_stderr(harness, tmp_path):
+    from flows.pipeline import StageFailed, salgan_pipeline
+
+    project = make_project(tmp_path / "p", behaviour={"prepare": {"fail": True}})
+    state = salgan_pipeline(stages=["download", "prepare", "train"], workdir=str(project), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StageFailed) as failure:
+        state.result()
+    message = str(failure.value)
+    assert "stage 'prepare' failed with exit code 255" in message  # dvc's code for a failed command
+    assert "prepare: boom, the stage broke" in message  # the stage's own stderr, via dvc
+    assert "exited with 3" in message  # dvc's account of it
+    assert [stage for _, _, stage, what in events(project) if what == "start"] == ["download", "prepare"]
+
+
+def test_a_flaky_download_is_retried(harness, tmp_path):
+    from flows.pipeline import salgan_pipeline
+
+    project = make_project(tmp_path / "p", behaviour={"download": {"flaky": 2}})
+    state = salgan_pipeline(stages=["download", "prepare"], workdir=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    starts = [stage for _, _, stage, what in events(project) if what == "start"]
+    assert starts == ["download"] * 3 + ["prepare"]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _flow_process(harness: str, code: str, tag: str, home: Path) -> subprocess.Popen:
+    """A flow run in its own Python process (as a worker starts one), against the session's API server."""
+    env = {**os.environ, "PREFECT_API_URL": harness, "PREFECT_HOME": str(home), "RUN_TAG": tag}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_sigterm_ends_the_stage_and_all_its_children(harness, tmp_path):
+    """A worker cancels a run with SIGTERM to the flow process: every stage process must go with it."""
+    project = make_project(tmp_path / "p", behaviour={"train": {"spawn": True}})
+    code = f"from flows.pipeline import salgan_pipeline; salgan_pipeline(workdir={str(project)!r})"
+    flow = _flow_process(harness, code, "cancel", tmp_path / "home")
+    try:
+        pids_file = project / "pids.txt"
+        text = _wait_for(lambda: pids_file.exists() and pids_file.read_text(), 120, "the train stage's processes")
+        pids = [int(pid) for pid in text.split()]
+        assert all(_alive(pid) for pid in pids)
+        os.kill(flow.pid, signal.SIGTERM)
+        output, _ = flow.communicate(timeout=60)
+        _wait_for(lambda: not any(_alive(pid) for pid in pids), 20, "the stage processes to end")
+        assert "interrupted: ending process group" in output
+    finally:
+        if flow.poll() is None:
+            os.killpg(flow.pid, signal.SIGKILL)
+    assert not (project / "out" / "evaluate.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The retraining flow
+
+FAKE_GATE = """
+import flows.retrain as retrain
+
+def fake_promotion(uri, name, metric, min_delta):
+    return {{"decision": "promoted", "reason": "fake gate", "challenger": {{"version": "{tag}", "value": 1.5}},
+            "champion": {{"version": "0", "value": 1.0}}}}
+
+retrain.run_promotion = fake_promotion
+state = retrain.salgan_retrain(workdir={workdir!r}, refresh="download", overrides={{"train.epochs": {epochs}}},
+                               return_state=True)
+print("FINAL", state.type.value, state.message)
+"""
+
+
+def test_two_retrain_triggers_take_turns_on_the_workspace(harness, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.retrain import ARTIFACT_KEY
+
+    project = make_project(tmp_path / "p", behaviour={"train": {"sleep": 1.5}}, extra_params={"mlflow": {}})
+    runs = {}
+    for tag, epochs in (("first", 2), ("second", 3)):
+        code = FAKE_GATE.format(tag=tag, workdir=str(project), epochs=epochs)
+        runs[tag] = _flow_process(harness, code, tag, tmp_path / f"home-{tag}")
+    outputs = {tag: proc.communicate(timeout=240)[0] for tag, proc in runs.items()}
+    for output in outputs.values():
+        assert "FINAL COMPLETED" in output, output[-3000:]
+
+    spans = {}
+    for t, tag, _, _ in events(project):
+        start, end = spans.get(tag, (t, t))
+        spans[tag] = (min(start, t), max(end, t))
+    assert set(spans) == {"first", "second"}
+    (a_start, a_end), (b_start, b_end) = sorted(spans.values())
+    assert a_end < b_start, f"the two retraining runs overlapped: {spans}"
+    trained = [tag for _, tag, stage, what in events(project) if stage == "train" and what == "end"]
+    assert sorted(trained) == ["first", "second"]  # each run's override retrained the model
+    last = max(spans, key=lambda tag: spans[tag][1])
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == {"first": 2, "second": 3}[last]
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])))
+    reports = [artifact.data for artifact in artifacts]
+    assert len(reports) == 2
+    assert all(
+        "**Decision: promoted: fake gate**" in text and "| **nss** | 1.5000 | 1.0000 |" in text for text in reports
+    )
