@@ -15,6 +15,7 @@ from salgan.models import (
 
 
 def test_generator_full_width_keeps_input_size():
+    torch.manual_seed(0)
     generator = Generator(width=1.0).eval()
     with torch.no_grad():
         out = generator(torch.rand(1, 3, 192, 256))

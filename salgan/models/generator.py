@@ -58,6 +58,15 @@ class Generator(nn.Module):
         self.encoder = _conv_stack(VGG16_ENCODER, 3, width)
         self.decoder = _conv_stack(SALGAN_DECODER, scaled(512, width), width)
         self.output = nn.Conv2d(scaled(64, width), 1, kernel_size=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation, as torchvision initialises VGG: 26 plain ReLU convolutions under PyTorch's
+        default init shrink the signal layer by layer until a random encoder cannot learn."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid saliency, (N, 1, H, W)."""
