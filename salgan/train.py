@@ -76,6 +76,12 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def _has_fused_adagrad() -> bool:
+    import inspect
+
+    return "fused" in inspect.signature(torch.optim.Adagrad).parameters
+
+
 def build_models(params: Params, size: tuple[int, int], info: DistInfo) -> Models:
     torch.manual_seed(params.train.seed)  # identical initial weights on every rank
     generator = build_generator(params.model).to(info.device)
@@ -84,8 +90,8 @@ def build_models(params: Params, size: tuple[int, int], info: DistInfo) -> Model
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)
     adagrad = {"weight_decay": params.train.weight_decay}
-    if info.device.type == "cuda":
-        adagrad["foreach"] = True
+    if info.device.type == "cuda":  # one fused kernel per step where this torch has it, else foreach
+        adagrad["fused" if _has_fused_adagrad() else "foreach"] = True
     opt_g = torch.optim.Adagrad(
         [p for p in generator.parameters() if p.requires_grad], lr=params.train.lr_generator, **adagrad
     )
@@ -111,29 +117,27 @@ def train_one_epoch(
     for indices in _progress(batches, adversarial):
         images = images_to_float(split.images[indices])
         targets = maps_to_float(split.maps[indices])
+        with autocast(device):
+            predicted = models.g_step(images)  # one generator forward serves both steps
         if adversarial:
-            # 1. Discriminator step on real maps and detached generated ones (Eq. 3).
-            with torch.no_grad(), autocast(device):
-                fake = models.g_step(images)
-            with autocast(device):  # real and fake in one forward: one DDP reduction, larger kernels
-                logits = models.d_step(torch.cat([images, images]), torch.cat([targets, fake.to(targets.dtype)]))
-            real_logits, fake_logits = logits.chunk(2)
-            d_loss = discriminator_loss(real_logits, fake_logits)
+            # 1. Discriminator step on real maps and the detached generated ones (Eq. 3); real and fake
+            #    go through in one batch: one DDP reduction, larger kernels.
+            with autocast(device):
+                fake = predicted.detach().to(targets.dtype)
+                logits = models.d_step(torch.cat([images, images]), torch.cat([targets, fake]))
+            d_loss = discriminator_loss(*logits.chunk(2))
             models.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             models.opt_d.step()
-            # 2. Generator step through the frozen discriminator (Eq. 2). The raw module is used so DDP
-            #    does not all-reduce discriminator gradients that step 1 of the next batch discards.
+            # 2. Generator step through the updated, frozen discriminator (Eq. 2). The raw module is used
+            #    so DDP does not all-reduce discriminator gradients that the next batch discards.
             models.discriminator.requires_grad_(False)
             with autocast(device):
-                predicted = models.g_step(images)
                 fake_logits = models.discriminator(images, predicted)
             g_loss, content = generator_loss(predicted, targets, fake_logits, cfg.alpha, cfg.content_downsample)
             models.discriminator.requires_grad_(True)
         else:
             # BCE-only pre-training of the generator (Eq. 1).
-            with autocast(device):
-                predicted = models.g_step(images)
             content = content_loss(predicted, targets, cfg.content_downsample)
             g_loss, d_loss = content, torch.zeros((), device=device)
         models.opt_g.zero_grad(set_to_none=True)
