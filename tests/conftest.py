@@ -34,7 +34,23 @@ def write_prepared(root: Path, n_train: int = 32, n_val: int = 8, size: tuple[in
             np.save(folder / "maps.npy", maps)
         (folder / "names.json").write_text(json.dumps([f"COCO_{split}2014_{i:012d}" for i in range(count)]))
         np.save(folder / "original_sizes.npy", np.tile(np.array([[480, 640]], dtype=np.int32), (count, 1)))
+        if split != "test":
+            _write_fixations(folder, maps, split == "val", rng)
     return root
+
+
+def _write_fixations(folder: Path, maps: np.ndarray, full_maps: bool, rng) -> None:
+    """Original-resolution (480x640) fixations inside each square, and for val the full-size maps."""
+    scale = 10  # 64x48 -> 640x480
+    coords, offsets = [], [0]
+    for square in maps:
+        rows, cols = np.nonzero(square)
+        picks = rng.integers(0, len(rows), size=12)
+        coords.append(np.stack([rows[picks] * scale + 5, cols[picks] * scale + 5], axis=1))
+        offsets.append(offsets[-1] + len(picks))
+    np.savez(folder / "fixations.npz", coords=np.concatenate(coords).astype(np.int32), offsets=np.array(offsets))
+    if full_maps:
+        np.save(folder / "maps_full.npy", maps.repeat(scale, axis=1).repeat(scale, axis=2))
 
 
 def tiny_params(tmp_path: Path, **train_overrides):
@@ -46,7 +62,7 @@ def tiny_params(tmp_path: Path, **train_overrides):
         "epochs": 3,
         "bce_epochs": 1,
         "batch_size": 8,
-        "lr_generator": 1e-2,
+        "lr_generator": 3e-3,
         "lr_discriminator": 1e-3,
         "device": "cpu",
         "nproc": 1,

@@ -1,0 +1,160 @@
+"""Evaluate stage: score the validation split at the original resolution (REFERENCE §3).
+
+The generator's maps get the same post-processing as the test predictions (bicubic resize to the
+original size, 5x5 Gaussian blur), then every image is scored with the eight metrics of
+:mod:`salgan.metrics` against its original fixations and map. Two baselines are scored with the same
+code: a centre-bias Gaussian (the bar a model must clear) and the ground-truth map itself (the ceiling).
+Information gain is measured against the density of the training fixations (blurred, mixed 1% with a
+uniform map so that no pixel has zero probability).
+
+Outputs: ``reports/metrics.json`` (means, and ``baselines.center_bias`` / ``baselines.ground_truth``),
+``reports/per_image.csv`` and ``reports/examples.png`` (image / ground truth / prediction rows, the seed
+paper's Fig. 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from salgan.config import Params, load_params
+from salgan.inference import predict_batches
+from salgan.metrics import center_bias_map
+from salgan.scoring import fixation_density_baseline, score_split
+
+GENERATOR_FILE = "generator.pt"
+UNIFORM_MIX = 0.01
+
+
+def load_val(data: Path) -> dict:
+    """The val split's arrays from the prepared tree (docs/data-layout.md)."""
+    folder = data / "val"
+    fixations = np.load(folder / "fixations.npz")
+    return {
+        "images": np.load(folder / "images.npy", mmap_mode="c"),  # copy-on-write: torch wants writable
+        "maps": np.load(folder / "maps.npy", mmap_mode="r"),
+        "maps_full": np.load(folder / "maps_full.npy", mmap_mode="r"),
+        "names": json.loads((folder / "names.json").read_text()),
+        "original_sizes": np.load(folder / "original_sizes.npy"),
+        "coords": fixations["coords"],
+        "offsets": fixations["offsets"],
+    }
+
+
+def ig_baseline(data: Path, shape: tuple[int, int], sigma_fraction: float) -> np.ndarray:
+    """Training-fixation density at ``shape``: a centre prior learnt from data, as the MIT IG baseline."""
+    train = data / "train"
+    fixations = np.load(train / "fixations.npz")
+    sigma = sigma_fraction * float(np.hypot(*shape))
+    density = fixation_density_baseline(
+        fixations["coords"], fixations["offsets"], shape, sigma, np.load(train / "original_sizes.npy")
+    )
+    return (1 - UNIFORM_MIX) * density + UNIFORM_MIX / density.size
+
+
+def example_grid(images: np.ndarray, gt_maps: np.ndarray, predictions: list[np.ndarray], count: int):
+    """Rows of image | ground truth | prediction at the prepared size (PIL image)."""
+    from PIL import Image
+
+    height, width = images.shape[1:3]
+    count = min(count, len(images))
+    grid = Image.new("RGB", (3 * width, count * height))
+    for row in range(count):
+        prediction = Image.fromarray((predictions[row] * 255).round().astype(np.uint8)).resize((width, height))
+        panels = [Image.fromarray(np.asarray(images[row])), Image.fromarray(np.asarray(gt_maps[row])), prediction]
+        for column, panel in enumerate(panels):
+            grid.paste(panel.convert("RGB"), (column * width, row * height))
+    return grid
+
+
+def evaluate(params: Params) -> dict:
+    """Score the model and the baselines; write the reports; return the metrics dict."""
+    import torch
+
+    from salgan.models import load_generator
+
+    cfg, data = params.evaluate, Path(params.train.data)
+    val = load_val(data)
+    shape = tuple(int(s) for s in val["maps_full"].shape[1:])
+    generator_path = Path(params.train.output) / GENERATOR_FILE
+    generator = load_generator(generator_path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    predictions = list(
+        predict_batches(
+            generator, val["images"], val["original_sizes"], cfg.batch_size, params.predict.blur_size, device
+        )
+    )
+    baseline = ig_baseline(data, shape, cfg.ig_baseline_sigma)
+    common = {
+        "fixations": val["coords"],
+        "offsets": val["offsets"],
+        "baseline_map": baseline,
+        "n_splits": cfg.n_splits,
+        "sauc_other_images": cfg.sauc_other_images,
+    }
+    rows, means = score_split(predictions, val["maps_full"], names=val["names"], **common)
+    center = center_bias_map(shape, cfg.center_bias_sigma)
+    _, center_means = score_split([center] * len(predictions), val["maps_full"], progress=False, **common)
+    _, ceiling = score_split(list(val["maps_full"]), val["maps_full"], progress=False, **common)
+    metrics = {**means, "n_images": len(rows), "baselines": {"center_bias": center_means, "ground_truth": ceiling}}
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with (out / "per_image.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    example_grid(val["images"], val["maps"], predictions, cfg.grid_images).save(out / "examples.png")
+    _record(params, metrics, out, generator_path)
+    return metrics
+
+
+def _record(params: Params, metrics: dict, out: Path, generator_path: Path) -> None:
+    """Log to the pipeline's MLflow run and register the generator, when MLflow is enabled."""
+    if not params.mlflow.enabled:
+        return
+    from salgan.tracking import record_evaluation
+
+    means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images")}
+    artifacts = [out / "metrics.json", out / "per_image.csv", out / "examples.png"]
+    record_evaluation(params, means, metrics["baselines"], artifacts, generator_path)
+
+
+def summary_table(metrics: dict) -> str:
+    """Model, centre bias and ceiling side by side."""
+    from salgan.metrics import METRIC_NAMES
+
+    columns = {"model": metrics, **metrics["baselines"]}
+    lines = [f"{'metric':<18}" + "".join(f"{name:>14}" for name in columns)]
+    for key in METRIC_NAMES:
+        lines.append(f"{key:<18}" + "".join(f"{column[key]:>14.4f}" for column in columns.values()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="salgan evaluate",
+        description="Score the validation split with AUC-Judd, AUC-Borji, sAUC, NSS, CC, KLD, SIM and IG at "
+        "the original resolution, beside a centre-bias baseline and the ground-truth ceiling; write "
+        "reports/metrics.json, per_image.csv and examples.png, and register the model in MLflow.",
+    )
+    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    try:
+        metrics = evaluate(params)
+    except FileNotFoundError as error:
+        print(f"salgan evaluate: {error}", file=sys.stderr)
+        return 1
+    print(summary_table(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
