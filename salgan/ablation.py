@@ -1,0 +1,154 @@
+"""The seed paper's ablation as DVC experiments, and its Table I beside our numbers.
+
+Arms: ImageNet vs randomly initialised encoder (the seed paper's modification) crossed with BCE-only
+vs adversarial training (Pan et al. 2017, Table 2). Each arm is one ``dvc exp run`` named after it,
+with a profile's settings (e.g. profiles/salicon-gpu.yaml) and the arm's own overrides applied as
+``-S section.key=value``; ``salgan ablation show`` reads ``dvc exp show --json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from salgan.config import ConfigError, flatten, params_from_dict
+
+ARMS: dict[str, dict[str, object]] = {
+    "imagenet-gan": {"model.encoder_weights": "imagenet", "model.freeze_blocks": 3, "model.width": 1.0},
+    "imagenet-bce": {"model.encoder_weights": "imagenet", "model.freeze_blocks": 3, "model.width": 1.0},
+    "random-gan": {"model.encoder_weights": "none", "model.freeze_blocks": 0},
+    "random-bce": {"model.encoder_weights": "none", "model.freeze_blocks": 0},
+}
+# Published numbers on the SALICON test set (seed paper Table I), in our metric keys.
+TABLE_I = {
+    "SalGAN (Pan et al.)": {"auc_borji": 0.884, "auc_shuffled": 0.772, "cc": 0.781, "nss": 2.459},
+    "seed paper, random encoder": {"auc_borji": 0.839, "auc_shuffled": 0.698, "cc": 0.756, "nss": 1.581},
+}
+COLUMNS = ("auc_judd", "auc_borji", "auc_shuffled", "cc", "nss", "kld", "sim", "information_gain")
+
+
+def arm_overrides(arm: str, profile: dict[str, object], epochs: int) -> dict[str, object]:
+    """Profile settings, then the arm's encoder choice; BCE arms train BCE-only for every epoch."""
+    overrides = dict(profile)
+    overrides.update(ARMS[arm])
+    if arm.endswith("-bce"):
+        overrides["train.bce_epochs"] = epochs
+    return overrides
+
+
+def load_profile(path: str | None) -> dict[str, object]:
+    """A partial params file flattened to ``section.key`` overrides, validated like params.yaml."""
+    if path is None:
+        return {}
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        params_from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return flatten(data)
+
+
+def exp_run_command(name: str, overrides: dict[str, object], queue: bool) -> list[str]:
+    command = ["dvc", "exp", "run", "--name", name]
+    if queue:
+        command.append("--queue")
+    for key, value in overrides.items():
+        command += ["-S", f"{key}={json.dumps(value)}"]
+    return command
+
+
+def current_epochs(profile: dict[str, object], params_file: str) -> int:
+    if "train.epochs" in profile:
+        return int(profile["train.epochs"])
+    from salgan.config import load_params
+
+    return load_params(params_file).train.epochs
+
+
+def run_arms(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    epochs = current_epochs(profile, args.params)
+    for arm in args.arms:
+        overrides = arm_overrides(arm, profile, epochs)
+        command = exp_run_command(args.prefix + arm, overrides, args.queue)
+        print("$ " + " ".join(command), flush=True)
+        if not args.dry_run and subprocess.call(command) != 0:
+            print(f"salgan ablation: arm {arm} failed", file=sys.stderr)
+            return 1
+    return 0
+
+
+def experiment_metrics(exp_show: list[dict]) -> dict[str, dict[str, float]]:
+    """``{experiment name: metrics}`` from ``dvc exp show --json`` (the workspace and every experiment)."""
+    found: dict[str, dict[str, float]] = {}
+
+    def collect(entry: dict, fallback: str) -> None:
+        name = entry.get("name") or fallback
+        data = entry.get("data") or {}
+        for metrics in (data.get("metrics") or {}).values():
+            values = metrics.get("data") or {}
+            if any(key in values for key in COLUMNS):
+                found[name] = {key: values[key] for key in COLUMNS if key in values}
+
+    for baseline in exp_show:
+        collect(baseline, baseline.get("rev", "workspace"))
+        for group in baseline.get("experiments") or []:
+            for revision in group.get("revs") or []:
+                collect(revision, revision.get("rev", "?"))
+    return found
+
+
+def format_table(ours: dict[str, dict[str, float]]) -> str:
+    rows = {**{f"ours: {k}": v for k, v in ours.items()}, **{f"published: {k}": v for k, v in TABLE_I.items()}}
+    width = max(len(name) for name in rows) + 2
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>14}" for c in COLUMNS)]
+    for name, values in rows.items():
+        cells = "".join(f"{values[c]:>14.3f}" if c in values else f"{'-':>14}" for c in COLUMNS)
+        lines.append(f"{name:<{width}}{cells}")
+    lines.append("(published: SALICON test set; ours: the validation split of the data the pipeline ran on)")
+    return "\n".join(lines)
+
+
+def show(args: argparse.Namespace) -> int:
+    result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"salgan ablation: dvc exp show failed: {result.stderr.strip()}", file=sys.stderr)
+        return 1
+    ours = experiment_metrics(json.loads(result.stdout))
+    if args.prefix:
+        ours = {k: v for k, v in ours.items() if k.startswith(args.prefix) or k == "workspace"}
+    print(format_table(ours))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="salgan ablation",
+        description="Run the ablation (ImageNet vs random encoder, BCE-only vs adversarial) as DVC "
+        "experiments and print their metrics beside the seed paper's Table I.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="one `dvc exp run` per arm")
+    run.add_argument("--profile", help="partial params file applied to every arm, e.g. profiles/salicon-gpu.yaml")
+    run.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run (default: all)")
+    run.add_argument("--params", default="params.yaml", help="base settings (default: params.yaml)")
+    run.add_argument("--prefix", default="", help="prefix for the experiment names")
+    run.add_argument("--queue", action="store_true", help="queue the runs (start them with `dvc queue start`)")
+    run.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")
+    show_parser = sub.add_parser("show", help="metrics of the workspace and experiments beside Table I")
+    show_parser.add_argument("--prefix", default="", help="only experiments whose name starts with this")
+    args = parser.parse_args(argv)
+    try:
+        return run_arms(args) if args.command == "run" else show(args)
+    except ConfigError as error:
+        print(f"salgan ablation: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
