@@ -86,9 +86,7 @@ def time_single_metrics(predictions, gt, coords, offsets, baseline, n_splits: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200, help="synthetic images to score (default 200)")
     parser.add_argument("--quick", action="store_true", help="20 images")
     parser.add_argument("--fixations", type=int, default=500, help="mean fixations per image (default 500)")
