@@ -162,8 +162,7 @@ def source_type(source: str) -> str:
     if Path(source).is_dir():
         return "local"
     raise ConfigError(
-        f"download.source: {source!r} is not 'sample', 'salicon', an s3:// or http(s):// URL, "
-        "or an existing directory"
+        f"download.source: {source!r} is not 'sample', 'salicon', an s3:// or http(s):// URL, or an existing directory"
     )
 
 
@@ -303,9 +302,7 @@ def _from_mirror(archive: Archive, mirror: _Mirror, cache: Path) -> tuple[Archiv
     return archive, dest, _verify_download(dest, archive, sidecars, name)
 
 
-def _reuse_cached(
-    dest: Path, archive: Archive, sidecars: dict[str, str], name: str | None = None
-) -> dict | None:
+def _reuse_cached(dest: Path, archive: Archive, sidecars: dict[str, str], name: str | None = None) -> dict | None:
     """The checksum record of an earlier download that still matches every known md5, else None.
 
     Files reach the cache only by an atomic rename after a complete transfer, so a cached zip with no
@@ -359,9 +356,7 @@ def verify(path: Path, archive: Archive, sidecars: dict[str, str], name: str | N
     mirror = sidecars.get(name)
     if mirror:
         if actual != mirror:
-            raise ChecksumError(
-                f"{path}: md5 {actual} differs from the mirror's checksum {mirror} for {name}"
-            )
+            raise ChecksumError(f"{path}: md5 {actual} differs from the mirror's checksum {mirror} for {name}")
         checked.append("mirror")
     if not checked:
         log.warning("%s: no published or mirror checksum; recording md5 %s", path, actual)
@@ -432,9 +427,7 @@ def extract_archive(path: Path, kind: str, stage: Path, progress: bool = False) 
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ArchiveError(
-            f"{path}: not a readable zip archive (truncated or corrupt download?): {exc}"
-        ) from None
+        raise ArchiveError(f"{path}: not a readable zip archive (truncated or corrupt download?): {exc}") from None
     with archive:
         entries = archive.infolist()
         for entry in entries:
@@ -506,13 +499,9 @@ def check_layout(root: Path) -> dict[str, dict[str, int]]:
             missing = sorted(names - have)
             if missing:
                 examples = ", ".join(n + EXTENSIONS[kind] for n in missing[:3])
-                problems.append(
-                    f"{kind}/{split}: missing for {len(missing)} of {len(names)} images ({examples} ...)"
-                )
+                problems.append(f"{kind}/{split}: missing for {len(missing)} of {len(names)} images ({examples} ...)")
     if problems:
-        raise LayoutError(
-            "the new tree is incomplete, so the output was left as it was:\n  " + "\n  ".join(problems)
-        )
+        raise LayoutError("the new tree is incomplete, so the output was left as it was:\n  " + "\n  ".join(problems))
     return counts
 
 

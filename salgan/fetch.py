@@ -124,9 +124,7 @@ def _with_retries(attempt: Callable[[], bool], part: _Partial, retries: int, wha
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-def fetch_http(
-    url: str, dest: str | Path, *, retries: int = 3, timeout: float = 60, progress: bool = True
-) -> Path:
+def fetch_http(url: str, dest: str | Path, *, retries: int = 3, timeout: float = 60, progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, resuming from ``dest.part`` with a Range request where one exists.
 
     A server that ignores Range (status 200) or whose file changed (If-Range fails) restarts the
@@ -275,9 +273,7 @@ def s3_text(client, bucket: str, key: str, forbidden_is_missing: bool = False) -
         raise FetchError(f"s3://{bucket}/{key}: {exc}") from None
 
 
-def fetch_s3(
-    bucket: str, key: str, dest: str | Path, *, client=None, retries: int = 3, progress: bool = True
-) -> Path:
+def fetch_s3(bucket: str, key: str, dest: str | Path, *, client=None, retries: int = 3, progress: bool = True) -> Path:
     """Download ``s3://bucket/key`` to ``dest``, resuming from ``dest.part`` with a ranged GET.
 
     The object's ETag is the validator: a resumed GET sends If-Match, so bytes of a replaced object

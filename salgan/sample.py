@@ -60,9 +60,7 @@ def image_name(split: str, image_id: int) -> str:
     return f"COCO_{split}2014_{image_id:012d}"
 
 
-def generate_sample(
-    root: str | Path, n_train: int, n_val: int, n_test: int, seed: int
-) -> dict[str, list[str]]:
+def generate_sample(root: str | Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, list[str]]:
     """Write a sample SALICON tree under ``root`` and return the base names per split.
 
     Creates ``images/{train,val,test}/*.jpg``, ``maps/{train,val}/*.png`` and
@@ -107,9 +105,7 @@ def _generate(root: Path, counts: dict[str, int], seed: int) -> dict[str, list[s
     return names
 
 
-def _write_one(
-    rng: np.random.Generator, name: str, folders: dict[str, Path], with_ground_truth: bool
-) -> None:
+def _write_one(rng: np.random.Generator, name: str, folders: dict[str, Path], with_ground_truth: bool) -> None:
     """Draw one image (and its observers) and write its files."""
     shapes = random_shapes(rng)
     pixels = render_image(rng, shapes)
@@ -121,9 +117,7 @@ def _write_one(
     fixations = np.concatenate([observer["fixations"] for observer in gaze])
     saliency = saliency_map(fixations)
     # Fast zlib settings: the maps are smooth, and level 1 with run-length coding is small enough.
-    Image.fromarray(saliency).save(
-        folders["maps"] / f"{name}.png", compress_level=1, compress_type=zlib.Z_RLE
-    )
+    Image.fromarray(saliency).save(folders["maps"] / f"{name}.png", compress_level=1, compress_type=zlib.Z_RLE)
     (folders["fixations"] / f"{name}.mat").write_bytes(mat_bytes(name, gaze))
 
 
@@ -228,9 +222,7 @@ def simulate_observers(rng: np.random.Generator, shapes: list[Shape]) -> list[di
     return [_one_observer(rng, shapes, weights) for _ in range(int(rng.integers(10, 16)))]
 
 
-def _one_observer(
-    rng: np.random.Generator, shapes: list[Shape], weights: np.ndarray
-) -> dict[str, np.ndarray]:
+def _one_observer(rng: np.random.Generator, shapes: list[Shape], weights: np.ndarray) -> dict[str, np.ndarray]:
     """One observer: 6-12 fixations and the mouse trajectory through them (see simulate_observers)."""
     k = int(rng.integers(6, 13))
     source = rng.choice(3, size=k, p=[P_OBJECT, P_CENTRE, 1 - P_OBJECT - P_CENTRE])

@@ -101,9 +101,7 @@ def fixation_density_baseline(
     return density / density.sum()
 
 
-def _rescale_coords(
-    coords: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, target: tuple[int, int]
-) -> np.ndarray:
+def _rescale_coords(coords: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     """Map each image's (row, col) from its own (height, width) to ``target``, pixel centres aligned."""
     n_images = offsets.size - 1
     if sizes.shape != (n_images, 2) or np.any(sizes < 1):

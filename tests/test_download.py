@@ -379,10 +379,7 @@ def test_http_mirror_source(tmp_path, tree, zips, http_server):
 
 
 def test_source_json_has_no_credentials():
-    assert (
-        download.redact("https://user:secret@host:8443/prefix/?X-Amz-Signature=abc")
-        == "https://host:8443/prefix/"
-    )
+    assert download.redact("https://user:secret@host:8443/prefix/?X-Amz-Signature=abc") == "https://host:8443/prefix/"
 
 
 # --- S3 through moto's server -------------------------------------------------------------------

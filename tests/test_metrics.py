@@ -49,9 +49,7 @@ def reference_gt(image: int) -> np.ndarray:
 
 @pytest.mark.parametrize("image", [0, 1])
 def test_auc_judd_reference(image):
-    assert m.auc_judd(reference_map(), reference_fixation_map(image)) == pytest.approx(
-        AUC_JUDD[image], abs=TOL
-    )
+    assert m.auc_judd(reference_map(), reference_fixation_map(image)) == pytest.approx(AUC_JUDD[image], abs=TOL)
 
 
 def test_auc_judd_reference_mean_and_mit_count_once():

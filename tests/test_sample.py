@@ -109,9 +109,7 @@ def test_object_aware_prediction_beats_centre_bias(sample):
     shapes) scores far above a centre-bias Gaussian in NSS and CC on the val split."""
     root, names = sample
     ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
-    centre = np.exp(
-        -0.5 * (((xs - WIDTH / 2) / (0.2 * WIDTH)) ** 2 + ((ys - HEIGHT / 2) / (0.2 * HEIGHT)) ** 2)
-    )
+    centre = np.exp(-0.5 * (((xs - WIDTH / 2) / (0.2 * WIDTH)) ** 2 + ((ys - HEIGHT / 2) / (0.2 * HEIGHT)) ** 2))
     scores = {"object": {"nss": [], "cc": []}, "centre": {"nss": [], "cc": []}}
     for name in names["val"]:
         pixels = np.asarray(Image.open(root / "images" / "val" / f"{name}.jpg")).astype(np.float64)
