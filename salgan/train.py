@@ -76,12 +76,6 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _has_fused_adagrad() -> bool:
-    import inspect
-
-    return "fused" in inspect.signature(torch.optim.Adagrad).parameters
-
-
 def build_models(params: Params, size: tuple[int, int], info: DistInfo) -> Models:
     torch.manual_seed(params.train.seed)  # identical initial weights on every rank
     generator = build_generator(params.model).to(info.device)
@@ -90,8 +84,8 @@ def build_models(params: Params, size: tuple[int, int], info: DistInfo) -> Model
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)
     adagrad = {"weight_decay": params.train.weight_decay}
-    if info.device.type == "cuda":  # one fused kernel per step where this torch has it, else foreach
-        adagrad["fused" if _has_fused_adagrad() else "foreach"] = True
+    if info.device.type == "cuda":  # multi-tensor kernels; fused AdaGrad is CPU-only in torch 2.11
+        adagrad["foreach"] = True
     opt_g = torch.optim.Adagrad(
         [p for p in generator.parameters() if p.requires_grad], lr=params.train.lr_generator, **adagrad
     )
