@@ -10,9 +10,6 @@ maps, then a generator step through the frozen discriminator) on the same genera
          the device by ``salgan.data.load_split``, then ``salgan.train.build_models`` and
          ``salgan.train.train_one_epoch`` on an adversarial epoch (bf16 autocast, channels_last and cuDNN
          autotuning on CUDA, as ``salgan.train.run`` sets them; ``--compile`` for torch.compile);
-  fast, one G forward  (``--proposed``) a copy of ``train_one_epoch``'s adversarial branch that reuses the
-         generator step's forward for the discriminator step instead of running the generator twice; the
-         maps are the same (the generator has not changed in between), a quarter of the FLOPs is saved.
 
 Warm-up steps (cuDNN autotuning, compilation, DataLoader start-up) are excluded; CUDA work is synchronised
 around the timed region. The input pipeline is measured on its own: for naive, the time the loop waits for
@@ -23,7 +20,7 @@ and width 1.0 (scaled by width^2 and input area), and the adversarial step as it
 ``torch.utils.flop_counter`` on the meta device (convolutions and matmuls: what the peak refers to).
 
     python benchmarks/bench_train.py --quick          # CPU, about a minute on 2 cores
-    python benchmarks/bench_train.py --proposed       # GPU: 256x192, width 1.0, batch 32
+    python benchmarks/bench_train.py                  # GPU: 256x192, width 1.0, batch 32
     python benchmarks/bench_train.py --compile --skip-naive
 
 Prints a table and, last, one JSON line with every figure, the device, the torch version and the date.
@@ -63,7 +60,7 @@ from salgan.distributed import DistInfo
 from salgan.losses import discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.sample import generate_sample
-from salgan.train import Models, autocast, build_models, epoch_batches, train_one_epoch
+from salgan.train import build_models, epoch_batches, train_one_epoch
 
 # REFERENCE.md §4: a generator training step (forward + backward) costs about 240 GFLOP per image at 256x192
 # and width 1.0. Convolution FLOPs scale with in x out channels (width^2) and with the pixel count.
@@ -273,50 +270,8 @@ def run_naive(params: Params, raw: Path, size, device, warmup: int, steps: int, 
 # --- the fast path --------------------------------------------------------------------------------------
 
 
-def train_one_epoch_one_forward(
-    models: Models, split: PreparedSplit, batches: list[torch.Tensor], adversarial: bool, params: Params
-) -> dict[str, float]:
-    """``salgan.train.train_one_epoch``'s adversarial branch with one generator forward per step.
-
-    The original runs the generator twice on the same images with the same weights: once without
-    gradients to feed the discriminator step, once with them for the generator step. Here the generator
-    step's forward runs first and its detached output feeds the discriminator step; the generator loss
-    is then taken through the updated discriminator, exactly as before. Same maps, same updates, one
-    generator forward (about 80 of 320 GFLOP per image at full size) fewer; its activations are held
-    through the discriminator step, which costs memory, not time.
-    """
-    assert adversarial, "this variant covers the adversarial step only"
-    cfg, device = params.train, split.images.device
-    models.generator.train()
-    models.discriminator.train()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)
-    for indices in batches:
-        images = images_to_float(split.images[indices])
-        targets = maps_to_float(split.maps[indices])
-        with autocast(device):
-            predicted = models.g_step(images)
-            fake = predicted.detach().to(targets.dtype)
-            logits = models.d_step(torch.cat([images, images]), torch.cat([targets, fake]))
-        real_logits, fake_logits = logits.chunk(2)
-        d_loss = discriminator_loss(real_logits, fake_logits)
-        models.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        models.opt_d.step()
-        models.discriminator.requires_grad_(False)
-        with autocast(device):
-            fake_logits = models.discriminator(images, predicted)
-        g_loss, content = generator_loss(predicted, targets, fake_logits, cfg.alpha, cfg.content_downsample)
-        models.discriminator.requires_grad_(True)
-        models.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        models.opt_g.step()
-        totals += torch.stack([g_loss.detach(), content.detach(), d_loss.detach(), torch.ones((), device=device)])
-    g_sum, content_sum, d_sum, count = totals.tolist()
-    return {"g_loss": g_sum / count, "content_loss": content_sum / count, "d_loss": d_sum / count}
-
-
 def run_fast(name: str, params: Params, split: PreparedSplit, device, warmup: int, steps: int, epoch_fn) -> dict:
-    """Time ``epoch_fn`` (train_one_epoch or the variant) on ``steps`` batches after ``warmup`` others."""
+    """Time ``epoch_fn`` (train_one_epoch) on ``steps`` batches after ``warmup`` others."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as salgan.train.run sets it
     else:
@@ -446,7 +401,6 @@ def build_parser() -> argparse.ArgumentParser:
         "profile does (a random VGG16-layout weights file stands in for ImageNet's); default 0",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's models")
-    parser.add_argument("--proposed", action="store_true", help="also time the one-generator-forward variant")
     parser.add_argument("--skip-naive", action="store_true", help="time the fast path(s) only")
     parser.add_argument("--threads", type=int, help="CPU threads: one per usable core, as salgan.train.run sets")
     parser.add_argument("--data", type=Path, help="keep generated data here and reuse it (default: a temp dir)")
@@ -510,8 +464,6 @@ def main(argv: list[str] | None = None) -> int:
         weights = random_encoder_file(Path(tmp), args.width) if args.freeze_blocks else None
         params = make_params(args, weights)
         epoch_fns = {"fast": train_one_epoch}
-        if args.proposed:
-            epoch_fns["fast, one G forward"] = train_one_epoch_one_forward
         flops = {"reference": reference_flops(args.width, args.size)}
         for name, fn in epoch_fns.items():
             flops[name] = counted_flops(params, args.size, fn)

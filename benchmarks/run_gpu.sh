@@ -56,17 +56,17 @@ bench() { # bench NAME LIMIT_S SCRIPT [ARGS...]
 
 # 1. Training step, full configuration (256x192, width 1.0, batch 32): naive, fast, fast with one G forward.
 #    512 images (generated on every core, about 40/s each), 100 timed steps per fast path, as many naive.
-bench train 170 benchmarks/bench_train.py --proposed --images 512 --steps 100 --data "$DATA/data"
+bench train 170 benchmarks/bench_train.py --images 512 --steps 100 --data "$DATA/data"
 # 2. Predict at 640x480 with PNG writing, on 256 images of their own.
 bench predict 60 benchmarks/bench_predict.py --images 256 --data "$DATA/data"
 # 3. The same training step under torch.compile (compilation happens in the untimed warm-up).
-bench train_compile 170 benchmarks/bench_train.py --compile --skip-naive --proposed --images 512 --steps 100 \
+bench train_compile 170 benchmarks/bench_train.py --compile --skip-naive --images 512 --steps 100 \
     --data "$DATA/data"
 # 4. CPU-side stages in their default modes, on the machine's 16 cores.
 bench prepare 60 benchmarks/bench_prepare.py
 bench metrics 60 benchmarks/bench_metrics.py
 # 5. If time is left: the SALICON GPU profile's frozen conv1-conv3 (profiles/salicon-gpu.yaml), fast paths only.
-bench train_freeze3 60 benchmarks/bench_train.py --freeze-blocks 3 --skip-naive --proposed --images 512 --steps 100 \
+bench train_freeze3 60 benchmarks/bench_train.py --freeze-blocks 3 --skip-naive --images 512 --steps 100 \
     --data "$DATA/data"
 
 echo "== done in ${SECONDS}s; results in $OUT: $(cd "$OUT" && ls | tr "\n" " ")" | tee -a "$LOG"
