@@ -1,0 +1,107 @@
+"""`dvc repro` end to end on a tiny configuration, in a temporary copy of the repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "download": {"sample_train": 24, "sample_val": 6, "sample_test": 4},
+    "prepare": {"size": [64, 48], "workers": 1},
+    "model": {"width": 0.0625},
+    "train": {"epochs": 2, "bce_epochs": 1, "batch_size": 8, "nproc": 1, "device": "cpu"},
+    "evaluate": {"n_splits": 10, "grid_images": 2},
+}
+
+
+def tracked_files() -> list[str]:
+    listing = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+    return [name for name in listing.stdout.split("\0") if name and (REPO / name).is_file()]
+
+
+def run(command: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def set_params(workdir: Path, overrides: dict) -> None:
+    path = workdir / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("project")
+    for name in tracked_files():
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, workdir / name)
+    set_params(workdir, TINY)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(workdir),
+        "DVC_NO_ANALYTICS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"]):
+        run(command, workdir, env)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "tiny"], workdir, env)
+    first = run(["dvc", "repro"], workdir, env)
+    return workdir, env, first
+
+
+@pytest.mark.slow
+def test_repro_produces_every_stage_output(project):
+    workdir, _, log = project
+    for stage in ("download", "prepare", "train", "evaluate", "predict", "package"):
+        assert f"Running stage '{stage}'" in log
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    assert {"auc_judd", "auc_shuffled", "nss", "cc", "kld", "sim", "information_gain"} <= set(metrics)
+    assert "nss" in metrics["baselines"]["center_bias"]
+    maps = sorted((workdir / "outputs" / "test_maps").glob("*.png"))
+    assert len(maps) == 4 and all(Image.open(m).size == (640, 480) and Image.open(m).mode == "L" for m in maps)
+    with zipfile.ZipFile(workdir / "outputs" / "submission.zip") as archive:
+        names = archive.namelist()
+    assert "manifest.json" in names and sum(n.endswith(".png") for n in names) == 4
+
+
+@pytest.mark.slow
+def test_evaluate_registered_a_challenger(project):
+    workdir, env, _ = project
+    listing = run([sys.executable, "-m", "salgan.cli", "registry", "list"], workdir, env)
+    assert "challenger" in listing
+
+
+@pytest.mark.slow
+def test_second_repro_does_nothing_and_a_training_change_skips_the_data_stages(project):
+    workdir, env, _ = project
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], workdir, env)
+    set_params(workdir, {"train": {"epochs": 3}})
+    log = run(["dvc", "repro"], workdir, env)
+    assert "Running stage 'download'" not in log and "Running stage 'prepare'" not in log
+    for stage in ("train", "evaluate", "predict", "package"):
+        assert f"Running stage '{stage}'" in log
+    assert json.loads((workdir / "models" / "history.json").read_text())[-1]["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_ablation_arm_runs_as_a_dvc_experiment_and_shows_beside_table_one(project):
+    workdir, env, _ = project
+    run([sys.executable, "-m", "salgan.cli", "ablation", "run", "--arms", "random-bce", "--prefix", "t-"], workdir, env)
+    table = run([sys.executable, "-m", "salgan.cli", "ablation", "show"], workdir, env)
+    assert "ours: t-random-bce" in table and "published: SalGAN (Pan et al.)" in table
+    row = next(line for line in table.splitlines() if line.startswith("ours: t-random-bce"))
+    assert len(row.split()) == 2 + 8  # name, then all eight metrics filled in
