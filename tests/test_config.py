@@ -61,6 +61,6 @@ def test_load_names_the_file(tmp_path):
 
 
 def test_round_trip_and_flatten():
-    params = params_from_dict({"train": {"epochs": 7}})
+    params = params_from_dict({"train": {"epochs": 20}})
     assert params_from_dict(to_dict(params)) == params
-    assert flatten(to_dict(params))["train.epochs"] == 7
+    assert flatten(to_dict(params))["train.epochs"] == 20
