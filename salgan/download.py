@@ -433,7 +433,7 @@ def extract_archive(path: Path, kind: str, stage: Path, progress: bool = False) 
         for entry in entries:
             _check_entry(path, entry)
         written = 0
-        for entry in tqdm(entries, desc=f"extract {path.name}", unit="file", disable=not progress):
+        for entry in tqdm(entries, desc=f"extract {path.name}", unit="file", disable=None if progress else True):
             target = _target(entry, kind, stage)
             if target is None:
                 continue

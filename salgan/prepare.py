@@ -425,7 +425,7 @@ class _Bar(tqdm):
 
 
 def _bar(total: int, desc: str, progress: bool) -> tqdm:
-    return _Bar(total=total, desc=desc, unit="img", disable=not progress, file=sys.stderr)
+    return _Bar(total=total, desc=desc, unit="img", disable=None if progress else True, file=sys.stderr)
 
 
 def _checked(results: list[ItemResult], stop_on_bad: bool) -> list[ItemResult]:
