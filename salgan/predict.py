@@ -22,7 +22,6 @@ import collections
 import glob
 import json
 import os
-import shutil
 import sys
 import tempfile
 import warnings
@@ -368,14 +367,13 @@ def run_stage(params: Params) -> list[Path]:
         raise ValueError(f"{test}: names.json, images.npy and original_sizes.npy disagree on the image count")
     generator = load_generator(Path(params.train.output) / GENERATOR_FILE)
     output = Path(params.predict.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    try:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
+    from salgan.prepare import atomic_directory
+
+    with atomic_directory(output) as tmp:  # the folder is swapped in only when every map is written
         maps = predict_batches(generator, images, sizes, params.predict.batch_size, params.predict.blur_size)
         pairs = zip(names, maps, strict=True)
-
         # PNG encoding (zlib, which releases the GIL) costs ~40x the model's time per map on a GPU, so it
         # runs in threads; a bounded window of pending maps keeps memory flat on a fast GPU.
         workers = min(8, os.cpu_count() or 1)
@@ -387,23 +385,7 @@ def run_stage(params: Params) -> list[Path]:
                     pending.popleft().result()
             for future in pending:
                 future.result()
-        _swap(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [output / f"{name}.png" for name in names]
-
-
-def _swap(new: Path, target: Path) -> None:
-    """Replace folder ``target`` by ``new``; the old one is removed only after the rename."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def parse_size(text: str) -> tuple[int, int]:
