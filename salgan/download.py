@@ -18,23 +18,20 @@ output as it was.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import stat
 import sys
-import uuid
 import zipfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from salgan import fetch
+from salgan.atomic import atomic_directory
 from salgan.config import DEFAULT_PARAMS_FILE, ConfigError, DownloadParams, load_params
 from salgan.fetch import FetchError, md5sum
 
@@ -133,8 +130,7 @@ def run(params: DownloadParams, progress: bool = True) -> dict:
     """Fill ``params.output`` from ``params.source``; return what SOURCE.json records."""
     output = Path(params.output)
     kind = source_type(params.source)
-    _remove_stale_staging(output)
-    with staging_dir(output) as stage:
+    with atomic_directory(output) as stage:
         if kind == "sample":
             record = _from_sample(params, stage)
         elif kind == "local" and _is_tree(Path(params.source)):
@@ -147,7 +143,6 @@ def run(params: DownloadParams, progress: bool = True) -> dict:
         record = {"source": redact(params.source), "type": kind, **record}
         record["counts"] = check_layout(stage)
         (stage / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        swap_into_place(stage, output)
     return record
 
 
@@ -515,46 +510,6 @@ def _stems(folder: Path, ext: str) -> set[str]:
         for p in folder.iterdir()
         if p.name.endswith(ext) and p.name.startswith(prefix) and _NAME.fullmatch(p.name)
     }
-
-
-@contextlib.contextmanager
-def staging_dir(output: Path) -> Iterator[Path]:
-    """A fresh folder beside ``output`` (same file system: the final rename is atomic); removed on error.
-
-    Made with mkdir rather than mkdtemp so that it gets the usual permissions (umask), not 0700.
-    """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    stage = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
-    stage.mkdir()
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)  # gone already after a successful swap
-
-
-def swap_into_place(stage: Path, output: Path) -> None:
-    """Replace ``output`` with ``stage`` by two renames; the old tree is restored if the second fails."""
-    if not output.exists():
-        os.rename(stage, output)
-        return
-    old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(output, old)
-    try:
-        os.rename(stage, output)
-    except OSError:
-        os.rename(old, output)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_stale_staging(output: Path) -> None:
-    """Folders a killed run left beside the output (they are never the output itself)."""
-    if not output.parent.is_dir():
-        return
-    for leftover in output.parent.glob(f".{output.name}.*-*"):
-        if leftover.is_dir() and re.fullmatch(rf"\.{re.escape(output.name)}\.(tmp|old)-\w+", leftover.name):
-            log.info("removing %s, left by an interrupted run", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def redact(source: str) -> str:

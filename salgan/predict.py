@@ -369,7 +369,7 @@ def run_stage(params: Params) -> list[Path]:
     output = Path(params.predict.output)
     from tqdm import tqdm
 
-    from salgan.prepare import atomic_directory
+    from salgan.atomic import atomic_directory
 
     with atomic_directory(output) as tmp:  # the folder is swapped in only when every map is written
         maps = predict_batches(generator, images, sizes, params.predict.batch_size, params.predict.blur_size)

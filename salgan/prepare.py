@@ -21,9 +21,7 @@ import contextlib
 import json
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -35,6 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from salgan.atomic import atomic_directory
 from salgan.fixations import load_fixations_mat
 
 if TYPE_CHECKING:
@@ -483,27 +482,6 @@ def _save_fixations(path: Path, per_image: list[np.ndarray]) -> int:
     coords = np.concatenate(per_image).astype(np.int32) if per_image else np.zeros((0, 2), np.int32)
     np.savez(path, coords=coords.reshape(-1, 2), offsets=offsets)
     return int(offsets[-1])
-
-
-@contextlib.contextmanager
-def atomic_directory(output: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``output`` that replaces it when the block succeeds.
-
-    On failure the temporary folder is removed and ``output`` is left exactly as it was.
-    """
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = output.with_name(f".{output.name}.old-{os.getpid()}")
-    if output.exists():
-        os.replace(output, old)
-    os.replace(tmp, output)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- command line ---------------------------------------------------------------------------------
