@@ -439,6 +439,21 @@ def parse_set(values: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
+def add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``-S/--set KEY=VALUE`` (repeatable), as ``dvc exp run`` spells it; read with :func:`parse_overrides`."""
+    parser.add_argument(
+        "--set", "-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
+def parse_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict | None:
+    """The ``-S`` values as a dict (None when there are none); a malformed one is a usage error."""
+    try:
+        return parse_set(args.overrides) or None
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flows.pipeline",
@@ -446,15 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         "PREFECT_API_URL points at a server).",
     )
     parser.add_argument("stages", nargs="*", help="stages to run, in pipeline order (default: all)")
-    parser.add_argument(
-        "--set",
-        "-S",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="params.yaml override (repeatable); implies --experiment",
-    )
+    add_set_argument(parser, "params.yaml override (repeatable); implies --experiment")
     parser.add_argument("--experiment", action="store_true", help="run as one `dvc exp run`")
     parser.add_argument("--workdir", default=".", help="the DVC repository (default: .)")
     return parser
@@ -463,13 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        overrides = parse_set(args.overrides)
-    except ValueError as error:
-        parser.error(str(error))
     state = salgan_pipeline(
         stages=args.stages or None,
-        overrides=overrides or None,
+        overrides=parse_overrides(parser, args),
         workdir=args.workdir,
         experiment=args.experiment,
         return_state=True,

@@ -28,8 +28,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import (
     DOWNLOAD_RETRIES,
+    add_set_argument,
     end_recorded_stage,
-    parse_set,
+    parse_overrides,
     repro_command,
     retry_delays,
     run_streaming,
@@ -229,15 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         "flow; the ephemeral API server unless PREFECT_API_URL points at a server).",
     )
     parser.add_argument("--refresh", choices=REFRESH_MODES, default="download", help="how to refresh the data")
-    parser.add_argument(
-        "--set",
-        "-S",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="params.yaml override for the experiment (repeatable)",
-    )
+    add_set_argument(parser, "params.yaml override for the experiment (repeatable)")
     parser.add_argument("--metric", default="nss", help="metric the promotion gate compares (default: nss)")
     parser.add_argument("--min-delta", type=float, default=0.0, help="required improvement (default: 0)")
     parser.add_argument("--workdir", default=".", help="the DVC repository (default: .)")
@@ -247,13 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        overrides = parse_set(args.overrides)
-    except ValueError as error:
-        parser.error(str(error))
     state = salgan_retrain(
         refresh=args.refresh,
-        overrides=overrides or None,
+        overrides=parse_overrides(parser, args),
         workdir=args.workdir,
         metric=args.metric,
         min_delta=args.min_delta,
