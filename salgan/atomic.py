@@ -1,4 +1,4 @@
-"""Replacing a whole output folder so that a failed or killed run never leaves half of one."""
+"""Replacing an output file or folder so that a failed or killed run never leaves half of one."""
 
 from __future__ import annotations
 
@@ -7,11 +7,48 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Yield a handle on a new temporary file beside ``path``; when the block succeeds the file is synced
+    and renamed over ``path``, otherwise removed.
+
+    The temporary name is random and created exclusively (mkstemp), so it never follows a planted
+    symlink or collides with another writer; the result gets the usual umask permissions.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """``path`` holds ``data`` (text is UTF-8) or, after a failure, what it held before."""
+    with atomic_file(path, "w" if isinstance(data, str) else "wb") as handle:
+        handle.write(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

@@ -56,6 +56,7 @@ class ModelParams:
     freeze_blocks: int = 3  # VGG blocks frozen from the input side; the paper freezes conv1-conv3
     width: float = 1.0  # channel multiplier; 1.0 is VGG16
     discriminator_first_pool: Literal[2, 4] = 4  # 4 in the original code, 2 in the paper's table
+    discriminator_weight_norm: bool = True  # weight norm on conv3_1/conv3_2 as the original code; not in the paper
 
 
 @dataclass
@@ -69,8 +70,13 @@ class TrainParams:
     batch_size: int = 32  # global batch, split across processes
     lr_generator: float = 3e-4
     lr_discriminator: float = 3e-4
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # the paper's L2 1e-4 (the original code computes it but never adds it)
+    decay_biases: bool = False  # false: weights only, as Lasagne's l2 regularisation
+    adagrad_epsilon: float = 1e-6  # Lasagne's: step lr * g / sqrt(sum g^2 + eps); 0 gives PyTorch's 1e-10 outside
     alpha: float = 0.05  # weight of the content loss; 1/20 in the original code
+    adversarial_schedule: Literal["alternate", "both"] = "alternate"  # alternate: one batch to D, the next to G
+    reset_optimizer_at_adversarial: bool = True  # a fresh G optimiser for the adversarial phase, as the original
+    discriminator_loss: Literal["mean", "sum"] = "mean"  # mean of the real and fake BCE (original) or their sum
     content_downsample: int = 4  # BCE on maps average-pooled 4x4 (paper Table 2)
     seed: int = 0
     nproc: int | Literal["auto"] = "auto"  # auto: every visible GPU, 1 on CPU
@@ -209,6 +215,9 @@ def check_consistency(params: Params) -> None:
         raise ConfigError(f"train.batch_size: must be at least 1, got {train.batch_size}")
     if train.content_downsample < 1:
         raise ConfigError(f"train.content_downsample: must be at least 1, got {train.content_downsample}")
+    if train.adagrad_epsilon < 0 or train.weight_decay < 0:
+        key = "adagrad_epsilon" if train.adagrad_epsilon < 0 else "weight_decay"
+        raise ConfigError(f"train.{key}: must not be negative, got {getattr(train, key)}")
     if isinstance(train.nproc, int) and train.nproc < 1:
         raise ConfigError(f"train.nproc: must be 'auto' or at least 1, got {train.nproc}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -73,9 +74,37 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled between the group's own processes; a no-op alone)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class PeerFailed(RuntimeError):
+    """Another rank failed; this one stops too instead of waiting in a collective until the timeout."""
+
+
+def raise_if_any_failed(error: BaseException | None, what: str) -> None:
+    """Every rank reports how ``what`` went; if any rank failed, every rank raises.
+
+    Rank-local work (rank 0 writing the epoch's files, reading a checkpoint) is followed by this
+    exchange instead of a barrier: a rank that failed still takes part, so the others learn of the
+    failure now, with its message, rather than when the collective timeout (30 minutes) expires.
+    """
+    if not dist.is_initialized():
+        if error is not None:
+            raise error
+        return
+    reports: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    for rank, report in enumerate(reports):
+        if report is not None:
+            raise PeerFailed(f"rank {rank} failed while {what}: {report}")
 
 
 def cleanup() -> None:

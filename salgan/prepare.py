@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from salgan.atomic import atomic_directory
 from salgan.fixations import load_fixations_mat
+from salgan.versions import split_version_of_files
 
 if TYPE_CHECKING:
     from salgan.config import PrepareParams
@@ -312,7 +313,7 @@ def prepare(params: PrepareParams, progress: bool = True) -> dict:
         raise PrepareError(f"{root}: no images/train, images/val or images/test folder")
     size = (int(params.size[0]), int(params.size[1]))
     workers = resolve_workers(params.workers)
-    report: dict = {"input": str(root), "size": list(size), "splits": {}, "skipped": []}
+    report: dict = {"input": str(root), "size": list(size), "splits": {}, "skipped": [], "versions": {}}
     with atomic_directory(output) as tmp:
         for split in splits:
             samples, missing = find_samples(root, split)
@@ -321,6 +322,7 @@ def prepare(params: PrepareParams, progress: bool = True) -> dict:
             skipped += more
             report["splits"][split] = {**counts, "skipped": len(skipped)}
             report["skipped"] += skipped
+            report["versions"][split] = split_version_of_files(tmp / split)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

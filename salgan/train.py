@@ -5,8 +5,11 @@ relaunches itself under torchrun (``--standalone``, one process per GPU; gloo on
 started by torchrun directly it joins that process group, so the cluster form is the same module
 under ``torchrun --nnodes=N --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT``.
 
-Every epoch ends with an atomic checkpoint; rerunning the same command resumes from it, and a run that
-already finished does nothing more. Only rank 0 writes files and prints.
+Every epoch ends with an atomic checkpoint. A checkpoint is resumed only when it was made from the same
+training settings, the same prepared data and the same training code (:func:`identity`); otherwise
+training starts from scratch and says why. A finished run does nothing more than restore any output
+that is missing (DVC deletes a stage's outputs before it reruns it). Rank 0 decides, reads and writes;
+the other ranks receive its decision and state.
 """
 
 from __future__ import annotations
@@ -27,27 +30,30 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint
+from salgan.atomic import write_atomic
 from salgan.config import Params, load_params, to_dict
 from salgan.data import PreparedSplit, images_to_float, load_split, maps_to_float
 from salgan.distributed import (
     DistInfo,
     all_reduce_sum,
-    barrier,
+    broadcast_from_main,
     cleanup,
     init_distributed,
+    raise_if_any_failed,
     resolve_device,
     resolve_nproc,
     under_torchrun,
 )
 from salgan.losses import content_loss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
+from salgan.versions import code_version, split_version
 
 CHECKPOINT_FILE = "checkpoint.pt"
 GENERATOR_FILE = "generator.pt"
 HISTORY_FILE = "history.json"
 SNAPSHOT_DIR = "snapshots"
-# Settings that change what is trained; a checkpoint made under other values is not resumed.
-RESUME_IRRELEVANT = {"nproc", "device", "compile", "output", "data", "snapshot_image"}
+# Settings that do not change what is trained: a checkpoint made under other values is still resumed.
+RESUME_IRRELEVANT = {"nproc", "device", "compile", "output", "data"}
 
 
 @dataclass
@@ -62,11 +68,21 @@ class Models:
     opt_d: torch.optim.Optimizer
 
 
-def fingerprint(params: Params) -> str:
-    """Hash of the settings that determine the trained weights."""
+def settings_version(params: Params) -> str:
+    """Hash of the settings that determine the trained weights and the stage's outputs."""
     train = {k: v for k, v in to_dict(params.train).items() if k not in RESUME_IRRELEVANT}
     blob = json.dumps({"model": to_dict(params.model), "train": train, "size": params.prepare.size}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def identity(params: Params) -> dict[str, str]:
+    """What a checkpoint must share with this run to be resumed: settings, data and training code."""
+    data = params.train.data
+    return {
+        "settings": settings_version(params),
+        "data": f"train {split_version(data, 'train')}, val {split_version(data, 'val')}",
+        "code": code_version(),
+    }
 
 
 def autocast(device: torch.device):
@@ -76,6 +92,25 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def adagrad(module: torch.nn.Module, lr: float, params: Params, device: torch.device) -> torch.optim.Adagrad:
+    """AdaGrad over the module's trainable parameters as Lasagne's (the original code): the step is
+    lr * g / sqrt(sum of g^2 + eps), eps = ``train.adagrad_epsilon`` (1e-6), which an initial accumulator
+    of eps reproduces exactly. PyTorch's own form, lr * g / (sqrt(sum of g^2) + 1e-10), moves every weight
+    by lr on its first step whatever the gradient's size, so that a rounding-level gradient flips the
+    step's sign (eps 0 selects it). Weight decay on weights only unless ``train.decay_biases``: Lasagne's
+    l2 regularisation skips biases (weight-norm gains are not decayed either)."""
+    decayed, plain = [], []
+    for name, parameter in module.named_parameters():
+        if parameter.requires_grad:
+            is_weight = name.endswith(".weight") or name.endswith(".original1")  # original1: weight norm's v
+            (decayed if is_weight or params.train.decay_biases else plain).append(parameter)
+    groups = [{"params": decayed, "weight_decay": params.train.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    options = {"foreach": True} if device.type == "cuda" else {}  # fused AdaGrad is CPU-only in torch 2.11
+    eps = params.train.adagrad_epsilon
+    stability = {"initial_accumulator_value": eps, "eps": 0.0} if eps > 0 else {"eps": 1e-10}
+    return torch.optim.Adagrad([g for g in groups if g["params"]], lr=lr, **stability, **options)
+
+
 def build_models(params: Params, size: tuple[int, int], info: DistInfo) -> Models:
     torch.manual_seed(params.train.seed)  # identical initial weights on every rank
     generator = build_generator(params.model).to(info.device)
@@ -83,13 +118,8 @@ def build_models(params: Params, size: tuple[int, int], info: DistInfo) -> Model
     if info.device.type == "cuda":
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)
-    adagrad = {"weight_decay": params.train.weight_decay}
-    if info.device.type == "cuda":  # multi-tensor kernels; fused AdaGrad is CPU-only in torch 2.11
-        adagrad["foreach"] = True
-    opt_g = torch.optim.Adagrad(
-        [p for p in generator.parameters() if p.requires_grad], lr=params.train.lr_generator, **adagrad
-    )
-    opt_d = torch.optim.Adagrad(discriminator.parameters(), lr=params.train.lr_discriminator, **adagrad)
+    opt_g = adagrad(generator, params.train.lr_generator, params, info.device)
+    opt_d = adagrad(discriminator, params.train.lr_discriminator, params, info.device)
     g_step, d_step = generator, discriminator
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
@@ -100,48 +130,108 @@ def build_models(params: Params, size: tuple[int, int], info: DistInfo) -> Model
     return Models(generator, discriminator, g_step, d_step, opt_g, opt_d)
 
 
+# --- the steps (seed paper Eqs. 1-3) --------------------------------------------------------------------
+
+
+def content_step(models: Models, images, targets, params: Params) -> torch.Tensor:
+    """BCE-only pre-training of the generator (Eq. 1). Returns the content loss."""
+    with autocast(images.device):
+        logits = models.g_step(images, return_logits=True)
+    content = content_loss(logits, targets, params.train.content_downsample)
+    _update(models.opt_g, content)
+    return content.detach()
+
+
+def discriminator_step(models: Models, images, targets, params: Params, logits=None) -> torch.Tensor:
+    """1. The discriminator learns to tell real maps from generated ones (Eq. 3); G does not change.
+
+    ``logits``: the generator's output for this batch when a G step follows on the same batch (the
+    ``both`` schedule); otherwise G runs here without a graph. Real and fake go through D in one batch:
+    one DDP reduction, larger kernels. Returns (D loss, content loss of the generated maps).
+    """
+    cfg = params.train
+    with autocast(images.device):
+        if logits is None:
+            with torch.no_grad():
+                logits = models.g_step(images, return_logits=True)
+        fake = torch.sigmoid(logits.detach()).to(targets.dtype)
+        both = models.d_step(torch.cat([images, images]), torch.cat([targets, fake]))
+    d_loss = discriminator_loss(*both.chunk(2), reduction=cfg.discriminator_loss)
+    _update(models.opt_d, d_loss)
+    return d_loss.detach(), content_loss(logits.detach(), targets, cfg.content_downsample)
+
+
+def generator_step(models: Models, images, targets, params: Params, logits=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """2. The generator learns to fool the frozen discriminator while staying close to the ground truth
+    (Eq. 2); D does not change. The raw discriminator is used so DDP does not all-reduce D gradients
+    that nobody computes. Returns (G loss, content loss)."""
+    cfg = params.train
+    with autocast(images.device):
+        if logits is None:
+            logits = models.g_step(images, return_logits=True)
+        models.discriminator.requires_grad_(False)
+        try:
+            fake_logits = models.discriminator(images, torch.sigmoid(logits))
+        finally:
+            models.discriminator.requires_grad_(True)
+    g_loss, content = generator_loss(logits, targets, fake_logits, cfg.alpha, cfg.content_downsample)
+    _update(models.opt_g, g_loss)
+    return g_loss.detach(), content.detach()
+
+
+def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def train_one_epoch(
-    models: Models, split: PreparedSplit, batches: list[torch.Tensor], adversarial: bool, params: Params
+    models: Models,
+    split: PreparedSplit,
+    batches: list[torch.Tensor],
+    adversarial: bool,
+    params: Params,
+    first_step: int = 0,
 ) -> dict[str, float]:
-    """One pass over this rank's batches; returns mean losses over the epoch and all ranks."""
+    """One pass over this rank's batches; returns mean losses over the epoch and all ranks.
+
+    Adversarial schedules (``train.adversarial_schedule``): ``alternate`` gives each batch to one network,
+    D first, then G, then D... as the original code (``first_step`` numbers this epoch's first batch in
+    the adversarial phase, so the alternation carries over epochs and resumes); ``both`` runs a D step
+    then a G step on every batch from one generator forward. ``g_loss`` is the mean over G updates,
+    ``d_loss`` over D updates, ``content_loss`` over every batch.
+    """
     cfg, device = params.train, split.images.device
     models.generator.train()
     models.discriminator.train()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # g_loss, content, d_loss, batches
-    for indices in _progress(batches, adversarial):
+    # g_loss, g updates, d_loss, d updates, content, batches
+    totals = torch.zeros(6, dtype=torch.float64, device=device)
+    zero, one = torch.zeros((), device=device), torch.ones((), device=device)
+    for i, indices in enumerate(_progress(batches, adversarial)):
         images = images_to_float(split.images[indices])
         targets = maps_to_float(split.maps[indices])
-        with autocast(device):
-            predicted = models.g_step(images)  # one generator forward serves both steps
-        if adversarial:
-            # 1. Discriminator step on real maps and the detached generated ones (Eq. 3); real and fake
-            #    go through in one batch: one DDP reduction, larger kernels.
+        g_loss = d_loss = zero
+        g_n = d_n = zero
+        if not adversarial:
+            content = g_loss = content_step(models, images, targets, params)
+            g_n = one
+        elif cfg.adversarial_schedule == "both":
             with autocast(device):
-                fake = predicted.detach().to(targets.dtype)
-                logits = models.d_step(torch.cat([images, images]), torch.cat([targets, fake]))
-            d_loss = discriminator_loss(*logits.chunk(2))
-            models.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            models.opt_d.step()
-            # 2. Generator step through the updated, frozen discriminator (Eq. 2). The raw module is used
-            #    so DDP does not all-reduce discriminator gradients that the next batch discards.
-            models.discriminator.requires_grad_(False)
-            with autocast(device):
-                fake_logits = models.discriminator(images, predicted)
-            g_loss, content = generator_loss(predicted, targets, fake_logits, cfg.alpha, cfg.content_downsample)
-            models.discriminator.requires_grad_(True)
+                logits = models.g_step(images, return_logits=True)  # one generator forward serves both steps
+            d_loss, _ = discriminator_step(models, images, targets, params, logits)
+            g_loss, content = generator_step(models, images, targets, params, logits)
+            g_n = d_n = one
+        elif (first_step + i) % 2 == 0:
+            d_loss, content = discriminator_step(models, images, targets, params)
+            d_n = one
         else:
-            # BCE-only pre-training of the generator (Eq. 1).
-            content = content_loss(predicted, targets, cfg.content_downsample)
-            g_loss, d_loss = content, torch.zeros((), device=device)
-        models.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        models.opt_g.step()
-        totals += torch.stack([g_loss.detach(), content.detach(), d_loss.detach(), torch.ones((), device=device)])
-    g_sum, content_sum, d_sum, count = all_reduce_sum(totals).tolist()  # the epoch's one host sync
-    result = {"g_loss": g_sum / count, "content_loss": content_sum / count}
+            g_loss, content = generator_step(models, images, targets, params)
+            g_n = one
+        totals += torch.stack([g_loss * g_n, g_n, d_loss * d_n, d_n, content, one]).double()
+    g_sum, g_count, d_sum, d_count, content_sum, count = all_reduce_sum(totals).tolist()  # one host sync
+    result = {"g_loss": g_sum / max(g_count, 1), "content_loss": content_sum / max(count, 1)}
     if adversarial:
-        result["d_loss"] = d_sum / count
+        result["d_loss"] = d_sum / max(d_count, 1)
     return result
 
 
@@ -153,8 +243,8 @@ def evaluate(models: Models, split: PreparedSplit, info: DistInfo, params: Param
     totals = torch.zeros(2, dtype=torch.float64, device=split.images.device)
     for chunk in indices.split(max(1, params.train.batch_size // info.world_size)):
         with autocast(split.images.device):
-            predicted = models.generator(images_to_float(split.images[chunk]))
-        loss = content_loss(predicted, maps_to_float(split.maps[chunk]), params.train.content_downsample)
+            logits = models.generator(images_to_float(split.images[chunk]), return_logits=True)
+        loss = content_loss(logits, maps_to_float(split.maps[chunk]), params.train.content_downsample)
         totals += torch.stack([loss.double() * len(chunk), torch.tensor(len(chunk), device=totals.device)])
     loss_sum, count = all_reduce_sum(totals).tolist()
     return {"val_content_loss": loss_sum / max(count, 1)}
@@ -179,16 +269,16 @@ def _progress(batches: list, adversarial: bool):
     return tqdm(batches, desc="adversarial" if adversarial else "bce", leave=False, unit="batch")
 
 
-def save_snapshot(models: Models, split: PreparedSplit, index: int, path: Path) -> None:
-    """The generator's map for one fixed val image, as an 8-bit PNG (seed paper Fig. 3)."""
-    from PIL import Image
-
+@torch.no_grad()
+def snapshot(models: Models, split: PreparedSplit, index: int) -> torch.Tensor:
+    """The generator's map for one fixed val image as uint8 (H, W) on the CPU (seed paper Fig. 3)."""
     models.generator.eval()
-    with torch.no_grad(), autocast(split.images.device):
+    with autocast(split.images.device):
         predicted = models.generator(images_to_float(split.images[index : index + 1]))
-    array = (predicted[0, 0].float().clamp(0, 1) * 255).round().byte().cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array, mode="L").save(path)
+    return (predicted[0, 0].float().clamp(0, 1) * 255).round().byte().cpu()
+
+
+# --- checkpoints and outputs ----------------------------------------------------------------------------
 
 
 def _rng_state() -> dict:
@@ -204,21 +294,58 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _resume(models: Models, path: Path, params: Params, log) -> tuple[int, list[dict]]:
-    """Load the last checkpoint if it was made with the same training settings; else start afresh."""
+def resumable_state(path: Path, wanted: dict[str, str], log) -> dict | None:
+    """The checkpoint at ``path`` if it was made from the same settings, data and code; else None.
+
+    A checkpoint that does not match is removed, with a line saying what changed, so that a later
+    interruption cannot resume it either.
+    """
     if not path.is_file():
-        return 0, []
-    state = checkpoint.load(path)
-    if state.get("fingerprint") != fingerprint(params):
-        log(f"{path}: made with other training settings; starting a new run")
-        return 0, []
+        return None
+    try:
+        state = checkpoint.load(path)
+        made_from = state.get("identity") or {}
+    except Exception as exc:  # truncated, foreign or from an older version: not resumable, say so
+        log(f"{path}: unreadable ({type(exc).__name__}: {exc}); training from scratch")
+        path.unlink(missing_ok=True)
+        return None
+    changed = [key for key in wanted if made_from.get(key) != wanted[key]]
+    if changed:
+        what = "; ".join(f"{key} {made_from.get(key)} -> {wanted[key]}" for key in changed)
+        log(f"{path}: made from other {' and '.join(changed)} ({what}); training from scratch")
+        path.unlink()
+        return None
+    return state
+
+
+def restore(models: Models, state: dict) -> None:
     models.generator.load_state_dict(state["generator"])
     models.discriminator.load_state_dict(state["discriminator"])
     models.opt_g.load_state_dict(state["opt_g"])
     models.opt_d.load_state_dict(state["opt_d"])
     _set_rng_state(state["rng"])
-    log(f"resuming from {path} after epoch {state['epoch']}")
-    return int(state["epoch"]), list(state["history"])
+
+
+def write_outputs(out: Path, history: list[dict], snapshots: list[torch.Tensor]) -> None:
+    """history.json and one PNG per epoch's snapshot (rewritten whole: cheap, and DVC may have removed
+    them before rerunning the stage)."""
+    from PIL import Image
+
+    folder = out / SNAPSHOT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for epoch, array in enumerate(snapshots, start=1):
+        path = folder / f"epoch_{epoch:03d}.png"
+        if not path.is_file():
+            Image.fromarray(array.numpy(), mode="L").save(path)
+    write_atomic(out / HISTORY_FILE, json.dumps(history, indent=1) + "\n")
+
+
+def _start_fresh(out: Path) -> None:
+    """Remove the outputs of an earlier run so none of its snapshots or history mixes into this one."""
+    for path in sorted((out / SNAPSHOT_DIR).glob("epoch_*.png")):
+        path.unlink()
+    for name in (HISTORY_FILE, GENERATOR_FILE):
+        (out / name).unlink(missing_ok=True)
 
 
 def _make_tracker(params: Params, info: DistInfo):
@@ -230,6 +357,9 @@ def _make_tracker(params: Params, info: DistInfo):
     except ImportError:
         return None
     return TrainingTracker(params)
+
+
+# --- the run ----------------------------------------------------------------------------------------------
 
 
 def run(params: Params) -> int:
@@ -248,6 +378,22 @@ def run(params: Params) -> int:
         cleanup()
 
 
+def _decide_start(params: Params, info: DistInfo, log) -> tuple[dict | None, dict[str, str]]:
+    """Rank 0 reads the checkpoint and decides; every rank gets the state to resume (None: from scratch).
+    Also returns this run's :func:`identity` (on rank 0; empty elsewhere)."""
+    state, made_from, error = None, {}, None
+    if info.is_main:
+        try:
+            made_from = identity(params)
+            state = resumable_state(Path(params.train.output) / CHECKPOINT_FILE, made_from, log)
+            if state is None:
+                _start_fresh(Path(params.train.output))
+        except Exception as exc:  # noqa: BLE001 -- reported to every rank, then raised
+            error = exc
+    raise_if_any_failed(error, "reading the checkpoint")
+    return broadcast_from_main(state), made_from
+
+
 def _train(params: Params, info: DistInfo, log) -> int:
     cfg = params.train
     out = Path(cfg.output)
@@ -259,10 +405,23 @@ def _train(params: Params, info: DistInfo, log) -> int:
     if len(train_split) < cfg.batch_size:
         raise ValueError(f"train.batch_size {cfg.batch_size} exceeds the {len(train_split)} training images")
     models = build_models(params, train_split.size, info)
-    start, history = _resume(models, out / CHECKPOINT_FILE, params, log)
-    if start >= cfg.epochs and (out / GENERATOR_FILE).is_file():
-        log(f"training already finished ({cfg.epochs} epochs); nothing to do")
+    state, made_from = _decide_start(params, info, log)
+    start, history, snapshots = 0, [], []
+    if state is not None:
+        restore(models, state)
+        start, history, snapshots = int(state["epoch"]), list(state["history"]), list(state["snapshots"])
+    if start >= cfg.epochs:
+        if info.is_main:
+            missing = not (out / GENERATOR_FILE).is_file() or not (out / HISTORY_FILE).is_file()
+            if not (out / GENERATOR_FILE).is_file():
+                checkpoint.save_atomic(models.generator.state_dict(), out / GENERATOR_FILE)
+            write_outputs(out, history, snapshots)
+            done = "outputs restored from the checkpoint" if missing else "nothing to do"
+            log(f"training already finished ({cfg.epochs} epochs); {done}")
         return 0
+    if info.is_main and start:
+        write_outputs(out, history, snapshots)
+        log(f"resuming from {out / CHECKPOINT_FILE} after epoch {start}")
     tracker = _make_tracker(params, info)
     if tracker:
         tracker.start(info, resumed_epochs=start)
@@ -270,24 +429,35 @@ def _train(params: Params, info: DistInfo, log) -> int:
         range(len(train_split)), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed
     )
     log(
-        f"training {cfg.epochs} epochs ({cfg.bce_epochs} BCE-only) on {len(train_split)} images "
-        f"{train_split.size[0]}x{train_split.size[1]}, {info.world_size} process(es) on {info.device.type}"
+        f"training {cfg.epochs} epochs ({cfg.bce_epochs} BCE-only, then {cfg.adversarial_schedule} G/D) on "
+        f"{len(train_split)} images {train_split.size[0]}x{train_split.size[1]}, "
+        f"{info.world_size} process(es) on {info.device.type}"
     )
+    snapshot_index = min(cfg.snapshot_image, len(val_split) - 1)
     begin = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         adversarial = epoch >= cfg.bce_epochs
+        if epoch == cfg.bce_epochs and cfg.reset_optimizer_at_adversarial:
+            # The original code starts the adversarial phase with a fresh optimiser (it loads only weights).
+            models.opt_g = adagrad(models.generator, cfg.lr_generator, params, info.device)
         tic = time.perf_counter()
         batches = epoch_batches(sampler, epoch, per_rank, info.device)
+        first_step = (epoch - cfg.bce_epochs) * len(batches) if adversarial else 0
         record = {"epoch": epoch + 1, "phase": "adversarial" if adversarial else "bce"}
-        record |= train_one_epoch(models, train_split, batches, adversarial, params)
+        record |= train_one_epoch(models, train_split, batches, adversarial, params, first_step)
         seconds = time.perf_counter() - tic
         record |= evaluate(models, val_split, info, params)
         record |= {"images_per_s": len(batches) * cfg.batch_size / seconds, "lr": cfg.lr_generator}
         history.append(record)
+        error = None
         if info.is_main:
-            _end_of_epoch(models, val_split, params, epoch, history, out, tracker)
-            log(_epoch_line(record, cfg.epochs, time.perf_counter() - begin))
-        barrier()
+            try:
+                snapshots.append(snapshot(models, val_split, snapshot_index))
+                _end_of_epoch(models, made_from, params, history, snapshots, out, tracker)
+                log(_epoch_line(record, cfg.epochs, time.perf_counter() - begin))
+            except Exception as exc:  # noqa: BLE001 -- reported to every rank, then raised
+                error = exc
+        raise_if_any_failed(error, f"writing the files of epoch {epoch + 1}")
     if info.is_main:
         checkpoint.save_atomic(models.generator.state_dict(), out / GENERATOR_FILE)
         log(f"wrote {out / GENERATOR_FILE}")
@@ -296,24 +466,24 @@ def _train(params: Params, info: DistInfo, log) -> int:
     return 0
 
 
-def _end_of_epoch(models, val_split, params, epoch, history, out, tracker) -> None:
-    snapshot = out / SNAPSHOT_DIR / f"epoch_{epoch + 1:03d}.png"
-    save_snapshot(models, val_split, min(params.train.snapshot_image, len(val_split) - 1), snapshot)
+def _end_of_epoch(models, made_from, params, history, snapshots, out, tracker) -> None:
+    epoch = len(history)
     state = {
         "generator": models.generator.state_dict(),
         "discriminator": models.discriminator.state_dict(),
         "opt_g": models.opt_g.state_dict(),
         "opt_d": models.opt_d.state_dict(),
-        "epoch": epoch + 1,
+        "epoch": epoch,
         "history": history,
+        "snapshots": snapshots,
         "rng": _rng_state(),
-        "fingerprint": fingerprint(params),
+        "identity": made_from,
         "config": to_dict(params),
     }
+    write_outputs(out, history, snapshots)
     checkpoint.save_atomic(state, out / CHECKPOINT_FILE)
-    (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
     if tracker:
-        tracker.log_epoch(history[-1], snapshot)
+        tracker.log_epoch(history[-1], out / SNAPSHOT_DIR / f"epoch_{epoch:03d}.png")
 
 
 def _epoch_line(record: dict, epochs: int, elapsed: float) -> str:
@@ -336,8 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="salgan train",
         description="Train SalGAN from the prepared data: train.bce_epochs of BCE pre-training, then "
-        "adversarial training with G and D alternating every batch. Resumes from the last checkpoint in "
-        "train.output; with train.nproc > 1 (or auto on a multi-GPU machine) it relaunches under torchrun.",
+        "adversarial training (G and D alternating batch by batch, as the original code). Resumes from "
+        "the checkpoint in train.output when it was made from the same settings, data and code; with "
+        "train.nproc > 1 (or auto on a multi-GPU machine) it relaunches under torchrun.",
     )
     parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
     args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -8,14 +9,30 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 import yaml
 
 from salgan import checkpoint
-from salgan.config import to_dict
-from salgan.train import CHECKPOINT_FILE, GENERATOR_FILE, HISTORY_FILE, run
-from tests.conftest import tiny_params
+from salgan import train as train_module
+from salgan.config import params_from_dict, to_dict
+from salgan.data import load_split
+from salgan.distributed import DistInfo
+from salgan.train import (
+    CHECKPOINT_FILE,
+    GENERATOR_FILE,
+    HISTORY_FILE,
+    adagrad,
+    build_models,
+    discriminator_step,
+    epoch_batches,
+    generator_step,
+    run,
+    train_one_epoch,
+)
+from tests.conftest import tiny_params, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
+CPU = DistInfo(0, 1, 0, 1, torch.device("cpu"))
 
 
 def write_params(params, path: Path) -> Path:
@@ -23,10 +40,139 @@ def write_params(params, path: Path) -> Path:
     return path
 
 
-def run_module(params_file: Path, *prefix: str) -> subprocess.Popen:
+def run_module(params_file: Path, **popen) -> subprocess.Popen:
+    """``python -m salgan.train`` in a session of its own (so a test can kill it with its children)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [*prefix] or [sys.executable, "-m", "salgan.train"]
-    return subprocess.Popen([*command, "--params", str(params_file)], cwd=REPO, env=env)
+    command = [sys.executable, "-m", "salgan.train", "--params", str(params_file)]
+    return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, **popen)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def snapshot_bytes(out: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((out / "snapshots").glob("epoch_*.png"))]
+
+
+def models_and_batch(tmp_path, **train_overrides):
+    params = tiny_params(tmp_path, **train_overrides)
+    split = load_split(params.train.data, "train")
+    models = build_models(params, split.size, CPU)
+    indices = torch.arange(8)
+    images = split.images[indices].permute(0, 3, 1, 2).float() / 255
+    targets = split.maps[indices].unsqueeze(1).float() / 255
+    return params, split, models, images, targets
+
+
+def clone(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def adagrad_steps(optimizer: torch.optim.Optimizer) -> int:
+    """How many updates the optimiser made (AdaGrad counts steps per parameter)."""
+    counts = {int(state["step"]) for state in optimizer.state.values()}
+    assert len(counts) <= 1
+    return counts.pop() if counts else 0
+
+
+# --- the steps ----------------------------------------------------------------------------------------
+
+
+def test_a_discriminator_step_leaves_the_generator_unchanged(tmp_path):
+    params, _, models, images, targets = models_and_batch(tmp_path)
+    g_before, d_before = clone(models.generator), clone(models.discriminator)
+    discriminator_step(models, images, targets, params)
+    assert same_weights(clone(models.generator), g_before)
+    assert not same_weights(clone(models.discriminator), d_before)
+
+
+def test_a_generator_step_leaves_the_discriminator_unchanged_and_trainable(tmp_path):
+    params, _, models, images, targets = models_and_batch(tmp_path)
+    g_before, d_before = clone(models.generator), clone(models.discriminator)
+    generator_step(models, images, targets, params)
+    assert same_weights(clone(models.discriminator), d_before)
+    assert not same_weights(clone(models.generator), g_before)
+    assert all(p.requires_grad for p in models.discriminator.parameters())
+    assert all(p.grad is None for p in models.discriminator.parameters())
+
+
+@pytest.mark.parametrize(
+    ("schedule", "first_step", "g_updates", "d_updates"),
+    [("alternate", 0, 2, 2), ("alternate", 1, 2, 2), ("both", 0, 4, 4)],
+)
+def test_adversarial_schedules_share_the_batches_out(tmp_path, schedule, first_step, g_updates, d_updates):
+    params, split, models, _, _ = models_and_batch(tmp_path, adversarial_schedule=schedule)
+    batches = [torch.arange(i * 8, i * 8 + 8) for i in range(4)]
+    train_one_epoch(models, split, batches, True, params, first_step)
+    assert (adagrad_steps(models.opt_g), adagrad_steps(models.opt_d)) == (g_updates, d_updates)
+
+
+def test_alternation_starts_with_the_discriminator_and_carries_over_epochs(tmp_path):
+    params, split, models, _, _ = models_and_batch(tmp_path)
+    train_one_epoch(models, split, [torch.arange(8)], True, params, first_step=0)
+    assert (adagrad_steps(models.opt_g), adagrad_steps(models.opt_d)) == (0, 1)
+    train_one_epoch(models, split, [torch.arange(8)], True, params, first_step=1)
+    assert (adagrad_steps(models.opt_g), adagrad_steps(models.opt_d)) == (1, 1)
+
+
+def test_weight_decay_moves_weights_not_biases_by_adagrads_first_step(tmp_path):
+    """A zero gradient plus decay wd gives g = wd * w; Lasagne's AdaGrad then moves w by lr * g / sqrt(g^2 + eps)."""
+    params = tiny_params(tmp_path, weight_decay=0.01, lr_generator=0.1)
+    generator = build_models(params, (64, 48), CPU).generator
+    optimizer = adagrad(generator, 0.1, params, torch.device("cpu"))
+    before = clone(generator)
+    for parameter in generator.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    after = clone(generator)
+    for name, w in before.items():
+        if name.endswith(".bias"):
+            assert torch.equal(after[name], w), name
+        else:
+            g = 0.01 * w
+            torch.testing.assert_close(after[name], w - 0.1 * g / torch.sqrt(g * g + 1e-6), rtol=1e-6, atol=1e-7)
+
+
+def test_pytorch_adagrad_form_moves_every_weight_by_lr_on_its_first_step(tmp_path):
+    params = tiny_params(tmp_path, weight_decay=0.0, adagrad_epsilon=0.0)
+    generator = build_models(params, (64, 48), CPU).generator
+    optimizer = adagrad(generator, 0.1, params, torch.device("cpu"))
+    before = generator.output.weight.detach().clone()
+    for parameter in generator.parameters():
+        parameter.grad = torch.full_like(parameter, 1e-4)  # Lasagne would move it by 0.1 * 0.1
+    optimizer.step()
+    torch.testing.assert_close(generator.output.weight.detach(), before - 0.1, rtol=0, atol=1e-6)
+
+
+def test_decay_biases_decays_them_too(tmp_path):
+    params = tiny_params(tmp_path, weight_decay=0.01, decay_biases=True)
+    generator = build_models(params, (64, 48), CPU).generator
+    torch.nn.init.constant_(generator.output.bias, 0.5)
+    optimizer = adagrad(generator, 0.1, params, torch.device("cpu"))
+    for parameter in generator.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    g = 0.01 * 0.5
+    assert generator.output.bias.item() == pytest.approx(0.5 - 0.1 * g / math.sqrt(g * g + 1e-6))
+
+
+def test_discriminator_has_weight_norm_on_conv3_only_when_asked(tmp_path):
+    def normalised_layers(params) -> set[str]:
+        discriminator = build_models(params, (64, 48), CPU).discriminator
+        return {n.split(".parametrizations")[0] for n, _ in discriminator.named_parameters() if "parametrizations" in n}
+
+    assert normalised_layers(tiny_params(tmp_path)) == {"features.10", "features.12"}  # conv3_1, conv3_2
+    plain = to_dict(tiny_params(tmp_path / "plain"))
+    plain["model"]["discriminator_weight_norm"] = False
+    assert normalised_layers(params_from_dict(plain)) == set()
+
+
+# --- whole runs -----------------------------------------------------------------------------------------
 
 
 def test_training_reduces_the_content_loss(tmp_path):
@@ -40,21 +186,62 @@ def test_training_reduces_the_content_loss(tmp_path):
     assert len(list((tmp_path / "models" / "snapshots").glob("epoch_*.png"))) == 6
 
 
+@pytest.mark.parametrize(("reset", "g_updates"), [(True, 2), (False, 4 + 2)])
+def test_the_adversarial_phase_starts_with_a_fresh_generator_optimiser(tmp_path, reset, g_updates):
+    """32 images in batches of 8: 4 BCE updates, then 2 G and 2 D updates in the alternating epoch."""
+    run(tiny_params(tmp_path, epochs=2, bce_epochs=1, reset_optimizer_at_adversarial=reset))
+    state = checkpoint.load(tmp_path / "models" / CHECKPOINT_FILE)["opt_g"]["state"]
+    assert {int(s["step"]) for s in state.values()} == {g_updates}
+
+
+def test_frozen_imagenet_blocks_stay_bit_identical_while_training(tmp_path):
+    """The ImageNet path with a local VGG16-layout file: conv1-conv3 frozen, conv4 and conv5 train."""
+    torch.manual_seed(3)
+    vgg = torchvision.models.vgg16()
+    weights_file = tmp_path / "vgg16.pth"
+    torch.save(vgg.state_dict(), weights_file)
+    data = write_prepared(tmp_path / "prepared", n_train=8, n_val=2)
+    params = params_from_dict(
+        {
+            "prepare": {"size": [64, 48]},
+            "model": {"encoder_weights": str(weights_file), "freeze_blocks": 3, "width": 1.0},
+            "train": {
+                "data": str(data),
+                "output": str(tmp_path / "models"),
+                "epochs": 2,
+                "bce_epochs": 1,
+                "batch_size": 4,
+                "device": "cpu",
+                "nproc": 1,
+            },
+            "mlflow": {"enabled": False},
+        }
+    )
+    run(params)
+    trained = weights(tmp_path / "models" / GENERATOR_FILE)
+    frozen = [0, 2, 5, 7, 10, 12, 14]  # conv1_1 ... conv3_3
+    for index in frozen:
+        for kind in ("weight", "bias"):
+            assert torch.equal(trained[f"encoder.{index}.{kind}"], vgg.features[index].state_dict()[kind])
+    assert not torch.equal(trained["encoder.17.weight"], vgg.features[17].weight)  # conv4_1 trained
+
+
 def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
     params = tiny_params(tmp_path, epochs=2)
     run(params)
     state = checkpoint.load(tmp_path / "models" / CHECKPOINT_FILE)
     assert {"generator", "discriminator", "opt_g", "opt_d", "epoch", "rng", "config", "history"} <= set(state)
-    assert state["epoch"] == 2 and state["config"]["train"]["epochs"] == 2
+    assert {"settings", "data", "code"} == set(state["identity"])
+    assert state["epoch"] == 2 and state["config"]["train"]["epochs"] == 2 and len(state["snapshots"]) == 2
 
 
 def test_same_seed_gives_identical_weights(tmp_path):
     a = tiny_params(tmp_path / "a", epochs=2)
     b = tiny_params(tmp_path / "b", epochs=2)
     run(a), run(b)
-    wa = torch.load(tmp_path / "a" / "models" / GENERATOR_FILE, weights_only=True)
-    wb = torch.load(tmp_path / "b" / "models" / GENERATOR_FILE, weights_only=True)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_weights(
+        weights(tmp_path / "a" / "models" / GENERATOR_FILE), weights(tmp_path / "b" / "models" / GENERATOR_FILE)
+    )
 
 
 def test_finished_run_does_nothing_more(tmp_path, capsys):
@@ -66,32 +253,103 @@ def test_finished_run_does_nothing_more(tmp_path, capsys):
     assert (tmp_path / "models" / GENERATOR_FILE).stat().st_mtime_ns == before
 
 
+def test_finished_run_restores_outputs_dvc_removed_without_training(tmp_path, capsys):
+    """DVC deletes a stage's outputs before rerunning it: they come back from the checkpoint unchanged."""
+    params = tiny_params(tmp_path, epochs=2)
+    run(params)
+    out = tmp_path / "models"
+    generator, history, snapshots = weights(out / GENERATOR_FILE), (out / HISTORY_FILE).read_text(), snapshot_bytes(out)
+    for path in [out / GENERATOR_FILE, out / HISTORY_FILE, *(out / "snapshots").iterdir()]:
+        path.unlink()
+    run(params)
+    assert "outputs restored" in capsys.readouterr().out
+    assert same_weights(weights(out / GENERATOR_FILE), generator)
+    assert (out / HISTORY_FILE).read_text() == history
+    assert snapshot_bytes(out) == snapshots
+
+
+def test_new_data_trains_from_scratch(tmp_path, capsys):
+    """Same settings, other prepared data: not 'finished', not resumed; the same weights as a fresh run."""
+    params = tiny_params(tmp_path, epochs=2)
+    run(params)
+    out = tmp_path / "models"
+    old_weights, old_snapshots = weights(out / GENERATOR_FILE), snapshot_bytes(out)
+    write_prepared(tmp_path / "prepared", seed=7)  # the data changes under the same settings
+    run(params)
+    assert "made from other data" in capsys.readouterr().out
+    new_weights = weights(out / GENERATOR_FILE)
+    assert not same_weights(new_weights, old_weights)
+    assert snapshot_bytes(out) != old_snapshots and len(snapshot_bytes(out)) == 2
+    assert [h["epoch"] for h in json.loads((out / HISTORY_FILE).read_text())] == [1, 2]
+    fresh = tiny_params(tmp_path / "fresh", epochs=2)
+    write_prepared(tmp_path / "fresh" / "prepared", seed=7)
+    run(fresh)
+    assert same_weights(new_weights, weights(tmp_path / "fresh" / "models" / GENERATOR_FILE))
+
+
+def test_an_interrupted_run_is_not_continued_on_new_data(tmp_path, capsys):
+    params = tiny_params(tmp_path, epochs=10, bce_epochs=2)
+    out = tmp_path / "models"
+    kill_after_first_checkpoint(run_module(write_params(params, tmp_path / "p.yaml")), out)
+    write_prepared(tmp_path / "prepared", seed=7)
+    run(params)
+    log = capsys.readouterr().out
+    assert "made from other data" in log and "resuming" not in log
+    assert [h["epoch"] for h in json.loads((out / HISTORY_FILE).read_text())] == list(range(1, 11))
+    fresh = tiny_params(tmp_path / "fresh", epochs=10, bce_epochs=2)
+    write_prepared(tmp_path / "fresh" / "prepared", seed=7)
+    run(fresh)
+    assert same_weights(weights(out / GENERATOR_FILE), weights(tmp_path / "fresh" / "models" / GENERATOR_FILE))
+
+
+def test_new_training_code_trains_from_scratch(tmp_path, capsys, monkeypatch):
+    params = tiny_params(tmp_path, epochs=1, bce_epochs=0)
+    run(params)
+    monkeypatch.setattr(train_module, "code_version", lambda: "edited-code")
+    run(params)
+    assert "made from other code" in capsys.readouterr().out
+
+
+def test_changed_settings_start_a_new_run(tmp_path, capsys):
+    run(tiny_params(tmp_path, epochs=1, bce_epochs=0))
+    run(tiny_params(tmp_path, epochs=1, bce_epochs=0, alpha=0.5))
+    assert "made from other settings" in capsys.readouterr().out
+
+
+def test_an_unreadable_checkpoint_is_named_and_training_starts_afresh(tmp_path, capsys):
+    params = tiny_params(tmp_path, epochs=1, bce_epochs=0)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    assert run(params) == 0
+    assert f"{tmp_path / 'models' / CHECKPOINT_FILE}: unreadable" in capsys.readouterr().out
+
+
 def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
     reference = tiny_params(tmp_path / "ref", epochs=10, bce_epochs=2)
     run(reference)
     params = tiny_params(tmp_path / "killed", epochs=10, bce_epochs=2)
     params_file = write_params(params, tmp_path / "killed.yaml")
     out = tmp_path / "killed" / "models"
-    process = run_module(params_file)
-    deadline = time.time() + 120
-    while not (out / CHECKPOINT_FILE).exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    interrupted_at = checkpoint.load(out / CHECKPOINT_FILE)["epoch"]
-    assert interrupted_at < 10 and not (out / GENERATOR_FILE).exists(), "the run finished before the kill"
+    kill_after_first_checkpoint(run_module(params_file), out)
     assert run_module(params_file).wait() == 0
-    expected = torch.load(tmp_path / "ref" / "models" / GENERATOR_FILE, weights_only=True)
-    resumed = torch.load(out / GENERATOR_FILE, weights_only=True)
-    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    assert same_weights(weights(tmp_path / "ref" / "models" / GENERATOR_FILE), weights(out / GENERATOR_FILE))
     history = json.loads((out / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == list(range(1, 11))
+    assert snapshot_bytes(out) == snapshot_bytes(tmp_path / "ref" / "models")
 
 
-def test_changed_settings_start_a_new_run(tmp_path, capsys):
-    run(tiny_params(tmp_path, epochs=1, bce_epochs=0))
-    run(tiny_params(tmp_path, epochs=1, bce_epochs=0, alpha=0.5))
-    assert "other training settings" in capsys.readouterr().out
+def kill_after_first_checkpoint(process: subprocess.Popen, out: Path, epochs: int = 10) -> None:
+    """SIGKILL the run's whole process group (torchrun and its workers too) once an epoch is saved."""
+    deadline = time.time() + 300
+    while not (out / CHECKPOINT_FILE).exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    interrupted_at = checkpoint.load(out / CHECKPOINT_FILE)["epoch"]
+    assert interrupted_at < epochs and not (out / GENERATOR_FILE).exists(), "the run finished before the kill"
+
+
+# --- several processes ----------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -101,8 +359,8 @@ def test_two_gloo_processes_match_one_process_over_the_same_global_batch(tmp_pat
     two = tiny_params(tmp_path / "two", epochs=2, bce_epochs=1, batch_size=8, nproc=2)
     # salgan.train relaunches itself under torchrun --standalone --nproc-per-node=2 (gloo on the CPU)
     assert run_module(write_params(two, tmp_path / "two.yaml")).wait(timeout=300) == 0
-    w1 = torch.load(tmp_path / "one" / "models" / GENERATOR_FILE, weights_only=True)
-    w2 = torch.load(tmp_path / "two" / "models" / GENERATOR_FILE, weights_only=True)
+    w1 = weights(tmp_path / "one" / "models" / GENERATOR_FILE)
+    w2 = weights(tmp_path / "two" / "models" / GENERATOR_FILE)
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5)
     # AdaGrad's first step is lr * g / |g|: a gradient at rounding level moves a weight by a visible
@@ -111,3 +369,42 @@ def test_two_gloo_processes_match_one_process_over_the_same_global_batch(tmp_pat
     d2 = checkpoint.load(tmp_path / "two" / "models" / CHECKPOINT_FILE)["discriminator"]
     for key in d1:
         torch.testing.assert_close(d2[key], d1[key], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_resume_after_sigkill_as_if_never_stopped(tmp_path):
+    settings = {"epochs": 6, "bce_epochs": 2, "batch_size": 8, "nproc": 2}
+    reference = write_params(tiny_params(tmp_path / "ref", **settings), tmp_path / "ref.yaml")
+    assert run_module(reference).wait(timeout=300) == 0
+    params_file = write_params(tiny_params(tmp_path / "killed", **settings), tmp_path / "killed.yaml")
+    out = tmp_path / "killed" / "models"
+    # torchrun and both workers are in one process group, killed together as a lost node would be.
+    kill_after_first_checkpoint(run_module(params_file), out, epochs=6)
+    assert run_module(params_file).wait(timeout=300) == 0
+    assert same_weights(weights(tmp_path / "ref" / "models" / GENERATOR_FILE), weights(out / GENERATOR_FILE))
+    assert [h["epoch"] for h in json.loads((out / HISTORY_FILE).read_text())] == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_every_rank_promptly_with_the_error(tmp_path):
+    """Rank 0 cannot write the epoch's snapshot (its folder is a file): both ranks stop at once, naming it,
+    instead of rank 1 waiting in a collective for the 30-minute timeout."""
+    params = tiny_params(tmp_path, epochs=3, bce_epochs=1, nproc=2)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "snapshots").write_text("in the way")
+    process = run_module(write_params(params, tmp_path / "p.yaml"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = process.communicate(timeout=240)
+    text = output.decode()
+    assert process.returncode != 0
+    assert "rank 0 failed while writing the files of epoch 1" in text
+    assert str(tmp_path / "models" / "snapshots") in text
+    assert not (tmp_path / "models" / CHECKPOINT_FILE).exists()
+
+
+def test_epoch_batches_are_a_fixed_partition_of_one_permutation():
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(20), num_replicas=1, rank=0, shuffle=True, seed=0)
+    batches = epoch_batches(sampler, 0, 8, torch.device("cpu"))
+    assert [len(b) for b in batches] == [8, 8]
+    assert len(set(torch.cat(batches).tolist())) == 16

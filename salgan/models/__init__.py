@@ -39,7 +39,11 @@ def build_generator(model_params) -> Generator:
 
 
 def build_discriminator(model_params, input_size: tuple[int, int]) -> Discriminator:
-    return Discriminator(input_size=input_size, first_pool=model_params.discriminator_first_pool)
+    return Discriminator(
+        input_size=input_size,
+        first_pool=model_params.discriminator_first_pool,
+        weight_norm=model_params.discriminator_weight_norm,
+    )
 
 
 def load_encoder_weights(generator: Generator, source: str) -> None:

@@ -75,8 +75,11 @@ class Generator(nn.Module):
         features = self.encoder((image - self.mean) / self.std)
         return self.output(self.decoder(features))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(image))
+    def forward(self, image: torch.Tensor, return_logits: bool = False) -> torch.Tensor:
+        """The saliency map in (0, 1); the pre-sigmoid map with ``return_logits`` (training computes its
+        losses from logits, in float32)."""
+        logits = self.logits(image)
+        return logits if return_logits else torch.sigmoid(logits)
 
     def freeze_blocks(self, count: int) -> None:
         """Freeze VGG blocks 1..count (the paper keeps conv1-conv3 fixed when starting from ImageNet)."""
