@@ -4,8 +4,9 @@
    or ``dvc pull`` the versions dvc.lock names from the remote, or leave the data as it is;
 2. train: the pipeline as one ``dvc exp run`` with the flow's overrides (the ``salgan-pipeline`` flow as a
    subflow), whose evaluate stage registers the model as the registry's ``challenger``;
-3. gate: ``salgan.registry.promote`` moves the ``champion`` alias to the challenger only when it beats the
-   champion on ``metric`` by at least ``min_delta``;
+3. gate: ``salgan.registry.gate`` moves the ``champion`` alias to the challenger only when it beats the
+   champion on ``metric`` by more than ``min_delta``, both measured on the workspace's current val split (a
+   champion registered on older data is scored again);
 4. report: a markdown artifact (key ``salgan-retrain``) with challenger and champion metrics and the decision.
 
 The whole flow holds the workspace lock (see ``flows.pipeline.workspace_lock``): two triggers at once run
@@ -21,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -56,19 +56,19 @@ def refresh_data(mode: str, workdir: str) -> None:
     run_streaming(command, workdir, f"refresh ({mode})", logger)
 
 
-def tracking_settings(workdir: str | Path) -> tuple[str, str, bool]:
-    """(tracking URI, registered model name, enabled) as the pipeline's stages see them from ``workdir``.
-
-    The stages run with ``workdir`` as their current directory, so a relative sqlite or file store is
-    resolved against it, not against wherever this flow process happens to run.
+def workspace_params(workdir: str | Path):
+    """params.yaml of ``workdir`` as the pipeline's stages see it: they run with ``workdir`` as their
+    current directory, so the prepared data and a relative sqlite or file store are resolved against it,
+    not against wherever this flow process happens to run. ``MLFLOW_TRACKING_URI`` wins, as in the stages.
     """
-    from salgan.config import params_from_dict
+    from salgan.config import load_params
 
-    path = Path(workdir) / "params.yaml"
-    data = yaml.safe_load(path.read_text()) if path.exists() else {}
-    settings = params_from_dict({"mlflow": (data or {}).get("mlflow") or {}}).mlflow
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri
-    return absolute_store(uri, Path(workdir).resolve()), settings.model_name, settings.enabled
+    base = Path(workdir).resolve()
+    params = load_params(base / "params.yaml")
+    params.train.data = str(base / params.train.data)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    params.mlflow.tracking_uri = absolute_store(uri, base)
+    return params
 
 
 def absolute_store(uri: str, base: Path) -> str:
@@ -80,43 +80,34 @@ def absolute_store(uri: str, base: Path) -> str:
     return uri
 
 
-def run_promotion(uri: str, name: str, metric: str, min_delta: float) -> dict[str, Any]:
-    """``salgan.registry.promote`` against the registry at ``uri``, with each side's metrics added.
+def run_promotion(params, metric: str, min_delta: float) -> dict[str, Any]:
+    """``salgan.registry.gate``: challenger and champion compared on the workspace's current val split.
 
-    The gate returns only the compared metric; the report shows all of them, from the version tags that
-    evaluation wrote. Imported here: mlflow is heavy, and running stages does not need the registry.
+    Imported here: mlflow and the scoring code are heavy, and running stages does not need them.
     """
-    from mlflow import MlflowClient
+    from salgan.registry import gate
 
-    from salgan.registry import promote
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    result = promote(client, name, metric, min_delta)
-    for side in ("challenger", "champion"):
-        if isinstance(result.get(side), dict) and result[side].get("version") is not None:
-            tags = client.get_model_version(name, result[side]["version"]).tags
-            result[side]["metrics"] = {key: float(value) for key, value in tags.items() if _is_number(value)}
-    return result
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except (TypeError, ValueError):
-        return False
-    return True
+    return gate(params, metric, min_delta)
 
 
 @task(name="promotion-gate", task_run_name="promotion-gate", cache_policy=NO_CACHE)
 def promotion_gate(workdir: str, metric: str, min_delta: float) -> dict[str, Any]:
     """Compare the registry's challenger with its champion on ``metric``; promote when it is better."""
+    from salgan.tracking import redact
+
     logger = get_run_logger()
-    uri, name, enabled = tracking_settings(workdir)
-    if not enabled:
+    params = workspace_params(workdir)
+    if not params.mlflow.enabled:
         logger.info("mlflow.enabled is false: no registry, no promotion")
         return {"promoted": False, "reason": "MLflow is disabled in params.yaml", "metric": metric}
-    logger.info("promotion gate on %s (model %r, metric %s, min_delta %s)", uri, name, metric, min_delta)
-    result = run_promotion(uri, name, metric, min_delta)
+    logger.info(
+        "promotion gate on %s (model %r, metric %s, min_delta %s)",
+        redact(params.mlflow.tracking_uri),
+        params.mlflow.model_name,
+        metric,
+        min_delta,
+    )
+    result = run_promotion(params, metric, min_delta)
     logger.info("gate decision: %s", decision_text(result))
     return result
 
@@ -161,6 +152,11 @@ def decision_markdown(result: dict[str, Any], metric: str, min_delta: float) -> 
     )
     if result.get("delta") is not None:
         gate += f"; improvement {result['delta']:+.4f}"
+    if result.get("data_version"):
+        gate += f". Both measured on the val split of data version `{result['data_version']}`"
+        rescored = [f"v{side['version']}" for side in (challenger, champion) if side.get("rescored")]
+        if rescored:
+            gate += f" ({', '.join(rescored)} scored again: registered on other data)"
     lines = [
         "# SalGAN retraining",
         "",

@@ -7,7 +7,8 @@ code: a centre-bias Gaussian (the bar a model must clear) and the ground-truth m
 Information gain is measured against the density of the training fixations (blurred, mixed 1% with a
 uniform map so that no pixel has zero probability).
 
-Outputs: ``reports/metrics.json`` (means, and ``baselines.center_bias`` / ``baselines.ground_truth``),
+Outputs: ``reports/metrics.json`` (means, ``data_version``: the val split's version from
+:mod:`salgan.versions`, and ``baselines.center_bias`` / ``baselines.ground_truth``),
 ``reports/per_image.csv`` and ``reports/examples.png`` (image / ground truth / prediction rows, the seed
 paper's Fig. 4).
 """
@@ -26,6 +27,7 @@ from salgan.config import Params, load_params
 from salgan.inference import predict_batches
 from salgan.metrics import center_bias_map
 from salgan.scoring import fixation_density_baseline, score_split
+from salgan.versions import split_version
 
 GENERATOR_FILE = "generator.pt"
 UNIFORM_MIX = 0.01
@@ -72,36 +74,64 @@ def example_grid(images: np.ndarray, gt_maps: np.ndarray, predictions: list[np.n
     return grid
 
 
-def evaluate(params: Params) -> dict:
-    """Score the model and the baselines; write the reports; return the metrics dict."""
-    import torch
-
-    from salgan.models import load_generator
-
-    cfg, data = params.evaluate, Path(params.train.data)
+def scoring_inputs(params: Params) -> tuple[dict, dict]:
+    """The val split (:func:`load_val`) and the keyword arguments every score of it shares."""
+    data = Path(params.train.data)
     val = load_val(data)
     shape = tuple(int(s) for s in val["maps_full"].shape[1:])
-    generator_path = Path(params.train.output) / GENERATOR_FILE
-    generator = load_generator(generator_path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    predictions = list(
-        predict_batches(
-            generator, val["images"], val["original_sizes"], cfg.batch_size, params.predict.blur_size, device
-        )
-    )
-    baseline = ig_baseline(data, shape, cfg.ig_baseline_sigma)
     common = {
         "fixations": val["coords"],
         "offsets": val["offsets"],
-        "baseline_map": baseline,
-        "n_splits": cfg.n_splits,
-        "sauc_other_images": cfg.sauc_other_images,
+        "baseline_map": ig_baseline(data, shape, params.evaluate.ig_baseline_sigma),
+        "n_splits": params.evaluate.n_splits,
+        "sauc_other_images": params.evaluate.sauc_other_images,
     }
+    return val, common
+
+
+def score_generator(generator, params: Params, val: dict | None = None, common: dict | None = None):
+    """Score ``generator`` on the val split after the test maps' post-processing.
+
+    Returns (per-image rows, means, predictions). The promotion gate scores a registered model with it,
+    so that champion and challenger are compared on the same data with the same code.
+    """
+    import torch
+
+    if val is None or common is None:
+        val, common = scoring_inputs(params)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    predictions = list(
+        predict_batches(
+            generator,
+            val["images"],
+            val["original_sizes"],
+            params.evaluate.batch_size,
+            params.predict.blur_size,
+            device,
+        )
+    )
     rows, means = score_split(predictions, val["maps_full"], names=val["names"], **common)
+    return rows, means, predictions
+
+
+def evaluate(params: Params) -> dict:
+    """Score the model and the baselines; write the reports; return the metrics dict."""
+    from salgan.models import load_generator
+
+    cfg = params.evaluate
+    val, common = scoring_inputs(params)
+    generator_path = Path(params.train.output) / GENERATOR_FILE
+    rows, means, predictions = score_generator(load_generator(generator_path), params, val, common)
+    shape = val["maps_full"].shape[1:]
     center = center_bias_map(shape, cfg.center_bias_sigma)
     _, center_means = score_split([center] * len(predictions), val["maps_full"], progress=False, **common)
     _, ceiling = score_split(list(val["maps_full"]), val["maps_full"], progress=False, **common)
-    metrics = {**means, "n_images": len(rows), "baselines": {"center_bias": center_means, "ground_truth": ceiling}}
+    metrics = {
+        **means,
+        "n_images": len(rows),
+        "data_version": split_version(params.train.data, "val"),
+        "baselines": {"center_bias": center_means, "ground_truth": ceiling},
+    }
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,9 +151,9 @@ def _record(params: Params, metrics: dict, out: Path, generator_path: Path) -> N
         return
     from salgan.tracking import record_evaluation
 
-    means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images")}
+    means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images", "data_version")}
     artifacts = [out / "metrics.json", out / "per_image.csv", out / "examples.png"]
-    record_evaluation(params, means, metrics["baselines"], artifacts, generator_path)
+    record_evaluation(params, means, metrics["baselines"], artifacts, generator_path, metrics["data_version"])
 
 
 def summary_table(metrics: dict) -> str:

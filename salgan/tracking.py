@@ -33,6 +33,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from salgan.config import Params, flatten, to_dict
+from salgan.versions import DATA_VERSION_TAG
 
 if TYPE_CHECKING:
     from salgan.distributed import DistInfo
@@ -333,9 +334,11 @@ def record_evaluation(
     baselines: dict[str, dict[str, float]],
     artifacts: list[Path],
     generator_path: Path,
+    data_version: str | None = None,
 ) -> str | None:
     """Log val metrics, baselines and report files to the pipeline's run, log the generator as an MLflow
-    model and register it as a new version of ``mlflow.model_name`` with alias ``challenger``.
+    model and register it as a new version of ``mlflow.model_name`` with alias ``challenger``, tagged with
+    the ``data_version`` of the val split the metrics were measured on.
 
     Returns the new version, or None (after one warning) when MLflow is unreachable.
     """
@@ -355,7 +358,11 @@ def record_evaluation(
                 if Path(path).is_file():
                     mlflow.log_artifact(str(path), "evaluation")
             info = log_generator(generator_path, params.prepare.size)
-            version = register(MlflowClient(), params.mlflow.model_name, info.model_uri, metrics, run.info.run_id)
+            if data_version:
+                mlflow.set_tag(DATA_VERSION_TAG, data_version)
+            version = register(
+                MlflowClient(), params.mlflow.model_name, info.model_uri, metrics, run.info.run_id, data_version
+            )
     except TRACKING_ERRORS as exc:
         _warn("record the evaluation and register the model", exc, uri)
         return None
@@ -409,10 +416,18 @@ def example_input(height: int, width: int):
 
 
 def register(
-    client: MlflowClient, name: str, model_uri: str, metrics: dict[str, float], run_id: str | None = None
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    metrics: dict[str, float],
+    run_id: str | None = None,
+    data_version: str | None = None,
 ) -> str:
-    """A new version of ``name`` from ``model_uri``, its metrics as version tags, alias ``challenger``."""
+    """A new version of ``name`` from ``model_uri``, its metrics as version tags (with the version of the
+    val split they were measured on as ``data_version``), alias ``challenger``."""
     tags = {k: repr(float(v)) for k, v in metrics.items() if _is_number(v)}
+    if data_version:
+        tags[DATA_VERSION_TAG] = data_version
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit

@@ -16,6 +16,7 @@ import salgan
 
 VERSION_CHARS = 16
 REPORT_FILE = "report.json"
+DATA_VERSION_TAG = "data_version"  # MLflow tag: the val split's version a run's or model version's metrics are on
 # The modules whose code decides the trained weights: a change to any of them invalidates a checkpoint.
 TRAINING_CORE = ("train.py", "losses.py", "data.py", "checkpoint.py", "distributed.py", "models")
 

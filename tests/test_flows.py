@@ -98,7 +98,7 @@ def make_project(root: Path, behaviour: dict | None = None, extra_params: dict |
     root.mkdir(parents=True, exist_ok=True)
     (root / "stage.py").write_text(STAGE_SCRIPT)
     (root / "behaviour.json").write_text(json.dumps(behaviour or {}))
-    params = {"train": {"epochs": 1}, "mlflow": {"enabled": False}, **(extra_params or {})}
+    params = {"train": {"epochs": 1, "bce_epochs": 0}, "mlflow": {"enabled": False}, **(extra_params or {})}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     stages = {}
     for i, name in enumerate(STAGES):
@@ -355,7 +355,7 @@ def test_sigterm_ends_the_stage_and_all_its_children(harness, tmp_path):
 FAKE_GATE = """
 import flows.retrain as retrain
 
-def fake_promotion(uri, name, metric, min_delta):
+def fake_promotion(params, metric, min_delta):
     return {{"decision": "promoted", "reason": "fake gate", "challenger": {{"version": "{tag}", "value": 1.5}},
             "champion": {{"version": "0", "value": 1.0}}}}
 

@@ -28,9 +28,12 @@ def client(tmp_path, monkeypatch, empty_store):
     return client
 
 
-def add_challenger(client: MlflowClient, **metrics) -> str:
-    """A new version tagged with ``metrics`` and aliased challenger, as evaluate registers it."""
+def add_challenger(client: MlflowClient, data_version: str | None = None, **metrics) -> str:
+    """A new version tagged with ``metrics`` (measured on ``data_version``) and aliased challenger, as
+    evaluate registers it."""
     tags = {k: repr(float(v)) for k, v in metrics.items()}
+    if data_version:
+        tags["data_version"] = data_version
     version = client.create_model_version("salgan", source="file:///nowhere/model", tags=tags).version
     client.set_registered_model_alias("salgan", CHALLENGER, version)
     return str(version)
@@ -100,3 +103,34 @@ def test_cli_promote_and_list(client, capsys):
     assert lines[0].split()[:4] == ["version", "aliases", "created", "run"]
     assert lines[1].split()[:2] == ["2", "challenger"] and "0.9000" in lines[1]
     assert lines[2].split()[:2] == ["1", "champion"] and "1.0000" in lines[2] and "0.4000" in lines[2]
+
+
+def test_versions_scored_on_different_data_are_not_compared(client):
+    add_challenger(client, data_version="aaaa", nss=1.0)
+    promote(client, "salgan")
+    add_challenger(client, data_version="bbbb", nss=2.0)
+    with pytest.raises(PromotionError, match="aaaa"):
+        promote(client, "salgan")
+    with pytest.raises(PromotionError, match="scored on val data aaaa, the current val split is bbbb"):
+        promote(client, "salgan", data_version="bbbb")  # and nothing to score the champion again with
+    assert champion(client) == "1"
+
+
+def test_a_champion_measured_on_older_data_is_scored_again_on_the_current_split(client):
+    add_challenger(client, data_version="aaaa", nss=3.0)  # high on the old data
+    promote(client, "salgan")
+    add_challenger(client, data_version="bbbb", nss=2.0)
+    scored = []
+
+    def rescore(version: str) -> dict[str, float]:
+        scored.append(version)
+        return {"nss": 1.5, "cc": 0.6}  # what version 1 reaches on today's split
+
+    result = promote(client, "salgan", data_version="bbbb", rescore=rescore)
+    assert scored == ["1"]  # the challenger's tags are on today's data already
+    assert result["decision"] == "promoted" and champion(client) == "2"
+    assert result["champion"] == {
+        "version": "1", "value": 1.5, "metrics": {"nss": 1.5, "cc": 0.6}, "data_version": "bbbb", "rescored": True
+    }  # fmt: skip
+    assert result["delta"] == pytest.approx(0.5) and result["data_version"] == "bbbb"
+    assert "scored again" in registry.describe(result) and "on val data bbbb" in registry.describe(result)
