@@ -4,6 +4,11 @@ Arms: ImageNet vs randomly initialised encoder (the seed paper's modification) c
 vs adversarial training (Pan et al. 2017, Table 2). Each arm is one ``dvc exp run`` named after it,
 with a profile's settings (e.g. profiles/salicon-gpu.yaml) and the arm's own overrides applied as
 ``-S section.key=value``; ``salgan ablation show`` reads ``dvc exp show --json``.
+
+``dvc exp run -S`` leaves its values in the workspace's params.yaml, so an arm must not inherit what the
+previous arm set: every arm pins every setting in which any two arms differ (:data:`PINNED`), with the
+values of the base settings, params.yaml as committed at HEAD plus the profile. The arms' order does not
+matter.
 """
 
 from __future__ import annotations
@@ -14,14 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from salgan.config import ConfigError, flatten, params_from_dict
+from salgan.config import ConfigError, Params, flatten, params_from_dict
 
-ARMS: dict[str, dict[str, object]] = {
-    "imagenet-gan": {"model.encoder_weights": "imagenet", "model.freeze_blocks": 3, "model.width": 1.0},
-    "imagenet-bce": {"model.encoder_weights": "imagenet", "model.freeze_blocks": 3, "model.width": 1.0},
-    "random-gan": {"model.encoder_weights": "none", "model.freeze_blocks": 0},
-    "random-bce": {"model.encoder_weights": "none", "model.freeze_blocks": 0},
-}
+ARMS = ("imagenet-gan", "imagenet-bce", "random-gan", "random-bce")
+# The settings in which arms differ; each arm sets all of them.
+PINNED = ("model.encoder_weights", "model.freeze_blocks", "model.width", "train.bce_epochs")
 # Published numbers on the SALICON test set (seed paper Table I), in our metric keys.
 TABLE_I = {
     "SalGAN (Pan et al.)": {"auc_borji": 0.884, "auc_shuffled": 0.772, "cc": 0.781, "nss": 2.459},
@@ -30,12 +32,19 @@ TABLE_I = {
 COLUMNS = ("auc_judd", "auc_borji", "auc_shuffled", "cc", "nss", "kld", "sim", "information_gain")
 
 
-def arm_overrides(arm: str, profile: dict[str, object], epochs: int) -> dict[str, object]:
-    """Profile settings, then the arm's encoder choice; BCE arms train BCE-only for every epoch."""
+def arm_overrides(arm: str, profile: dict[str, object], base: Params) -> dict[str, object]:
+    """The profile's settings, then the arm's :data:`PINNED` values.
+
+    ImageNet arms: ImageNet VGG16 weights, conv1-conv3 frozen (the paper), full width. Random arms: an
+    He-initialised encoder, nothing frozen, the base width. BCE arms train BCE-only for every epoch;
+    adversarial arms keep the base's BCE pre-training epochs.
+    """
+    imagenet = arm.startswith("imagenet-")
     overrides = dict(profile)
-    overrides.update(ARMS[arm])
-    if arm.endswith("-bce"):
-        overrides["train.bce_epochs"] = epochs
+    overrides["model.encoder_weights"] = "imagenet" if imagenet else "none"
+    overrides["model.freeze_blocks"] = 3 if imagenet else 0
+    overrides["model.width"] = 1.0 if imagenet else base.model.width
+    overrides["train.bce_epochs"] = base.train.epochs if arm.endswith("-bce") else base.train.bce_epochs
     return overrides
 
 
@@ -62,19 +71,34 @@ def exp_run_command(name: str, overrides: dict[str, object], queue: bool) -> lis
     return command
 
 
-def current_epochs(profile: dict[str, object], params_file: str) -> int:
-    if "train.epochs" in profile:
-        return int(profile["train.epochs"])
-    from salgan.config import load_params
+def base_params(params_file: str, profile: dict[str, object]) -> tuple[Params, str]:
+    """The settings every arm starts from: ``params_file`` as committed at HEAD (the workspace copy may
+    hold the last experiment's values), else as it is on disk, with the profile applied; and where the
+    file came from."""
+    import yaml
 
-    return load_params(params_file).train.epochs
+    committed = subprocess.run(["git", "show", f"HEAD:./{params_file}"], capture_output=True, text=True, check=False)
+    if committed.returncode == 0:
+        data, source = yaml.safe_load(committed.stdout) or {}, f"{params_file} at HEAD"
+    else:
+        data, source = yaml.safe_load(Path(params_file).read_text()) or {}, f"{params_file} (not committed)"
+    merged = flatten(data) | profile
+    nested: dict = {}
+    for key, value in merged.items():
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value
+    try:
+        return params_from_dict(nested), source
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def run_arms(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
-    epochs = current_epochs(profile, args.params)
+    base, source = base_params(args.params, profile)
+    print(f"ablation base: {source}" + (f" with {args.profile}" if args.profile else ""), flush=True)
     for arm in args.arms:
-        overrides = arm_overrides(arm, profile, epochs)
+        overrides = arm_overrides(arm, profile, base)
         command = exp_run_command(args.prefix + arm, overrides, args.queue)
         print("$ " + " ".join(command), flush=True)
         if not args.dry_run and subprocess.call(command) != 0:

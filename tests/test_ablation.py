@@ -1,15 +1,44 @@
+import subprocess
+
 import pytest
+import yaml
 
-from salgan.ablation import ARMS, arm_overrides, exp_run_command, experiment_metrics, format_table, load_profile
-from salgan.config import ConfigError
+from salgan.ablation import (
+    ARMS,
+    PINNED,
+    arm_overrides,
+    base_params,
+    exp_run_command,
+    experiment_metrics,
+    format_table,
+    load_profile,
+)
+from salgan.config import ConfigError, params_from_dict
+
+BASE = params_from_dict(
+    {"model": {"encoder_weights": "none", "width": 0.125}, "train": {"epochs": 40, "bce_epochs": 10}}
+)
 
 
-def test_bce_arms_train_bce_only_and_random_arms_freeze_nothing():
-    overrides = arm_overrides("random-bce", {"train.epochs": 40}, epochs=40)
-    assert overrides["train.bce_epochs"] == 40 and overrides["model.encoder_weights"] == "none"
-    assert overrides["model.freeze_blocks"] == 0
-    assert "train.bce_epochs" not in arm_overrides("imagenet-gan", {}, epochs=40)
-    assert set(ARMS) == {"imagenet-gan", "imagenet-bce", "random-gan", "random-bce"}
+def test_every_arm_pins_every_setting_in_which_arms_differ():
+    arms = {arm: arm_overrides(arm, {"train.epochs": 40}, BASE) for arm in ARMS}
+    assert all(set(PINNED) <= set(overrides) for overrides in arms.values())
+    assert arms["random-bce"]["train.bce_epochs"] == 40 and arms["random-gan"]["train.bce_epochs"] == 10
+    assert arms["random-gan"]["model.width"] == 0.125 and arms["imagenet-gan"]["model.width"] == 1.0
+    assert arms["imagenet-bce"]["model.freeze_blocks"] == 3 and arms["random-bce"]["model.freeze_blocks"] == 0
+    assert arms["imagenet-gan"]["model.encoder_weights"] == "imagenet"
+
+
+def test_the_base_is_params_yaml_as_committed_not_as_the_last_experiment_left_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": 20, "bce_epochs": 5}}))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([*git, "add", "params.yaml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": 20, "bce_epochs": 20}}))  # a BCE arm ran
+    base, source = base_params("params.yaml", {"train.epochs": 30})
+    assert source == "params.yaml at HEAD" and (base.train.epochs, base.train.bce_epochs) == (30, 5)
 
 
 def test_exp_run_command_sets_each_override_as_json():
