@@ -113,7 +113,7 @@ class PackageParams:
 
     format: Literal["2017", "2015"] = "2017"
     algorithm: str = "salgan"
-    output: str = "outputs/submission.zip"
+    output: str = "outputs/submission"  # a folder: the archive and manifest.json beside it
 
 
 @dataclass

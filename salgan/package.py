@@ -1,16 +1,19 @@
-"""The ``package`` stage: the SALICON challenge submission archive, with a manifest.
+"""The ``package`` stage: the SALICON challenge submission archive, with a manifest beside it.
 
-Two formats (REFERENCE §2), chosen by ``package.format``:
+``package.output`` is a folder holding the archive and ``manifest.json`` (what the archive holds, and the
+model and settings that produced it); the archive itself holds only what the server reads. Two formats
+(REFERENCE §2), chosen by ``package.format``:
 
-- ``2017`` (CodaLab SALICON 2017, scored with the MIT benchmark code): a zip with one 8-bit grey PNG per
-  test image at the image's original size (640x480 in SALICON), named as the image
-  (``COCO_test2014_000000000001.png``), plus ``manifest.json``.
-- ``2015`` (salicon.net, MS COCO-style server): a zip holding ``fixations_test2014_{algorithm}_results.json``,
-  a JSON list of ``{"image_id": int, "saliency_map": base64 of the PNG bytes}`` where ``image_id`` is the
-  number ending the COCO name, plus ``manifest.json``. The server expects the upload named ``results.zip``.
+- ``2017`` (CodaLab SALICON 2017, scored with the MIT benchmark code): ``submission.zip`` with one 8-bit
+  grey PNG per test image at the image's original size (640x480 in SALICON), named as the image
+  (``COCO_test2014_000000000001.png``).
+- ``2015`` (salicon.net, MS COCO-style server): ``results.zip`` (the name the server expects) holding
+  ``fixations_val2014_{algorithm}_results.json`` and ``fixations_test2014_{algorithm}_results.json``, each a
+  JSON list of ``{"image_id": int, "saliency_map": base64 of the PNG bytes}`` where ``image_id`` is the
+  number ending the COCO name. The val maps are predicted here with the model, by the predict stage's code.
 
-The predictions are validated (count, names, 8-bit grey, size) before anything is written, and the archive
-is written to a temporary file that replaces ``package.output`` only when complete.
+The maps are validated (count, names, 8-bit grey, size) before anything is written, and the folder is
+written beside the old one and swapped in only when complete.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import base64
 import datetime
 import hashlib
 import json
-import os
 import re
 import sys
 import tempfile
@@ -32,9 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from salgan.atomic import atomic_directory
+from salgan.versions import sha256_file
+
 if TYPE_CHECKING:
     from salgan.config import Params
 
+ARCHIVES = {"2017": "submission.zip", "2015": "results.zip"}
+MANIFEST = "manifest.json"
 MAX_LISTED = 5  # problems of one kind shown in an error message; the count says how many more
 ALGORITHM_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -113,9 +120,9 @@ def _listing(headline: str, items: Sequence[str]) -> str:
 # --- the test split and the manifest ---------------------------------------------------------------
 
 
-def load_test_split(data_dir: str | Path) -> tuple[list[str], dict[str, tuple[int, int]]]:
-    """Names of the prepared test split and each image's original (W, H), from ``{data}/test``."""
-    folder = Path(data_dir) / "test"
+def load_split_names(data_dir: str | Path, split: str = "test") -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """Names of a prepared split and each image's original (W, H), from ``{data}/{split}``."""
+    folder = Path(data_dir) / split
     names_file, sizes_file = folder / "names.json", folder / "original_sizes.npy"
     try:
         names = json.loads(names_file.read_text())
@@ -123,7 +130,7 @@ def load_test_split(data_dir: str | Path) -> tuple[list[str], dict[str, tuple[in
     except FileNotFoundError as exc:
         raise PackageError(f"{exc.filename}: not found; run the prepare stage first") from None
     except (ValueError, OSError) as exc:
-        raise PackageError(f"{folder}: cannot read the prepared test split: {exc}") from None
+        raise PackageError(f"{folder}: cannot read the prepared {split} split: {exc}") from None
     if not isinstance(names, list) or sizes.shape != (len(names), 2):
         raise PackageError(
             f"{folder}: names.json lists {len(names)} names but original_sizes.npy has shape {sizes.shape}"
@@ -137,15 +144,6 @@ def image_id(name: str) -> int:
     if not match:
         raise PackageError(f"{name}: no COCO image id at the end of the name")
     return int(match.group(1))
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def params_sha256(params: Params) -> str:
@@ -166,28 +164,29 @@ def package_version() -> str:
         return "unknown"
 
 
-def make_manifest(params: Params, model: Path, count: int, archive_member: str | None) -> dict[str, Any]:
+def make_manifest(params: Params, model: Path, counts: dict[str, int], members: list[str]) -> dict[str, Any]:
     """What the archive holds and which model and settings produced it."""
     return {
         "format": params.package.format,
         "algorithm": params.package.algorithm,
+        "archive": ARCHIVES[params.package.format],
+        "members": members if params.package.format == "2015" else f"{counts['test']} PNG maps",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "package_version": package_version(),
         "model": {"path": str(model), "sha256": sha256_file(model)},
         "params_sha256": params_sha256(params),
-        "counts": {"maps": count},
-        "results_file": archive_member,
+        "counts": counts,
     }
 
 
 # --- the archives ----------------------------------------------------------------------------------
 
 
-def results_member(algorithm: str) -> str:
-    """Name of the 2015 results file inside the zip; ``algorithm`` must be safe in a file name."""
+def results_member(algorithm: str, split: str) -> str:
+    """Name of a 2015 results file inside the zip; ``algorithm`` must be safe in a file name."""
     if not ALGORITHM_PATTERN.fullmatch(algorithm):
         raise PackageError(f"package.algorithm: use letters, digits, '_', '-' or '.', got {algorithm!r}")
-    return f"fixations_test2014_{algorithm}_results.json"
+    return f"fixations_{split}2014_{algorithm}_results.json"
 
 
 def write_2017(archive: zipfile.ZipFile, files: Sequence[Path]) -> None:
@@ -197,7 +196,7 @@ def write_2017(archive: zipfile.ZipFile, files: Sequence[Path]) -> None:
 
 
 def write_2015(archive: zipfile.ZipFile, files: Sequence[Path], member: str) -> None:
-    """The JSON list, streamed entry by entry so 5,000 base64 maps never sit in memory together."""
+    """One JSON list, streamed entry by entry so 5,000 base64 maps never sit in memory together."""
     with archive.open(member, "w", force_zip64=True) as handle:
         handle.write(b"[")
         for i, path in enumerate(files):
@@ -209,42 +208,59 @@ def write_2015(archive: zipfile.ZipFile, files: Sequence[Path], member: str) -> 
         handle.write(b"\n]\n")
 
 
-def write_archive(output: Path, files: Sequence[Path], manifest: dict[str, Any]) -> None:
-    """Write the zip to a temporary sibling, then rename it over ``output``."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            if manifest["format"] == "2015":
-                write_2015(archive, files, manifest["results_file"])
-            else:
-                write_2017(archive, files)
-            archive.writestr("manifest.json", json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def package(params: Params, predictions: str | Path, model: str | Path) -> dict[str, Any]:
-    """Validate the predictions and write the archive at ``params.package.output``; return the manifest."""
-    predictions, model = Path(predictions), Path(model)
-    member = results_member(params.package.algorithm) if params.package.format == "2015" else None
-    names, sizes = load_test_split(params.train.data)
-    if params.package.format == "2015":
-        for name in names:  # every name must carry an id: fail before writing
+def validated_maps(folder: Path, data: str | Path, split: str, with_ids: bool) -> list[Path]:
+    """The maps of ``folder``, one valid PNG per image of the prepared ``split``, in name order; with
+    ``with_ids`` every name must end in a COCO image id (checked before anything is written)."""
+    names, sizes = load_split_names(data, split)
+    if with_ids:
+        for name in names:
             image_id(name)
     try:
-        files = validate_predictions(predictions, names, sizes)
+        return validate_predictions(folder, names, sizes)
     except ValueError as exc:
         raise PackageError(str(exc)) from None
+
+
+def package(
+    params: Params, predictions: str | Path, model: str | Path, val_predictions: str | Path | None = None
+) -> dict[str, Any]:
+    """Validate the maps and write the archive and its manifest into ``package.output``; return the
+    manifest. For the 2015 format the val maps come from ``val_predictions`` or are predicted with
+    ``model``."""
+    predictions, model, fmt = Path(predictions), Path(model), params.package.format
+    members = [results_member(params.package.algorithm, split) for split in ("val", "test")] if fmt == "2015" else []
+    test_files = validated_maps(predictions, params.train.data, "test", with_ids=fmt == "2015")
     if not model.is_file():
         raise PackageError(f"{model}: model file not found (pass --model)")
-    manifest = make_manifest(params, model, len(files), member)
-    write_archive(Path(params.package.output), files, manifest)
+    with atomic_directory(params.package.output) as staging, tempfile.TemporaryDirectory() as scratch:
+        counts = {"test": len(test_files)}
+        with zipfile.ZipFile(staging / ARCHIVES[fmt], "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            if fmt == "2017":
+                write_2017(archive, test_files)
+            else:
+                val_folder = _val_maps(params, model, val_predictions, Path(scratch))
+                val_files = validated_maps(val_folder, params.train.data, "val", with_ids=True)
+                counts["val"] = len(val_files)
+                write_2015(archive, val_files, members[0])
+                write_2015(archive, test_files, members[1])
+        manifest = make_manifest(params, model, counts, members)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _val_maps(params: Params, model: Path, given: str | Path | None, scratch: Path) -> Path:
+    """The folder of val maps: the given one, or the model's predictions written into ``scratch``."""
+    if given is not None:
+        return Path(given)
+    from salgan.models import load_generator
+    from salgan.predict import write_split_maps
+
+    try:
+        generator = load_generator(model)
+    except Exception as exc:  # not a weights file, or not a generator: both mean no val maps
+        raise PackageError(f"{model}: cannot predict the val maps with it ({type(exc).__name__}: {exc})") from None
+    write_split_maps(generator, Path(params.train.data), "val", scratch, params)
+    return scratch
 
 
 # --- command line ----------------------------------------------------------------------------------
@@ -253,12 +269,16 @@ def package(params: Params, predictions: str | Path, model: str | Path) -> dict[
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="salgan package",
-        description="Build the SALICON challenge submission at package.output from the test-split maps: "
-        "format 2017 (CodaLab: one 8-bit grey PNG per test image, named as the image) or 2015 "
-        "(salicon.net: results JSON with base64 PNGs). A manifest records the model and settings hashes.",
+        description="Build the SALICON challenge submission in the package.output folder: format 2017 "
+        "(CodaLab: submission.zip of one 8-bit grey PNG per test image, named as the image) or 2015 "
+        "(salicon.net: results.zip with the val and test results JSON, base64 PNGs). manifest.json beside "
+        "the archive records the model and settings hashes.",
     )
     parser.add_argument("--params", default="params.yaml", help="settings file (default: %(default)s)")
     parser.add_argument("--predictions", help="folder of test-split PNGs (default: params predict.output)")
+    parser.add_argument(
+        "--val-predictions", help="2015 only: folder of val-split PNGs (default: predicted with --model)"
+    )
     parser.add_argument("--model", help="model file hashed into the manifest (default: {train.output}/generator.pt)")
     return parser
 
@@ -272,11 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         predictions = args.predictions or params.predict.output
         model = args.model or str(Path(params.train.output) / "generator.pt")
-        manifest = package(params, predictions, model)
+        manifest = package(params, predictions, model, args.val_predictions)
     except (ConfigError, PackageError) as exc:
         print(f"salgan package: error: {exc}", file=sys.stderr)
         return 1
-    print(f"package: {manifest['counts']['maps']} maps, format {manifest['format']} -> {params.package.output}")
+    counts = ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())
+    archive = Path(params.package.output) / manifest["archive"]
+    print(f"package: {counts} maps, format {manifest['format']} -> {archive} (manifest beside it)")
     return 0
 
 

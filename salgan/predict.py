@@ -354,37 +354,43 @@ def predict_files(
     return written, errors
 
 
+def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder: Path, params: Params) -> list[str]:
+    """One 8-bit PNG per image of a prepared split, ``folder/<name>.png`` at the image's original size,
+    post-processed as the original code (the stage's test maps; the 2015 submission's val maps)."""
+    root = Path(data) / split
+    images = np.load(root / "images.npy", mmap_mode="c")  # read lazily; "c" is writable, as torch wants
+    names = json.loads((root / "names.json").read_text())
+    sizes = np.load(root / "original_sizes.npy")
+    if not len(names) == len(images) == len(sizes):
+        raise ValueError(f"{root}: names.json, images.npy and original_sizes.npy disagree on the image count")
+    from tqdm import tqdm
+
+    maps = predict_batches(generator, images, sizes, params.predict.batch_size, params.predict.blur_size)
+    pairs = zip(names, maps, strict=True)
+    # PNG encoding (zlib, which releases the GIL) costs ~40x the model's time per map on a GPU, so it runs
+    # in threads; a bounded window of pending maps keeps memory flat on a fast GPU.
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque = collections.deque()
+        for name, saliency in tqdm(pairs, total=len(names), unit="image", desc=f"predict {split}", disable=None):
+            pending.append(pool.submit(Image.fromarray(to_uint8(saliency), mode="L").save, folder / f"{name}.png"))
+            if len(pending) > 4 * workers:
+                pending.popleft().result()
+        for future in pending:
+            future.result()
+    return names
+
+
 def run_stage(params: Params) -> list[Path]:
     """The DVC stage: maps for the prepared test split, swapped into predict.output when complete."""
+    from salgan.atomic import atomic_directory
     from salgan.models import load_generator
     from salgan.train import GENERATOR_FILE
 
-    test = Path(params.train.data) / "test"
-    images = np.load(test / "images.npy", mmap_mode="c")  # read lazily; "c" is writable, as torch wants
-    names = json.loads((test / "names.json").read_text())
-    sizes = np.load(test / "original_sizes.npy")
-    if not len(names) == len(images) == len(sizes):
-        raise ValueError(f"{test}: names.json, images.npy and original_sizes.npy disagree on the image count")
     generator = load_generator(Path(params.train.output) / GENERATOR_FILE)
     output = Path(params.predict.output)
-    from tqdm import tqdm
-
-    from salgan.atomic import atomic_directory
-
     with atomic_directory(output) as tmp:  # the folder is swapped in only when every map is written
-        maps = predict_batches(generator, images, sizes, params.predict.batch_size, params.predict.blur_size)
-        pairs = zip(names, maps, strict=True)
-        # PNG encoding (zlib, which releases the GIL) costs ~40x the model's time per map on a GPU, so it
-        # runs in threads; a bounded window of pending maps keeps memory flat on a fast GPU.
-        workers = min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: collections.deque = collections.deque()
-            for name, saliency in tqdm(pairs, total=len(names), unit="image", desc="predict", disable=None):
-                pending.append(pool.submit(Image.fromarray(to_uint8(saliency), mode="L").save, tmp / f"{name}.png"))
-                if len(pending) > 4 * workers:
-                    pending.popleft().result()
-            for future in pending:
-                future.result()
+        names = write_split_maps(generator, Path(params.train.data), "test", tmp, params)
     return [output / f"{name}.png" for name in names]
 
 

@@ -229,10 +229,12 @@ def train_one_epoch(
             g_n = one
         totals += torch.stack([g_loss * g_n, g_n, d_loss * d_n, d_n, content, one]).double()
     g_sum, g_count, d_sum, d_count, content_sum, count = all_reduce_sum(totals).tolist()  # one host sync
-    result = {"g_loss": g_sum / max(g_count, 1), "content_loss": content_sum / max(count, 1)}
-    if adversarial:
-        result["d_loss"] = d_sum / max(d_count, 1)
-    return result
+    # d_loss is null in BCE epochs: every record carries every plotted key (DVC's plots need them all).
+    return {
+        "g_loss": g_sum / max(g_count, 1),
+        "content_loss": content_sum / max(count, 1),
+        "d_loss": d_sum / max(d_count, 1) if adversarial else None,
+    }
 
 
 @torch.no_grad()
@@ -488,7 +490,9 @@ def _end_of_epoch(models, made_from, params, history, snapshots, out, tracker) -
 
 def _epoch_line(record: dict, epochs: int, elapsed: float) -> str:
     losses = " ".join(
-        f"{k} {record[k]:.4f}" for k in ("g_loss", "content_loss", "d_loss", "val_content_loss") if k in record
+        f"{k} {record[k]:.4f}"
+        for k in ("g_loss", "content_loss", "d_loss", "val_content_loss")
+        if record.get(k) is not None
     )
     return (
         f"epoch {record['epoch']}/{epochs} [{record['phase']}] {losses} "

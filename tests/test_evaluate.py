@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from salgan.evaluate import evaluate, summary_table
@@ -55,3 +56,23 @@ def test_summary_table_lists_every_metric(evaluated):
     _, metrics = evaluated
     table = summary_table(metrics)
     assert all(name in table for name in METRIC_NAMES) and "center_bias" in table
+
+
+def test_evaluate_scores_exactly_the_maps_the_predict_stage_writes(evaluated, tmp_path):
+    """One post-processing for both stages: evaluate's val maps, quantised as PNGs are, equal the PNGs the
+    predict stage's code writes for the same images."""
+    from PIL import Image
+
+    from salgan.evaluate import score_generator
+    from salgan.inference import to_uint8
+    from salgan.models import load_generator
+    from salgan.predict import write_split_maps
+
+    root, _ = evaluated
+    params = tiny_params(root)
+    generator = load_generator(root / "models" / "generator.pt")
+    _, _, predictions = score_generator(generator, params)
+    names = write_split_maps(generator, root / "prepared", "val", tmp_path, params)
+    assert len(names) == len(predictions) == 8
+    for name, prediction in zip(names, predictions, strict=True):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"{name}.png")), to_uint8(prediction))

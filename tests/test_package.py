@@ -11,30 +11,36 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from salgan import package as stage
 from salgan.config import params_from_dict
+from salgan.models import Generator, load_generator
 
 NAMES = [f"COCO_test2014_{i:012d}" for i in (1, 42, 123456)]
+VAL_NAMES = [f"COCO_val2014_{i:012d}" for i in (7, 8)]
 W0, H0 = 640, 480
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> dict:
-    """A prepared test split, a predictions folder of valid maps, a model file and params.yaml."""
-    test = tmp_path / "prepared" / "test"
-    test.mkdir(parents=True)
-    (test / "names.json").write_text(json.dumps(NAMES))
-    np.save(test / "original_sizes.npy", np.array([[H0, W0]] * len(NAMES), dtype=np.int32))
+    """A prepared test and val split, a predictions folder of valid test maps, a generator and params."""
+    for split, names in (("test", NAMES), ("val", VAL_NAMES)):
+        folder = tmp_path / "prepared" / split
+        folder.mkdir(parents=True)
+        (folder / "names.json").write_text(json.dumps(names))
+        np.save(folder / "original_sizes.npy", np.array([[H0, W0]] * len(names), dtype=np.int32))
+        np.save(folder / "images.npy", np.random.default_rng(0).integers(0, 255, (len(names), 48, 64, 3), np.uint8))
     preds = tmp_path / "preds"
     preds.mkdir()
     for i, name in enumerate(NAMES):
         Image.fromarray(np.full((H0, W0), 10 * i, dtype=np.uint8)).save(preds / f"{name}.png")
     model = tmp_path / "models" / "generator.pt"
     model.parent.mkdir()
-    model.write_bytes(b"weights")
-    return {"tmp": tmp_path, "preds": preds, "model": model, "output": tmp_path / "out" / "submission.zip"}
+    torch.manual_seed(0)
+    torch.save(Generator(width=0.0625).state_dict(), model)
+    return {"tmp": tmp_path, "preds": preds, "model": model, "output": tmp_path / "out" / "submission"}
 
 
 def write_params(setup: dict, fmt: str) -> Path:
@@ -52,38 +58,54 @@ def run(setup: dict, fmt: str, *extra: str) -> int:
     return stage.main(["--params", str(write_params(setup, fmt)), *extra])
 
 
-def test_2017_archive_holds_one_png_per_image_and_a_manifest(setup: dict) -> None:
+def test_2017_archive_holds_only_the_maps_and_the_manifest_lies_beside_it(setup: dict) -> None:
     assert run(setup, "2017") == 0  # predictions and model from their defaults
-    with zipfile.ZipFile(setup["output"]) as archive:
-        members = sorted(archive.namelist())
-        assert members == sorted([f"{n}.png" for n in NAMES] + ["manifest.json"])
+    with zipfile.ZipFile(setup["output"] / "submission.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(f"{n}.png" for n in NAMES)
         for name in NAMES:
             data = archive.read(f"{name}.png")
             assert data == (setup["preds"] / f"{name}.png").read_bytes()
             img = Image.open(io.BytesIO(data))
             assert (img.mode, img.size) == ("L", (W0, H0))
-        manifest = json.loads(archive.read("manifest.json"))
+    manifest = json.loads((setup["output"] / "manifest.json").read_text())
     params = params_from_dict(json.loads((setup["tmp"] / "params.yaml").read_text()))
-    assert manifest["format"] == "2017"
-    assert manifest["counts"] == {"maps": 3}
-    assert manifest["model"]["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert manifest["format"] == "2017" and manifest["archive"] == "submission.zip"
+    assert manifest["counts"] == {"test": 3}
+    assert manifest["model"]["sha256"] == hashlib.sha256(setup["model"].read_bytes()).hexdigest()
     assert manifest["params_sha256"] == stage.params_sha256(params)
     assert manifest["created"] and manifest["package_version"]
-    assert [p.name for p in setup["output"].parent.iterdir()] == ["submission.zip"]  # no temp file left
+    assert sorted(p.name for p in setup["output"].parent.iterdir()) == ["submission"]  # no staging folder left
+    assert sorted(p.name for p in setup["output"].iterdir()) == ["manifest.json", "submission.zip"]
 
 
-def test_2015_archive_holds_coco_style_results(setup: dict) -> None:
+def decoded(entry: dict) -> np.ndarray:
+    img = Image.open(io.BytesIO(base64.b64decode(entry["saliency_map"])))
+    assert (img.mode, img.size) == ("L", (W0, H0))
+    return np.asarray(img)
+
+
+def test_2015_results_zip_holds_val_and_test_results_as_the_coco_server_reads_them(setup: dict) -> None:
     assert run(setup, "2015", "--predictions", str(setup["preds"]), "--model", str(setup["model"])) == 0
-    with zipfile.ZipFile(setup["output"]) as archive:
-        member = "fixations_test2014_salgan_results.json"
-        assert sorted(archive.namelist()) == sorted([member, "manifest.json"])
-        results = json.loads(archive.read(member))
-        assert json.loads(archive.read("manifest.json"))["results_file"] == member
-    assert [r["image_id"] for r in results] == [1, 42, 123456]
-    for i, result in enumerate(results):
-        img = Image.open(io.BytesIO(base64.b64decode(result["saliency_map"])))
-        assert (img.mode, img.size) == ("L", (W0, H0))
-        assert np.asarray(img).max() == 10 * i
+    val_member, test_member = "fixations_val2014_salgan_results.json", "fixations_test2014_salgan_results.json"
+    with zipfile.ZipFile(setup["output"] / "results.zip") as archive:
+        assert sorted(archive.namelist()) == sorted([val_member, test_member])
+        test, val = json.loads(archive.read(test_member)), json.loads(archive.read(val_member))
+    assert [r["image_id"] for r in test] == [1, 42, 123456]
+    for i, entry in enumerate(test):
+        assert decoded(entry).max() == 10 * i
+    assert [r["image_id"] for r in val] == [7, 8]
+    # The val maps are the model's, made by the predict stage's own code.
+    from salgan.predict import write_split_maps
+
+    expected = setup["tmp"] / "expected"
+    expected.mkdir()
+    params = params_from_dict(json.loads((setup["tmp"] / "params.yaml").read_text()))
+    write_split_maps(load_generator(setup["model"]), setup["tmp"] / "prepared", "val", expected, params)
+    for name, entry in zip(VAL_NAMES, val, strict=True):
+        assert np.array_equal(decoded(entry), np.asarray(Image.open(expected / f"{name}.png")))
+    manifest = json.loads((setup["output"] / "manifest.json").read_text())
+    assert manifest["archive"] == "results.zip" and manifest["members"] == [val_member, test_member]
+    assert manifest["counts"] == {"test": 3, "val": 2}
 
 
 def test_image_id_is_the_number_ending_the_name() -> None:
@@ -127,13 +149,14 @@ def test_validator_truncates_long_listings(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["2017", "2015"])
 def test_invalid_predictions_write_nothing(setup: dict, fmt: str, capsys) -> None:
-    setup["output"].parent.mkdir()
-    setup["output"].write_bytes(b"previous archive")
+    setup["output"].mkdir(parents=True)
+    (setup["output"] / "submission.zip").write_bytes(b"previous archive")
     break_predictions(setup["preds"])
     assert run(setup, fmt) == 1
     assert "expected maps missing" in capsys.readouterr().err
-    assert setup["output"].read_bytes() == b"previous archive"
-    assert [p.name for p in setup["output"].parent.iterdir()] == ["submission.zip"]
+    assert [p.name for p in setup["output"].iterdir()] == ["submission.zip"]
+    assert (setup["output"] / "submission.zip").read_bytes() == b"previous archive"
+    assert [p.name for p in setup["output"].parent.iterdir()] == ["submission"]
 
 
 def test_missing_model_or_split_is_named(setup: dict, capsys) -> None:
@@ -142,6 +165,13 @@ def test_missing_model_or_split_is_named(setup: dict, capsys) -> None:
     (setup["tmp"] / "prepared" / "test" / "names.json").unlink()
     assert run(setup, "2017") == 1
     assert "names.json: not found" in capsys.readouterr().err
+    assert not setup["output"].exists()
+
+
+def test_2015_without_a_usable_model_names_it(setup: dict, capsys) -> None:
+    setup["model"].write_bytes(b"not weights")
+    assert run(setup, "2015") == 1
+    assert f"{setup['model']}: cannot predict the val maps with it" in capsys.readouterr().err
     assert not setup["output"].exists()
 
 

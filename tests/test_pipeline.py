@@ -73,9 +73,10 @@ def test_repro_produces_every_stage_output(project):
     assert "nss" in metrics["baselines"]["center_bias"]
     maps = sorted((workdir / "outputs" / "test_maps").glob("*.png"))
     assert len(maps) == 4 and all(Image.open(m).size == (640, 480) and Image.open(m).mode == "L" for m in maps)
-    with zipfile.ZipFile(workdir / "outputs" / "submission.zip") as archive:
+    with zipfile.ZipFile(workdir / "outputs" / "submission" / "submission.zip") as archive:
         names = archive.namelist()
-    assert "manifest.json" in names and sum(n.endswith(".png") for n in names) == 4
+    assert sorted(names) == sorted(m.name for m in maps)  # the maps only: the server reads nothing else
+    assert json.loads((workdir / "outputs" / "submission" / "manifest.json").read_text())["counts"] == {"test": 4}
 
 
 @pytest.mark.slow
@@ -105,3 +106,51 @@ def test_ablation_arm_runs_as_a_dvc_experiment_and_shows_beside_table_one(projec
     assert "ours: t-random-bce" in table and "published: SalGAN (Pan et al.)" in table
     row = next(line for line in table.splitlines() if line.startswith("ours: t-random-bce"))
     assert len(row.split()) == 2 + 8  # name, then all eight metrics filled in
+
+
+def snapshots(workdir: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((workdir / "models" / "snapshots").glob("epoch_*.png"))]
+
+
+@pytest.mark.slow
+def test_new_data_with_the_same_settings_trains_a_new_model(project):
+    """The data change under unchanged training settings: a model trained from scratch on the new data."""
+    workdir, env, _ = project
+    run(["dvc", "repro"], workdir, env)
+    weights, before = (workdir / "models" / "generator.pt").read_bytes(), snapshots(workdir)
+    epochs = yaml.safe_load((workdir / "params.yaml").read_text())["train"]["epochs"]
+    log = run(["dvc", "exp", "run", "-S", "download.sample_seed=7"], workdir, env)
+    assert "made from other data" in log and "already finished" not in log
+    assert (workdir / "models" / "generator.pt").read_bytes() != weights
+    history = json.loads((workdir / "models" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
+    after = snapshots(workdir)
+    assert len(after) == epochs and all(a != b for a, b in zip(after, before, strict=True))
+
+
+@pytest.mark.slow
+def test_a_collaborators_clone_pulls_the_results_and_has_nothing_to_rerun(project, tmp_path):
+    """What the README says to commit, `dvc push`; a fresh clone, `dvc pull`: clean status, metrics and plots
+    show, `dvc repro` does nothing. The default remote is a local folder beside the repository."""
+    workdir, env, _ = project
+    run(["dvc", "repro"], workdir, env)
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], workdir, env)
+    untracked = sorted(line[3:] for line in status.splitlines() if line.startswith("??"))
+    assert not [name for name in untracked if name.endswith((".pt", ".db")) or "checkpoint" in name], untracked
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    run([*git, "add", "-A"], workdir, env)
+    run([*git, "commit", "-qm", "results"], workdir, env)
+    run(["dvc", "push"], workdir, env)
+
+    clone = workdir.parent / f"{workdir.name}-clone"  # a sibling: the relative default remote is the same
+    run(["git", "clone", "-q", str(workdir), str(clone)], tmp_path, env)
+    run(["dvc", "pull"], clone, env)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone, env)
+    metrics = run(["dvc", "metrics", "show", "--json"], clone, env)
+    assert '"nss"' in metrics
+    shown = subprocess.run(
+        ["dvc", "plots", "show", "--json", "-o", str(tmp_path / "plots")], cwd=clone, env=env, capture_output=True
+    )
+    plots = json.loads(shown.stdout)
+    assert not plots.get("errors") and plots["data"]["models/history.json"]
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], clone, env)

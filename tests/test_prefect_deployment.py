@@ -274,7 +274,7 @@ def test_retraining_deployment_trains_the_real_pipeline(stack, tmp_path):
     (version,) = client.search_model_versions("name='salgan'")
     assert "nss" in version.tags
     assert client.get_model_version_by_alias("salgan", "champion").version == version.version
-    assert (project / "outputs" / "submission.zip").exists()
+    assert (project / "outputs" / "submission" / "submission.zip").exists()
     reports = _api(
         env,
         project,
@@ -282,3 +282,25 @@ def test_retraining_deployment_trains_the_real_pipeline(stack, tmp_path):
         imports="from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey; KEY = 'salgan-retrain'",
     )
     assert any("**Decision: promoted: no champion yet**" in text and "| auc_judd |" in text for text in reports)
+    first_weights = (project / "models" / "generator.pt").read_bytes()
+
+    # The source changes (another sample): the same settings must train a new model on the new data, and
+    # the gate must compare it with the champion on today's val split.
+    run = _deploy_and_run(
+        env, project, "salgan-retrain", {"overrides": {**TINY_REAL, "download.sample_seed": 7}, "refresh": "download"}
+    )
+    assert "Completed" in run, run + worker_log.read_text()[-8000:]
+    assert "made from other data" in worker_log.read_text()
+    assert (project / "models" / "generator.pt").read_bytes() != first_weights
+    old, new = sorted(client.search_model_versions("name='salgan'"), key=lambda v: int(v.version))
+    assert old.tags["data_version"] != new.tags["data_version"]
+    assert client.get_model_version_by_alias("salgan", "challenger").version == new.version
+    reports = _api(
+        env,
+        project,
+        "[a.data for a in c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[KEY])))]",
+        imports="from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey; KEY = 'salgan-retrain'",
+    )
+    second = [text for text in reports if "no champion yet" not in text]
+    assert len(second) == 1
+    assert f"data version `{new.tags['data_version']}`" in second[0] and f"v{old.version} scored again" in second[0]

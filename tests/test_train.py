@@ -182,7 +182,9 @@ def test_training_reduces_the_content_loss(tmp_path):
     assert [h["phase"] for h in history] == ["bce"] * 3 + ["adversarial"] * 3
     assert history[-1]["content_loss"] < history[0]["content_loss"]
     assert history[-1]["val_content_loss"] < history[0]["val_content_loss"]
-    assert all("d_loss" in h for h in history[3:])
+    # Every record has every plotted key (DVC cannot plot a key some records lack); D trains from epoch 4.
+    assert all(set(h) >= {"g_loss", "content_loss", "d_loss", "val_content_loss"} for h in history)
+    assert [h["d_loss"] is None for h in history] == [True] * 3 + [False] * 3
     assert len(list((tmp_path / "models" / "snapshots").glob("epoch_*.png"))) == 6
 
 
