@@ -99,3 +99,25 @@ def test_plain_weights_file_round_trips_with_inferred_width(tmp_path):
     loaded = load_generator(path)
     x = torch.rand(1, 3, 48, 64)
     assert torch.equal(loaded(x), generator.eval()(x))
+
+
+def test_discriminator_starts_as_lasagne_and_learns_real_maps_from_flat_ones(tmp_path):
+    """Glorot weights and zero biases (the original's Lasagne defaults): under PyTorch's default biases the
+    ReLUs of the 1x1 merge layer are often all dead and the discriminator never leaves log 2."""
+    from salgan.data import images_to_float, load_split, maps_to_float
+    from salgan.losses import discriminator_loss
+    from tests.conftest import write_prepared
+
+    split = load_split(write_prepared(tmp_path), "train")
+    images, real = images_to_float(split.images[:16]), maps_to_float(split.maps[:16])
+    torch.manual_seed(0)
+    disc = Discriminator(input_size=(64, 48), first_pool=4)
+    assert all(torch.count_nonzero(m.bias) == 0 for m in disc.modules() if isinstance(m, torch.nn.Linear))
+    optimizer = torch.optim.Adagrad(disc.parameters(), lr=3e-3, initial_accumulator_value=1e-6, eps=0.0)
+    for _ in range(100):
+        logits = disc(torch.cat([images, images]), torch.cat([real, torch.full_like(real, 0.1)]))
+        loss = discriminator_loss(*logits.chunk(2))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.35  # log 2 = 0.693 is a discriminator that sees nothing

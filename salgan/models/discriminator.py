@@ -5,11 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from salgan.models.generator import IMAGENET_MEAN, IMAGENET_STD
+
 
 class Discriminator(nn.Module):
     """(image, saliency map) -> logit of "this map is a real human map for this image".
 
-    Input: RGB (N, 3, H, W) in [0, 1] and a map (N, 1, H, W) in [0, 1], concatenated into 4 channels.
+    Input: RGB (N, 3, H, W) in [0, 1] and a map (N, 1, H, W) in [0, 1], concatenated into 4 channels; the
+    image is normalised with the ImageNet statistics first, as the generator's is (the original feeds
+    the discriminator the same mean-subtracted image as the generator).
     Layers: 1x1 conv 4->3 + ReLU; conv 32; max-pool ``first_pool`` (4 in the original code, 2 in the
     paper's table); conv 64, conv 64, max-pool 2; conv 64, conv 64, max-pool 2; FC 100 tanh; FC 2 tanh;
     FC 1. The final sigmoid is folded into the loss (BCE with logits), which is the same function and
@@ -38,12 +42,25 @@ class Discriminator(nn.Module):
             *conv(64, 64),
             nn.MaxPool2d(2),
         )
+        flat = 64 * (width // reduction) * (height // reduction)
+        self.classifier = nn.Sequential(nn.Linear(flat, 100), nn.Tanh(), nn.Linear(100, 2), nn.Tanh(), nn.Linear(2, 1))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.reset_parameters()
         if weight_norm:
             for conv3 in (self.features[10], self.features[12]):  # conv3_1, conv3_2
                 nn.utils.parametrizations.weight_norm(conv3, dim=0)
-        flat = 64 * (width // reduction) * (height // reduction)
-        self.classifier = nn.Sequential(nn.Linear(flat, 100), nn.Tanh(), nn.Linear(100, 2), nn.Tanh(), nn.Linear(2, 1))
+
+    def reset_parameters(self) -> None:
+        """Lasagne's defaults, which the original relies on: Glorot-uniform weights, zero biases. PyTorch's
+        default biases often leave all three ReLU channels of the 1x1 merge layer dead on [0, 1] inputs,
+        and a discriminator that sees nothing stays at log 2 however long it trains."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def forward(self, image: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+        image = (image - self.mean) / self.std  # centred, as the original's mean-subtracted input
         features = self.features(torch.cat([image, saliency.to(image.dtype)], dim=1))
         return self.classifier(features.flatten(1)).squeeze(1)
