@@ -142,7 +142,9 @@ def content_step(models: Models, images, targets, params: Params) -> torch.Tenso
     return content.detach()
 
 
-def discriminator_step(models: Models, images, targets, params: Params, logits=None) -> torch.Tensor:
+def discriminator_step(
+    models: Models, images, targets, params: Params, logits=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """1. The discriminator learns to tell real maps from generated ones (Eq. 3); G does not change.
 
     ``logits``: the generator's output for this batch when a G step follows on the same batch (the

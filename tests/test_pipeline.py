@@ -108,6 +108,35 @@ def test_ablation_arm_runs_as_a_dvc_experiment_and_shows_beside_table_one(projec
     assert len(row.split()) == 2 + 8  # name, then all eight metrics filled in
 
 
+def experiment_params(workdir: Path, env: dict) -> dict[str, dict]:
+    """``{experiment name: its params.yaml}`` from ``dvc exp show --json``."""
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=workdir, env=env, capture_output=True, check=True)
+    found = {}
+    for baseline in json.loads(shown.stdout):
+        for group in baseline.get("experiments") or []:
+            for revision in group.get("revs") or []:
+                if revision.get("name"):
+                    found[revision["name"]] = revision["data"]["params"]["params.yaml"]["data"]
+    return found
+
+
+@pytest.mark.slow
+def test_ablation_arms_record_the_same_params_in_either_order(project):
+    """`dvc exp run -S` leaves each arm's values in the workspace; the next arm must not inherit them."""
+    workdir, env, _ = project
+    ablation = [sys.executable, "-m", "salgan.cli", "ablation", "run"]
+    run([*ablation, "--arms", "random-bce", "random-gan", "--prefix", "ab-"], workdir, env)
+    run([*ablation, "--arms", "random-gan", "random-bce", "--prefix", "ba-"], workdir, env)
+    recorded = experiment_params(workdir, env)
+    for arm in ("random-bce", "random-gan"):
+        assert recorded[f"ab-{arm}"] == recorded[f"ba-{arm}"], arm
+    committed = yaml.safe_load(
+        subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=workdir, capture_output=True, text=True).stdout
+    )
+    assert recorded["ab-random-gan"]["train"]["bce_epochs"] == committed["train"]["bce_epochs"]
+    assert recorded["ab-random-bce"]["train"]["bce_epochs"] == committed["train"]["epochs"]
+
+
 def snapshots(workdir: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted((workdir / "models" / "snapshots").glob("epoch_*.png"))]
 
