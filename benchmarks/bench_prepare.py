@@ -28,11 +28,11 @@ from PIL import Image
 
 try:
     from salgan import prepare as stage
-    from salgan.config import PrepareParams
+    from salgan.settings import PrepareParams
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from salgan import prepare as stage
-    from salgan.config import PrepareParams
+    from salgan.settings import PrepareParams
 
 
 def photo_like(rng: np.random.Generator, decay: float = 1.35) -> np.ndarray:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import json
 import multiprocessing
@@ -54,12 +53,12 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from salgan import prepare as prepare_stage
-from salgan.config import Params, PrepareParams, params_from_dict
 from salgan.data import PreparedSplit, images_to_float, load_split, maps_to_float
 from salgan.distributed import DistInfo
 from salgan.losses import discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.sample import generate_sample
+from salgan.settings import Params, PrepareParams, params_from_dict
 from salgan.train import build_models, epoch_batches, train_one_epoch
 
 # REFERENCE.md §4: a generator training step (forward + backward) costs about 240 GFLOP per image at 256x192
@@ -192,7 +191,7 @@ def counted_flops(params: Params, size: tuple[int, int], epoch_fn: Callable) -> 
 
 
 def _without_compile(params: Params) -> Params:
-    return dataclasses.replace(params, train=dataclasses.replace(params.train, compile=False))
+    return params.model_copy(update={"train": params.train.model_copy(update={"compile": False})})
 
 
 def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:

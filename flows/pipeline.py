@@ -40,6 +40,8 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.tasks import exponential_backoff
 
+from salgan.settings import override_args
+
 # Stages that occupy the machine's GPUs: training under torchrun, and full-resolution inference.
 GPU_STAGES = frozenset({"train", "predict"})
 GPU_LIMIT = "gpu"
@@ -86,35 +88,25 @@ def select_stages(requested: Sequence[str] | None, available: Sequence[str]) -> 
     return [name for name in available if name in requested]
 
 
-def flatten_overrides(overrides: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"epochs": 2}}`` and ``{"train.epochs": 2}`` both become ``{"train.epochs": 2}``."""
-    flat: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_overrides(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def override_args(overrides: dict[str, Any] | None) -> list[str]:
-    """``-S key=value`` arguments for ``dvc exp run``; values other than strings are written as JSON/YAML."""
-    args: list[str] = []
-    for key, value in flatten_overrides(overrides).items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        args += ["-S", f"{key}={text}"]
-    return args
-
-
 def repro_command(stage: str, force: bool = False) -> list[str]:
     """``dvc repro`` of one stage alone: its upstream stages are separate tasks of the flow."""
     return ["dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
 
 
 def experiment_command(overrides: dict[str, Any] | None, targets: Sequence[str] = ()) -> list[str]:
-    """One ``dvc exp run`` for the whole pipeline (or up to ``targets``) with parameter overrides."""
+    """One ``dvc exp run`` for the whole pipeline (or up to ``targets``) with parameter overrides, each
+    validated against the settings schema and written so that DVC reads a plain value, never syntax."""
     return ["dvc", "exp", "run", *override_args(overrides), *targets]
+
+
+def checked_overrides(overrides: dict[str, Any] | None, workdir: str | Path) -> dict[str, Any] | None:
+    """A flow's ``overrides`` parameter (anyone who reaches the Prefect API can set it) validated against
+    the schema and the workspace's params.yaml before anything runs; raises naming the key and reason."""
+    if not overrides:
+        return None
+    from salgan.settings import load_params, validate_overrides
+
+    return validate_overrides(overrides, load_params(Path(workdir) / "params.yaml", require_all=False))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -416,6 +408,7 @@ def salgan_pipeline(
     """
     logger = get_run_logger()
     selected = select_stages(stages, pipeline_stages(workdir))
+    overrides = checked_overrides(overrides, workdir)
     with workspace_lock(workdir, logger):
         if experiment or overrides:
             targets = selected if stages else []
@@ -428,17 +421,6 @@ def salgan_pipeline(
     return selected
 
 
-def parse_set(values: Sequence[str]) -> dict[str, Any]:
-    """``["train.epochs=2", "prepare.size=[64, 48]"]`` -> ``{"train.epochs": 2, "prepare.size": [64, 48]}``."""
-    overrides: dict[str, Any] = {}
-    for item in values:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(text)
-    return overrides
-
-
 def add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
     """``-S/--set KEY=VALUE`` (repeatable), as ``dvc exp run`` spells it; read with :func:`parse_overrides`."""
     parser.add_argument(
@@ -448,9 +430,11 @@ def add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 def parse_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict | None:
     """The ``-S`` values as a dict (None when there are none); a malformed one is a usage error."""
+    from salgan.settings import ConfigError, parse_override
+
     try:
-        return parse_set(args.overrides) or None
-    except ValueError as error:
+        return dict(parse_override(item) for item in args.overrides) or None
+    except ConfigError as error:
         parser.error(str(error))
 
 

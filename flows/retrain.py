@@ -61,7 +61,7 @@ def workspace_params(workdir: str | Path):
     current directory, so the prepared data and a relative sqlite or file store are resolved against it,
     not against wherever this flow process happens to run. ``MLFLOW_TRACKING_URI`` wins, as in the stages.
     """
-    from salgan.config import load_params
+    from salgan.settings import load_params
 
     base = Path(workdir).resolve()
     params = load_params(base / "params.yaml")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from salgan.config import ConfigError, Params, flatten, params_from_dict
+from salgan.settings import ConfigError, Params, flatten, nest, override_args, params_from_dict
 
 ARMS = ("imagenet-gan", "imagenet-bce", "random-gan", "random-bce")
 # The settings in which arms differ; each arm sets all of them.
@@ -63,12 +63,8 @@ def load_profile(path: str | None) -> dict[str, object]:
 
 
 def exp_run_command(name: str, overrides: dict[str, object], queue: bool) -> list[str]:
-    command = ["dvc", "exp", "run", "--name", name]
-    if queue:
-        command.append("--queue")
-    for key, value in overrides.items():
-        command += ["-S", f"{key}={json.dumps(value)}"]
-    return command
+    """``dvc exp run --name NAME`` with the overrides validated and written by :func:`salgan.settings.override_args`."""
+    return ["dvc", "exp", "run", "--name", name, *(["--queue"] if queue else []), *override_args(overrides)]
 
 
 def base_params(params_file: str, profile: dict[str, object]) -> tuple[Params, str]:
@@ -82,13 +78,8 @@ def base_params(params_file: str, profile: dict[str, object]) -> tuple[Params, s
         data, source = yaml.safe_load(committed.stdout) or {}, f"{params_file} at HEAD"
     else:
         data, source = yaml.safe_load(Path(params_file).read_text()) or {}, f"{params_file} (not committed)"
-    merged = flatten(data) | profile
-    nested: dict = {}
-    for key, value in merged.items():
-        section, _, name = key.partition(".")
-        nested.setdefault(section, {})[name] = value
     try:
-        return params_from_dict(nested), source
+        return params_from_dict(nest(flatten(data) | profile)), source
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 

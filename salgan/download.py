@@ -32,8 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from salgan import fetch
 from salgan.atomic import atomic_directory
-from salgan.config import DEFAULT_PARAMS_FILE, ConfigError, DownloadParams, load_params
 from salgan.fetch import FetchError, md5sum
+from salgan.settings import DEFAULT_PARAMS_FILE, ConfigError, DownloadParams, load_params
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from salgan.config import Params, load_params
 from salgan.inference import predict_batches
 from salgan.metrics import center_bias_map
 from salgan.scoring import fixation_density_baseline, score_split
+from salgan.settings import Params, load_params
 from salgan.versions import split_version
 
 GENERATOR_FILE = "generator.pt"

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from salgan import fetch
-from salgan.config import DEFAULT_PARAMS_FILE, ConfigError, load_params
 from salgan.download import CHECKSUMS_FILE, RELEASE
 from salgan.fetch import FetchError
+from salgan.settings import DEFAULT_PARAMS_FILE, ConfigError, load_params
 
 log = logging.getLogger(__name__)
 

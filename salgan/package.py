@@ -38,7 +38,7 @@ from salgan.atomic import atomic_directory
 from salgan.versions import sha256_file
 
 if TYPE_CHECKING:
-    from salgan.config import Params
+    from salgan.settings import Params
 
 ARCHIVES = {"2017": "submission.zip", "2015": "results.zip"}
 MANIFEST = "manifest.json"
@@ -148,7 +148,7 @@ def image_id(name: str) -> int:
 
 def params_sha256(params: Params) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the resolved settings."""
-    from salgan.config import to_dict
+    from salgan.settings import to_dict
 
     canonical = json.dumps(to_dict(params), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan package``: 0 on success, 1 with a message naming the problem otherwise."""
-    from salgan.config import ConfigError, load_params
+    from salgan.settings import ConfigError, load_params
 
     args = build_parser().parse_args(argv)
     try:

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from salgan.config import ConfigError, Params, load_params
 from salgan.inference import default_device, predict_batches, to_uint8
+from salgan.settings import ConfigError, Params, load_params
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_SIZE = (256, 192)  # (W, H): the paper's input when the model does not say

@@ -38,7 +38,7 @@ from salgan.fixations import load_fixations_mat
 from salgan.versions import split_version_of_files
 
 if TYPE_CHECKING:
-    from salgan.config import PrepareParams
+    from salgan.settings import PrepareParams
 
 SPLITS = ("train", "val", "test")
 GROUND_TRUTH_SPLITS = ("train", "val")  # test has images only
@@ -303,7 +303,7 @@ def resolve_workers(workers: int) -> int:
 
 
 def prepare(params: PrepareParams, progress: bool = True) -> dict:
-    """Run the stage for :class:`salgan.config.PrepareParams` ``params``; return the report it writes.
+    """Run the stage for :class:`salgan.settings.PrepareParams` ``params``; return the report it writes.
 
     Raises :class:`PrepareError` naming the file when an input is bad and ``params.skip_bad`` is false.
     """
@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan prepare``: run the stage; 0 on success, 1 with a message naming the bad file otherwise."""
-    from salgan.config import ConfigError, load_params
+    from salgan.settings import ConfigError, load_params
 
     args = build_parser().parse_args(argv)
     try:

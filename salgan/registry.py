@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from salgan.config import ConfigError, MlflowParams, Params, load_params
+from salgan.settings import ConfigError, MlflowParams, Params, load_params
 from salgan.versions import DATA_VERSION_TAG
 
 if TYPE_CHECKING:

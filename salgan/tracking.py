@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from salgan.config import Params, flatten, to_dict
+from salgan.settings import Params, flatten, to_dict
 from salgan.versions import DATA_VERSION_TAG
 
 if TYPE_CHECKING:

@@ -31,7 +31,6 @@ from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint
 from salgan.atomic import write_atomic
-from salgan.config import Params, load_params, to_dict
 from salgan.data import PreparedSplit, images_to_float, load_split, maps_to_float
 from salgan.distributed import (
     DistInfo,
@@ -46,6 +45,7 @@ from salgan.distributed import (
 )
 from salgan.losses import content_loss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
+from salgan.settings import Params, load_params, to_dict
 from salgan.versions import code_version, split_version
 
 CHECKPOINT_FILE = "checkpoint.pt"

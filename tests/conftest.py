@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from salgan.config import params_from_dict
+from salgan.settings import Params, flatten, nest, params_from_dict, to_dict
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -81,3 +81,12 @@ def tiny_params(tmp_path: Path, **train_overrides):
 @pytest.fixture
 def tiny(tmp_path):
     return tiny_params(tmp_path)
+
+
+def write_params_file(path: Path, overrides: dict) -> Path:
+    """A complete params file (every key, as stages require) with ``overrides`` (``{"train": {...}}``)."""
+    import yaml
+
+    merged = flatten(to_dict(Params())) | flatten(overrides)
+    path.write_text(yaml.safe_dump(nest(merged)))
+    return path

@@ -13,7 +13,7 @@ from salgan.ablation import (
     format_table,
     load_profile,
 )
-from salgan.config import ConfigError, params_from_dict
+from salgan.settings import ConfigError, params_from_dict
 
 BASE = params_from_dict(
     {"model": {"encoder_weights": "none", "width": 0.125}, "train": {"epochs": 40, "bce_epochs": 10}}
@@ -43,8 +43,9 @@ def test_the_base_is_params_yaml_as_committed_not_as_the_last_experiment_left_it
 
 def test_exp_run_command_sets_each_override_as_json():
     command = exp_run_command("x", {"prepare.size": [256, 192], "download.source": "salicon"}, queue=True)
-    assert command[:6] == ["dvc", "exp", "run", "--name", "x", "--queue"]
-    assert "prepare.size=[256, 192]" in command and 'download.source="salicon"' in command
+    assert command == [
+        "dvc", "exp", "run", "--name", "x", "--queue", "-S", "prepare.size=[256,192]", "-S", "download.source='salicon'"
+    ]  # fmt: skip
 
 
 def test_repository_gpu_profile_is_valid():

@@ -27,10 +27,11 @@ from pathlib import Path
 import pytest
 
 from salgan import download, fetch
-from salgan.config import DownloadParams
 from salgan.download import ArchiveError, ChecksumError, LayoutError
 from salgan.fetch import FetchError
 from salgan.sample import generate_sample, write_release_zips
+from salgan.settings import DownloadParams
+from tests.conftest import write_params_file
 
 
 def _md5(path: Path) -> str:
@@ -95,10 +96,8 @@ def _assert_untouched(tmp_path: Path, before: dict[str, bytes]) -> None:
 
 
 def test_sample_source_through_the_command_line(tmp_path, capsys):
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        f"download:\n  output: {tmp_path / 'raw'}\n  sample_train: 3\n  sample_val: 2\n  sample_test: 1\n"
-    )
+    sample = {"output": str(tmp_path / "raw"), "sample_train": 3, "sample_val": 2, "sample_test": 1}
+    params = write_params_file(tmp_path / "params.yaml", {"download": sample})
     assert download.main(["--params", str(params)]) == 0
     record = json.loads((tmp_path / "raw" / "SOURCE.json").read_text())
     assert record["source"] == "sample" and record["seed"] == 0
@@ -186,8 +185,9 @@ def test_mirror_checksum_mismatch_fails(tmp_path, zips, existing):
 def test_command_line_reports_errors_with_exit_status_1(tmp_path, zips, existing, capsys):
     folder = _copy_zips(zips, tmp_path / "mirror")
     (folder / "maps.zip.md5").write_text("f" * 32 + "  maps.zip\n")
-    params = tmp_path / "params.yaml"
-    params.write_text(f"download:\n  source: {folder}\n  output: {tmp_path / 'raw'}\n")
+    params = write_params_file(
+        tmp_path / "params.yaml", {"download": {"source": str(folder), "output": str(tmp_path / "raw")}}
+    )
     assert download.main(["--params", str(params)]) == 1
     assert "maps.zip" in capsys.readouterr().err
     _assert_untouched(tmp_path, existing)

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import write_params_file
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -99,7 +101,7 @@ def make_project(root: Path, behaviour: dict | None = None, extra_params: dict |
     (root / "stage.py").write_text(STAGE_SCRIPT)
     (root / "behaviour.json").write_text(json.dumps(behaviour or {}))
     params = {"train": {"epochs": 1, "bce_epochs": 0}, "mlflow": {"enabled": False}, **(extra_params or {})}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params_file(root / "params.yaml", params)
     stages = {}
     for i, name in enumerate(STAGES):
         stage = {"cmd": f"{sys.executable} stage.py {name}", "deps": ["stage.py"], "outs": [f"out/{name}.json"]}
@@ -155,16 +157,18 @@ def _flow_logs(flow_run_id) -> list[str]:
 
 
 def test_overrides_become_dvc_set_arguments():
-    from flows.pipeline import experiment_command, parse_set
+    from flows.pipeline import build_parser, experiment_command, parse_overrides
 
-    overrides = parse_set(["train.epochs=2", "prepare.size=[64, 48]", "download.source=s3://b/p"])
+    parser = build_parser()
+    args = parser.parse_args(["-S", "train.epochs=2", "-S", "prepare.size=[64, 48]", "-S", "download.source=s3://b/p"])
+    overrides = parse_overrides(parser, args)
     assert overrides == {"train.epochs": 2, "prepare.size": [64, 48], "download.source": "s3://b/p"}
     assert experiment_command({"model": {"width": 0.5}, **overrides}) == [
         "dvc", "exp", "run",
-        "-S", "model.width=0.5", "-S", "train.epochs=2", "-S", "prepare.size=[64, 48]", "-S", "download.source=s3://b/p",
+        "-S", "model.width=0.5", "-S", "train.epochs=2", "-S", "prepare.size=[64,48]", "-S", "download.source='s3://b/p'",
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_set(["train.epochs"])
+    with pytest.raises(SystemExit):
+        parse_overrides(parser, parser.parse_args(["-S", "train.epochs"]))
 
 
 def test_stage_selection_keeps_pipeline_order():
@@ -285,6 +289,29 @@ def test_a_failing_stage_names_itself_and_its_stderr(harness, tmp_path):
     assert "prepare: boom, the stage broke" in message  # the stage's own stderr, via dvc
     assert "exited with 3" in message  # dvc's account of it
     assert [stage for _, _, stage, what in events(project) if what == "start"] == ["download", "prepare"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"dvc.yaml:stages.package.cmd": "'touch marker; salgan package --params params.yaml'"},
+        {"/tmp/elsewhere.yaml:foo": 1},
+        {"download.source": "${oc.env:AWS_SECRET_ACCESS_KEY}"},
+    ],
+)
+def test_an_override_that_dvc_would_read_as_syntax_is_refused_before_anything_runs(harness, tmp_path, overrides):
+    """The security review's overrides: each is refused with the key named, and the workspace is untouched."""
+    from flows.pipeline import salgan_pipeline
+    from salgan.settings import ConfigError
+
+    project = make_project(tmp_path / "p")
+    before = {name: (project / name).read_text() for name in ("dvc.yaml", "params.yaml")}
+    state = salgan_pipeline(overrides=overrides, workdir=str(project), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="override"):
+        state.result()
+    assert {name: (project / name).read_text() for name in before} == before
+    assert not (project / "marker").exists() and not (project / "out").exists() and events(project) == []
 
 
 def test_a_flaky_download_is_retried(harness, tmp_path):

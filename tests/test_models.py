@@ -2,7 +2,6 @@ import pytest
 import torch
 import torchvision
 
-from salgan.config import ModelParams
 from salgan.models import (
     Discriminator,
     EncoderWeightsError,
@@ -12,6 +11,7 @@ from salgan.models import (
     load_encoder_weights,
     load_generator,
 )
+from salgan.settings import ModelParams
 
 
 def test_generator_full_width_keeps_input_size():

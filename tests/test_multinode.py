@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from salgan import checkpoint
-from salgan.config import to_dict
+from salgan.settings import to_dict
 from salgan.train import CHECKPOINT_FILE, GENERATOR_FILE, run
 from tests.conftest import tiny_params
 

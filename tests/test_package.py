@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from salgan import package as stage
-from salgan.config import params_from_dict
 from salgan.models import Generator, load_generator
+from salgan.settings import load_params
+from tests.conftest import write_params_file
 
 NAMES = [f"COCO_test2014_{i:012d}" for i in (1, 42, 123456)]
 VAL_NAMES = [f"COCO_val2014_{i:012d}" for i in (7, 8)]
@@ -49,9 +50,7 @@ def write_params(setup: dict, fmt: str) -> Path:
         "predict": {"output": str(setup["preds"])},
         "package": {"format": fmt, "algorithm": "salgan", "output": str(setup["output"])},
     }
-    path = setup["tmp"] / "params.yaml"
-    path.write_text(json.dumps(data))  # JSON is YAML
-    return path
+    return write_params_file(setup["tmp"] / "params.yaml", data)
 
 
 def run(setup: dict, fmt: str, *extra: str) -> int:
@@ -68,7 +67,7 @@ def test_2017_archive_holds_only_the_maps_and_the_manifest_lies_beside_it(setup:
             img = Image.open(io.BytesIO(data))
             assert (img.mode, img.size) == ("L", (W0, H0))
     manifest = json.loads((setup["output"] / "manifest.json").read_text())
-    params = params_from_dict(json.loads((setup["tmp"] / "params.yaml").read_text()))
+    params = load_params(setup["tmp"] / "params.yaml")
     assert manifest["format"] == "2017" and manifest["archive"] == "submission.zip"
     assert manifest["counts"] == {"test": 3}
     assert manifest["model"]["sha256"] == hashlib.sha256(setup["model"].read_bytes()).hexdigest()
@@ -99,7 +98,7 @@ def test_2015_results_zip_holds_val_and_test_results_as_the_coco_server_reads_th
 
     expected = setup["tmp"] / "expected"
     expected.mkdir()
-    params = params_from_dict(json.loads((setup["tmp"] / "params.yaml").read_text()))
+    params = load_params(setup["tmp"] / "params.yaml")
     write_split_maps(load_generator(setup["model"]), setup["tmp"] / "prepared", "val", expected, params)
     for name, entry in zip(VAL_NAMES, val, strict=True):
         assert np.array_equal(decoded(entry), np.asarray(Image.open(expected / f"{name}.png")))
@@ -177,8 +176,6 @@ def test_2015_without_a_usable_model_names_it(setup: dict, capsys) -> None:
 
 def test_unsafe_algorithm_name_is_rejected(setup: dict, capsys) -> None:
     path = write_params(setup, "2015")
-    data = json.loads(path.read_text())
-    data["package"]["algorithm"] = "../evil"
-    path.write_text(json.dumps(data))
+    path.write_text(path.read_text().replace("algorithm: salgan", "algorithm: ../evil"))
     assert stage.main(["--params", str(path)]) == 1
     assert "package.algorithm" in capsys.readouterr().err

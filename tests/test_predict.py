@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from salgan import predict
-from salgan.config import Params, to_dict
 from salgan.models import Generator
+from salgan.settings import Params, to_dict
 from salgan.tracking import log_generator, register
 from tests.conftest import write_prepared
 

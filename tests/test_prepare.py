@@ -14,6 +14,7 @@ from PIL import Image
 
 from salgan import prepare as stage
 from salgan.fixations import FixationFileError, fixations_from_mat, load_fixations_mat
+from tests.conftest import write_params_file
 
 W0, H0 = 640, 480  # SALICON's original size
 SIZE = (64, 48)  # prepare.size used here (W, H): small keeps the tests fast
@@ -63,12 +64,10 @@ def make_tree(root: Path, counts: dict[str, int], seed: int = 0) -> dict:
 
 
 def write_params(tmp_path: Path, **prepare) -> Path:
-    """params.yaml (JSON is YAML) with a prepare section over tmp_path's raw and prepared folders."""
+    """params.yaml with a prepare section over tmp_path's raw and prepared folders."""
     section = {"input": str(tmp_path / "raw"), "output": str(tmp_path / "prepared"), "size": list(SIZE)}
     section.update(prepare)
-    path = tmp_path / "params.yaml"
-    path.write_text(json.dumps({"prepare": section}))
-    return path
+    return write_params_file(tmp_path / "params.yaml", {"prepare": section})
 
 
 def run_stage(tmp_path: Path, **prepare) -> int:

@@ -245,7 +245,7 @@ def test_mirror_round_trips_the_zips_and_the_s3_source_verifies_them(s3, tmp_pat
 
     # A damaged object on the mirror is caught by the sidecar (maps.zip has no published md5).
     client.put_object(Bucket=BUCKET, Key="salicon/maps.zip", Body=b"not the zip that was mirrored")
-    damaged = dataclasses.replace(params, output=str(tmp_path / "raw2"), cache_dir=str(tmp_path / "cache2"))
+    damaged = params.model_copy(update={"output": str(tmp_path / "raw2"), "cache_dir": str(tmp_path / "cache2")})
     with pytest.raises(download.ChecksumError, match="maps.zip"):
         download.run(damaged, progress=False)
 

@@ -14,9 +14,9 @@ import yaml
 
 from salgan import checkpoint
 from salgan import train as train_module
-from salgan.config import params_from_dict, to_dict
 from salgan.data import load_split
 from salgan.distributed import DistInfo
+from salgan.settings import params_from_dict, to_dict
 from salgan.train import (
     CHECKPOINT_FILE,
     GENERATOR_FILE,

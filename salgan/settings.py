@@ -1,0 +1,401 @@
+"""The typed schema of params.yaml: every setting, its type, its limits and its default, in one place.
+
+params.yaml is the only place a pipeline's settings live; this module says what it may hold. Each stage
+reads its own section (:class:`Params` ``.download``, ``.prepare``, ...). Loading a file rejects unknown
+keys, ill-typed values, values out of range and missing keys, with the file, the key and the reason
+(``params.yaml: train.batch_size: expected an integer, got 'big'``); the rules that tie keys together
+are here too (:meth:`Params.check_rules`). The defaults below are the offline default that params.yaml
+holds (a test keeps the two equal); the paper's values are in profiles/salicon-gpu.yaml and README.md.
+
+The same schema checks every override, whichever way it arrives (``-S key=value`` on a command line, a
+Prefect flow's ``overrides`` parameter, an ablation arm): :func:`validate_overrides` accepts only known
+``section.key`` names and values of the declared type, and :func:`override_args` writes them for
+``dvc exp run`` so that DVC's Hydra parser reads plain values, never syntax (see Trust boundaries in
+DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+SPLITS = ("train", "val", "test")
+ALGORITHM_NAME = r"[A-Za-z0-9_.-]+"  # goes into file names inside the 2015 submission
+
+
+class ConfigError(ValueError):
+    """A settings file or override is invalid; the message names the file or key and the reason."""
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys are errors, values must have their declared type (an int is
+    accepted where a float is declared, nothing else is converted)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class DownloadParams(Section):
+    """Where the raw SALICON tree comes from (REFERENCE §2) and where it lands."""
+
+    source: str = "sample"  # sample | salicon | s3://bucket/prefix | https://host/prefix | a local directory
+    fixations_edition: Literal["2015", "2017"] = "2017"
+    output: str = "data/raw"
+    cache_dir: str = "data/downloads"
+    sample_train: PositiveInt = 240
+    sample_val: PositiveInt = 48
+    sample_test: PositiveInt = 24
+    sample_seed: int = 0
+
+    @field_validator("source")
+    @classmethod
+    def _no_credentials(cls, source: str) -> str:
+        """Credentials in a URL would end up in dvc.lock, MLflow and every message: refuse them here."""
+        if "://" in source:
+            parts = urlsplit(source)
+            if parts.username or parts.password:
+                raise ValueError(
+                    "a URL with credentials (user:password@) is not allowed here; use the standard "
+                    "settings (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.netrc) instead"
+                )
+        return source
+
+
+class PrepareParams(Section):
+    """Resizing of images and maps into arrays that train without decoding."""
+
+    input: str = "data/raw"
+    output: str = "data/prepared"
+    size: list[int] = Field(default=[128, 96], min_length=2, max_length=2)  # W x H; the paper uses 256x192
+    skip_bad: bool = False
+    workers: int = Field(default=0, ge=0)  # 0: one process per core
+
+    @field_validator("size")
+    @classmethod
+    def _multiples_of_16(cls, size: list[int]) -> list[int]:
+        if any(side <= 0 or side % 16 for side in size):
+            raise ValueError(f"expected [W, H], positive multiples of 16 (the generator's four poolings), got {size}")
+        return size
+
+
+class ModelParams(Section):
+    """SalGAN generator and discriminator (Pan et al. 2017, REFERENCE §1)."""
+
+    encoder_weights: str = "none"  # imagenet | none | path to a VGG16 state_dict
+    freeze_blocks: int = Field(default=0, ge=0, le=5)  # VGG blocks frozen from the input side; the paper: 3
+    width: float = Field(default=0.125, gt=0)  # channel multiplier; 1.0 is VGG16
+    discriminator_first_pool: Literal[2, 4] = 4  # 4 in the original code, 2 in the paper's table
+    discriminator_weight_norm: bool = True  # weight norm on conv3_1/conv3_2 as the original code; not in the paper
+
+
+class TrainParams(Section):
+    """BCE pre-training then adversarial training (seed paper Eqs. 1-3)."""
+
+    data: str = "data/prepared"
+    output: str = "models"
+    epochs: PositiveInt = 30
+    bce_epochs: int = Field(default=10, ge=0)
+    batch_size: PositiveInt = 16  # global batch, split across processes
+    lr_generator: float = Field(default=3e-3, gt=0)  # the paper's 3e-4 suits ImageNet features
+    lr_discriminator: float = Field(default=3e-4, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)  # the paper's L2 (the original computes it, never adds it)
+    decay_biases: bool = False  # false: weights only, as Lasagne's l2 regularisation
+    adagrad_epsilon: float = Field(default=1e-6, ge=0)  # Lasagne's: lr g / sqrt(sum g^2 + eps); 0: PyTorch's form
+    alpha: float = Field(default=0.05, ge=0)  # weight of the content loss; 1/20 in the original code
+    adversarial_schedule: Literal["alternate", "both"] = "alternate"  # alternate: one batch to D, the next to G
+    reset_optimizer_at_adversarial: bool = True  # a fresh G optimiser for the adversarial phase, as the original
+    discriminator_loss: Literal["mean", "sum"] = "mean"  # mean of the real and fake BCE (original) or their sum
+    content_downsample: PositiveInt = 4  # BCE on maps average-pooled 4x4 (paper Table 2)
+    seed: int = 0
+    nproc: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"  # auto: every visible GPU, 1 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    snapshot_image: int = Field(default=0, ge=0)  # index of the val image saved every epoch (seed paper Fig. 3)
+    compile: bool = False  # torch.compile the models (checkpoint keys unchanged)
+
+
+class EvaluateParams(Section):
+    """Validation scoring at the original resolution (REFERENCE §3)."""
+
+    output: str = "reports"
+    batch_size: PositiveInt = 16
+    n_splits: PositiveInt = 100  # AUC-Borji / sAUC resampling
+    sauc_other_images: PositiveInt = 10  # sAUC negatives: fixations of this many other images
+    center_bias_sigma: float = Field(default=0.25, gt=0)  # centre-bias baseline, in units of the image diagonal
+    ig_baseline_sigma: float = Field(default=0.05, gt=0)  # blur of the training-fixation density for IG
+    grid_images: PositiveInt = 6
+
+
+class PredictParams(Section):
+    """Test-split prediction at the original resolution, as the original scripts/utils.py."""
+
+    output: str = "outputs/test_maps"
+    batch_size: PositiveInt = 16
+    blur_size: int = Field(default=5, ge=0)  # Gaussian blur kernel after the bicubic resize; 0 disables it
+
+    @field_validator("blur_size")
+    @classmethod
+    def _odd(cls, size: int) -> int:
+        if size > 1 and size % 2 == 0:
+            raise ValueError(f"a Gaussian kernel needs an odd size (or 0 for no blur), got {size}")
+        return size
+
+
+class PackageParams(Section):
+    """Submission archive for the SALICON challenge server."""
+
+    format: Literal["2017", "2015"] = "2017"
+    algorithm: str = Field(default="salgan", pattern=f"^{ALGORITHM_NAME}$")  # letters, digits, _ - .
+    output: str = "outputs/submission"  # a folder: the archive and manifest.json beside it
+
+
+class MlflowParams(Section):
+    """Tracking and registry; MLFLOW_TRACKING_URI overrides the embedded sqlite default."""
+
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "salgan"
+    model_name: str = "salgan"
+
+
+class Params(Section):
+    """params.yaml: one section per stage."""
+
+    download: DownloadParams = Field(default_factory=DownloadParams)
+    prepare: PrepareParams = Field(default_factory=PrepareParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    predict: PredictParams = Field(default_factory=PredictParams)
+    package: PackageParams = Field(default_factory=PackageParams)
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
+
+    @model_validator(mode="after")
+    def check_rules(self) -> Params:
+        """Rules between keys, each raising with the key it is about."""
+        model, train = self.model, self.train
+        if model.encoder_weights == "imagenet" and model.width != 1.0:
+            raise _RuleError(
+                "model.width",
+                f"ImageNet VGG16 weights need width 1.0, got {model.width}; use encoder_weights none for narrower",
+            )
+        if model.freeze_blocks and model.encoder_weights == "none":
+            raise _RuleError(
+                "model.freeze_blocks", "freezing needs pretrained encoder weights, encoder_weights is none"
+            )
+        if train.bce_epochs > train.epochs:
+            raise _RuleError("train.bce_epochs", f"must not exceed train.epochs {train.epochs}, got {train.bce_epochs}")
+        return self
+
+
+class _RuleError(ValueError):
+    """A cross-key rule failed; carries the key so the message can name it like a type error."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+# --- reading and writing --------------------------------------------------------------------------------
+
+
+def params_from_dict(data: Mapping | None) -> Params:
+    """Validated :class:`Params` from a plain mapping; missing keys take their defaults (code and tests
+    build settings this way; files go through :func:`load_params`, which wants every key)."""
+    try:
+        return Params.model_validate(dict(data or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE, require_all: bool = True) -> Params:
+    """Read and validate a params file; errors name the file and the key.
+
+    With ``require_all`` (stages, whose keys DVC tracks) every key of the schema must be in the file: a
+    missing key is an error naming it and its default, never a silent default.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        params = params_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if require_all:
+        missing = sorted(set(flatten(to_dict(Params()))) - set(flatten(data)))
+        if missing:
+            default = flatten(to_dict(Params()))[missing[0]]
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise ConfigError(f"{path}: missing key {missing[0]}{more}; add it (default: {default!r})")
+    return params
+
+
+def to_dict(params: BaseModel) -> dict:
+    """The resolved settings as plain data (for checkpoints, manifests and MLflow)."""
+    return params.model_dump(mode="python")
+
+
+def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{'train': {'alpha': 0.05}}`` -> ``{'train.alpha': 0.05}``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{'train.alpha': 0.05}`` -> ``{'train': {'alpha': 0.05}}`` (the inverse of :func:`flatten`)."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first problem of a pydantic error as ``key: reason``, union alternatives merged."""
+    first = exc.errors()[0]
+    context = first.get("ctx") or {}
+    if isinstance(context.get("error"), _RuleError):
+        return str(context["error"])
+    key = _key(first["loc"])
+    same = [e for e in exc.errors() if _key(e["loc"]) == key]
+    if first["type"] == "extra_forbidden":
+        section = key.rpartition(".")[0]
+        known = _known_keys(section)
+        return f"unknown key {key}" + (f" (known: {', '.join(known)})" if known else "")
+    reasons = "; or ".join(dict.fromkeys(_reason(e) for e in same))
+    if first["type"] == "value_error":  # our own validators' messages already quote the value
+        return f"{key}: {reasons}"
+    return f"{key}: {reasons}, got {first['input']!r}"
+
+
+def _key(loc: tuple) -> str:
+    """``('train', 'nproc', 'int')`` -> ``train.nproc``; ``('prepare', 'size', 1)`` -> ``prepare.size[1]``."""
+    names: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            names[-1] += f"[{part}]"
+        elif re.fullmatch(r"[a-z_0-9]+", part):
+            names.append(part)
+    return ".".join(names)
+
+
+def _reason(error: dict) -> str:
+    message = error["msg"]
+    return message[len("Value error, ") :] if message.startswith("Value error, ") else message[0].lower() + message[1:]
+
+
+def _known_keys(section: str) -> list[str]:
+    model: type[BaseModel] = Params
+    for name in filter(None, section.split(".")):
+        annotation = model.model_fields.get(name)
+        if annotation is None or not isinstance(annotation.annotation, type):
+            return []
+        model = annotation.annotation
+    return sorted(model.model_fields)
+
+
+# --- overrides ------------------------------------------------------------------------------------------
+
+# Strings are passed to DVC single-quoted, where Hydra's grammar still reads quotes, escapes and ${...}
+# interpolation; a string holding any of them (or a control character) is refused rather than escaped.
+_SYNTAX_IN_STRINGS = re.compile(r"[$'\"\\\x00-\x1f]")
+_KEY = re.compile(r"[a-z_]+\.[a-z_0-9]+")
+
+
+def validate_overrides(overrides: Mapping[str, Any] | None, base: Params | None = None) -> dict[str, Any]:
+    """``{"train.epochs": 5}`` or ``{"train": {"epochs": 5}}`` checked against the schema, flattened.
+
+    Only ``section.key`` names of params.yaml are accepted (no ``file:`` prefix, no Hydra ``+``/``~``
+    forms), with values of the declared type and range; with ``base`` (the settings they will apply to)
+    the result must also pass the rules between keys. Strings may not hold characters that DVC's override
+    grammar reads as syntax (``${...}`` interpolation among them). Returns the values as validated (an int
+    given for a float comes back a float). Raises :class:`ConfigError` naming the key and the reason.
+    """
+    flat = flatten(overrides or {})
+    known = flatten(to_dict(Params()))
+    for key, value in flat.items():
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise ConfigError(f"override {key!r}: expected section.key of params.yaml, such as train.epochs")
+        if key not in known:
+            raise ConfigError(f"override {key}: unknown key (params.yaml has no {key})")
+        _check_plain(key, value)
+    checked = {}
+    for section, values in nest(flat).items():
+        try:
+            checked[section] = Params.model_fields[section].annotation.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(f"override {section}.{_describe(exc)}") from None
+    if base is not None:
+        try:
+            params_from_dict(nest(flatten(to_dict(base)) | flat))
+        except ConfigError as exc:
+            raise ConfigError(f"override {exc}") from None
+    return {key: getattr(checked[key.partition(".")[0]], key.partition(".")[2]) for key in flat}
+
+
+def _check_plain(key: str, value: Any) -> None:
+    """A value DVC will read back as the same plain value: a number, a bool, a safe string or a list."""
+    if isinstance(value, list):
+        for item in value:
+            _check_plain(key, item)
+    elif isinstance(value, str):
+        if _SYNTAX_IN_STRINGS.search(value) or value != value.strip() or not value:
+            raise ConfigError(
+                f"override {key}: {value!r} holds characters DVC would read as override syntax (quotes, "
+                "backslashes, $ for interpolation) or control characters; set such a value in params.yaml"
+            )
+    elif value is not None and not isinstance(value, bool | int | float):
+        raise ConfigError(f"override {key}: expected a number, a bool, a string or a list, got {value!r}")
+
+
+def override_args(overrides: Mapping[str, Any] | None) -> list[str]:
+    """``-S key=value`` arguments for ``dvc exp run``, values validated and written in DVC's grammar."""
+    args: list[str] = []
+    for key, value in validate_overrides(overrides).items():
+        args += ["-S", f"{key}={_encode(value)}"]
+    return args
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ",".join(_encode(item) for item in value) + "]"
+    if isinstance(value, str):
+        return f"'{value}'"  # quoted: 'none', '2017' and 'true' stay strings
+    return repr(value)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=5"`` -> ``("train.epochs", 5)``; the value is read as YAML, as params.yaml is."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"-S expects KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"-S {text!r}: the value is not valid YAML ({exc})") from None
+    return key.strip(), value

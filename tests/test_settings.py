@@ -1,0 +1,138 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from salgan.settings import (
+    ConfigError,
+    Params,
+    flatten,
+    load_params,
+    override_args,
+    params_from_dict,
+    parse_override,
+    to_dict,
+    validate_overrides,
+)
+
+
+def test_the_schema_defaults_are_the_repositorys_params_yaml():
+    """One source of defaults: params.yaml holds exactly the schema's defaults, every key of them."""
+    assert load_params("params.yaml") == Params()
+    assert set(flatten(yaml.safe_load(Path("params.yaml").read_text()))) == set(flatten(to_dict(Params())))
+
+
+def test_the_gpu_profile_gives_the_papers_settings():
+    params = params_from_dict(yaml.safe_load(Path("profiles/salicon-gpu.yaml").read_text()))
+    assert params.train.lr_generator == 3e-4 and params.train.batch_size == 32 and params.train.epochs == 100
+    assert params.prepare.size == [256, 192] and params.model.encoder_weights == "imagenet"
+    assert params.model.freeze_blocks == 3 and params.train.alpha == 0.05 and params.train.content_downsample == 4
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"train": {"batch_sise": 3}}, "unknown key train.batch_sise (known: "),
+        ({"train": {"batch_size": "big"}}, "train.batch_size: input should be a valid integer, got 'big'"),
+        ({"train": {"batch_size": 2.5}}, "train.batch_size: input should be a valid integer, got 2.5"),
+        ({"train": {"batch_size": True}}, "train.batch_size"),
+        ({"train": {"batch_size": 0}}, "train.batch_size: input should be greater than or equal to 1"),
+        ({"model": {"discriminator_first_pool": 3}}, "model.discriminator_first_pool: input should be 2 or 4"),
+        ({"train": {"nproc": "many"}}, "train.nproc: input should be a valid integer; or input should be 'auto'"),
+        ({"prepare": {"size": [256, "x"]}}, "prepare.size[1]"),
+        ({"prepare": {"workers": -1}}, "prepare.workers"),
+        ({"colour": 1}, "unknown key colour"),
+        ({"train": 5}, "train: "),
+        ({"predict": {"blur_size": 4}}, "predict.blur_size: a Gaussian kernel needs an odd size"),
+        ({"package": {"algorithm": "../evil"}}, "package.algorithm"),
+        (
+            {"model": {"encoder_weights": "imagenet", "width": 0.5}},
+            "model.width: ImageNet VGG16 weights need width 1.0",
+        ),
+        ({"model": {"freeze_blocks": 3}}, "model.freeze_blocks: freezing needs pretrained encoder weights"),
+        ({"train": {"epochs": 5}}, "train.bce_epochs: must not exceed train.epochs 5, got 10"),
+        ({"prepare": {"size": [250, 192]}}, "prepare.size: expected [W, H], positive multiples of 16"),
+        ({"download": {"source": "https://me:secret@host/salicon"}}, "download.source: a URL with credentials"),
+    ],
+)
+def test_bad_keys_types_ranges_and_rules_are_named(data, message):
+    with pytest.raises(ConfigError) as error:
+        params_from_dict(data)
+    assert str(error.value).startswith(message), str(error.value)
+    assert "secret" not in str(error.value) or "credentials" not in message
+
+
+def test_ints_widen_to_float_and_nproc_accepts_both_forms():
+    params = params_from_dict({"train": {"alpha": 1, "nproc": 2}})
+    assert params.train.alpha == 1.0 and isinstance(params.train.alpha, float)
+    assert params_from_dict({"train": {"nproc": "auto"}}).train.nproc == "auto"
+
+
+def test_load_names_the_file_and_every_key_must_be_there(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochs": "ten"}}))
+    with pytest.raises(ConfigError, match=f"{path}: train.epochs"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "missing.yaml")
+    complete = to_dict(Params())
+    del complete["train"]["adagrad_epsilon"]
+    path.write_text(yaml.safe_dump(complete))
+    with pytest.raises(ConfigError, match=rf"{path}: missing key train.adagrad_epsilon; add it \(default: 1e-06\)"):
+        load_params(path)
+    assert load_params(path, require_all=False).train.adagrad_epsilon == 1e-6
+
+
+def test_round_trip_and_flatten():
+    params = params_from_dict({"train": {"epochs": 20}})
+    assert params_from_dict(to_dict(params)) == params
+    assert flatten(to_dict(params))["train.epochs"] == 20
+
+
+# --- overrides ------------------------------------------------------------------------------------------
+
+
+def test_overrides_are_typed_and_written_in_dvcs_grammar():
+    overrides = {"train.epochs": 5, "prepare": {"size": [64, 48]}, "download.source": "s3://bucket/p?x=1&y=2"}
+    assert override_args(overrides | {"train.alpha": 1, "package.format": "2015", "train.nproc": "auto"}) == [
+        "-S", "train.epochs=5", "-S", "prepare.size=[64,48]", "-S", "download.source='s3://bucket/p?x=1&y=2'",
+        "-S", "train.alpha=1.0", "-S", "package.format='2015'", "-S", "train.nproc='auto'",
+    ]  # fmt: skip
+    assert override_args({"train.compile": True, "train.adagrad_epsilon": 1e-6}) == [
+        "-S", "train.compile=true", "-S", "train.adagrad_epsilon=1e-06",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"dvc.yaml:stages.package.cmd": "'touch marker; salgan package'"}, "expected section.key of params.yaml"),
+        ({"/some/other/file.yaml:foo": 1}, "expected section.key of params.yaml"),
+        ({"+train.extra": 1}, "expected section.key"),
+        ({"train.epochs_": 1}, "unknown key"),
+        ({"download.source": "${oc.env:AWS_SECRET_ACCESS_KEY}"}, "DVC would read as override syntax"),
+        ({"download.source": "x'; touch y; '"}, "DVC would read as override syntax"),
+        ({"download.source": "a\nb"}, "DVC would read as override syntax"),
+        ({"train.epochs": "5"}, "override train.epochs: input should be a valid integer"),
+        ({"train.epochs": {"nested": 1}}, "expected section.key"),
+        ({"predict.blur_size": 4}, "override predict.blur_size: a Gaussian kernel needs an odd size"),
+        ({"download.source": "https://u:pw@host/x"}, "override download.source: a URL with credentials"),
+    ],
+)
+def test_unsafe_or_ill_typed_overrides_are_refused_with_the_key_and_reason(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("+", r"\+")):
+        override_args(overrides)
+
+
+def test_overrides_must_keep_the_rules_between_keys_of_the_settings_they_apply_to():
+    base = params_from_dict({"train": {"epochs": 30, "bce_epochs": 10}})
+    assert validate_overrides({"train.epochs": 20}, base) == {"train.epochs": 20}
+    with pytest.raises(ConfigError, match="override train.bce_epochs: must not exceed train.epochs 5"):
+        validate_overrides({"train.epochs": 5}, base)
+
+
+def test_parse_override_reads_the_value_as_yaml():
+    assert parse_override("prepare.size=[64, 48]") == ("prepare.size", [64, 48])
+    assert parse_override("download.source=s3://b/p") == ("download.source", "s3://b/p")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("train.epochs")
