@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.pipeline import (
     DOWNLOAD_RETRIES,
     add_set_argument,
+    checked_overrides,
     end_recorded_stage,
     parse_overrides,
     repro_command,
@@ -200,6 +201,7 @@ def salgan_retrain(
     """
     if refresh not in REFRESH_MODES:
         raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")
+    overrides = checked_overrides(overrides, workdir)  # before the refresh touches anything
     logger = get_run_logger()
     with workspace_lock(workdir, logger):
         refresh_task = refresh_data
