@@ -94,7 +94,7 @@ def run_promotion(params, metric: str, min_delta: float) -> dict[str, Any]:
 @task(name="promotion-gate", task_run_name="promotion-gate", cache_policy=NO_CACHE)
 def promotion_gate(workdir: str, metric: str, min_delta: float) -> dict[str, Any]:
     """Compare the registry's challenger with its champion on ``metric``; promote when it is better."""
-    from salgan.tracking import redact
+    from salgan.urls import redact_url
 
     logger = get_run_logger()
     params = workspace_params(workdir)
@@ -103,7 +103,7 @@ def promotion_gate(workdir: str, metric: str, min_delta: float) -> dict[str, Any
         return {"promoted": False, "reason": "MLflow is disabled in params.yaml", "metric": metric}
     logger.info(
         "promotion gate on %s (model %r, metric %s, min_delta %s)",
-        redact(params.mlflow.tracking_uri),
+        redact_url(params.mlflow.tracking_uri),
         params.mlflow.model_name,
         metric,
         min_delta,

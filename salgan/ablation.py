@@ -142,27 +142,25 @@ def show(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="salgan ablation",
-        description="Run the ablation (ImageNet vs random encoder, BCE-only vs adversarial) as DVC "
-        "experiments and print their metrics beside the seed paper's Table I.",
+    """``salgan ablation run|show`` (exit statuses: salgan/cli.py)."""
+    from salgan.cli import command_parser, run_command
+
+    parser = command_parser(
+        "ablation",
+        "Run the ablation (ImageNet vs random encoder, BCE-only vs adversarial) as DVC experiments and print "
+        "their metrics beside the seed paper's Table I.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one `dvc exp run` per arm")
     run.add_argument("--profile", help="partial params file applied to every arm, e.g. profiles/salicon-gpu.yaml")
     run.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run (default: all)")
-    run.add_argument("--params", default="params.yaml", help="base settings (default: params.yaml)")
     run.add_argument("--prefix", default="", help="prefix for the experiment names")
     run.add_argument("--queue", action="store_true", help="queue the runs (start them with `dvc queue start`)")
     run.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")
     show_parser = sub.add_parser("show", help="metrics of the workspace and experiments beside Table I")
     show_parser.add_argument("--prefix", default="", help="only experiments whose name starts with this")
     args = parser.parse_args(argv)
-    try:
-        return run_arms(args) if args.command == "run" else show(args)
-    except ConfigError as error:
-        print(f"salgan ablation: {error}", file=sys.stderr)
-        return 2
+    return run_command("ablation", lambda: run_arms(args) if args.command == "run" else show(args))
 
 
 if __name__ == "__main__":

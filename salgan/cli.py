@@ -1,13 +1,37 @@
-"""The ``salgan`` command: one subcommand per pipeline stage plus the registry and prediction tools.
+"""The ``salgan`` command, and the one command layer every subcommand uses.
 
-Each subcommand lives in its own module with a ``main(argv) -> int``; this file only dispatches, and
-imports a module when its command runs, so ``salgan --help`` stays fast and needs no optional package.
+Each subcommand lives in its own module with a ``main(argv) -> int`` built from :func:`command_parser`
+(``--params`` and the help text) and :func:`run_command`, which maps what went wrong to the exit status
+and a one-line message, the same way in every command:
+
+====== ============================================================================================
+status meaning
+====== ============================================================================================
+0      done
+1      an input is unusable (:class:`salgan.errors.InputError`, a missing file): the message names it
+2      the settings or the command line are invalid (:class:`salgan.errors.ConfigError`)
+3      anything else failed (the message says what; ``SALGAN_DEBUG=1`` shows the traceback)
+130    interrupted
+====== ============================================================================================
+
+Progress bars (:func:`progress`) show only on a terminal, on rank 0, and not with ``SALGAN_PROGRESS=0``.
+This file imports a subcommand's module only when it runs, so ``salgan --help`` stays fast and needs no
+optional package.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import logging
+import os
 import sys
+from collections.abc import Callable, Iterable
+
+from salgan.errors import ConfigError, InputError
+from salgan.urls import redact_text
+
+EXIT_INPUT, EXIT_SETTINGS, EXIT_FAILURE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,6 +47,78 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# --- the layer every subcommand uses ----------------------------------------------------------------------
+
+
+def command_parser(name: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """``salgan NAME``'s parser with the common ``--params`` option."""
+    parser = argparse.ArgumentParser(
+        prog=f"salgan {name}",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter if epilog and "\n" in epilog else argparse.HelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml", help="settings file (default: %(default)s)")
+    return parser
+
+
+def run_command(name: str, action: Callable[[], int | None]) -> int:
+    """Run a subcommand's work with the common logging, and turn its failure into a message and a status."""
+    setup_logging(name)
+
+    def report(message: str) -> None:
+        print(f"salgan {name}: {redact_text(message)}", file=sys.stderr)  # URLs may quote secrets
+
+    try:
+        return int(action() or 0)
+    except ConfigError as exc:
+        report(str(exc))
+        return EXIT_SETTINGS
+    except (InputError, FileNotFoundError) as exc:
+        report(_text(exc))
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        report("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 -- the last resort: one line, the traceback on request
+        if os.environ.get("SALGAN_DEBUG") == "1":
+            raise
+        report(f"failed: {type(exc).__name__}: {exc} (SALGAN_DEBUG=1 shows the traceback)")
+        return EXIT_FAILURE
+
+
+def _text(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError) and exc.filename:  # "[Errno 2] ..." -> "path: No such file ..."
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def setup_logging(name: str) -> None:
+    """This package's messages at INFO as ``name: message`` on stderr; other libraries' at WARNING."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format=f"{name}: %(message)s")
+    logging.getLogger("salgan").setLevel(logging.INFO)
+
+
+def show_progress() -> bool:
+    """Progress bars on a terminal only, on rank 0 only, and never with ``SALGAN_PROGRESS=0``."""
+    return sys.stderr.isatty() and os.environ.get("RANK", "0") == "0" and os.environ.get("SALGAN_PROGRESS", "1") != "0"
+
+
+def progress(iterable: Iterable | None = None, enabled: bool = True, **options):
+    """A tqdm bar (``options`` as tqdm's) shown when ``enabled`` and :func:`show_progress` allow, on
+    stderr, without tqdm's monitor thread (a thread makes forking worker pools unsafe)."""
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        monitor_interval = 0
+
+    return _Bar(iterable, file=sys.stderr, disable=not (enabled and show_progress()), **options)
+
+
+# --- the salgan command --------------------------------------------------------------------------------
+
+
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = [
@@ -34,7 +130,12 @@ def usage() -> str:
         "commands:",
     ]
     lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Run 'salgan COMMAND --help' for a command's own options."]
+    lines += [
+        "",
+        "Run 'salgan COMMAND --help' for a command's own options.",
+        "Exit status: 0 done, 1 an input is unusable, 2 invalid settings or usage, 3 another failure",
+        "(SALGAN_DEBUG=1 shows its traceback), 130 interrupted.",
+    ]
     return "\n".join(lines)
 
 
@@ -46,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"salgan: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -17,23 +17,22 @@ output as it was.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
 import shutil
 import stat
-import sys
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from salgan import fetch
 from salgan.atomic import atomic_directory
+from salgan.errors import InputError
 from salgan.fetch import FetchError, md5sum
-from salgan.settings import DEFAULT_PARAMS_FILE, ConfigError, DownloadParams, load_params
+from salgan.settings import ConfigError, DownloadParams, load_params
+from salgan.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ CHECKSUMS_FILE = "checksums.json"
 _NAME = re.compile(r"COCO_(train|val|test)2014_\d{12}\.(jpg|png|mat)")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(InputError):
     """The stage cannot produce a valid tree; the message names the file, entry or folder at fault."""
 
 
@@ -140,7 +139,7 @@ def run(params: DownloadParams, progress: bool = True) -> dict:
             for archive, path, _ in archives:
                 extract_archive(path, archive.kind, stage, progress)
             record = {"archives": [info for _, _, info in archives]}
-        record = {"source": redact(params.source), "type": kind, **record}
+        record = {"source": redact_url(params.source), "type": kind, **record}
         record["counts"] = check_layout(stage)
         (stage / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -283,7 +282,7 @@ def _from_mirror(archive: Archive, mirror: _Mirror, cache: Path) -> tuple[Archiv
     if name is None:
         tried = ", ".join((archive.filename, *archive.aliases))
         raise FetchError(
-            f"{redact(mirror.base)}: no {archive.kind} archive on the mirror (tried {tried}; "
+            f"{redact_url(mirror.base)}: no {archive.kind} archive on the mirror (tried {tried}; "
             "a missing object and one you may not read look the same)"
         )
     sidecars = _read_sidecars(mirror.read, CHECKSUMS_FILE)
@@ -292,7 +291,7 @@ def _from_mirror(archive: Archive, mirror: _Mirror, cache: Path) -> tuple[Archiv
     cached = _reuse_cached(dest, archive, sidecars, name)
     if cached:
         return archive, dest, cached
-    log.info("downloading %s/%s to %s", redact(mirror.base).rstrip("/"), name, dest)
+    log.info("downloading %s/%s to %s", redact_url(mirror.base).rstrip("/"), name, dest)
     mirror.download(name, dest)
     return archive, dest, _verify_download(dest, archive, sidecars, name)
 
@@ -417,7 +416,7 @@ def extract_archive(path: Path, kind: str, stage: Path, progress: bool = False) 
     (``COCO_val2014_...`` -> val), so the zip's own folder nesting does not matter; other entries
     (``__MACOSX/``, read-me files) are skipped.
     """
-    from tqdm import tqdm
+    from salgan.cli import progress as bar_for
 
     try:
         archive = zipfile.ZipFile(path)
@@ -428,7 +427,7 @@ def extract_archive(path: Path, kind: str, stage: Path, progress: bool = False) 
         for entry in entries:
             _check_entry(path, entry)
         written = 0
-        for entry in tqdm(entries, desc=f"extract {path.name}", unit="file", disable=None if progress else True):
+        for entry in bar_for(entries, enabled=progress, desc=f"extract {path.name}", unit="file"):
             target = _target(entry, kind, stage)
             if target is None:
                 continue
@@ -512,40 +511,28 @@ def _stems(folder: Path, ext: str) -> set[str]:
     }
 
 
-def redact(source: str) -> str:
-    """A source without credentials: user:password@ and query strings (signed URLs) are dropped."""
-    if not source.startswith(("http://", "https://")):
-        return source
-    parts = urlsplit(source)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 # --- command line -------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``salgan download [--params params.yaml]``: run the stage; 0 on success, 1 with a message otherwise."""
-    parser = argparse.ArgumentParser(
-        prog="salgan download",
-        description="Fetch the raw SALICON tree (or generate the offline sample) into download.output.",
+    """``salgan download [--params params.yaml]``: run the stage (exit statuses: salgan/cli.py)."""
+    from salgan.cli import command_parser, run_command
+
+    parser = command_parser(
+        "download",
+        "Fetch the raw SALICON tree (or generate the offline sample) into download.output.",
         epilog=SOURCES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="settings file (default: %(default)s)")
     args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="download: %(message)s")
-    try:
+
+    def work() -> int:
         params = load_params(args.params).download
         record = run(params, progress=True)
-    except (ConfigError, DownloadError, FetchError) as exc:
-        print(f"salgan download: error: {exc}", file=sys.stderr)
-        return 1
-    counts = ", ".join(f"{split} {c['images']}" for split, c in record["counts"].items())
-    print(f"download: {params.output} ready from {record['source']} (images: {counts})")
-    return 0
+        counts = ", ".join(f"{split} {c['images']}" for split, c in record["counts"].items())
+        print(f"download: {params.output} ready from {record['source']} (images: {counts})")
+        return 0
+
+    return run_command("download", work)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ paper's Fig. 4).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,22 +166,21 @@ def summary_table(metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="salgan evaluate",
-        description="Score the validation split with AUC-Judd, AUC-Borji, sAUC, NSS, CC, KLD, SIM and IG at "
-        "the original resolution, beside a centre-bias baseline and the ground-truth ceiling; write "
-        "reports/metrics.json, per_image.csv and examples.png, and register the model in MLflow.",
+    from salgan.cli import command_parser, run_command
+
+    parser = command_parser(
+        "evaluate",
+        "Score the validation split with AUC-Judd, AUC-Borji, sAUC, NSS, CC, KLD, SIM and IG at the original "
+        "resolution, beside a centre-bias baseline and the ground-truth ceiling; write reports/metrics.json, "
+        "per_image.csv and examples.png, and register the model in MLflow.",
     )
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    try:
-        metrics = evaluate(params)
-    except FileNotFoundError as error:
-        print(f"salgan evaluate: {error}", file=sys.stderr)
-        return 1
-    print(summary_table(metrics))
-    return 0
+
+    def work() -> int:
+        print(summary_table(evaluate(load_params(args.params))))
+        return 0
+
+    return run_command("evaluate", work)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from salgan.errors import InputError
+
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20  # for reading files
@@ -28,7 +30,7 @@ NET_CHUNK_SIZE = 64 << 10
 RETRY_DELAY_S = 2.0  # wait before retry n: n times this
 
 
-class FetchError(RuntimeError):
+class FetchError(InputError):
     """A download failed for good (missing file, refused access, retries spent); the message names it."""
 
 
@@ -81,18 +83,18 @@ class _Partial:
 
 def _write(chunks: Iterable[bytes], part: _Partial, total: int | None, progress: bool) -> None:
     """Append ``chunks`` to the partial file with a progress bar that starts at the bytes already there."""
-    from tqdm import tqdm
+    from salgan.cli import progress as bar_for
 
     with (
         open(part.path, "ab") as handle,
-        tqdm(
+        bar_for(
             total=total,
             initial=part.size(),
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
             desc=part.dest.name,
-            disable=not progress,
+            enabled=progress,
         ) as bar,
     ):
         for chunk in chunks:

@@ -17,25 +17,24 @@ here prints them. boto3 is imported when the command runs.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from salgan import fetch
 from salgan.download import CHECKSUMS_FILE, RELEASE
+from salgan.errors import InputError
 from salgan.fetch import FetchError
-from salgan.settings import DEFAULT_PARAMS_FILE, ConfigError, load_params
+from salgan.settings import load_params
 
 log = logging.getLogger(__name__)
 
 PART_SIZE_MIB = 64  # multipart part size; S3 allows 5 MiB to 5 GiB and 10,000 parts (images.zip is ~3 GB)
 
 
-class MirrorError(RuntimeError):
+class MirrorError(InputError):
     """The mirror cannot be written; the message names the file, object or setting at fault."""
 
 
@@ -109,7 +108,8 @@ def split_url(url: str) -> tuple[str, str]:
 def upload(client, item: Zip, bucket: str, key: str, part_size_mib: int, progress: bool) -> bool:
     """Upload one zip (multipart above one part); False when the mirror already holds it."""
     from boto3.s3.transfer import TransferConfig
-    from tqdm import tqdm
+
+    from salgan.cli import progress as bar_for
 
     head = fetch.s3_head(client, bucket, key)
     if head and head["ContentLength"] == item.size and head.get("Metadata", {}).get("md5") == item.md5:
@@ -118,8 +118,8 @@ def upload(client, item: Zip, bucket: str, key: str, part_size_mib: int, progres
     part = part_size_mib * 1024 * 1024
     config = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
     extra = {"ContentType": "application/zip", "Metadata": {"md5": item.md5, "sha256": item.sha256}}
-    with tqdm(
-        total=item.size, unit="B", unit_scale=True, unit_divisor=1024, desc=item.name, disable=not progress
+    with bar_for(
+        total=item.size, unit="B", unit_scale=True, unit_divisor=1024, desc=item.name, enabled=progress
     ) as bar:
         client.upload_file(str(item.path), bucket, key, ExtraArgs=extra, Config=config, Callback=bar.update)
     log.info("uploaded %s to s3://%s/%s (%d bytes, md5 %s)", item.path, bucket, key, item.size, item.md5)
@@ -183,10 +183,12 @@ def default_source(params_file: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``salgan mirror s3://bucket/prefix [--source DIR]``; 0 on success, 1 with a message otherwise."""
-    parser = argparse.ArgumentParser(
-        prog="salgan mirror",
-        description="Upload the raw SALICON zips to an S3 mirror with a checksums.json sidecar, so that "
+    """``salgan mirror s3://bucket/prefix [--source DIR]`` (exit statuses: salgan/cli.py)."""
+    from salgan.cli import command_parser, run_command
+
+    parser = command_parser(
+        "mirror",
+        "Upload the raw SALICON zips to an S3 mirror with a checksums.json sidecar, so that "
         "download.source: s3://bucket/prefix reads them back verified.",
         epilog="Credentials and endpoint come from the standard AWS settings: AWS_ACCESS_KEY_ID / "
         "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and AWS_ENDPOINT_URL for MinIO or another S3-compatible store.",
@@ -197,24 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="folder holding the zips (default: download.source if it is a folder, else download.cache_dir)",
     )
-    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="settings file (default: %(default)s)")
     parser.add_argument("--part-size-mib", type=int, default=PART_SIZE_MIB, help="multipart part size (MiB)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if not args.dest.startswith("s3://"):
         parser.error(f"destination {args.dest!r} is not an s3://bucket/prefix URL")
-    if not logging.getLogger().handlers:
-        # This package's progress at INFO; boto3's chatter (where it found credentials) stays below WARNING.
-        logging.basicConfig(level=logging.WARNING, format="mirror: %(message)s")
-        logging.getLogger("salgan").setLevel(logging.INFO)
-    try:
+
+    def work() -> int:
         source = args.source or default_source(args.params)
         sums = mirror(source, args.dest, part_size_mib=args.part_size_mib, progress=not args.no_progress)
-    except (ConfigError, MirrorError, FetchError) as exc:
-        print(f"salgan mirror: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"mirror: {args.dest.rstrip('/')} holds {', '.join(sorted(sums))} with {CHECKSUMS_FILE}")
-    return 0
+        print(f"mirror: {args.dest.rstrip('/')} holds {', '.join(sorted(sums))} with {CHECKSUMS_FILE}")
+        return 0
+
+    return run_command("mirror", work)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,11 @@ written beside the old one and swapped in only when complete.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime
 import hashlib
 import json
 import re
-import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -35,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from salgan.atomic import atomic_directory
+from salgan.errors import InputError
 from salgan.versions import sha256_file
 
 if TYPE_CHECKING:
@@ -46,7 +45,7 @@ MAX_LISTED = 5  # problems of one kind shown in an error message; the count says
 ALGORITHM_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class PackageError(RuntimeError):
+class PackageError(InputError):
     """The archive cannot be built; the message names the offending file or key."""
 
 
@@ -266,40 +265,36 @@ def _val_maps(params: Params, model: Path, given: str | Path | None, scratch: Pa
 # --- command line ----------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="salgan package",
-        description="Build the SALICON challenge submission in the package.output folder: format 2017 "
-        "(CodaLab: submission.zip of one 8-bit grey PNG per test image, named as the image) or 2015 "
-        "(salicon.net: results.zip with the val and test results JSON, base64 PNGs). manifest.json beside "
-        "the archive records the model and settings hashes.",
+def main(argv: list[str] | None = None) -> int:
+    """``salgan package`` (exit statuses: salgan/cli.py)."""
+    from salgan.cli import command_parser, run_command
+    from salgan.settings import load_params
+
+    parser = command_parser(
+        "package",
+        "Build the SALICON challenge submission in the package.output folder: format 2017 (CodaLab: "
+        "submission.zip of one 8-bit grey PNG per test image, named as the image) or 2015 (salicon.net: "
+        "results.zip with the val and test results JSON, base64 PNGs). manifest.json beside the archive "
+        "records the model and settings hashes.",
     )
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: %(default)s)")
     parser.add_argument("--predictions", help="folder of test-split PNGs (default: params predict.output)")
     parser.add_argument(
         "--val-predictions", help="2015 only: folder of val-split PNGs (default: predicted with --model)"
     )
     parser.add_argument("--model", help="model file hashed into the manifest (default: {train.output}/generator.pt)")
-    return parser
+    args = parser.parse_args(argv)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``salgan package``: 0 on success, 1 with a message naming the problem otherwise."""
-    from salgan.settings import ConfigError, load_params
-
-    args = build_parser().parse_args(argv)
-    try:
+    def work() -> int:
         params = load_params(args.params)
         predictions = args.predictions or params.predict.output
         model = args.model or str(Path(params.train.output) / "generator.pt")
         manifest = package(params, predictions, model, args.val_predictions)
-    except (ConfigError, PackageError) as exc:
-        print(f"salgan package: error: {exc}", file=sys.stderr)
-        return 1
-    counts = ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())
-    archive = Path(params.package.output) / manifest["archive"]
-    print(f"package: {counts} maps, format {manifest['format']} -> {archive} (manifest beside it)")
-    return 0
+        counts = ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())
+        archive = Path(params.package.output) / manifest["archive"]
+        print(f"package: {counts} maps, format {manifest['format']} -> {archive} (manifest beside it)")
+        return 0
+
+    return run_command("package", work)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from salgan.errors import InputError
 from salgan.inference import default_device, predict_batches, to_uint8
-from salgan.settings import ConfigError, Params, load_params
+from salgan.settings import Params, PredictParams, load_params, validate_section
+from salgan.urls import redact_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_SIZE = (256, 192)  # (W, H): the paper's input when the model does not say
@@ -43,7 +45,7 @@ GLOB_CHARS = set("*?[")
 RESAMPLE = Image.Resampling.BILINEAR  # as the prepare stage, so inputs look like the training data
 
 
-class ModelError(RuntimeError):
+class ModelError(InputError):
     """The --model argument cannot be loaded; the message names it."""
 
 
@@ -84,9 +86,7 @@ def load_model(uri: str, params: Params, size: tuple[int, int] | None) -> tuple[
             try:
                 local = download_model(uri, params, Path(tmp))
             except Exception as exc:  # MlflowException, botocore and HTTP errors alike: the URI is unusable
-                from salgan.tracking import scrub
-
-                raise ModelError(f"--model {uri}: cannot fetch the MLflow model: {scrub(str(exc))}") from None
+                raise ModelError(f"--model {uri}: cannot fetch the MLflow model: {redact_text(str(exc))}") from None
             generator, model_size = _from_mlflow_dir(local)
     else:
         raise ModelError(f"--model {uri}: no such file or directory, and not an MLflow URI")
@@ -327,13 +327,13 @@ def predict_files(
 ) -> tuple[int, list[str]]:
     """Predict every job in batches; returns the number written and the errors (path: reason) of the
     inputs that were skipped."""
-    from tqdm import tqdm
+    from salgan.cli import progress
 
     device = device or default_device()
     generator = generator.to(device).eval()
     errors: list[str] = []
     written = 0
-    with tqdm(total=len(jobs), unit="image", desc="predict", disable=None) as bar:
+    with progress(total=len(jobs), unit="image", desc="predict") as bar:
         for start in range(0, len(jobs), batch_size):
             batch: list[Loaded] = []
             for job in jobs[start : start + batch_size]:
@@ -362,8 +362,8 @@ def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder:
     names = json.loads((root / "names.json").read_text())
     sizes = np.load(root / "original_sizes.npy")
     if not len(names) == len(images) == len(sizes):
-        raise ValueError(f"{root}: names.json, images.npy and original_sizes.npy disagree on the image count")
-    from tqdm import tqdm
+        raise InputError(f"{root}: names.json, images.npy and original_sizes.npy disagree on the image count")
+    from salgan.cli import progress
 
     maps = predict_batches(generator, images, sizes, params.predict.batch_size, params.predict.blur_size)
     pairs = zip(names, maps, strict=True)
@@ -372,7 +372,7 @@ def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder:
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: collections.deque = collections.deque()
-        for name, saliency in tqdm(pairs, total=len(names), unit="image", desc=f"predict {split}", disable=None):
+        for name, saliency in progress(pairs, total=len(names), unit="image", desc=f"predict {split}"):
             pending.append(pool.submit(Image.fromarray(to_uint8(saliency), mode="L").save, folder / f"{name}.png"))
             if len(pending) > 4 * workers:
                 pending.popleft().result()
@@ -405,16 +405,17 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="salgan predict",
-        description="Saliency maps. Without INPUTS: the predict stage (test split of the prepared data, "
-        "generator from train.output, maps into predict.output). With INPUTS: maps for your images from "
-        "a registry model, an MLflow model or a weights file, written as 8-bit grey PNGs at each image's "
-        "own size. MLflow URIs use MLFLOW_TRACKING_URI, else mlflow.tracking_uri in params.yaml.",
+    from salgan.cli import command_parser
+
+    parser = command_parser(
+        "predict",
+        "Saliency maps. Without INPUTS: the predict stage (test split of the prepared data, generator from "
+        "train.output, maps into predict.output). With INPUTS: maps for your images from a registry model, an "
+        "MLflow model or a weights file, written as 8-bit grey PNGs at each image's own size. MLflow URIs use "
+        "MLFLOW_TRACKING_URI, else mlflow.tracking_uri in params.yaml (its defaults outside a checkout).",
         epilog="example: salgan predict --model models:/salgan@champion --output maps --overlay photos/",
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUTS", help="image files, directories and globs")
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
     parser.add_argument(
         "--model",
         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, models:/m-ID, an MLflow model "
@@ -422,47 +423,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", type=Path, help="folder for the maps (required with INPUTS)")
     parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.jpg heat maps")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default: 16)")
-    parser.add_argument("--blur", type=int, default=5, help="Gaussian blur kernel size, 0: none (default: 5)")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: predict.batch_size)")
+    parser.add_argument("--blur", type=int, help="Gaussian blur kernel size, 0: none (default: predict.blur_size)")
     parser.add_argument("--size", type=parse_size, help="model input WxH (default: the model's own, else 256x192)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     return parser
 
 
-def _load_params(path: str, required: bool) -> Params:
-    """params.yaml; tool mode runs outside the repository too, with the defaults."""
-    if not required and not Path(path).is_file():
-        return Params()
-    return load_params(path)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from salgan.cli import run_command
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        params = _load_params(args.params, required=not args.inputs)
-    except ConfigError as exc:
-        print(f"salgan predict: {exc}", file=sys.stderr)
-        return 2
-    if not args.inputs:
-        if args.model or args.output or args.overlay:
-            parser.error("--model, --output and --overlay need INPUTS (without INPUTS this is the DVC stage)")
-        return _stage_main(params)
-    if args.output is None:
+    if not args.inputs and (args.model or args.output or args.overlay):
+        parser.error("--model, --output and --overlay need INPUTS (without INPUTS this is the DVC stage)")
+    if args.inputs and args.output is None:
         parser.error("--output DIR is required with INPUTS")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
-    return _tool_main(args, params)
+    if not args.inputs:
+        return run_command("predict", lambda: _stage_main(load_params(args.params)))
+    return run_command("predict", lambda: _tool_main(args))
 
 
 def _stage_main(params: Params) -> int:
-    try:
-        files = run_stage(params)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"salgan predict: {exc}", file=sys.stderr)
-        return 1
+    files = run_stage(params)
     print(f"wrote {len(files)} maps to {params.predict.output}")
     if params.mlflow.enabled:
         from salgan.tracking import record_prediction
@@ -471,17 +456,19 @@ def _stage_main(params: Params) -> int:
     return 0
 
 
-def _tool_main(args: argparse.Namespace, params: Params) -> int:
+def _tool_main(args: argparse.Namespace) -> int:
+    """Tool mode: params.yaml where there is one (tracking URI, model name, batch and blur defaults)."""
+    params = load_params(args.params, require_all=False) if Path(args.params).is_file() else Params()
+    given = {"batch_size": args.batch_size, "blur_size": args.blur}
+    given = {key: value for key, value in given.items() if value is not None}
+    # The command-line values pass the same checks as params.yaml's (an even blur kernel is refused).
+    options = validate_section(PredictParams, params.predict.model_dump() | given, "predict option ")
     model = args.model or f"models:/{params.mlflow.model_name}@champion"
-    try:
-        generator, size = load_model(model, params, args.size)
-    except ModelError as exc:
-        print(f"salgan predict: {exc}", file=sys.stderr)
-        return 1
+    generator, size = load_model(model, params, args.size)
     jobs, errors = collect(args.inputs, exclude=args.output)
     device = default_device() if args.device == "auto" else torch.device(args.device)
     written, failed = predict_files(
-        generator, jobs, args.output, size, args.batch_size, args.blur, args.overlay, device
+        generator, jobs, args.output, size, options.batch_size, options.blur_size, args.overlay, device
     )
     errors += failed
     for error in errors:

@@ -16,7 +16,6 @@ stage has succeeded, so a failed run leaves the previous output intact.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import multiprocessing
@@ -31,9 +30,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from salgan.atomic import atomic_directory
+from salgan.errors import InputError
 from salgan.fixations import load_fixations_mat
 from salgan.versions import split_version_of_files
 
@@ -49,7 +48,7 @@ RESAMPLE = Image.Resampling.BILINEAR  # Pillow's BILINEAR widens its support whe
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class PrepareError(RuntimeError):
+class PrepareError(InputError):
     """The stage cannot produce its output; the message names the offending file."""
 
 
@@ -294,9 +293,7 @@ def _check_same_size(path: Path, shape: Sequence[int], original: tuple[int, int]
 
 
 def resolve_workers(workers: int) -> int:
-    """``prepare.workers``: 0 means one process per usable core."""
-    if workers < 0:
-        raise PrepareError(f"prepare.workers: must be 0 (one per core) or more, got {workers}")
+    """``prepare.workers``: 0 means one process per usable core (the schema rejects negative counts)."""
     if workers:
         return workers
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -416,17 +413,10 @@ def _run_jobs(
     return sorted(results, key=lambda r: r.index)
 
 
-class _Bar(tqdm):
-    """tqdm without its monitor thread.
+def _bar(total: int, desc: str, progress: bool):
+    from salgan.cli import progress as bar_for
 
-    The thread would make forking unsafe (see _pool) and is not needed: the bar moves once per chunk.
-    """
-
-    monitor_interval = 0
-
-
-def _bar(total: int, desc: str, progress: bool) -> tqdm:
-    return _Bar(total=total, desc=desc, unit="img", disable=None if progress else True, file=sys.stderr)
+    return bar_for(total=total, desc=desc, unit="img", enabled=progress)
 
 
 def _checked(results: list[ItemResult], stop_on_bad: bool) -> list[ItemResult]:
@@ -489,34 +479,29 @@ def _save_fixations(path: Path, per_image: list[np.ndarray]) -> int:
 # --- command line ---------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="salgan prepare",
-        description="Decode and resize the raw SALICON tree (prepare.input) into the arrays of "
-        "docs/data-layout.md under prepare.output: images and maps at prepare.size, names, original sizes, "
-        "fixations at the original resolution, and full-size val maps for scoring.",
-        epilog="Settings (params.yaml, section 'prepare'): input, output, size [W, H], skip_bad "
-        "(skip unreadable files and list them in report.json instead of stopping), "
-        "workers (0: one per core).",
-    )
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: %(default)s)")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``salgan prepare``: run the stage; 0 on success, 1 with a message naming the bad file otherwise."""
-    from salgan.settings import ConfigError, load_params
+    """``salgan prepare``: run the stage (exit statuses: salgan/cli.py)."""
+    from salgan.cli import command_parser, run_command
+    from salgan.settings import load_params
 
-    args = build_parser().parse_args(argv)
-    try:
+    parser = command_parser(
+        "prepare",
+        "Decode and resize the raw SALICON tree (prepare.input) into the arrays of docs/data-layout.md under "
+        "prepare.output: images and maps at prepare.size, names, original sizes, fixations at the original "
+        "resolution, and full-size val maps for scoring.",
+        epilog="Settings (params.yaml, section 'prepare'): input, output, size [W, H], skip_bad (skip unreadable "
+        "files and list them in report.json instead of stopping), workers (0: one per core).",
+    )
+    args = parser.parse_args(argv)
+
+    def work() -> int:
         params = load_params(args.params).prepare
         report = prepare(params)
-    except (ConfigError, PrepareError) as exc:
-        print(f"salgan prepare: error: {exc}", file=sys.stderr)
-        return 1
-    summary = ", ".join(f"{split} {c['images']}" for split, c in report["splits"].items())
-    print(f"prepare: {summary} images -> {params.output} ({len(report['skipped'])} skipped)")
-    return 0
+        summary = ", ".join(f"{split} {c['images']}" for split, c in report["splits"].items())
+        print(f"prepare: {summary} images -> {params.output} ({len(report['skipped'])} skipped)")
+        return 0
+
+    return run_command("prepare", work)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ deleted, so ``models:/salgan@champion`` keeps resolving throughout; the replaced
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from salgan.settings import ConfigError, MlflowParams, Params, load_params
+from salgan.errors import InputError
+from salgan.settings import Params, load_params
 from salgan.versions import DATA_VERSION_TAG
 
 if TYPE_CHECKING:
@@ -33,7 +32,7 @@ LIST_METRICS = ("nss", "cc", "auc_judd", "auc_shuffled", "sim", "kld", "informat
 Rescore = Callable[[str], dict[str, float]]
 
 
-class PromotionError(RuntimeError):
+class PromotionError(InputError):
     """Promotion cannot decide: no challenger, a version lacks the metric, or the data differ."""
 
 
@@ -238,23 +237,15 @@ def _format_tag(value: str | None) -> str:
         return value
 
 
-def _params(path: str) -> Params:
-    """params.yaml when present (for the tracking URI and model name); defaults otherwise."""
-    try:
-        return load_params(path)
-    except ConfigError as exc:
-        if "no such params file" in str(exc):
-            return Params(mlflow=MlflowParams())
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="salgan registry",
-        description="The MLflow model registry of SalGAN versions. The tracking URI is MLFLOW_TRACKING_URI "
-        "when set, else mlflow.tracking_uri in params.yaml.",
+    """``salgan registry list|promote`` (exit statuses: salgan/cli.py)."""
+    from salgan.cli import command_parser, run_command
+
+    parser = command_parser(
+        "registry",
+        "The MLflow model registry of SalGAN versions. The tracking URI is MLFLOW_TRACKING_URI when set, else "
+        "mlflow.tracking_uri in params.yaml (its defaults where there is no params.yaml).",
     )
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="versions, aliases and key metrics as a table")
     listing.add_argument("--name", help="registered model name (default: mlflow.model_name)")
@@ -269,31 +260,21 @@ def main(argv: list[str] | None = None) -> int:
         "--min-delta", type=float, default=0.0, help="required improvement, strictly exceeded (default: 0)"
     )
     args = parser.parse_args(argv)
-    try:
-        params = _params(args.params)
-    except ConfigError as exc:
-        print(f"salgan registry: {exc}", file=sys.stderr)
-        return 2
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    from salgan.tracking import configure
+    def work() -> int:
+        from mlflow import MlflowClient
 
-    name = args.name or params.mlflow.model_name
-    try:
+        from salgan.tracking import configure
+
+        params = load_params(args.params, require_all=False) if Path(args.params).is_file() else Params()
+        name = args.name or params.mlflow.model_name
         if args.command == "list":
             print(list_versions(MlflowClient(configure(params)), name))
         else:
             print(describe(gate(params, args.metric, args.min_delta, name)))
-    except PromotionError as exc:
-        print(f"salgan registry: {exc}", file=sys.stderr)
-        return 1
-    except MlflowException as exc:
-        from salgan.tracking import scrub
+        return 0
 
-        print(f"salgan registry: MLflow error: {scrub(str(exc))}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("registry", work)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
-from tqdm import tqdm
 
 from salgan.metrics import METRIC_NAMES, Fixations, PreparedMap, image_metrics
 
@@ -192,7 +191,9 @@ def score_split(
     log2_baseline = PreparedMap(baseline_map, "baseline_map", shape=shape).log2_density
 
     rows = []
-    for i in tqdm(range(n_images), desc="scoring", unit="img", disable=None if progress else True):
+    from salgan.cli import progress as bar_for
+
+    for i in bar_for(range(n_images), enabled=progress, desc="scoring", unit="img"):
         label = f"image {i}" + (f" ({names[i]})" if names is not None else "")
         try:
             fix = Fixations.from_flat_indices(flat[offs[i] : offs[i + 1]], shape, "fixations")

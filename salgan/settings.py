@@ -24,13 +24,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from salgan.errors import ConfigError
+
+__all__ = ["ConfigError", "Params", "load_params", "override_args", "params_from_dict", "validate_overrides"]
+
 DEFAULT_PARAMS_FILE = "params.yaml"
 SPLITS = ("train", "val", "test")
 ALGORITHM_NAME = r"[A-Za-z0-9_.-]+"  # goes into file names inside the 2015 submission
-
-
-class ConfigError(ValueError):
-    """A settings file or override is invalid; the message names the file or key and the reason."""
 
 
 class Section(BaseModel):
@@ -271,6 +271,15 @@ def nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+def validate_section(section: type[Section], values: Mapping, prefix: str = "") -> Section:
+    """One section's values checked as params.yaml's are (what a command-line option sets, an override);
+    the error is ``prefix`` + ``key: reason``."""
+    try:
+        return section.model_validate(dict(values))
+    except ValidationError as exc:
+        raise ConfigError(f"{prefix}{_describe(exc)}") from None
+
+
 def _describe(exc: ValidationError) -> str:
     """The first problem of a pydantic error as ``key: reason``, union alternatives merged."""
     first = exc.errors()[0]
@@ -340,12 +349,10 @@ def validate_overrides(overrides: Mapping[str, Any] | None, base: Params | None 
         if key not in known:
             raise ConfigError(f"override {key}: unknown key (params.yaml has no {key})")
         _check_plain(key, value)
-    checked = {}
-    for section, values in nest(flat).items():
-        try:
-            checked[section] = Params.model_fields[section].annotation.model_validate(values)
-        except ValidationError as exc:
-            raise ConfigError(f"override {section}.{_describe(exc)}") from None
+    checked = {
+        section: validate_section(Params.model_fields[section].annotation, values, f"override {section}.")
+        for section, values in nest(flat).items()
+    }
     if base is not None:
         try:
             params_from_dict(nest(flatten(to_dict(base)) | flat))

@@ -18,14 +18,12 @@ import contextlib
 import json
 import math
 import os
-import re
 import subprocess
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow import MlflowClient
@@ -33,6 +31,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from salgan.settings import Params, flatten, to_dict
+from salgan.urls import redact_text, redact_url
 from salgan.versions import DATA_VERSION_TAG
 
 if TYPE_CHECKING:
@@ -50,7 +49,6 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-USERINFO = re.compile(r"://[^/@\s]+@")
 RETRY_SECONDS = 60.0  # while the server is unreachable, training tries again at most this often
 
 
@@ -83,16 +81,6 @@ def tracking_uri(params: Params) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
 
 
-def redact(uri: str) -> str:
-    """A URI fit for logs and files: any ``user:password@`` part is dropped."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def configure(params: Params) -> str:
     """Short HTTP timeouts (unless set) and the tracking URI for the fluent API; returns the URI."""
     for key, value in HTTP_DEFAULTS.items():
@@ -116,7 +104,7 @@ def recorded_run_id(params: Params) -> str | None:
     except (OSError, ValueError) as exc:
         warnings.warn(f"{path}: unreadable MLflow run record ({exc}); starting a new run", stacklevel=2)
         return None
-    if record.get("tracking_uri") not in (None, redact(tracking_uri(params))):
+    if record.get("tracking_uri") not in (None, redact_url(tracking_uri(params))):
         return None  # made against another store: that run id means nothing here
     return record.get("run_id")
 
@@ -124,21 +112,16 @@ def recorded_run_id(params: Params) -> str | None:
 def _write_run_file(params: Params, run_id: str, experiment_id: str) -> None:
     path = run_file(params)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact(tracking_uri(params))}
+    record = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact_url(tracking_uri(params))}
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)
 
 
-def scrub(text: str) -> str:
-    """``text`` with the ``user:password@`` part of every URL in it removed (error messages quote URLs)."""
-    return USERINFO.sub("://", text)
-
-
 def _warn(action: str, exc: BaseException, uri: str) -> None:
-    first_line = scrub(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+    first_line = redact_text(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
     warnings.warn(
-        f"MLflow at {redact(uri)}: could not {action} ({first_line[:300]}); carrying on without it",
+        f"MLflow at {redact_url(uri)}: could not {action} ({first_line[:300]}); carrying on without it",
         TrackingUnavailableWarning,
         stacklevel=3,
     )
@@ -246,7 +229,7 @@ class TrainingTracker:
                 _warn(action, exc, self.uri)
         else:
             if self.failed_at is not None and self.warned:
-                print(f"MLflow at {redact(self.uri)} answers again; logging resumed")
+                print(f"MLflow at {redact_url(self.uri)} answers again; logging resumed")
             self.failed_at = None
 
     def _open(self) -> None:
@@ -366,7 +349,7 @@ def record_evaluation(
     except TRACKING_ERRORS as exc:
         _warn("record the evaluation and register the model", exc, uri)
         return None
-    print(f"registered {params.mlflow.model_name} version {version} (alias {CHALLENGER}) in {redact(uri)}")
+    print(f"registered {params.mlflow.model_name} version {version} (alias {CHALLENGER}) in {redact_url(uri)}")
     return version
 
 

@@ -14,7 +14,6 @@ the other ranks receive its decision and state.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -31,6 +30,7 @@ from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint
 from salgan.atomic import write_atomic
+from salgan.cli import progress
 from salgan.data import PreparedSplit, images_to_float, load_split, maps_to_float
 from salgan.distributed import (
     DistInfo,
@@ -264,13 +264,7 @@ def epoch_batches(sampler: DistributedSampler, epoch: int, per_rank: int, device
 
 
 def _progress(batches: list, adversarial: bool):
-    if not (sys.stderr.isatty() and int(os.environ.get("RANK", "0")) == 0):
-        return batches
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return batches
-    return tqdm(batches, desc="adversarial" if adversarial else "bce", leave=False, unit="batch")
+    return progress(batches, desc="adversarial" if adversarial else "bce", leave=False, unit="batch")
 
 
 @torch.no_grad()
@@ -509,21 +503,26 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="salgan train",
-        description="Train SalGAN from the prepared data: train.bce_epochs of BCE pre-training, then "
-        "adversarial training (G and D alternating batch by batch, as the original code). Resumes from "
-        "the checkpoint in train.output when it was made from the same settings, data and code; with "
-        "train.nproc > 1 (or auto on a multi-GPU machine) it relaunches under torchrun.",
+    from salgan.cli import command_parser, run_command
+
+    parser = command_parser(
+        "train",
+        "Train SalGAN from the prepared data: train.bce_epochs of BCE pre-training, then adversarial training "
+        "(G and D alternating batch by batch, as the original code). Resumes from the checkpoint in "
+        "train.output when it was made from the same settings, data and code; with train.nproc > 1 (or auto "
+        "on a multi-GPU machine) it relaunches under torchrun.",
     )
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    if not under_torchrun():
-        nproc = resolve_nproc(params.train.nproc, resolve_device(params.train.device))
-        if nproc > 1:
-            return launch_torchrun(nproc, ["--params", args.params])
-    return run(params)
+
+    def work() -> int:
+        params = load_params(args.params)
+        if not under_torchrun():
+            nproc = resolve_nproc(params.train.nproc, resolve_device(params.train.device))
+            if nproc > 1:
+                return launch_torchrun(nproc, ["--params", args.params])
+        return run(params)
+
+    return run_command("train", work)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from salgan.download import ArchiveError, ChecksumError, LayoutError
 from salgan.fetch import FetchError
 from salgan.sample import generate_sample, write_release_zips
 from salgan.settings import DownloadParams
+from salgan.urls import redact_url
 from tests.conftest import write_params_file
 
 
@@ -379,7 +380,7 @@ def test_http_mirror_source(tmp_path, tree, zips, http_server):
 
 
 def test_source_json_has_no_credentials():
-    assert download.redact("https://user:secret@host:8443/prefix/?X-Amz-Signature=abc") == "https://host:8443/prefix/"
+    assert redact_url("https://user:secret@host:8443/prefix/?X-Amz-Signature=abc") == "https://host:8443/prefix/"
 
 
 # --- S3 through moto's server -------------------------------------------------------------------

@@ -177,5 +177,5 @@ def test_2015_without_a_usable_model_names_it(setup: dict, capsys) -> None:
 def test_unsafe_algorithm_name_is_rejected(setup: dict, capsys) -> None:
     path = write_params(setup, "2015")
     path.write_text(path.read_text().replace("algorithm: salgan", "algorithm: ../evil"))
-    assert stage.main(["--params", str(path)]) == 1
+    assert stage.main(["--params", str(path)]) == 2  # a settings error, as in every command
     assert "package.algorithm" in capsys.readouterr().err

@@ -21,9 +21,9 @@ from salgan.tracking import (
     TrackingUnavailableWarning,
     TrainingTracker,
     record_evaluation,
-    redact,
 )
 from salgan.train import run
+from salgan.urls import redact_url
 from tests.conftest import tiny_params
 
 DVC_LOCK = """schema: '2.0'
@@ -144,7 +144,7 @@ def test_unreachable_server_costs_one_warning(tmp_path, monkeypatch):
         assert record_evaluation(params, METRICS, BASELINES, [], tmp_path / "models" / "generator.pt") is None
     messages = [str(w.message) for w in caught if issubclass(w.category, TrackingUnavailableWarning)]
     assert len(messages) == 2  # one for training, one for the evaluation
-    assert all(redact(uri) in m and "secret" not in m for m in messages)
+    assert all(redact_url(uri) in m and "secret" not in m for m in messages)
     assert (tmp_path / "models" / "generator.pt").is_file()
     assert len(json.loads((tmp_path / "models" / "history.json").read_text())) == 1
     assert not (tmp_path / "models" / RUN_FILE).exists()

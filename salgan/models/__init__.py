@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from salgan.errors import InputError
 from salgan.models.discriminator import Discriminator
 from salgan.models.generator import IMAGENET_MEAN, IMAGENET_STD, Generator, infer_width
 
@@ -25,7 +26,7 @@ VGG16_IMAGENET_FILE = "vgg16-397923af.pth"
 VGG16_IMAGENET_URL = f"https://download.pytorch.org/models/{VGG16_IMAGENET_FILE}"
 
 
-class EncoderWeightsError(RuntimeError):
+class EncoderWeightsError(InputError):
     """Encoder weights could not be found or do not fit the encoder."""
 
 
