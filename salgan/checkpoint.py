@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from salgan.atomic import atomic_file
+from salgan.layout import atomic_file
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

@@ -7,12 +7,13 @@ a uint8 -> float conversion on the device.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from salgan.layout import LABELLED_SPLITS, read_split
 
 
 @dataclass
@@ -31,22 +32,16 @@ class PreparedSplit:
 
 
 def load_split(root: str | Path, split: str, device: torch.device | str = "cpu") -> PreparedSplit:
-    """Read ``root/split`` into tensors on ``device`` (pinned host memory when the device is a GPU)."""
-    folder = Path(root) / split
-    images_path = folder / "images.npy"
-    if not images_path.is_file():
-        raise FileNotFoundError(f"{images_path}: prepared images not found; run the prepare stage first")
-    names = json.loads((folder / "names.json").read_text())
-    images = _to_device(np.load(images_path), device)
-    maps_path = folder / "maps.npy"
-    maps = _to_device(np.load(maps_path), device) if maps_path.is_file() else None
-    if len(names) != images.shape[0] or (maps is not None and maps.shape[0] != images.shape[0]):
-        raise ValueError(f"{folder}: names.json, images.npy and maps.npy disagree on the number of images")
-    return PreparedSplit(images, maps, names)
+    """Read ``root/split`` (:func:`salgan.layout.read_split`) into tensors on ``device`` (pinned host memory
+    when the device is a GPU)."""
+    arrays = read_split(root, split, *(["maps"] if split in LABELLED_SPLITS else []))
+    maps = None if arrays.maps is None else _to_device(arrays.maps, device)
+    return PreparedSplit(_to_device(arrays.images, device), maps, arrays.names)
 
 
 def _to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    """The whole (memory-mapped) array read into memory once, then onto ``device``."""
+    tensor = torch.from_numpy(np.array(array))
     if torch.device(device).type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from salgan import fetch
-from salgan.atomic import atomic_directory
 from salgan.errors import InputError
 from salgan.fetch import FetchError, md5sum
+from salgan.layout import atomic_directory
 from salgan.settings import ConfigError, DownloadParams, load_params
 from salgan.urls import redact_url
 

@@ -8,7 +8,7 @@ Information gain is measured against the density of the training fixations (blur
 uniform map so that no pixel has zero probability).
 
 Outputs: ``reports/metrics.json`` (means, ``data_version``: the val split's version from
-:mod:`salgan.versions`, and ``baselines.center_bias`` / ``baselines.ground_truth``),
+:mod:`salgan.layout`, and ``baselines.center_bias`` / ``baselines.ground_truth``),
 ``reports/per_image.csv`` and ``reports/examples.png`` (image / ground truth / prediction rows, the seed
 paper's Fig. 4).
 """
@@ -22,38 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from salgan.inference import predict_batches
+from salgan.layout import ModelFiles, ReportFiles, SplitArrays, atomic_file, read_split, split_version, write_atomic
 from salgan.metrics import center_bias_map
 from salgan.scoring import fixation_density_baseline, score_split
 from salgan.settings import Params, load_params
-from salgan.versions import split_version
 
-GENERATOR_FILE = "generator.pt"
 UNIFORM_MIX = 0.01
-
-
-def load_val(data: Path) -> dict:
-    """The val split's arrays from the prepared tree (docs/data-layout.md)."""
-    folder = data / "val"
-    fixations = np.load(folder / "fixations.npz")
-    return {
-        "images": np.load(folder / "images.npy", mmap_mode="c"),  # copy-on-write: torch wants writable
-        "maps": np.load(folder / "maps.npy", mmap_mode="r"),
-        "maps_full": np.load(folder / "maps_full.npy", mmap_mode="r"),
-        "names": json.loads((folder / "names.json").read_text()),
-        "original_sizes": np.load(folder / "original_sizes.npy"),
-        "coords": fixations["coords"],
-        "offsets": fixations["offsets"],
-    }
 
 
 def ig_baseline(data: Path, shape: tuple[int, int], sigma_fraction: float) -> np.ndarray:
     """Training-fixation density at ``shape``: a centre prior learnt from data, as the MIT IG baseline."""
-    train = data / "train"
-    fixations = np.load(train / "fixations.npz")
+    train = read_split(data, "train", "fixations")
     sigma = sigma_fraction * float(np.hypot(*shape))
-    density = fixation_density_baseline(
-        fixations["coords"], fixations["offsets"], shape, sigma, np.load(train / "original_sizes.npy")
-    )
+    density = fixation_density_baseline(train.coords, train.offsets, shape, sigma, train.original_sizes)
     return (1 - UNIFORM_MIX) * density + UNIFORM_MIX / density.size
 
 
@@ -72,14 +53,14 @@ def example_grid(images: np.ndarray, gt_maps: np.ndarray, predictions: list[np.n
     return grid
 
 
-def scoring_inputs(params: Params) -> tuple[dict, dict]:
-    """The val split (:func:`load_val`) and the keyword arguments every score of it shares."""
+def scoring_inputs(params: Params) -> tuple[SplitArrays, dict]:
+    """The val split and the keyword arguments every score of it shares."""
     data = Path(params.train.data)
-    val = load_val(data)
-    shape = tuple(int(s) for s in val["maps_full"].shape[1:])
+    val = read_split(data, "val", "maps", "maps_full", "fixations")
+    shape = tuple(int(s) for s in val.maps_full.shape[1:])
     common = {
-        "fixations": val["coords"],
-        "offsets": val["offsets"],
+        "fixations": val.coords,
+        "offsets": val.offsets,
         "baseline_map": ig_baseline(data, shape, params.evaluate.ig_baseline_sigma),
         "n_splits": params.evaluate.n_splits,
         "sauc_other_images": params.evaluate.sauc_other_images,
@@ -87,7 +68,7 @@ def scoring_inputs(params: Params) -> tuple[dict, dict]:
     return val, common
 
 
-def score_generator(generator, params: Params, val: dict | None = None, common: dict | None = None):
+def score_generator(generator, params: Params, val: SplitArrays | None = None, common: dict | None = None):
     """Score ``generator`` on the val split after the test maps' post-processing.
 
     Returns (per-image rows, means, predictions). The promotion gate scores a registered model with it,
@@ -101,14 +82,14 @@ def score_generator(generator, params: Params, val: dict | None = None, common: 
     predictions = list(
         predict_batches(
             generator,
-            val["images"],
-            val["original_sizes"],
+            val.images,
+            val.original_sizes,
             params.evaluate.batch_size,
             params.predict.blur_size,
             device,
         )
     )
-    rows, means = score_split(predictions, val["maps_full"], names=val["names"], **common)
+    rows, means = score_split(predictions, val.maps_full, names=val.names, **common)
     return rows, means, predictions
 
 
@@ -118,12 +99,11 @@ def evaluate(params: Params) -> dict:
 
     cfg = params.evaluate
     val, common = scoring_inputs(params)
-    generator_path = Path(params.train.output) / GENERATOR_FILE
+    generator_path = ModelFiles(Path(params.train.output)).generator
     rows, means, predictions = score_generator(load_generator(generator_path), params, val, common)
-    shape = val["maps_full"].shape[1:]
-    center = center_bias_map(shape, cfg.center_bias_sigma)
-    _, center_means = score_split([center] * len(predictions), val["maps_full"], progress=False, **common)
-    _, ceiling = score_split(list(val["maps_full"]), val["maps_full"], progress=False, **common)
+    center = center_bias_map(val.maps_full.shape[1:], cfg.center_bias_sigma)
+    _, center_means = score_split([center] * len(predictions), val.maps_full, progress=False, **common)
+    _, ceiling = score_split(list(val.maps_full), val.maps_full, progress=False, **common)
     metrics = {
         **means,
         "n_images": len(rows),
@@ -131,26 +111,26 @@ def evaluate(params: Params) -> dict:
         "baselines": {"center_bias": center_means, "ground_truth": ceiling},
     }
 
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    with (out / "per_image.csv").open("w", newline="") as handle:
+    reports = ReportFiles(Path(cfg.output))
+    reports.root.mkdir(parents=True, exist_ok=True)
+    write_atomic(reports.metrics, json.dumps(metrics, indent=2) + "\n")
+    with atomic_file(reports.per_image, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    example_grid(val["images"], val["maps"], predictions, cfg.grid_images).save(out / "examples.png")
-    _record(params, metrics, out, generator_path)
+    example_grid(val.images, val.maps, predictions, cfg.grid_images).save(reports.examples)
+    _record(params, metrics, reports, generator_path)
     return metrics
 
 
-def _record(params: Params, metrics: dict, out: Path, generator_path: Path) -> None:
+def _record(params: Params, metrics: dict, reports: ReportFiles, generator_path: Path) -> None:
     """Log to the pipeline's MLflow run and register the generator, when MLflow is enabled."""
     if not params.mlflow.enabled:
         return
     from salgan.tracking import record_evaluation
 
     means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images", "data_version")}
-    artifacts = [out / "metrics.json", out / "per_image.csv", out / "examples.png"]
+    artifacts = [reports.metrics, reports.per_image, reports.examples]
     record_evaluation(params, means, metrics["baselines"], artifacts, generator_path, metrics["data_version"])
 
 

@@ -29,12 +29,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
-from salgan.atomic import atomic_directory
 from salgan.errors import InputError
-from salgan.versions import sha256_file
+from salgan.layout import ModelFiles, atomic_directory, read_split, sha256_file
 
 if TYPE_CHECKING:
     from salgan.settings import Params
@@ -120,21 +118,10 @@ def _listing(headline: str, items: Sequence[str]) -> str:
 
 
 def load_split_names(data_dir: str | Path, split: str = "test") -> tuple[list[str], dict[str, tuple[int, int]]]:
-    """Names of a prepared split and each image's original (W, H), from ``{data}/{split}``."""
-    folder = Path(data_dir) / split
-    names_file, sizes_file = folder / "names.json", folder / "original_sizes.npy"
-    try:
-        names = json.loads(names_file.read_text())
-        sizes = np.load(sizes_file)
-    except FileNotFoundError as exc:
-        raise PackageError(f"{exc.filename}: not found; run the prepare stage first") from None
-    except (ValueError, OSError) as exc:
-        raise PackageError(f"{folder}: cannot read the prepared {split} split: {exc}") from None
-    if not isinstance(names, list) or sizes.shape != (len(names), 2):
-        raise PackageError(
-            f"{folder}: names.json lists {len(names)} names but original_sizes.npy has shape {sizes.shape}"
-        )
-    return names, {name: (int(w), int(h)) for name, (h, w) in zip(names, sizes, strict=True)}
+    """Names of a prepared split and each image's original (W, H)."""
+    arrays = read_split(data_dir, split)
+    sizes = {name: (int(w), int(h)) for name, (h, w) in zip(arrays.names, arrays.original_sizes, strict=True)}
+    return arrays.names, sizes
 
 
 def image_id(name: str) -> int:
@@ -287,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         params = load_params(args.params)
         predictions = args.predictions or params.predict.output
-        model = args.model or str(Path(params.train.output) / "generator.pt")
+        model = args.model or ModelFiles(Path(params.train.output)).generator
         manifest = package(params, predictions, model, args.val_predictions)
         counts = ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())
         archive = Path(params.package.output) / manifest["archive"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from PIL import Image, ImageOps
 
 from salgan.errors import InputError
 from salgan.inference import default_device, predict_batches, to_uint8
+from salgan.layout import ModelFiles, atomic_directory, read_split
 from salgan.settings import Params, PredictParams, load_params, validate_section
 from salgan.urls import redact_text
 
@@ -104,8 +104,9 @@ def _from_weights(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | None]:
     config = None
     if isinstance(state, dict) and isinstance(state.get("generator"), dict):
         state, config = state["generator"], state.get("config")
-    if config is None and (path.parent / "checkpoint.pt").is_file() and path.name != "checkpoint.pt":
-        config = _checkpoint_config(path.parent / "checkpoint.pt")
+    beside = ModelFiles(path.parent).checkpoint
+    if config is None and beside.is_file() and path != beside:
+        config = _checkpoint_config(beside)
     try:
         generator = Generator(width=infer_width(state))
         generator.load_state_dict(state)
@@ -357,12 +358,8 @@ def predict_files(
 def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder: Path, params: Params) -> list[str]:
     """One 8-bit PNG per image of a prepared split, ``folder/<name>.png`` at the image's original size,
     post-processed as the original code (the stage's test maps; the 2015 submission's val maps)."""
-    root = Path(data) / split
-    images = np.load(root / "images.npy", mmap_mode="c")  # read lazily; "c" is writable, as torch wants
-    names = json.loads((root / "names.json").read_text())
-    sizes = np.load(root / "original_sizes.npy")
-    if not len(names) == len(images) == len(sizes):
-        raise InputError(f"{root}: names.json, images.npy and original_sizes.npy disagree on the image count")
+    arrays = read_split(data, split)
+    names, images, sizes = arrays.names, arrays.images, arrays.original_sizes
     from salgan.cli import progress
 
     maps = predict_batches(generator, images, sizes, params.predict.batch_size, params.predict.blur_size)
@@ -383,11 +380,9 @@ def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder:
 
 def run_stage(params: Params) -> list[Path]:
     """The DVC stage: maps for the prepared test split, swapped into predict.output when complete."""
-    from salgan.atomic import atomic_directory
     from salgan.models import load_generator
-    from salgan.train import GENERATOR_FILE
 
-    generator = load_generator(Path(params.train.output) / GENERATOR_FILE)
+    generator = load_generator(ModelFiles(Path(params.train.output)).generator)
     output = Path(params.predict.output)
     with atomic_directory(output) as tmp:  # the folder is swapped in only when every map is written
         names = write_split_maps(generator, Path(params.train.data), "test", tmp, params)

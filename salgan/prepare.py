@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from salgan.atomic import atomic_directory
 from salgan.errors import InputError
 from salgan.fixations import load_fixations_mat
-from salgan.versions import split_version_of_files
+from salgan.layout import atomic_directory, split_version_of_files
 
 if TYPE_CHECKING:
     from salgan.settings import PrepareParams

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from salgan.errors import InputError
+from salgan.layout import DATA_VERSION_TAG
 from salgan.settings import Params, load_params
-from salgan.versions import DATA_VERSION_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -157,8 +157,8 @@ def gate(params: Params, metric: str = "nss", min_delta: float = 0.0, name: str 
     """
     from mlflow import MlflowClient
 
+    from salgan.layout import split_version
     from salgan.tracking import configure
-    from salgan.versions import split_version
 
     client = MlflowClient(configure(params))
     name = name or params.mlflow.model_name

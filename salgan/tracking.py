@@ -30,14 +30,13 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from salgan.layout import DATA_VERSION_TAG, ModelFiles
 from salgan.settings import Params, flatten, to_dict
 from salgan.urls import redact_text, redact_url
-from salgan.versions import DATA_VERSION_TAG
 
 if TYPE_CHECKING:
     from salgan.distributed import DistInfo
 
-RUN_FILE = "mlflow_run.json"
 EPOCH_METRICS = ("g_loss", "content_loss", "d_loss", "val_content_loss", "images_per_s", "lr")
 CHALLENGER, CHAMPION = "challenger", "champion"
 MODEL_NAME_IN_RUN = "model"
@@ -91,7 +90,7 @@ def configure(params: Params) -> str:
 
 
 def run_file(params: Params) -> Path:
-    return Path(params.train.output) / RUN_FILE
+    return ModelFiles(Path(params.train.output)).run_record
 
 
 def recorded_run_id(params: Params) -> str | None:

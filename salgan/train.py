@@ -29,7 +29,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint
-from salgan.atomic import write_atomic
 from salgan.cli import progress
 from salgan.data import PreparedSplit, images_to_float, load_split, maps_to_float
 from salgan.distributed import (
@@ -43,15 +42,11 @@ from salgan.distributed import (
     resolve_nproc,
     under_torchrun,
 )
+from salgan.layout import ModelFiles, code_version, split_version, write_atomic
 from salgan.losses import content_loss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.settings import Params, load_params, to_dict
-from salgan.versions import code_version, split_version
 
-CHECKPOINT_FILE = "checkpoint.pt"
-GENERATOR_FILE = "generator.pt"
-HISTORY_FILE = "history.json"
-SNAPSHOT_DIR = "snapshots"
 # Settings that do not change what is trained: a checkpoint made under other values is still resumed.
 RESUME_IRRELEVANT = {"nproc", "device", "compile", "output", "data"}
 
@@ -324,26 +319,24 @@ def restore(models: Models, state: dict) -> None:
     _set_rng_state(state["rng"])
 
 
-def write_outputs(out: Path, history: list[dict], snapshots: list[torch.Tensor]) -> None:
+def write_outputs(out: ModelFiles, history: list[dict], snapshots: list[torch.Tensor]) -> None:
     """history.json and one PNG per epoch's snapshot (rewritten whole: cheap, and DVC may have removed
     them before rerunning the stage)."""
     from PIL import Image
 
-    folder = out / SNAPSHOT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    out.snapshots.mkdir(parents=True, exist_ok=True)
     for epoch, array in enumerate(snapshots, start=1):
-        path = folder / f"epoch_{epoch:03d}.png"
-        if not path.is_file():
-            Image.fromarray(array.numpy(), mode="L").save(path)
-    write_atomic(out / HISTORY_FILE, json.dumps(history, indent=1) + "\n")
+        if not out.snapshot(epoch).is_file():
+            Image.fromarray(array.numpy(), mode="L").save(out.snapshot(epoch))
+    write_atomic(out.history, json.dumps(history, indent=1) + "\n")
 
 
-def _start_fresh(out: Path) -> None:
+def _start_fresh(out: ModelFiles) -> None:
     """Remove the outputs of an earlier run so none of its snapshots or history mixes into this one."""
-    for path in sorted((out / SNAPSHOT_DIR).glob("epoch_*.png")):
+    for path in sorted(out.snapshots.glob("epoch_*.png")):
         path.unlink()
-    for name in (HISTORY_FILE, GENERATOR_FILE):
-        (out / name).unlink(missing_ok=True)
+    out.history.unlink(missing_ok=True)
+    out.generator.unlink(missing_ok=True)
 
 
 def _make_tracker(params: Params, info: DistInfo):
@@ -383,9 +376,10 @@ def _decide_start(params: Params, info: DistInfo, log) -> tuple[dict | None, dic
     if info.is_main:
         try:
             made_from = identity(params)
-            state = resumable_state(Path(params.train.output) / CHECKPOINT_FILE, made_from, log)
+            out = ModelFiles(Path(params.train.output))
+            state = resumable_state(out.checkpoint, made_from, log)
             if state is None:
-                _start_fresh(Path(params.train.output))
+                _start_fresh(out)
         except Exception as exc:  # noqa: BLE001 -- reported to every rank, then raised
             error = exc
     raise_if_any_failed(error, "reading the checkpoint")
@@ -394,7 +388,7 @@ def _decide_start(params: Params, info: DistInfo, log) -> tuple[dict | None, dic
 
 def _train(params: Params, info: DistInfo, log) -> int:
     cfg = params.train
-    out = Path(cfg.output)
+    out = ModelFiles(Path(cfg.output))
     if cfg.batch_size % info.world_size:
         raise ValueError(f"train.batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
     per_rank = cfg.batch_size // info.world_size
@@ -410,16 +404,16 @@ def _train(params: Params, info: DistInfo, log) -> int:
         start, history, snapshots = int(state["epoch"]), list(state["history"]), list(state["snapshots"])
     if start >= cfg.epochs:
         if info.is_main:
-            missing = not (out / GENERATOR_FILE).is_file() or not (out / HISTORY_FILE).is_file()
-            if not (out / GENERATOR_FILE).is_file():
-                checkpoint.save_atomic(models.generator.state_dict(), out / GENERATOR_FILE)
+            missing = not out.generator.is_file() or not out.history.is_file()
+            if not out.generator.is_file():
+                checkpoint.save_atomic(models.generator.state_dict(), out.generator)
             write_outputs(out, history, snapshots)
             done = "outputs restored from the checkpoint" if missing else "nothing to do"
             log(f"training already finished ({cfg.epochs} epochs); {done}")
         return 0
     if info.is_main and start:
         write_outputs(out, history, snapshots)
-        log(f"resuming from {out / CHECKPOINT_FILE} after epoch {start}")
+        log(f"resuming from {out.checkpoint} after epoch {start}")
     tracker = _make_tracker(params, info)
     if tracker:
         tracker.start(info, resumed_epochs=start)
@@ -457,10 +451,10 @@ def _train(params: Params, info: DistInfo, log) -> int:
                 error = exc
         raise_if_any_failed(error, f"writing the files of epoch {epoch + 1}")
     if info.is_main:
-        checkpoint.save_atomic(models.generator.state_dict(), out / GENERATOR_FILE)
-        log(f"wrote {out / GENERATOR_FILE}")
+        checkpoint.save_atomic(models.generator.state_dict(), out.generator)
+        log(f"wrote {out.generator}")
         if tracker:
-            tracker.finish(out / GENERATOR_FILE)
+            tracker.finish(out.generator)
     return 0
 
 
@@ -479,9 +473,9 @@ def _end_of_epoch(models, made_from, params, history, snapshots, out, tracker) -
         "config": to_dict(params),
     }
     write_outputs(out, history, snapshots)
-    checkpoint.save_atomic(state, out / CHECKPOINT_FILE)
+    checkpoint.save_atomic(state, out.checkpoint)
     if tracker:
-        tracker.log_epoch(history[-1], out / SNAPSHOT_DIR / f"epoch_{epoch:03d}.png")
+        tracker.log_epoch(history[-1], out.snapshot(epoch))
 
 
 def _epoch_line(record: dict, epochs: int, elapsed: float) -> str:

@@ -6,10 +6,10 @@ import shutil
 import pytest
 
 from salgan.evaluate import evaluate, score_generator
+from salgan.layout import split_version
 from salgan.models import load_generator
 from salgan.registry import gate
 from salgan.train import run
-from salgan.versions import split_version
 from tests.conftest import write_prepared
 from tests.test_tracking import tracked_params
 

@@ -19,9 +19,12 @@ import torch
 import yaml
 
 from salgan import checkpoint
+from salgan.layout import ModelFiles
 from salgan.settings import to_dict
-from salgan.train import CHECKPOINT_FILE, GENERATOR_FILE, run
+from salgan.train import run
 from tests.conftest import tiny_params
+
+CHECKPOINT_FILE, GENERATOR_FILE = ModelFiles(Path()).checkpoint.name, ModelFiles(Path()).generator.name
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300

@@ -15,9 +15,9 @@ from mlflow.exceptions import MlflowException
 
 from salgan import tracking
 from salgan.distributed import DistInfo
+from salgan.layout import ModelFiles
 from salgan.tracking import (
     CHALLENGER,
-    RUN_FILE,
     TrackingUnavailableWarning,
     TrainingTracker,
     record_evaluation,
@@ -26,6 +26,7 @@ from salgan.train import run
 from salgan.urls import redact_url
 from tests.conftest import tiny_params
 
+RUN_FILE = ModelFiles(Path()).run_record.name
 DVC_LOCK = """schema: '2.0'
 stages:
   download:

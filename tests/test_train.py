@@ -16,11 +16,9 @@ from salgan import checkpoint
 from salgan import train as train_module
 from salgan.data import load_split
 from salgan.distributed import DistInfo
+from salgan.layout import ModelFiles
 from salgan.settings import params_from_dict, to_dict
 from salgan.train import (
-    CHECKPOINT_FILE,
-    GENERATOR_FILE,
-    HISTORY_FILE,
     adagrad,
     build_models,
     discriminator_step,
@@ -30,6 +28,9 @@ from salgan.train import (
     train_one_epoch,
 )
 from tests.conftest import tiny_params, write_prepared
+
+FILES = ModelFiles(Path())
+CHECKPOINT_FILE, GENERATOR_FILE, HISTORY_FILE = FILES.checkpoint.name, FILES.generator.name, FILES.history.name
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = DistInfo(0, 1, 0, 1, torch.device("cpu"))

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from salgan.atomic import atomic_directory
+from salgan.layout import atomic_directory
 
 
 def test_success_replaces_the_folder_and_keeps_umask_permissions(tmp_path):

@@ -1,0 +1,280 @@
+"""The data and artifact contract between stages: names, files, readers, atomic writes and versions.
+
+Every stage finds its inputs and writes its outputs through this module, so a file name or a check is
+written once (docs/data-layout.md describes the same layout in prose):
+
+- the splits (:data:`SPLITS`) and a prepared split's files (:class:`SplitFiles`), read whole and checked
+  by :func:`read_split` (missing files and disagreeing counts are named);
+- the train stage's outputs (:class:`ModelFiles`) and the evaluate stage's reports (:class:`ReportFiles`);
+- writes that a kill never leaves half done: :func:`atomic_file`, :func:`write_atomic`,
+  :func:`atomic_directory`;
+- content versions (short sha256 over file contents) that say which data and which code a checkpoint, a
+  registered model or a report came from: :func:`split_version`, :func:`code_version`.
+
+Only the standard library and numpy are imported: the data stages need neither torch nor MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import salgan
+from salgan.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+LABELLED_SPLITS = ("train", "val")  # with maps and fixations; the test split has images only
+VERSION_CHARS = 16
+REPORT_FILE = "report.json"  # data/prepared/report.json: what prepare read, skipped, and each split's version
+DATA_VERSION_TAG = "data_version"  # MLflow tag: the val split's version a run's or model version's metrics are on
+# The modules whose code decides the trained weights: a change to any of them invalidates a checkpoint.
+TRAINING_CORE = ("train.py", "losses.py", "data.py", "layout.py", "checkpoint.py", "distributed.py", "models")
+
+
+# --- the prepared data ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """The files of one prepared split (docs/data-layout.md)."""
+
+    folder: Path
+
+    images = property(lambda self: self.folder / "images.npy")  # uint8 (N, H, W, 3) at prepare.size
+    maps = property(lambda self: self.folder / "maps.npy")  # uint8 (N, H, W); train and val
+    names = property(lambda self: self.folder / "names.json")  # N base names, sorted
+    original_sizes = property(lambda self: self.folder / "original_sizes.npy")  # int32 (N, 2): (H, W)
+    fixations = property(lambda self: self.folder / "fixations.npz")  # coords (M, 2), offsets (N + 1); train, val
+    maps_full = property(lambda self: self.folder / "maps_full.npy")  # uint8 (N, H0, W0); val
+
+
+def split_files(root: str | Path, split: str) -> SplitFiles:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; the splits are {', '.join(SPLITS)}")
+    return SplitFiles(Path(root) / split)
+
+
+@dataclass
+class SplitArrays:
+    """A prepared split as arrays (large ones memory-mapped: nothing is read until it is used)."""
+
+    names: list[str]
+    images: object  # numpy arrays; typed loosely so that this module's import stays light
+    original_sizes: object
+    maps: object | None = None
+    maps_full: object | None = None
+    coords: object | None = None
+    offsets: object | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def read_split(root: str | Path, split: str, *parts: str) -> SplitArrays:
+    """``names``, ``images`` and ``original_sizes`` of ``root/split``, plus the optional ``parts``
+    (``maps``, ``maps_full``, ``fixations``). Missing files raise :class:`InputError` naming the file;
+    arrays that disagree on the number of images are named too. Images are mapped copy-on-write (torch
+    wants writable arrays), the other large arrays read-only.
+    """
+    import numpy as np
+
+    files = split_files(root, split)
+    for part in ("names", "images", "original_sizes", *parts):
+        if not getattr(files, part).is_file():
+            raise InputError(f"{getattr(files, part)}: not found; run the prepare stage first")
+    arrays = SplitArrays(
+        names=json.loads(files.names.read_text()),
+        images=np.load(files.images, mmap_mode="c"),
+        original_sizes=np.load(files.original_sizes),
+    )
+    if "maps" in parts:
+        arrays.maps = np.load(files.maps, mmap_mode="r")
+    if "maps_full" in parts:
+        arrays.maps_full = np.load(files.maps_full, mmap_mode="r")
+    if "fixations" in parts:
+        with np.load(files.fixations) as fixations:
+            arrays.coords, arrays.offsets = fixations["coords"], fixations["offsets"]
+    counts = {"names.json": len(arrays.names), "images.npy": len(arrays.images)}
+    counts["original_sizes.npy"] = len(arrays.original_sizes)
+    for part, array in (("maps.npy", arrays.maps), ("maps_full.npy", arrays.maps_full)):
+        if array is not None:
+            counts[part] = len(array)
+    if arrays.offsets is not None:
+        counts["fixations.npz"] = len(arrays.offsets) - 1
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name} {count}" for name, count in counts.items())
+        raise InputError(f"{files.folder}: the files disagree on the number of images ({listed})")
+    return arrays
+
+
+# --- the train and evaluate stages' outputs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The train stage's folder (``train.output``)."""
+
+    root: Path
+
+    generator = property(lambda self: self.root / "generator.pt")  # the trained generator's state_dict
+    checkpoint = property(lambda self: self.root / "checkpoint.pt")  # machine-local: resumes training
+    history = property(lambda self: self.root / "history.json")  # per-epoch losses (DVC plots)
+    snapshots = property(lambda self: self.root / "snapshots")  # one val map per epoch (seed paper Fig. 3)
+    run_record = property(lambda self: self.root / "mlflow_run.json")  # machine-local: the MLflow run
+
+    def snapshot(self, epoch: int) -> Path:
+        return self.snapshots / f"epoch_{epoch:03d}.png"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The evaluate stage's folder (``evaluate.output``)."""
+
+    root: Path
+
+    metrics = property(lambda self: self.root / "metrics.json")  # means, data version, baselines (DVC metrics)
+    per_image = property(lambda self: self.root / "per_image.csv")
+    examples = property(lambda self: self.root / "examples.png")  # the seed paper's Fig. 4
+
+
+# --- writes a kill never leaves half done ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Yield a handle on a new temporary file beside ``path``; when the block succeeds the file is synced
+    and renamed over ``path``, otherwise removed.
+
+    The temporary name is random and created exclusively (mkstemp), so it never follows a planted
+    symlink or collides with another writer; the result gets the usual umask permissions.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """``path`` holds ``data`` (text is UTF-8) or, after a failure, what it held before."""
+    with atomic_file(path, "w" if isinstance(data, str) else "wb") as handle:
+        handle.write(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_directory(output: str | Path) -> Iterator[Path]:
+    """Yield a fresh sibling of ``output``; when the block succeeds it replaces ``output`` by rename.
+
+    On an error the sibling is removed and ``output`` stays exactly as it was. The sibling lives beside
+    ``output`` (same file system, so the rename is atomic) and is made with mkdir, not mkdtemp, so the
+    result gets the usual umask permissions rather than 0700. Leftovers of a killed run are removed first.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(output)
+    stage = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    stage.mkdir()
+    try:
+        yield stage
+        _swap(stage, output)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # already gone after a successful swap
+
+
+def _swap(stage: Path, output: Path) -> None:
+    """Two renames; the old folder is put back if the second one fails."""
+    if not output.exists():
+        os.rename(stage, output)
+        return
+    old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(output, old)
+    try:
+        os.rename(stage, output)
+    except OSError:
+        os.rename(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(output: Path) -> None:
+    """Staging and old folders a killed run left beside ``output`` (never ``output`` itself)."""
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.(tmp|old)-\w+")
+    for leftover in output.parent.glob(f".{output.name}.*-*"):
+        if leftover.is_dir() and pattern.fullmatch(leftover.name):
+            log.info("removing %s, left by an interrupted run", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+# --- content versions ---------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_version(files: list[Path], root: Path) -> str:
+    """Version of a set of files: their paths relative to ``root`` and contents, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()[:VERSION_CHARS]
+
+
+def split_version_of_files(folder: str | Path) -> str:
+    """Version of a prepared split folder, hashed from every regular file in it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: prepared split not found; run the prepare stage first")
+    return files_version([p for p in folder.iterdir() if p.is_file()], folder)
+
+
+def split_version(root: str | Path, split: str) -> str:
+    """The version of ``root/split`` that prepare recorded in ``root/report.json``, else hashed now."""
+    report = Path(root) / REPORT_FILE
+    try:
+        recorded = json.loads(report.read_text()).get("versions", {}).get(split)
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded or split_version_of_files(Path(root) / split)
+
+
+def code_version() -> str:
+    """Version of the training core's source (:data:`TRAINING_CORE`) as installed."""
+    package = Path(salgan.__file__).parent
+    files: list[Path] = []
+    for name in TRAINING_CORE:
+        path = package / name
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return files_version(files, package)
