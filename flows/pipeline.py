@@ -40,6 +40,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.tasks import exponential_backoff
 
+from salgan.layout import FLOW_RUN_ENV
 from salgan.settings import override_args
 
 # Stages that occupy the machine's GPUs: training under torchrun, and full-resolution inference.
@@ -114,8 +115,13 @@ def checked_overrides(overrides: dict[str, Any] | None, workdir: str | Path) -> 
 
 
 def _stage_env() -> dict[str, str]:
-    """The environment for a stage: Python children unbuffered so lines reach the log as they happen."""
+    """The environment for a stage: Python children unbuffered so lines reach the log as they happen, and
+    the flow run named so that the stage's MLflow run is tagged with it."""
+    from prefect.runtime import flow_run
+
     env = dict(os.environ)
+    if flow_run.get_id():
+        env[FLOW_RUN_ENV] = str(flow_run.get_id())
     env.setdefault("PYTHONUNBUFFERED", "1")
     # tqdm bars redraw with \r, which would become a log record per refresh: refresh them rarely.
     env.setdefault("TQDM_MININTERVAL", "30")

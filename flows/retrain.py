@@ -16,6 +16,7 @@ Run locally on the ephemeral API server: ``python -m flows.retrain`` (``--help``
 """
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -86,7 +87,7 @@ def run_promotion(params, metric: str, min_delta: float) -> dict[str, Any]:
 
     Imported here: mlflow and the scoring code are heavy, and running stages does not need them.
     """
-    from salgan.registry import gate
+    from salgan.tracking.registry import gate
 
     return gate(params, metric, min_delta)
 
@@ -111,6 +112,24 @@ def promotion_gate(workdir: str, metric: str, min_delta: float) -> dict[str, Any
     result = run_promotion(params, metric, min_delta)
     logger.info("gate decision: %s", decision_text(result))
     return result
+
+
+def record_decision(workdir: str, run_id: str, result: dict[str, Any]) -> None:
+    """The gate's decision on the retraining's parent MLflow run: tags, and both sides' compared values."""
+    from mlflow import MlflowClient
+
+    from salgan.tracking import TRACKING_ERRORS
+
+    client = MlflowClient(workspace_params(workdir).mlflow.tracking_uri)
+    tags = {"decision": str(result.get("decision")), "reason": str(result.get("reason"))}
+    for side in ("challenger", "champion"):
+        if isinstance(result.get(side), dict):
+            tags[f"{side}_version"] = str(result[side]["version"])
+            with contextlib.suppress(*TRACKING_ERRORS):
+                client.log_metric(run_id, f"{side}_{result['metric']}", float(result[side]["value"]))
+    with contextlib.suppress(*TRACKING_ERRORS):
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,8 +221,15 @@ def salgan_retrain(
     if refresh not in REFRESH_MODES:
         raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")
     overrides = checked_overrides(overrides, workdir)  # before the refresh touches anything
+    from prefect.runtime import flow_run
+
+    from salgan.tracking import parent_run
+
     logger = get_run_logger()
-    with workspace_lock(workdir, logger):
+    with (
+        workspace_lock(workdir, logger),
+        parent_run(workspace_params(workdir), f"retrain {flow_run.get_name()}") as run,
+    ):
         refresh_task = refresh_data
         if refresh == "download":
             # The download stage is the one exposed to networks and mirrors: retry it with backoff.
@@ -213,6 +239,8 @@ def salgan_retrain(
         refresh_task(refresh, workdir)
         salgan_pipeline(overrides=overrides, workdir=workdir, experiment=True)
         result = promotion_gate(workdir, metric, min_delta)
+        if run:
+            record_decision(workdir, run, result)
     create_markdown_artifact(
         markdown=decision_markdown(result, metric, min_delta),
         key=ARTIFACT_KEY,

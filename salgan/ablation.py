@@ -85,14 +85,24 @@ def base_params(params_file: str, profile: dict[str, object]) -> tuple[Params, s
 
 
 def run_arms(args: argparse.Namespace) -> int:
+    """Each arm as a DVC experiment; their MLflow runs are grouped under one parent run (not for
+    ``--queue``, whose runs start later, nor ``--dry-run``)."""
     profile = load_profile(args.profile)
     base, source = base_params(args.params, profile)
     print(f"ablation base: {source}" + (f" with {args.profile}" if args.profile else ""), flush=True)
-    for arm in args.arms:
-        overrides = arm_overrides(arm, profile, base)
-        command = exp_run_command(args.prefix + arm, overrides, args.queue)
+    commands = [exp_run_command(args.prefix + arm, arm_overrides(arm, profile, base), args.queue) for arm in args.arms]
+    if args.dry_run or args.queue:
+        return _run_all(args.arms, commands, args.dry_run)
+    from salgan.tracking import parent_run
+
+    with parent_run(base, f"ablation {args.prefix}{','.join(args.arms)}", {"ablation.arms": ",".join(args.arms)}):
+        return _run_all(args.arms, commands, dry_run=False)
+
+
+def _run_all(arms: list[str], commands: list[list[str]], dry_run: bool) -> int:
+    for arm, command in zip(arms, commands, strict=True):
         print("$ " + " ".join(command), flush=True)
-        if not args.dry_run and subprocess.call(command) != 0:
+        if not dry_run and subprocess.call(command) != 0:
             print(f"salgan ablation: arm {arm} failed", file=sys.stderr)
             return 1
     return 0

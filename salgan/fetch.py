@@ -11,7 +11,6 @@ requests and boto3 are imported inside the functions that use them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from salgan.errors import InputError
+from salgan.layout import file_digests
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,8 @@ class _Interrupted(Exception):
 
 
 def md5sum(path: str | Path) -> str:
-    """The hex md5 of a file, read in 1 MiB chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK_SIZE), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The hex md5 of a file (the checksum SALICON publishes)."""
+    return file_digests(path, "md5")["md5"]
 
 
 # --- the partial file ---------------------------------------------------------------------------

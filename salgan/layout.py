@@ -40,6 +40,10 @@ LABELLED_SPLITS = ("train", "val")  # with maps and fixations; the test split ha
 VERSION_CHARS = 16
 REPORT_FILE = "report.json"  # data/prepared/report.json: what prepare read, skipped, and each split's version
 DATA_VERSION_TAG = "data_version"  # MLflow tag: the val split's version a run's or model version's metrics are on
+# Hand-over between processes: the Prefect flows and the ablation tell the stages they launch (through
+# DVC) which flow run and which parent MLflow run they belong to, so that each run is tagged with them.
+FLOW_RUN_ENV = "SALGAN_FLOW_RUN_ID"
+PARENT_RUN_ENV = "SALGAN_MLFLOW_PARENT_RUN_ID"
 # The modules whose code decides the trained weights: a change to any of them invalidates a checkpoint.
 TRAINING_CORE = ("train.py", "losses.py", "data.py", "layout.py", "checkpoint.py", "distributed.py", "models")
 
@@ -235,13 +239,24 @@ def _remove_leftovers(output: Path) -> None:
 # --- content versions ---------------------------------------------------------------------------------
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
+def file_digests(path: str | Path, *algorithms: str) -> dict[str, str]:
+    """Hex digests of a file's bytes (``"md5"``, ``"sha256"``...), all in one pass over it."""
+    digests = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            for digest in digests.values():
+                digest.update(block)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def sha256_file(path: str | Path) -> str:
+    return file_digests(path, "sha256")["sha256"]
+
+
+def json_digest(data: object) -> str:
+    """sha256 of the canonical JSON of ``data`` (sorted keys, no spaces): the version of a set of settings."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def files_version(files: list[Path], root: Path) -> str:

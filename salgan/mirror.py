@@ -17,7 +17,6 @@ here prints them. boto3 is imported when the command runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from salgan import fetch
 from salgan.download import CHECKSUMS_FILE, RELEASE
 from salgan.errors import InputError
 from salgan.fetch import FetchError
+from salgan.layout import file_digests
 from salgan.settings import load_params
 
 log = logging.getLogger(__name__)
@@ -79,14 +79,8 @@ def find_zips(folder: Path) -> list[Path]:
 
 def digest(path: Path) -> Zip:
     """md5 and sha256 of a file in one pass over it; a zip whose published md5 differs is refused."""
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(fetch.CHUNK_SIZE), b""):
-            md5.update(block)
-            sha256.update(block)
-            size += len(block)
-    result = Zip(path, size, md5.hexdigest(), sha256.hexdigest())
+    digests = file_digests(path, "md5", "sha256")
+    result = Zip(path, path.stat().st_size, digests["md5"], digests["sha256"])
     expected = published_md5s().get(path.name, set())
     if expected and result.md5 not in expected:
         raise MirrorError(

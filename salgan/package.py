@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import json
 import re
 import tempfile
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from salgan.errors import InputError
-from salgan.layout import ModelFiles, atomic_directory, read_split, sha256_file
+from salgan.layout import ModelFiles, atomic_directory, json_digest, read_split, sha256_file
 
 if TYPE_CHECKING:
     from salgan.settings import Params
@@ -136,8 +135,7 @@ def params_sha256(params: Params) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the resolved settings."""
     from salgan.settings import to_dict
 
-    canonical = json.dumps(to_dict(params), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return json_digest(to_dict(params))
 
 
 def package_version() -> str:

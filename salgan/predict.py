@@ -35,7 +35,7 @@ from PIL import Image, ImageOps
 
 from salgan.errors import InputError
 from salgan.inference import default_device, predict_batches, to_uint8
-from salgan.layout import ModelFiles, atomic_directory, read_split
+from salgan.layout import ModelFiles, atomic_directory, atomic_file, read_split
 from salgan.settings import Params, PredictParams, load_params, validate_section
 from salgan.urls import redact_text
 
@@ -298,11 +298,9 @@ def overlay(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
 
 
 def save_atomic(image: Image.Image, path: Path, image_format: str, **options) -> None:
-    """Write to a temporary name in the same folder, then rename: an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format=image_format, **options)
-    os.replace(tmp, path)
+    """An interrupted run leaves no half file (:func:`salgan.layout.atomic_file`)."""
+    with atomic_file(path) as handle:
+        image.save(handle, format=image_format, **options)
 
 
 def write_results(loaded: Loaded, saliency: np.ndarray, output: Path, with_overlay: bool) -> None:

@@ -15,7 +15,6 @@ the other ranks receive its decision and state.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -42,7 +41,7 @@ from salgan.distributed import (
     resolve_nproc,
     under_torchrun,
 )
-from salgan.layout import ModelFiles, code_version, split_version, write_atomic
+from salgan.layout import ModelFiles, code_version, json_digest, split_version, write_atomic
 from salgan.losses import content_loss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.settings import Params, load_params, to_dict
@@ -66,8 +65,7 @@ class Models:
 def settings_version(params: Params) -> str:
     """Hash of the settings that determine the trained weights and the stage's outputs."""
     train = {k: v for k, v in to_dict(params.train).items() if k not in RESUME_IRRELEVANT}
-    blob = json.dumps({"model": to_dict(params.model), "train": train, "size": params.prepare.size}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_digest({"model": to_dict(params.model), "train": train, "size": params.prepare.size})[:16]
 
 
 def identity(params: Params) -> dict[str, str]:

@@ -11,8 +11,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from salgan.layout import sha256_file
 from salgan.models import Generator
-from salgan.tracking import log_generator, register
+from salgan.tracking import log_generator
+from salgan.tracking.registry import register
 
 BUCKET = "salgan-artifacts"
 
@@ -73,7 +75,9 @@ def test_model_artifacts_round_trip_through_s3(s3_endpoint, tmp_path, monkeypatc
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_text("hello", "notes/hello.txt")
         info = log_generator(weights, [64, 48])
-        version = register(MlflowClient(), "salgan-s3", info.model_uri, {"nss": 1.5}, run.info.run_id)
+        version = register(
+            MlflowClient(), "salgan-s3", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id}
+        )
 
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")["Contents"]]
     assert any(k.endswith("notes/hello.txt") for k in keys)

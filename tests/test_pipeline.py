@@ -130,6 +130,15 @@ def test_ablation_arms_record_the_same_params_in_either_order(project):
     recorded = experiment_params(workdir, env)
     for arm in ("random-bce", "random-gan"):
         assert recorded[f"ab-{arm}"] == recorded[f"ba-{arm}"], arm
+    # Each experiment's MLflow run names its DVC experiment and sits under its ablation's parent run.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("salgan").experiment_id], max_results=500)
+    parents = {run.info.run_name: run.info.run_id for run in runs if run.info.run_name.startswith("ablation ")}
+    arms = {run.data.tags.get("dvc.experiment"): run for run in runs}
+    assert arms["ab-random-gan"].data.tags["mlflow.parentRunId"] == parents["ablation ab-random-bce,random-gan"]
+    assert arms["ba-random-bce"].data.tags["mlflow.parentRunId"] == parents["ablation ba-random-gan,random-bce"]
     committed = yaml.safe_load(
         subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=workdir, capture_output=True, text=True).stdout
     )

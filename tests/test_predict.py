@@ -12,9 +12,11 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from salgan import predict
+from salgan.layout import sha256_file
 from salgan.models import Generator
 from salgan.settings import Params, to_dict
-from salgan.tracking import log_generator, register
+from salgan.tracking import log_generator
+from salgan.tracking.registry import register
 from tests.conftest import write_prepared
 
 
@@ -38,7 +40,9 @@ def champion_store(tmp_path_factory, weights):
         mlflow.set_experiment("predict-test")
         with mlflow.start_run() as run:
             info = log_generator(weights, [64, 48])
-            version = register(MlflowClient(), "salgan", info.model_uri, {"nss": 1.0}, run.info.run_id)
+            version = register(
+                MlflowClient(), "salgan", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id}
+            )
         MlflowClient().set_registered_model_alias("salgan", "champion", version)
     return uri
 

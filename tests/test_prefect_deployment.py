@@ -301,6 +301,14 @@ def test_retraining_deployment_trains_the_real_pipeline(stack, tmp_path):
         "[a.data for a in c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[KEY])))]",
         imports="from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey; KEY = 'salgan-retrain'",
     )
+    # The pipeline's MLflow runs name their Prefect flow run and sit under the retraining's parent run,
+    # which records the decision.
+    runs = client.search_runs([client.get_experiment_by_name("salgan").experiment_id], max_results=100)
+    parents = {run.info.run_id: run for run in runs if run.info.run_name.startswith("retrain ")}
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") in parents]
+    assert len(parents) == 2 and len(children) == 2
+    assert all(run.data.tags.get("prefect.flow_run_id") and run.data.tags.get("dvc.experiment") for run in children)
+    assert {run.data.tags["decision"] for run in parents.values()} <= {"promoted", "kept"}
     second = [text for text in reports if "no champion yet" not in text]
     assert len(second) == 1
     assert f"data version `{new.tags['data_version']}`" in second[0] and f"v{old.version} scored again" in second[0]

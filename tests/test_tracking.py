@@ -13,15 +13,15 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from salgan import tracking
 from salgan.distributed import DistInfo
-from salgan.layout import ModelFiles
+from salgan.layout import ModelFiles, sha256_file
 from salgan.tracking import (
-    CHALLENGER,
     TrackingUnavailableWarning,
     TrainingTracker,
     record_evaluation,
+    runs,
 )
+from salgan.tracking.registry import CHALLENGER, version_metrics
 from salgan.train import run
 from salgan.urls import redact_url
 from tests.conftest import tiny_params
@@ -111,13 +111,22 @@ def test_record_evaluation_registers_a_challenger(trained):
     client = MlflowClient(uri)
     model_version = client.get_model_version_by_alias("salgan", CHALLENGER)
     assert str(model_version.version) == "1"
-    assert float(model_version.tags["nss"]) == 1.25 and float(model_version.tags["kld"]) == 0.9
+    # Metrics live on the logged model (MLflow 3), not in string tags; the weights' hash is a tag.
+    assert version_metrics(client, model_version) == METRICS and "nss" not in model_version.tags
+    assert model_version.tags["weights_sha256"] == sha256_file(root / "models" / "generator.pt")
     run_id = json.loads((root / "models" / RUN_FILE).read_text())["run_id"]
     assert model_version.run_id == run_id  # the pipeline's one run, continued
     data = client.get_run(run_id).data
     assert data.metrics["val_nss"] == 1.25 and data.metrics["baseline_center_bias_nss"] == 0.7
     logged = {f.path for f in client.list_artifacts(run_id, "evaluation")}
     assert logged == {"evaluation/metrics.json", "evaluation/per_image.csv"}
+
+    # The same weights evaluated again (other data): the version is reused, its metrics and data updated.
+    again = {**METRICS, "nss": 1.5}
+    assert record_evaluation(params, again, BASELINES, [], root / "models" / "generator.pt", "d2") == "1"
+    reused = client.get_model_version("salgan", "1")
+    assert version_metrics(client, reused)["nss"] == 1.5 and reused.tags["data_version"] == "d2"
+    assert len(client.search_model_versions("name='salgan'")) == 1
 
     mlflow.set_tracking_uri(uri)
     batch = np.random.default_rng(0).random((3, 3, 48, 64), dtype=np.float32)
@@ -165,7 +174,7 @@ def test_epochs_missed_while_the_server_was_down_are_backfilled(trained, monkeyp
         return real(self, name)
 
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", down_once)
-    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(runs, "RETRY_SECONDS", 0.0)
     tracker = TrainingTracker(params)
     with pytest.warns(TrackingUnavailableWarning, match="could not start a run"):
         tracker.start(DistInfo(0, 1, 0, 1, torch.device("cpu")))

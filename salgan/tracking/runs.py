@@ -1,15 +1,11 @@
-"""MLflow tracking and registration: one MLflow run per pipeline run.
+"""The MLflow run of a pipeline run: who opens it, how later stages find it, what it is tagged with.
 
 The train stage creates the run (rank 0 only) and records its id in ``<train.output>/mlflow_run.json``;
 evaluate, predict and package continue it through :func:`continue_run` (``MLFLOW_RUN_ID`` wins over the
-file). Evaluate logs the generator as an MLflow pytorch model and registers it as a new version of
-``mlflow.model_name`` with alias ``challenger`` (:func:`record_evaluation`).
-
-The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri`` from params.yaml (the
-embedded ``sqlite:///mlflow.db`` with artifacts in ./mlruns). MLflow is never allowed to stop the
-pipeline: an unreachable or failing tracking server costs one warning, and everything that matters is on
-disk anyway (history.json, snapshots, reports). Training retries now and then and backfills the epochs
-it could not log once the server answers again.
+file). Each run is tagged with what made it: the git commit, the data versions in dvc.lock, the DVC
+experiment (``dvc exp run`` tells its stages through ``DVC_EXP_NAME``), the Prefect flow run (the flows
+tell their stages through ``SALGAN_FLOW_RUN_ID``) and, inside an ablation or a retraining, the parent run
+that groups them (:func:`parent_run`).
 """
 
 from __future__ import annotations
@@ -30,63 +26,19 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from salgan.layout import DATA_VERSION_TAG, ModelFiles
+from salgan.layout import FLOW_RUN_ENV, PARENT_RUN_ENV, ModelFiles, write_atomic
 from salgan.settings import Params, flatten, to_dict
+from salgan.tracking.store import HTTP_DEFAULTS, TRACKING_ERRORS, configure, tracking_uri, warn_unavailable
 from salgan.urls import redact_text, redact_url
 
 if TYPE_CHECKING:
     from salgan.distributed import DistInfo
 
 EPOCH_METRICS = ("g_loss", "content_loss", "d_loss", "val_content_loss", "images_per_s", "lr")
-CHALLENGER, CHAMPION = "challenger", "champion"
-MODEL_NAME_IN_RUN = "model"
-MODEL_FLAVOUR_TAG = "salgan-generator"  # in the MLmodel metadata, so predict knows it can rebuild a Generator
-# Short client timeouts: MLflow's defaults (7 retries with exponential backoff, 120 s timeout) would stall
-# every training epoch for minutes while a server is down. Set only where the user has not chosen.
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
 RETRY_SECONDS = 60.0  # while the server is unreachable, training tries again at most this often
 
 
-class TrackingUnavailableWarning(UserWarning):
-    """MLflow could not be reached or refused a request; the pipeline goes on without it."""
-
-
-def _tracking_errors() -> tuple[type[BaseException], ...]:
-    """What a failing store or server raises: MLflow's own errors, HTTP/socket errors, database errors."""
-    errors: list[type[BaseException]] = [MlflowException, OSError]
-    with contextlib.suppress(ImportError):
-        import requests
-
-        errors.append(requests.exceptions.RequestException)
-    with contextlib.suppress(ImportError):
-        import sqlalchemy.exc
-
-        errors.append(sqlalchemy.exc.SQLAlchemyError)
-    return tuple(errors)
-
-
-TRACKING_ERRORS = _tracking_errors()
-
-
-# --- settings and the run hand-over --------------------------------------------------------------------
-
-
-def tracking_uri(params: Params) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri`` from params."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
-
-
-def configure(params: Params) -> str:
-    """Short HTTP timeouts (unless set) and the tracking URI for the fluent API; returns the URI."""
-    for key, value in HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    uri = tracking_uri(params)
-    mlflow.set_tracking_uri(uri)
-    return uri
+# --- the hand-over between stages ----------------------------------------------------------------------
 
 
 def run_file(params: Params) -> Path:
@@ -109,21 +61,8 @@ def recorded_run_id(params: Params) -> str | None:
 
 
 def _write_run_file(params: Params, run_id: str, experiment_id: str) -> None:
-    path = run_file(params)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact_url(tracking_uri(params))}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def _warn(action: str, exc: BaseException, uri: str) -> None:
-    first_line = redact_text(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
-    warnings.warn(
-        f"MLflow at {redact_url(uri)}: could not {action} ({first_line[:300]}); carrying on without it",
-        TrackingUnavailableWarning,
-        stacklevel=3,
-    )
+    write_atomic(run_file(params), json.dumps(record, indent=1) + "\n")
 
 
 # --- tags ------------------------------------------------------------------------------------------
@@ -158,12 +97,21 @@ def data_versions(lock_file: str | Path = "dvc.lock") -> dict[str, str]:
 
 
 def run_tags(info: DistInfo | None = None) -> dict[str, str]:
-    """Git commit, data version, world size and device."""
+    """Git commit, data versions, the DVC experiment, the Prefect flow run, the parent run, and with
+    ``info`` the world size and device."""
     tags = dict(data_versions())
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit  # shown by the MLflow UI
         tags["git_commit"] = commit
+    for tag, variable in (
+        ("dvc.experiment", "DVC_EXP_NAME"),
+        ("dvc.baseline_rev", "DVC_EXP_BASELINE_REV"),
+        ("prefect.flow_run_id", FLOW_RUN_ENV),
+        ("mlflow.parentRunId", PARENT_RUN_ENV),  # nests the run under it in the MLflow UI
+    ):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
     if info is not None:
         tags["world_size"] = str(info.world_size)
         tags["device"] = info.device.type
@@ -172,6 +120,42 @@ def run_tags(info: DistInfo | None = None) -> dict[str, str]:
 
             tags["device_name"] = torch.cuda.get_device_name(info.device)
     return tags
+
+
+@contextlib.contextmanager
+def parent_run(params: Params, name: str, tags: dict[str, str] | None = None) -> Iterator[str | None]:
+    """A parent run grouping the pipeline runs started inside the block (an ablation's arms, a retraining):
+    their stages find its id in ``SALGAN_MLFLOW_PARENT_RUN_ID`` and tag their runs as its children.
+
+    Yields the run id (None, after one warning, when MLflow is unreachable or disabled); the run ends
+    FINISHED, or FAILED if the block raised.
+    """
+    if not params.mlflow.enabled:
+        yield None
+        return
+    uri = configure(params)
+    try:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(params.mlflow.experiment)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(params.mlflow.experiment)
+        run_id = client.create_run(experiment_id, run_name=name, tags=run_tags() | (tags or {})).info.run_id
+    except TRACKING_ERRORS as exc:
+        warn_unavailable(f"open the parent run {name!r}", exc, uri)
+        yield None
+        return
+    previous = os.environ.get(PARENT_RUN_ENV)
+    os.environ[PARENT_RUN_ENV] = run_id
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_RUN_ENV, None)
+        else:
+            os.environ[PARENT_RUN_ENV] = previous
+        with contextlib.suppress(*TRACKING_ERRORS):
+            client.set_terminated(run_id, status)
 
 
 # --- training ------------------------------------------------------------------------------------------
@@ -225,7 +209,7 @@ class TrainingTracker:
             self.failed_at = time.monotonic()
             if not self.warned:
                 self.warned = True
-                _warn(action, exc, self.uri)
+                warn_unavailable(action, exc, self.uri)
         else:
             if self.failed_at is not None and self.warned:
                 print(f"MLflow at {redact_url(self.uri)} answers again; logging resumed")
@@ -263,7 +247,7 @@ class TrainingTracker:
         while self.pending:
             record, snapshot = self.pending[0]
             step, now = int(record["epoch"]), int(time.time() * 1000)
-            metrics = [Metric(k, float(record[k]), now, step) for k in EPOCH_METRICS if _is_number(record.get(k))]
+            metrics = [Metric(k, float(record[k]), now, step) for k in EPOCH_METRICS if is_number(record.get(k))]
             self.client.log_batch(self.run_id, metrics=metrics)
             if snapshot is not None and snapshot.is_file():
                 self.client.log_artifact(self.run_id, str(snapshot), "snapshots")
@@ -279,10 +263,11 @@ class TrainingTracker:
 
 
 def _param_value(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+    """An MLflow param's text: lists as JSON, URLs redacted (a signed source URL is a secret)."""
+    return redact_text(json.dumps(value) if isinstance(value, list | dict) else str(value))
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -310,116 +295,6 @@ def continue_run(params: Params) -> Iterator[mlflow.ActiveRun]:
         yield run
 
 
-def record_evaluation(
-    params: Params,
-    metrics: dict[str, float],
-    baselines: dict[str, dict[str, float]],
-    artifacts: list[Path],
-    generator_path: Path,
-    data_version: str | None = None,
-) -> str | None:
-    """Log val metrics, baselines and report files to the pipeline's run, log the generator as an MLflow
-    model and register it as a new version of ``mlflow.model_name`` with alias ``challenger``, tagged with
-    the ``data_version`` of the val split the metrics were measured on.
-
-    Returns the new version, or None (after one warning) when MLflow is unreachable.
-    """
-    uri = tracking_uri(params)
-    try:
-        with continue_run(params) as run:
-            mlflow.log_metrics({f"val_{k}": float(v) for k, v in metrics.items() if _is_number(v)})
-            mlflow.log_metrics(
-                {
-                    f"baseline_{name}_{k}": float(v)
-                    for name, values in baselines.items()
-                    for k, v in values.items()
-                    if _is_number(v)
-                }
-            )
-            for path in artifacts:
-                if Path(path).is_file():
-                    mlflow.log_artifact(str(path), "evaluation")
-            info = log_generator(generator_path, params.prepare.size)
-            if data_version:
-                mlflow.set_tag(DATA_VERSION_TAG, data_version)
-            version = register(
-                MlflowClient(), params.mlflow.model_name, info.model_uri, metrics, run.info.run_id, data_version
-            )
-    except TRACKING_ERRORS as exc:
-        _warn("record the evaluation and register the model", exc, uri)
-        return None
-    print(f"registered {params.mlflow.model_name} version {version} (alias {CHALLENGER}) in {redact_url(uri)}")
-    return version
-
-
-def log_generator(generator_path: str | Path, size: list[int] | tuple[int, int], name: str = MODEL_NAME_IN_RUN):
-    """Log a generator state_dict as an MLflow pytorch model in the active run; returns its ModelInfo.
-
-    Saved with ``serialization_format="pt2"`` (torch.export; loads on CPU without unpickling code, with
-    both ``mlflow.pytorch.load_model`` and ``mlflow.pyfunc.load_model``). The signature fixes the input at
-    (N, 3, H, W) float32 RGB in [0, 1]; the input example has a batch of 2 because torch.export freezes a
-    batch dimension of 1. ``metadata.input_size`` = [W, H] tells ``salgan predict`` the training size.
-    """
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    from salgan.models import load_generator
-
-    generator = load_generator(generator_path, map_location="cpu")
-    width, height = int(size[0]), int(size[1])
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, height, width))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, height, width))]),
-    )
-    torch_version = torch.__version__.split("+")[0]  # "2.14.1+cu130" is not installable from PyPI
-    return mlflow.pytorch.log_model(
-        generator,
-        name=name,
-        serialization_format="pt2",
-        signature=signature,
-        input_example=example_input(height, width),
-        pip_requirements=[f"torch=={torch_version}", f"numpy=={np.__version__}"],  # skips slow inference
-        metadata={"input_size": [width, height], "width": generator.width, "kind": MODEL_FLAVOUR_TAG},
-    )
-
-
-def example_input(height: int, width: int):
-    """(2, 3, H, W) float32 in [0, 1]: a smooth pattern on a 1/8 grid, so its JSON copy stays small."""
-    import numpy as np
-
-    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
-    cols = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
-    channels = [rows * cols, rows * (1 - cols), (1 - rows) * cols]
-    image = np.round(np.stack(channels) * 8) / 8
-    return np.stack([image, 1 - image]).astype(np.float32)
-
-
-def register(
-    client: MlflowClient,
-    name: str,
-    model_uri: str,
-    metrics: dict[str, float],
-    run_id: str | None = None,
-    data_version: str | None = None,
-) -> str:
-    """A new version of ``name`` from ``model_uri``, its metrics as version tags (with the version of the
-    val split they were measured on as ``data_version``), alias ``challenger``."""
-    tags = {k: repr(float(v)) for k, v in metrics.items() if _is_number(v)}
-    if data_version:
-        tags[DATA_VERSION_TAG] = data_version
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-    if run_id:
-        tags["run_id"] = run_id
-    version = mlflow.register_model(model_uri, name, tags=tags).version
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    return str(version)
-
-
 def record_prediction(params: Params, files: list[Path], artifact_dir: str = "predictions", max_files: int = 4) -> None:
     """Log how many files a stage wrote (metric ``n_<artifact_dir>``) and the first few as artifacts."""
     uri = tracking_uri(params)
@@ -429,11 +304,4 @@ def record_prediction(params: Params, files: list[Path], artifact_dir: str = "pr
             for path in sorted(files)[:max_files]:
                 mlflow.log_artifact(str(path), artifact_dir)
     except TRACKING_ERRORS as exc:
-        _warn(f"log {artifact_dir}", exc, uri)
-
-
-def download_model(model_uri: str, params: Params, dst: Path) -> Path:
-    """Download an MLflow model (``models:/``, ``runs:/``, logged-model or artifact URI) into ``dst``."""
-    configure(params)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # predict shows its own bar
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+        warn_unavailable(f"log {artifact_dir}", exc, uri)
