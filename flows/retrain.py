@@ -114,7 +114,7 @@ def promotion_gate(workdir: str, metric: str, min_delta: float) -> dict[str, Any
     return result
 
 
-def record_decision(workdir: str, run_id: str, result: dict[str, Any]) -> None:
+def record_decision(workdir: str, run_id: str, result: dict[str, Any], metric: str) -> None:
     """The gate's decision on the retraining's parent MLflow run: tags, and both sides' compared values."""
     from mlflow import MlflowClient
 
@@ -126,7 +126,7 @@ def record_decision(workdir: str, run_id: str, result: dict[str, Any]) -> None:
         if isinstance(result.get(side), dict):
             tags[f"{side}_version"] = str(result[side]["version"])
             with contextlib.suppress(*TRACKING_ERRORS):
-                client.log_metric(run_id, f"{side}_{result['metric']}", float(result[side]["value"]))
+                client.log_metric(run_id, f"{side}_{metric}", float(result[side]["value"]))
     with contextlib.suppress(*TRACKING_ERRORS):
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
@@ -240,7 +240,7 @@ def salgan_retrain(
         salgan_pipeline(overrides=overrides, workdir=workdir, experiment=True)
         result = promotion_gate(workdir, metric, min_delta)
         if run:
-            record_decision(workdir, run, result)
+            record_decision(workdir, run, result, metric)
     create_markdown_artifact(
         markdown=decision_markdown(result, metric, min_delta),
         key=ARTIFACT_KEY,
