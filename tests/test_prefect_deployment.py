@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 from test_flows import REPO, make_project
 
+from salgan.tracking.registry import version_metrics
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
@@ -272,7 +274,7 @@ def test_retraining_deployment_trains_the_real_pipeline(stack, tmp_path):
 
     client = _registry(project)
     (version,) = client.search_model_versions("name='salgan'")
-    assert "nss" in version.tags
+    assert "nss" in version_metrics(client, version)
     assert client.get_model_version_by_alias("salgan", "champion").version == version.version
     assert (project / "outputs" / "submission" / "submission.zip").exists()
     reports = _api(
