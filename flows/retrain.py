@@ -9,7 +9,7 @@
    champion registered on older data is scored again);
 4. report: a markdown artifact (key ``salgan-retrain``) with challenger and champion metrics and the decision.
 
-The whole flow holds the workspace lock (see ``flows.pipeline.workspace_lock``): two triggers at once run
+The whole flow holds the workspace lock (``flows.workspace.workspace_lock``): two triggers at once run
 one after the other instead of interleaving their writes to params.yaml, dvc.lock and the outputs.
 
 Run locally on the ephemeral API server: ``python -m flows.retrain`` (``--help`` for the options).
@@ -31,14 +31,13 @@ from flows.pipeline import (
     DOWNLOAD_RETRIES,
     add_set_argument,
     checked_overrides,
-    end_recorded_stage,
     parse_overrides,
     repro_command,
     retry_delays,
-    run_streaming,
     salgan_pipeline,
-    workspace_lock,
 )
+from flows.processes import end_recorded_stage, run_streaming
+from flows.workspace import workspace_lock
 
 ARTIFACT_KEY = "salgan-retrain"
 REFRESH_MODES = ("download", "pull", "none")

@@ -277,7 +277,8 @@ def test_stages_run_in_order_with_output_in_the_logs(harness, tmp_path):
 
 
 def test_a_failing_stage_names_itself_and_its_stderr(harness, tmp_path):
-    from flows.pipeline import StageFailed, salgan_pipeline
+    from flows.pipeline import salgan_pipeline
+    from flows.processes import StageFailed
 
     project = make_project(tmp_path / "p", behaviour={"prepare": {"fail": True}})
     state = salgan_pipeline(stages=["download", "prepare", "train"], workdir=str(project), return_state=True)
@@ -427,3 +428,18 @@ def test_two_retrain_triggers_take_turns_on_the_workspace(harness, tmp_path):
     assert all(
         "**Decision: promoted: fake gate**" in text and "| **nss** | 1.5000 | 1.0000 |" in text for text in reports
     )
+
+
+def test_the_workspace_lock_is_reentrant_in_a_thread_and_excludes_other_processes(tmp_path):
+    from flows.workspace import workspace_lock
+
+    (tmp_path / ".dvc").mkdir()
+    probe = (
+        "import sys; from filelock import FileLock, Timeout\n"
+        "try:\n    FileLock(sys.argv[1]).acquire(timeout=0.5)\nexcept Timeout:\n    sys.exit(3)\n"
+    )
+    lock_file = tmp_path / ".dvc" / "tmp" / "salgan-workspace.lock"
+    with workspace_lock(tmp_path), workspace_lock(tmp_path):  # the retraining flow around the pipeline flow
+        assert subprocess.run([sys.executable, "-c", probe, str(lock_file)]).returncode == 3
+        assert json.loads((tmp_path / ".dvc" / "tmp" / "salgan-workspace.owner").read_text())["pid"] == os.getpid()
+    assert subprocess.run([sys.executable, "-c", probe, str(lock_file)]).returncode == 0
