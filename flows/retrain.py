@@ -86,7 +86,7 @@ def run_promotion(params, metric: str, min_delta: float) -> dict[str, Any]:
 
     Imported here: mlflow and the scoring code are heavy, and running stages does not need them.
     """
-    from salgan.tracking.registry import gate
+    from salgan.registry import gate
 
     return gate(params, metric, min_delta)
 
@@ -117,7 +117,7 @@ def record_decision(workdir: str, run_id: str, result: dict[str, Any], metric: s
     """The gate's decision on the retraining's parent MLflow run: tags, and both sides' compared values."""
     from mlflow import MlflowClient
 
-    from salgan.tracking import TRACKING_ERRORS
+    from salgan.tracking.store import TRACKING_ERRORS
 
     client = MlflowClient(workspace_params(workdir).mlflow.tracking_uri)
     tags = {"decision": str(result.get("decision")), "reason": str(result.get("reason"))}
@@ -222,7 +222,7 @@ def salgan_retrain(
     overrides = checked_overrides(overrides, workdir)  # before the refresh touches anything
     from prefect.runtime import flow_run
 
-    from salgan.tracking import parent_run
+    from salgan.tracking.runs import parent_run
 
     logger = get_run_logger()
     with (

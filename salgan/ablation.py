@@ -93,7 +93,7 @@ def run_arms(args: argparse.Namespace) -> int:
     commands = [exp_run_command(args.prefix + arm, arm_overrides(arm, profile, base), args.queue) for arm in args.arms]
     if args.dry_run or args.queue:
         return _run_all(args.arms, commands, args.dry_run)
-    from salgan.tracking import parent_run
+    from salgan.tracking.runs import parent_run
 
     with parent_run(base, f"ablation {args.prefix}{','.join(args.arms)}", {"ablation.arms": ",".join(args.arms)}):
         return _run_all(args.arms, commands, dry_run=False)

@@ -127,7 +127,7 @@ def _record(params: Params, metrics: dict, reports: ReportFiles, generator_path:
     """Log to the pipeline's MLflow run and register the generator, when MLflow is enabled."""
     if not params.mlflow.enabled:
         return
-    from salgan.tracking import record_evaluation
+    from salgan.tracking.models import record_evaluation
 
     means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images", "data_version")}
     artifacts = [reports.metrics, reports.per_image, reports.examples]

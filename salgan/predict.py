@@ -80,7 +80,7 @@ def load_model(uri: str, params: Params, size: tuple[int, int] | None) -> tuple[
             raise ModelError(f"--model {uri}: a directory without an MLmodel file is not an MLflow model")
         generator, model_size = _from_mlflow_dir(path)
     elif ":" in uri:
-        from salgan.tracking import download_model
+        from salgan.tracking.models import download_model
 
         with tempfile.TemporaryDirectory(prefix="salgan-model-") as tmp:
             try:
@@ -443,7 +443,7 @@ def _stage_main(params: Params) -> int:
     files = run_stage(params)
     print(f"wrote {len(files)} maps to {params.predict.output}")
     if params.mlflow.enabled:
-        from salgan.tracking import record_prediction
+        from salgan.tracking.runs import record_prediction
 
         record_prediction(params, files)
     return 0

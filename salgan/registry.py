@@ -1,6 +1,8 @@
-"""``salgan registry list|promote``: the registry's versions, and the promotion gate, from the shell.
+"""``salgan registry list|promote``: the registry's versions, and the promotion gate on the current data.
 
-The registry itself (registration, the alias policy and the gate) is :mod:`salgan.tracking.registry`.
+The registry itself (registration, the alias policy and the comparison) is :mod:`salgan.tracking.registry`;
+this module wires the gate to the prepared data and the evaluate stage's scoring (:func:`gate`), which the
+command and the retraining flow use.
 """
 
 from __future__ import annotations
@@ -8,6 +10,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from salgan.settings import Params, load_params
+from salgan.tracking.registry import Rescore, promote
+
+
+def gate(params: Params, metric: str = "nss", min_delta: float = 0.0, name: str | None = None) -> dict:
+    """:func:`promote` on the val split in ``train.data`` (scoring again any side measured on other data).
+
+    Without a prepared val split the tags are compared as recorded, if they are on the same data.
+    """
+    from mlflow import MlflowClient
+
+    from salgan.layout import split_version
+    from salgan.tracking.store import configure
+
+    client = MlflowClient(configure(params))
+    name = name or params.mlflow.model_name
+    if not (Path(params.train.data) / "val").is_dir():
+        return promote(client, name, metric, min_delta)
+    return promote(client, name, metric, min_delta, split_version(params.train.data, "val"), _rescorer(params, name))
+
+
+def _rescorer(params: Params, name: str) -> Rescore:
+    """Score a registered version on the current val split with the evaluate stage's code."""
+    inputs: list = []
+
+    def rescore(version: str) -> dict[str, float]:
+        from salgan.evaluate import score_generator, scoring_inputs
+        from salgan.predict import load_model
+
+        if not inputs:
+            inputs.extend(scoring_inputs(params))  # the val arrays and IG baseline, loaded once
+        generator, _ = load_model(f"models:/{name}/{version}", params, None)
+        print(f"scoring version {version} of {name} on the current val split")
+        return score_generator(generator, params, *inputs)[1]
+
+    return rescore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         from mlflow import MlflowClient
 
-        from salgan.tracking.registry import describe, gate, list_versions
+        from salgan.tracking.registry import describe, list_versions
         from salgan.tracking.store import configure
 
         params = load_params(args.params, require_all=False) if Path(args.params).is_file() else Params()

@@ -342,7 +342,7 @@ def _make_tracker(params: Params, info: DistInfo):
     if not (info.is_main and params.mlflow.enabled):
         return None
     try:
-        from salgan.tracking import TrainingTracker
+        from salgan.tracking.runs import TrainingTracker
     except ImportError:
         return None
     return TrainingTracker(params)

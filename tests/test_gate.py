@@ -8,7 +8,7 @@ import pytest
 from salgan.evaluate import evaluate, score_generator
 from salgan.layout import split_version
 from salgan.models import load_generator
-from salgan.tracking.registry import gate
+from salgan.registry import gate
 from salgan.train import run
 from tests.conftest import write_prepared
 from tests.test_tracking import tracked_params

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from salgan.layout import sha256_file
 from salgan.models import Generator
-from salgan.tracking import log_generator
+from salgan.tracking.models import log_generator
 from salgan.tracking.registry import register
 
 BUCKET = "salgan-artifacts"

@@ -15,7 +15,7 @@ from salgan import predict
 from salgan.layout import sha256_file
 from salgan.models import Generator
 from salgan.settings import Params, to_dict
-from salgan.tracking import log_generator
+from salgan.tracking.models import log_generator
 from salgan.tracking.registry import register
 from tests.conftest import write_prepared
 

@@ -15,13 +15,11 @@ from mlflow.exceptions import MlflowException
 
 from salgan.distributed import DistInfo
 from salgan.layout import ModelFiles, sha256_file
-from salgan.tracking import (
-    TrackingUnavailableWarning,
-    TrainingTracker,
-    record_evaluation,
-    runs,
-)
+from salgan.tracking import runs
+from salgan.tracking.models import record_evaluation
 from salgan.tracking.registry import CHALLENGER, version_metrics
+from salgan.tracking.runs import TrainingTracker
+from salgan.tracking.store import TrackingUnavailableWarning
 from salgan.train import run
 from salgan.urls import redact_url
 from tests.conftest import tiny_params

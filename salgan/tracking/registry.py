@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from salgan.errors import InputError
 from salgan.layout import DATA_VERSION_TAG
-from salgan.settings import Params
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -198,40 +196,6 @@ def promote(
     client.set_registered_model_alias(name, CHAMPION, challenger.version)
     client.set_registered_model_alias(name, PREVIOUS, champion.version)
     return result | {"decision": "promoted", "reason": f"improvement {delta:+.4g} is above {min_delta:g}"}
-
-
-def gate(params: Params, metric: str = "nss", min_delta: float = 0.0, name: str | None = None) -> dict:
-    """:func:`promote` on the val split in ``train.data`` (scoring again any side measured on other data).
-
-    Without a prepared val split the tags are compared as recorded, if they are on the same data.
-    """
-    from mlflow import MlflowClient
-
-    from salgan.layout import split_version
-    from salgan.tracking.store import configure
-
-    client = MlflowClient(configure(params))
-    name = name or params.mlflow.model_name
-    if not (Path(params.train.data) / "val").is_dir():
-        return promote(client, name, metric, min_delta)
-    return promote(client, name, metric, min_delta, split_version(params.train.data, "val"), _rescorer(params, name))
-
-
-def _rescorer(params: Params, name: str) -> Rescore:
-    """Score a registered version on the current val split with the evaluate stage's code."""
-    inputs: list = []
-
-    def rescore(version: str) -> dict[str, float]:
-        from salgan.evaluate import score_generator, scoring_inputs
-        from salgan.predict import load_model
-
-        if not inputs:
-            inputs.extend(scoring_inputs(params))  # the val arrays and IG baseline, loaded once
-        generator, _ = load_model(f"models:/{name}/{version}", params, None)
-        print(f"scoring version {version} of {name} on the current val split")
-        return score_generator(generator, params, *inputs)[1]
-
-    return rescore
 
 
 def describe(result: dict) -> str:
