@@ -14,18 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
+import common  # noqa: F401  -- makes the package importable from a checkout
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-try:
-    from salgan import metrics, scoring
-except ImportError:  # run as a plain script from a checkout: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from salgan import metrics, scoring
+from salgan import metrics, scoring
 
 GT_SHAPE = (480, 640)
 PRED_SHAPE = (192, 256)

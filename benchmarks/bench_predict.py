@@ -26,7 +26,6 @@ import collections
 import datetime
 import io
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,13 +33,11 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 import torch
+from common import ensure_data, load_average, parse_size, resolve_device, synchronize, usable_cpus
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train's data helpers, run from anywhere
-from bench_train import ensure_data, load_average, parse_size, resolve_device, synchronize, usable_cpus  # noqa: E402
-
-from salgan.inference import predict_batches, to_uint8  # noqa: E402
-from salgan.models import Generator  # noqa: E402
+from salgan.inference import predict_batches, to_uint8
+from salgan.models import Generator
 
 
 def write_png(saliency: np.ndarray, path: Path) -> None:

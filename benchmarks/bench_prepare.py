@@ -18,21 +18,16 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common  # noqa: F401  -- makes the package importable from a checkout
 import numpy as np
 from PIL import Image
 
-try:
-    from salgan import prepare as stage
-    from salgan.settings import PrepareParams
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from salgan import prepare as stage
-    from salgan.settings import PrepareParams
+from salgan import prepare as stage
+from salgan.settings import PrepareParams
 
 
 def photo_like(rng: np.random.Generator, decay: float = 1.35) -> np.ndarray:

@@ -32,33 +32,21 @@ import argparse
 import contextlib
 import datetime
 import json
-import multiprocessing
-import os
-import shutil
-import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
+from common import ensure_data, load_average, parse_size, resolve_device, synchronize, usable_cpus
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-try:
-    import salgan  # noqa: F401
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from salgan import prepare as prepare_stage
 from salgan.data import PreparedSplit, images_to_float, load_split, maps_to_float
 from salgan.distributed import DistInfo
 from salgan.losses import discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
-from salgan.sample import generate_sample
-from salgan.settings import Params, PrepareParams, params_from_dict
+from salgan.settings import Params, params_from_dict
 from salgan.train import build_models, epoch_batches, train_one_epoch
 
 # REFERENCE.md §4: a generator training step (forward + backward) costs about 240 GFLOP per image at 256x192
@@ -72,63 +60,6 @@ RESAMPLE = Image.Resampling.BILINEAR  # what the prepare stage uses, so both pat
 
 
 # --- data -----------------------------------------------------------------------------------------------
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def process_pool(workers: int):
-    """Fork while this process runs one thread and has not touched the GPU (as salgan.prepare does): the
-    children start in milliseconds instead of re-importing torch; otherwise spawn."""
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1 else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
-        yield pool
-
-
-def generate_raw(root: Path, n_train: int, workers: int, seed: int = 0) -> None:
-    """A SALICON-format train split of ``n_train`` 640x480 JPEGs (with maps and fixations) under ``root``.
-
-    ``salgan.sample`` draws about 40 images/s per core, so the images are made in ``workers`` parts, each
-    a sample tree of its own seed, then moved into one tree with a part prefix that keeps names unique.
-    """
-    parts = max(1, min(workers, n_train // 8))
-    counts = [n_train // parts + (k < n_train % parts) for k in range(parts)]
-    part_roots = [root / f".part{k:02d}" for k in range(parts)]
-    if parts == 1:
-        generate_sample(part_roots[0], counts[0], 0, 0, seed)
-    else:
-        with process_pool(parts) as pool:
-            jobs = [pool.submit(generate_sample, part_roots[k], counts[k], 0, 0, seed + k) for k in range(parts)]
-            for job in jobs:
-                job.result()
-    for kind, suffix in (("images", ".jpg"), ("maps", ".png"), ("fixations", ".mat")):
-        folder = root / kind / "train"
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, part in enumerate(part_roots):
-            for path in (part / kind / "train").glob(f"*{suffix}"):
-                os.replace(path, folder / f"p{k:02d}_{path.name}")
-    for part in part_roots:
-        shutil.rmtree(part)
-
-
-def ensure_data(folder: Path, n_images: int, size: tuple[int, int], workers: int) -> tuple[Path, Path, float]:
-    """The raw tree of ``n_images`` and its prepared arrays at ``size``, under ``folder/<n_images>``, made
-    unless a previous run left them there (the GPU script's runs share one generation). Returns (raw,
-    prepared, seconds spent making them)."""
-    start = time.perf_counter()
-    base = folder / str(n_images)
-    raw, prepared = base / "raw", base / f"prepared-{size[0]}x{size[1]}"
-    done = raw / "complete"  # written last: a run killed while generating leaves no half tree behind
-    if not done.is_file():
-        shutil.rmtree(base, ignore_errors=True)
-        generate_raw(raw, n_images, workers)
-        done.touch()
-    if not (prepared / "train" / "images.npy").is_file():
-        params = PrepareParams(input=str(raw), output=str(prepared), size=list(size), workers=workers)
-        prepare_stage.prepare(params, progress=False)  # atomic: the folder appears only when complete
-    return raw, prepared, time.perf_counter() - start
 
 
 class DecodingDataset(Dataset):
@@ -310,11 +241,6 @@ def run_fast(name: str, params: Params, split: PreparedSplit, device, warmup: in
 # --- measuring and reporting ----------------------------------------------------------------------------
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timing(name: str, steps: int, batch: int, seconds: float, input_seconds: float, **extra) -> dict:
     return {
         "path": name,
@@ -356,28 +282,6 @@ def print_table(rows: list[dict], header: str) -> None:
             f"{r['input_ms_per_step']:>9.2f} {pct(r['input_share']):>7} {tflops:>8} "
             f"{pct(r.get('mfu_reference')):>7} {pct(r.get('mfu_counted')):>7}"
         )
-
-
-def load_average() -> float:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH, got {text!r}") from None
-    if width % 16 or height % 16 or width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"sides must be positive multiples of 16, got {text}")
-    return width, height
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible")
-    return torch.device(name)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -90,3 +90,64 @@ def write_params_file(path: Path, overrides: dict) -> Path:
     merged = flatten(to_dict(Params())) | flatten(overrides)
     path.write_text(yaml.safe_dump(nest(merged)))
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server (a real HTTP endpoint) on a free port for the whole session; stopped at the end."""
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    pytest.importorskip("moto.server")
+    url = f"http://127.0.0.1:{(port := free_port())}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto_server did not start at {url} (see {log})")
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break  # any HTTP answer means the server is up
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def weights(path: Path) -> dict:
+    """A weights file's state_dict (weights_only, as the project loads them)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    """Two state_dicts with the same keys and bit-identical tensors."""
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -32,7 +32,7 @@ from salgan.fetch import FetchError
 from salgan.sample import generate_sample, write_release_zips
 from salgan.settings import DownloadParams
 from salgan.urls import redact_url
-from tests.conftest import write_params_file
+from tests.conftest import free_port, write_params_file
 
 
 def _md5(path: Path) -> str:
@@ -386,15 +386,9 @@ def test_source_json_has_no_credentials():
 # --- S3 through moto's server -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -1,13 +1,7 @@
 """MLflow artifacts on S3, against a real S3 HTTP endpoint: moto's server mode on 127.0.0.1."""
 
-import socket
-import subprocess
-import sys
-import time
-
 import mlflow
 import numpy as np
-import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -19,39 +13,8 @@ from salgan.tracking.registry import register
 BUCKET = "salgan-artifacts"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server in its own process, stopped at the end."""
-    pytest.importorskip("moto.server")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server on port {port} did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def test_model_artifacts_round_trip_through_s3(s3_endpoint, tmp_path, monkeypatch):
+def test_model_artifacts_round_trip_through_s3(s3_server, tmp_path, monkeypatch):
+    s3_endpoint = s3_server
     import boto3
 
     for key, value in {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,18 +21,12 @@ from salgan import checkpoint
 from salgan.layout import ModelFiles
 from salgan.settings import to_dict
 from salgan.train import run
-from tests.conftest import tiny_params
+from tests.conftest import free_port, tiny_params
 
 CHECKPOINT_FILE, GENERATOR_FILE = ModelFiles(Path()).checkpoint.name, ModelFiles(Path()).generator.name
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_node(rank: int, port: int, params_file: Path, log: Path) -> subprocess.Popen:

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import pytest
 from test_flows import REPO, make_project
 
 from salgan.tracking.registry import version_metrics
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -55,12 +55,6 @@ TINY_REAL = {
 
 # ---------------------------------------------------------------------------------------------------------
 # Processes
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -144,7 +138,7 @@ def stack(tmp_path_factory):
     }
     for leaked in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_PROFILE"):
         env.pop(leaked, None)
-    port = _free_port()
+    port = free_port()
     started: list[subprocess.Popen] = []
     try:
         started.append(

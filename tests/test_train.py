@@ -27,7 +27,7 @@ from salgan.train import (
     run,
     train_one_epoch,
 )
-from tests.conftest import tiny_params, write_prepared
+from tests.conftest import same_weights, tiny_params, weights, write_prepared
 
 FILES = ModelFiles(Path())
 CHECKPOINT_FILE, GENERATOR_FILE, HISTORY_FILE = FILES.checkpoint.name, FILES.generator.name, FILES.history.name
@@ -46,14 +46,6 @@ def run_module(params_file: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "salgan.train", "--params", str(params_file)]
     return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, **popen)
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def snapshot_bytes(out: Path) -> list[bytes]:
