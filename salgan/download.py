@@ -30,14 +30,12 @@ from pathlib import Path
 from salgan import fetch
 from salgan.errors import InputError
 from salgan.fetch import FetchError, md5sum
-from salgan.layout import atomic_directory
+from salgan.layout import LABELLED_SPLITS, SPLITS, atomic_directory
 from salgan.settings import ConfigError, DownloadParams, load_params
 from salgan.urls import redact_url
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-GROUND_TRUTH_SPLITS = ("train", "val")
 EXTENSIONS = {"images": ".jpg", "maps": ".png", "fixations": ".mat"}
 SOURCE_FILE = "SOURCE.json"
 CHECKSUMS_FILE = "checksums.json"
@@ -485,7 +483,7 @@ def check_layout(root: Path) -> dict[str, dict[str, int]]:
         counts[split] = {"images": len(names)}
         if not names:
             problems.append(f"images/{split}: no images")
-        if split not in GROUND_TRUTH_SPLITS:
+        if split not in LABELLED_SPLITS:
             continue
         for kind in ("maps", "fixations"):
             have = _stems(root / kind / split, EXTENSIONS[kind])

@@ -33,13 +33,11 @@ from PIL import Image
 
 from salgan.errors import InputError
 from salgan.fixations import load_fixations_mat
-from salgan.layout import atomic_directory, split_version_of_files
+from salgan.layout import LABELLED_SPLITS, SPLITS, atomic_directory, split_version_of_files
 
 if TYPE_CHECKING:
     from salgan.settings import PrepareParams
 
-SPLITS = ("train", "val", "test")
-GROUND_TRUTH_SPLITS = ("train", "val")  # test has images only
 FULL_MAP_SPLITS = ("val",)  # evaluate scores val at the original resolution
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SALICON_SIZE = (480, 640)  # (rows, cols), used only when no val image header can be read at all
@@ -204,7 +202,7 @@ def find_samples(root: str | Path, split: str) -> tuple[list[Sample], list[tuple
         if path.stem in images:
             raise PrepareError(f"{path}: same name as {images[path.stem]}; image names must be unique")
         images[path.stem] = path
-    if split not in GROUND_TRUTH_SPLITS:
+    if split not in LABELLED_SPLITS:
         return [Sample(name, path) for name, path in sorted(images.items())], []
     samples, missing = [], []
     for name, image in sorted(images.items()):
@@ -343,7 +341,7 @@ def _prepare_split(
     """Fill one split folder; return its counts and the skipped samples."""
     folder.mkdir(parents=True)
     n, (width, height) = len(samples), size
-    with_maps = split in GROUND_TRUTH_SPLITS
+    with_maps = split in LABELLED_SPLITS
     full_size = _peek_size(samples) if split in FULL_MAP_SPLITS else None
     _allocate(folder / "images.npy", (n, height, width, 3))
     if with_maps:

@@ -28,11 +28,11 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from salgan.layout import LABELLED_SPLITS, SPLITS
+
 WIDTH, HEIGHT = 640, 480
 MAP_SIGMA = 19.0  # px, salicon-api's Gaussian for continuous maps
 VIEWING_MS = 5000  # SALICON observers free-viewed each image for 5 s
-SPLITS = ("train", "val", "test")
-GROUND_TRUTH_SPLITS = ("train", "val")
 
 # Where the shapes of the fixations come from: salient objects, the centre of the screen, anywhere.
 P_OBJECT, P_CENTRE = 0.75, 0.17  # the rest is uniform noise
@@ -95,12 +95,12 @@ def _generate(root: Path, counts: dict[str, int], seed: int) -> dict[str, list[s
         ids = np.sort(rng.choice(np.arange(1, 600_000), size=count, replace=False))
         folders = {kind: root / kind / split for kind in ("images", "maps", "fixations")}
         for kind, folder in folders.items():
-            if kind == "images" or split in GROUND_TRUTH_SPLITS:
+            if kind == "images" or split in LABELLED_SPLITS:
                 folder.mkdir(parents=True, exist_ok=True)
         names[split] = []
         for image_id in ids:
             name = image_name(split, int(image_id))
-            _write_one(rng, name, folders, with_ground_truth=split in GROUND_TRUTH_SPLITS)
+            _write_one(rng, name, folders, with_ground_truth=split in LABELLED_SPLITS)
             names[split].append(name)
     return names
 

@@ -29,7 +29,6 @@ from salgan.errors import ConfigError
 __all__ = ["ConfigError", "Params", "load_params", "override_args", "params_from_dict", "validate_overrides"]
 
 DEFAULT_PARAMS_FILE = "params.yaml"
-SPLITS = ("train", "val", "test")
 ALGORITHM_NAME = r"[A-Za-z0-9_.-]+"  # goes into file names inside the 2015 submission
 
 

@@ -147,9 +147,15 @@ def _flow_logs(flow_run_id) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    messages: list[str] = []
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return [log.message for log in logs]
+        while True:  # page through: the API returns at most its default limit (200) per call
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), offset=len(messages)
+            )
+            messages += [log.message for log in page]
+            if not page:
+                return messages
 
 
 # ---------------------------------------------------------------------------------------------------------
