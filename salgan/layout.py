@@ -143,6 +143,12 @@ class ModelFiles:
         return self.snapshots / f"epoch_{epoch:03d}.png"
 
 
+# An MLflow model that salgan logged: MLmodel's metadata.kind, and the plain weights inside the model folder
+# (the only file salgan reads back from a model: torch.load with weights_only, nothing unpickled or run).
+MODEL_KIND = "salgan-generator"
+LOGGED_WEIGHTS = "extra_files/generator.pt"
+
+
 @dataclass(frozen=True)
 class ReportFiles:
     """The evaluate stage's folder (``evaluate.output``)."""

@@ -35,7 +35,7 @@ from PIL import Image, ImageOps
 
 from salgan.errors import InputError
 from salgan.inference import default_device, predict_batches, to_uint8
-from salgan.layout import ModelFiles, atomic_directory, atomic_file, read_split
+from salgan.layout import LOGGED_WEIGHTS, MODEL_KIND, ModelFiles, atomic_directory, atomic_file, read_split
 from salgan.settings import Params, PredictParams, load_params, validate_section
 from salgan.urls import redact_text
 
@@ -125,50 +125,40 @@ def _checkpoint_config(path: Path) -> dict | None:
 
 
 def _from_mlflow_dir(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | None]:
-    """An MLflow pytorch model; a SalGAN is rebuilt as a plain Generator (eval mode, any device)."""
-    import mlflow.pytorch
-    from mlflow.models import Model
+    """The generator of an MLflow model that salgan logged, read without running anything from it.
+
+    MLflow's own loaders unpickle model files and import a model's ``code`` paths: a model from elsewhere
+    could run code. So only salgan's own format is accepted: MLmodel (read as plain YAML) says
+    ``metadata.kind: salgan-generator``, names no code paths, and the weights are the plain state_dict in
+    ``extra_files/generator.pt``, read with ``torch.load(weights_only=True)``. Anything else is refused
+    with the reason.
+    """
+    import yaml
 
     from salgan.models import Generator, infer_width
 
-    meta = Model.load(str(path))
-    module = mlflow.pytorch.load_model(str(path), map_location="cpu")
-    state = module.state_dict()
-    if "encoder.0.weight" in state:
-        # torch.export modules refuse .eval() and cannot follow autocast changes; the weights can.
+    try:
+        meta = yaml.safe_load((path / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelError(f"{path}: unreadable MLmodel ({exc})") from None
+    metadata = (meta or {}).get("metadata") if isinstance(meta, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("kind") != MODEL_KIND:
+        raise ModelError(f"{path}: not a SalGAN model logged by salgan (MLmodel metadata.kind is not {MODEL_KIND!r})")
+    flavors = meta.get("flavors") or {}
+    if any(isinstance(f, dict) and f.get("code") for f in flavors.values()):
+        raise ModelError(f"{path}: the model names code paths; salgan runs no code from a model")
+    weights = path / LOGGED_WEIGHTS
+    if weights.is_symlink() or not weights.is_file():
+        raise ModelError(f"{path}: no {LOGGED_WEIGHTS} (salgan logs the generator's weights there)")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
         generator = Generator(width=infer_width(state))
         generator.load_state_dict(state)
-        module = generator.eval()
-    else:
-        module = _Frozen(module)
-    return module, _model_input_size(meta)
-
-
-class _Frozen(torch.nn.Module):
-    """Wraps a module that must not be switched between train and eval mode (a torch.export module)."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-
-    def train(self, mode: bool = True) -> _Frozen:
-        return self
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.module(image)
-
-
-def _model_input_size(meta) -> tuple[int, int] | None:
-    """(W, H) from the MLmodel metadata written by salgan.tracking, else from a fixed-size signature."""
-    size = (meta.metadata or {}).get("input_size")
-    if size and len(size) == 2:
-        return int(size[0]), int(size[1])
-    inputs = meta.signature.inputs if meta.signature else None
-    if inputs is not None and inputs.is_tensor_spec():
-        shape = inputs.inputs[0].shape
-        if len(shape) == 4 and shape[2] > 0 and shape[3] > 0:
-            return int(shape[3]), int(shape[2])
-    return None
+    except Exception as exc:  # pickled code, a damaged file, another network: all refused alike
+        raise ModelError(f"{weights}: not a SalGAN generator state_dict ({type(exc).__name__}: {exc})") from None
+    size = metadata.get("input_size")
+    valid = isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+    return generator.eval(), (size[0], size[1]) if valid else None
 
 
 # --- inputs ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from salgan.errors import InputError
+from salgan.layout import sha256_file
 from salgan.models.discriminator import Discriminator
 from salgan.models.generator import IMAGENET_MEAN, IMAGENET_STD, Generator, infer_width
 
@@ -60,9 +61,7 @@ def load_encoder_weights(generator: Generator, source: str) -> None:
         path = Path(source)
         if not path.is_file():
             raise EncoderWeightsError(f"model.encoder_weights: no such file {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise EncoderWeightsError(f"{path}: expected a state_dict, got {type(state).__name__}")
+        state = _read_weights(path)
     encoder_state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
     expected = generator.encoder.state_dict()
     missing = sorted(set(expected) - set(encoder_state), key=_layer_order)
@@ -81,20 +80,41 @@ def _layer_order(key: str) -> int:
     return int(key.split(".")[0])
 
 
-def _imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """torchvision's VGG16 ImageNet weights from its cache, downloading them if the network allows."""
-    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    from torchvision.models import VGG16_Weights
-
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict read with ``weights_only=True``: a file holding pickled code is refused, never run."""
     try:
-        return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-    except Exception as exc:  # URLError, socket errors, SSL errors: all mean "not reachable"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for code, others for damage: either way not weights
+        raise EncoderWeightsError(f"{path}: not a weights file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise EncoderWeightsError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    return state
+
+
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """torchvision's VGG16 ImageNet weights from torch.hub's cache (downloaded there if the network allows),
+    checked against the sha256 prefix torchvision publishes in the file name before they are read, and read
+    with ``weights_only=True``: a crafted file placed there is refused, not unpickled."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_IMAGENET_FILE
+    prefix = VGG16_IMAGENET_FILE.split("-")[1].split(".")[0]  # vgg16-397923af.pth -> 397923af
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(VGG16_IMAGENET_URL, str(path), hash_prefix=prefix, progress=True)
+        except Exception as exc:  # URLError, socket errors, SSL errors, a wrong hash: all mean "not usable"
+            raise EncoderWeightsError(
+                f"ImageNet VGG16 weights are not cached and could not be downloaded ({exc}). "
+                f"Download {VGG16_IMAGENET_URL} on a machine with network access and put it at {path} "
+                "(set TORCH_HOME to use another cache folder), or set model.encoder_weights to a local VGG16 "
+                "state_dict file, or to none."
+            ) from None
+    digest = sha256_file(path)
+    if not digest.startswith(prefix):
         raise EncoderWeightsError(
-            f"ImageNet VGG16 weights are not cached and could not be downloaded ({exc}). "
-            f"Download {VGG16_IMAGENET_URL} on a machine with network access and put it at "
-            f"{hub_dir / VGG16_IMAGENET_FILE} (set TORCH_HOME to use another cache folder), "
-            "or set model.encoder_weights to a local VGG16 state_dict file, or to none."
-        ) from exc
+            f"{path}: sha256 {digest[:16]}... does not start with {prefix}, the hash torchvision publishes for "
+            f"{VGG16_IMAGENET_FILE}; the file is not torchvision's: replace it with {VGG16_IMAGENET_URL}"
+        )
+    return _read_weights(path)
 
 
 def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> Generator:

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from salgan.layout import DATA_VERSION_TAG, sha256_file
+from salgan.layout import DATA_VERSION_TAG, MODEL_KIND, sha256_file
 from salgan.settings import Params
 from salgan.tracking.registry import CHALLENGER, logged_model_id, register, version_with_weights
 from salgan.tracking.runs import continue_run, git_commit, is_number
@@ -16,7 +16,6 @@ from salgan.tracking.store import TRACKING_ERRORS, configure, tracking_uri, warn
 from salgan.urls import redact_url
 
 MODEL_NAME_IN_RUN = "model"
-MODEL_FLAVOUR_TAG = "salgan-generator"  # in the MLmodel metadata, so predict knows it can rebuild a Generator
 
 
 def record_evaluation(
@@ -77,10 +76,12 @@ def record_evaluation(
 def log_generator(generator_path: str | Path, size: list[int] | tuple[int, int], name: str = MODEL_NAME_IN_RUN):
     """Log a generator state_dict as an MLflow pytorch model in the active run; returns its ModelInfo.
 
-    Saved with ``serialization_format="pt2"`` (torch.export; loads on CPU without unpickling code, with
-    both ``mlflow.pytorch.load_model`` and ``mlflow.pyfunc.load_model``). The signature fixes the input at
-    (N, 3, H, W) float32 RGB in [0, 1]; the input example has a batch of 2 because torch.export freezes a
-    batch dimension of 1. ``metadata.input_size`` = [W, H] tells ``salgan predict`` the training size.
+    Saved with ``serialization_format="pt2"`` (torch.export; it serves through ``mlflow.pyfunc`` and
+    ``mlflow models serve``), plus the plain state_dict as ``extra_files/generator.pt``: the one file
+    salgan itself reads back (``torch.load(weights_only=True)``, see ``salgan.predict``). The signature
+    fixes the input at (N, 3, H, W) float32 RGB in [0, 1]; the input example has a batch of 2 because
+    torch.export freezes a batch dimension of 1. ``metadata.input_size`` = [W, H] tells ``salgan predict``
+    the training size and ``metadata.kind`` that salgan made it.
     """
     import mlflow.pytorch
     import numpy as np
@@ -104,7 +105,8 @@ def log_generator(generator_path: str | Path, size: list[int] | tuple[int, int],
         signature=signature,
         input_example=example_input(height, width),
         pip_requirements=[f"torch=={torch_version}", f"numpy=={np.__version__}"],  # skips slow inference
-        metadata={"input_size": [width, height], "width": generator.width, "kind": MODEL_FLAVOUR_TAG},
+        metadata={"input_size": [width, height], "width": generator.width, "kind": MODEL_KIND},
+        extra_files=[str(generator_path)],
     )
 
 

@@ -54,9 +54,12 @@ def tracking_uri(params: Params) -> str:
 
 
 def configure(params: Params) -> str:
-    """Short HTTP timeouts (unless set) and the tracking URI for the fluent API; returns the URI."""
+    """Short HTTP timeouts (unless set), no pickle deserialisation, and the tracking URI for the fluent API;
+    returns the URI."""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # salgan never unpickles a model (salgan.predict reads weights only); nor may MLflow on its behalf.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     return uri
