@@ -135,7 +135,7 @@ def run(params: DownloadParams, progress: bool = True) -> dict:
         else:
             archives = _fetch_archives(params, kind, progress)
             for archive, path, _ in archives:
-                extract_archive(path, archive.kind, stage, progress)
+                extract_archive(path, archive.kind, stage, progress, limits_of(params))
             record = {"archives": [info for _, _, info in archives]}
         record = {"source": redact_url(params.source), "type": kind, **record}
         record["counts"] = check_layout(stage)
@@ -178,17 +178,24 @@ def _is_tree(folder: Path) -> bool:
 
 
 def _from_tree(source: Path, stage: Path) -> dict:
-    """Copy the SALICON files of an extracted tree (other files are left behind)."""
-    copied = 0
+    """Copy the SALICON files of an extracted tree (other files are left behind). A symlink whose target
+    lies outside the tree is refused, as an archive's would be: it could copy any file into data/raw."""
+    copied, root = 0, source.resolve()
     for kind, ext in EXTENSIONS.items():
         for split in SPLITS:
             folder = source / kind / split
             if not folder.is_dir():
                 continue
+            if root not in folder.resolve().parents:
+                raise DownloadError(f"{folder}: a link out of the tree {source} (to {folder.resolve()}); refused")
             target = stage / kind / split
             target.mkdir(parents=True, exist_ok=True)
             for file in folder.iterdir():
-                if _NAME.fullmatch(file.name) and file.suffix == ext and file.is_file():
+                if not (_NAME.fullmatch(file.name) and file.suffix == ext):
+                    continue
+                if file.is_symlink() and root not in file.resolve().parents:
+                    raise DownloadError(f"{file}: a link out of the tree {source} (to {file.resolve()}); refused")
+                if file.is_file():  # a regular file (or a link to one inside the tree): FIFOs and devices are not
                     shutil.copy2(file, target / file.name)
                     copied += 1
     log.info("copied %d files from %s", copied, source)
@@ -406,11 +413,20 @@ def _md5_sidecar(read, name: str) -> dict[str, str]:
 # --- safe extraction ----------------------------------------------------------------------------
 
 
-def extract_archive(path: Path, kind: str, stage: Path, progress: bool = False) -> int:
+def limits_of(params: DownloadParams) -> tuple[int, float]:
+    """(largest uncompressed entry in bytes, largest compression ratio) an archive may hold."""
+    return params.max_entry_bytes, params.max_compression_ratio
+
+
+def extract_archive(
+    path: Path, kind: str, stage: Path, progress: bool = False, limits: tuple[int, float] = (256 << 20, 200.0)
+) -> int:
     """Extract the SALICON files of one zip into ``stage/<kind>/<split>/``; return how many.
 
-    Every entry is checked before anything is written: an absolute path, a ``..`` component or a
-    symlink refuses the whole archive. Files go to a folder chosen from their SALICON name
+    Every entry is checked before anything is written: an absolute path, a ``..`` component, a symlink,
+    or an entry over the ``limits`` (uncompressed bytes, compression ratio: a zip bomb) refuses the whole
+    archive; the bytes actually written are counted too, so an entry lying about its size is stopped at
+    the limit. Files go to a folder chosen from their SALICON name
     (``COCO_val2014_...`` -> val), so the zip's own folder nesting does not matter; other entries
     (``__MACOSX/``, read-me files) are skipped.
     """
@@ -423,7 +439,7 @@ def extract_archive(path: Path, kind: str, stage: Path, progress: bool = False) 
     with archive:
         entries = archive.infolist()
         for entry in entries:
-            _check_entry(path, entry)
+            _check_entry(path, entry, limits)
         written = 0
         for entry in bar_for(entries, enabled=progress, desc=f"extract {path.name}", unit="file"):
             target = _target(entry, kind, stage)
@@ -434,7 +450,7 @@ def extract_archive(path: Path, kind: str, stage: Path, progress: bool = False) 
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with archive.open(entry) as source, open(target, "wb") as sink:
-                    shutil.copyfileobj(source, sink, fetch.CHUNK_SIZE)
+                    _copy_bounded(source, sink, limits[0], f"{path}: entry {entry.filename!r}")
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
                 raise ArchiveError(
                     f"{path}: entry {entry.filename!r} cannot be extracted (corrupt archive?): {exc}"
@@ -447,9 +463,10 @@ def extract_archive(path: Path, kind: str, stage: Path, progress: bool = False) 
     return written
 
 
-def _check_entry(path: Path, entry: zipfile.ZipInfo) -> None:
-    """Refuse an entry that could land outside the target folder."""
+def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: tuple[int, float]) -> None:
+    """Refuse an entry that could land outside the target folder, or inflate past the limits."""
     name = entry.filename.replace("\\", "/")
+    max_bytes, max_ratio = limits
     reason = None
     if name.startswith("/") or re.match(r"[A-Za-z]:", name):
         reason = "an absolute path"
@@ -457,8 +474,23 @@ def _check_entry(path: Path, entry: zipfile.ZipInfo) -> None:
         reason = "a '..' path component"
     elif stat.S_ISLNK(entry.external_attr >> 16):
         reason = "a symbolic link"
+    elif entry.file_size > max_bytes:
+        reason = f"{entry.file_size} bytes uncompressed, over download.max_entry_bytes {max_bytes}"
+    elif entry.file_size > max_ratio * max(entry.compress_size, 1) and entry.file_size > 1 << 20:
+        ratio = entry.file_size / max(entry.compress_size, 1)
+        reason = f"compressed {ratio:.0f}:1, over download.max_compression_ratio {max_ratio:g} (a zip bomb?)"
     if reason:
         raise ArchiveError(f"{path}: refusing entry {entry.filename!r}: {reason}; nothing was extracted")
+
+
+def _copy_bounded(source, sink, max_bytes: int, what: str) -> None:
+    """Copy at most ``max_bytes``: an entry whose header understates its size is stopped there."""
+    copied = 0
+    while block := source.read(fetch.CHUNK_SIZE):
+        copied += len(block)
+        if copied > max_bytes:
+            raise ArchiveError(f"{what} inflates past download.max_entry_bytes {max_bytes}; nothing was kept")
+        sink.write(block)
 
 
 def _target(entry: zipfile.ZipInfo, kind: str, stage: Path) -> Path | None:

@@ -12,25 +12,42 @@ the parsing below accepts every variant rather than trusting one.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.io
+
+MI_COMPRESSED = 15  # MAT v5 element type of zlib-compressed data
+BYTES_PER_FIXATION = 256  # what one fixation may cost in a file (its location samples and timestamps too)
+MIN_MAT_BYTES = 16 << 20  # the decompressed size every file may reach, whatever max_fixations
 
 
 class FixationFileError(ValueError):
     """A fixation file cannot be read or does not have SALICON's layout; the message names the file."""
 
 
-def load_fixations_mat(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
+class FixationFile(NamedTuple):
+    """A parsed fixation file: 0-based (row, col) of every fixation, the image's (rows, cols), and how
+    many fixations lay outside the image (clamped to its border, and reported by the prepare stage)."""
+
+    coords: np.ndarray
+    resolution: tuple[int, int]
+    outside: int
+
+
+def load_fixations_mat(path: str | Path, max_fixations: int = 100_000) -> FixationFile:
     """Read a SALICON fixation file.
 
-    Returns ``(coords, resolution)``: ``coords`` int32 (K, 2), the 0-based (row, col) of every fixation
-    of every observer in file order, clipped into the image; ``resolution`` the image's (rows, cols).
-    Raises :class:`FixationFileError` naming ``path`` when the file is unreadable or malformed.
+    ``coords`` is int32 (K, 2), the 0-based (row, col) of every fixation of every observer in file order.
+    A file that would decompress to more than a bound derived from ``max_fixations`` (``.mat`` files are
+    zlib-compressed: a few hundred KB can hold gigabytes) or holds more fixations than ``max_fixations``
+    is refused before it can exhaust memory. Raises :class:`FixationFileError` naming ``path``.
     """
     path = Path(path)
+    _check_decompressed_size(path, max(MIN_MAT_BYTES, max_fixations * BYTES_PER_FIXATION))
     try:
         mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
     except FileNotFoundError:
@@ -39,10 +56,61 @@ def load_fixations_mat(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     # NotImplementedError for v7.3/HDF5 files); all of them mean "not a usable SALICON file".
     except Exception as exc:  # noqa: BLE001
         raise FixationFileError(f"{path}: cannot read MATLAB file: {type(exc).__name__}: {exc}") from None
-    return fixations_from_mat(mat, source=path)
+    parsed = fixations_from_mat(mat, source=path)
+    if len(parsed.coords) > max_fixations:
+        raise FixationFileError(f"{path}: {len(parsed.coords)} fixations, over prepare.max_fixations {max_fixations}")
+    return parsed
 
 
-def fixations_from_mat(mat: dict[str, Any], source: str | Path = "<mat>") -> tuple[np.ndarray, tuple[int, int]]:
+def _check_decompressed_size(path: Path, limit: int) -> None:
+    """Refuse a MAT v5 file whose compressed variables inflate past ``limit`` bytes, without inflating
+    more than that: the 128-byte header, then (type, size) tagged elements, type 15 being zlib data."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(128)
+            if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+                return  # not MAT v5: loadmat gives the error
+            order = "<" if header[126:128] == b"IM" else ">"
+            total = 0
+            while tag := handle.read(8):
+                if len(tag) < 8:
+                    return
+                kind, size = struct.unpack(order + "II", tag)
+                if kind != MI_COMPRESSED:
+                    total += size
+                    handle.seek(size + (-size % 8), 1)
+                else:
+                    total += _inflated_size(handle, size, limit - total)
+                if total > limit:
+                    raise FixationFileError(
+                        f"{path}: decompresses to more than {limit} bytes (prepare.max_fixations allows "
+                        f"{limit // BYTES_PER_FIXATION}); refused before loading"
+                    )
+    except FileNotFoundError:
+        raise FixationFileError(f"{path}: no such fixation file") from None
+
+
+def _inflated_size(handle, size: int, budget: int) -> int:
+    """Bytes one zlib element inflates to, counted up to ``budget + 1`` (never more held in memory)."""
+    inflater, produced, left = zlib.decompressobj(), 0, size
+    try:
+        while left > 0 and produced <= budget:
+            chunk = handle.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+            data = inflater.decompress(chunk, max(1, budget + 1 - produced))
+            produced += len(data)
+            while inflater.unconsumed_tail and produced <= budget:
+                data = inflater.decompress(inflater.unconsumed_tail, max(1, budget + 1 - produced))
+                produced += len(data)
+    except zlib.error:
+        return produced  # damaged: loadmat will name the problem
+    handle.seek(left, 1)
+    return produced
+
+
+def fixations_from_mat(mat: dict[str, Any], source: str | Path = "<mat>") -> FixationFile:
     """Parse the dict returned by ``scipy.io.loadmat`` (any ``squeeze_me``/``struct_as_record``).
 
     ``source`` names the file in error messages. See :func:`load_fixations_mat` for the result.
@@ -52,20 +120,23 @@ def fixations_from_mat(mat: dict[str, Any], source: str | Path = "<mat>") -> tup
         raise FixationFileError(f"{source}: no 'gaze' variable (keys: {sorted(k for k in mat if k[:2] != '__')})")
     per_observer = [_observer_fixations(obs, source) for obs in _observers(mat["gaze"])]
     xy = np.concatenate(per_observer) if per_observer else np.zeros((0, 2))
-    return to_row_col(xy, resolution), resolution
+    coords, outside = to_row_col(xy, resolution)
+    return FixationFile(coords, resolution, outside)
 
 
-def to_row_col(xy: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
-    """1-based [x, y] (float) -> 0-based (row, col) int32, rounded and clipped into ``resolution``.
+def to_row_col(xy: np.ndarray, resolution: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """1-based [x, y] (float) -> 0-based (row, col) int32, rounded; those outside ``resolution`` are
+    clamped to its border and counted (the count is returned, so that the prepare report shows them).
 
     Non-finite rows are dropped: they carry no location and would otherwise become arbitrary pixels.
     """
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     xy = xy[np.isfinite(xy).all(axis=1)]
     rows, cols = resolution
-    row = np.clip(np.rint(xy[:, 1]) - 1, 0, rows - 1)
-    col = np.clip(np.rint(xy[:, 0]) - 1, 0, cols - 1)
-    return np.stack([row, col], axis=1).astype(np.int32)
+    row, col = np.rint(xy[:, 1]) - 1, np.rint(xy[:, 0]) - 1
+    outside = int(np.count_nonzero((row < 0) | (row > rows - 1) | (col < 0) | (col > cols - 1)))
+    coords = np.stack([np.clip(row, 0, rows - 1), np.clip(col, 0, cols - 1)], axis=1).astype(np.int32)
+    return coords, outside
 
 
 def _resolution(mat: dict[str, Any], source: str | Path) -> tuple[int, int]:

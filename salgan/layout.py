@@ -199,23 +199,71 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
+def output_lock(output: str | Path) -> Iterator[None]:
+    """Hold the lock of ``output`` (``.<name>.lock`` beside it, ``flock``): one run at a time writes an
+    output. A second run waits, saying for whom; the kernel releases the lock when its holder dies."""
+    import fcntl
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output.with_name(f".{output.name}.lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            log.warning("%s is being written by %s; waiting for it to finish", output, holder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def atomic_directory(output: str | Path) -> Iterator[Path]:
     """Yield a fresh sibling of ``output``; when the block succeeds it replaces ``output`` by rename.
 
     On an error the sibling is removed and ``output`` stays exactly as it was. The sibling lives beside
     ``output`` (same file system, so the rename is atomic) and is made with mkdir, not mkdtemp, so the
-    result gets the usual umask permissions rather than 0700. Leftovers of a killed run are removed first.
+    result gets the usual umask permissions rather than 0700. The whole block holds :func:`output_lock`, so
+    a concurrent run waits instead of removing this one's staging folder; leftovers of a killed run are
+    removed once the lock is held.
     """
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(output)
-    stage = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
-    stage.mkdir()
-    try:
-        yield stage
-        _swap(stage, output)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)  # already gone after a successful swap
+    with output_lock(output):
+        _remove_leftovers(output)
+        stage = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+        stage.mkdir()
+        try:
+            yield stage
+            _swap(stage, output)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)  # already gone after a successful swap
+
+
+@contextlib.contextmanager
+def staged_files(output: str | Path) -> Iterator[Path]:
+    """Yield a fresh staging folder beside ``output``; when the block succeeds, every file written there
+    moves into ``output`` (created if needed; other files in it stay). A killed run leaves ``output`` as
+    it was (its staging folder is removed by the next run): no mix of old and new maps."""
+    output = Path(output)
+    with output_lock(output):
+        _remove_leftovers(output)
+        stage = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+        stage.mkdir()
+        try:
+            yield stage
+            for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+                target = output / path.relative_to(stage)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _swap(stage: Path, output: Path) -> None:

@@ -35,7 +35,14 @@ from PIL import Image, ImageOps
 
 from salgan.errors import InputError
 from salgan.inference import default_device, predict_batches, to_uint8
-from salgan.layout import LOGGED_WEIGHTS, MODEL_KIND, ModelFiles, atomic_directory, atomic_file, read_split
+from salgan.layout import (
+    LOGGED_WEIGHTS,
+    MODEL_KIND,
+    ModelFiles,
+    atomic_directory,
+    read_split,
+    staged_files,
+)
 from salgan.settings import Params, PredictParams, load_params, validate_section
 from salgan.urls import redact_text
 
@@ -181,6 +188,8 @@ def collect(inputs: list[str], exclude: Path | None = None) -> tuple[list[Job], 
             if not found:
                 errors.append(f"{text}: no files match")
             jobs += [Job(p, _relative(p, base).with_suffix("")) for p in found]
+        elif path.exists():
+            errors.append(f"{text}: not a regular file (a pipe, socket or device); skipped")
         else:
             errors.append(f"{text}: no such file or directory")
     return _unique(jobs, errors), errors
@@ -191,8 +200,9 @@ def _walk(root: Path, exclude: Path | None) -> Iterator[Path]:
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _same(here / d, exclude))
         for name in sorted(filenames):
-            # ._x.jpg AppleDouble files and other dot-files are not images even with an image suffix.
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            # ._x.jpg AppleDouble files and other dot-files are not images even with an image suffix; a pipe
+            # named like an image would block the reader forever, so only regular files are read.
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES and (here / name).is_file():
                 yield here / name
 
 
@@ -240,26 +250,29 @@ def _unique(jobs: list[Job], errors: list[str]) -> list[Job]:
     return unique
 
 
-def read_image(job: Job, size: tuple[int, int], keep_full: bool) -> Loaded:
+def read_image(job: Job, size: tuple[int, int], keep_full: bool, max_pixels: int = 50_000_000) -> Loaded:
     """Decode, apply EXIF orientation, convert to RGB and resize to ``size`` = (W, H).
 
-    Raises ``ValueError`` naming the problem for anything unusable: not an image, truncated, or past
-    Pillow's decompression-bomb limit (its warning is turned into an error: a 90-megapixel "photo" is
-    more likely an attack or a mistake than a picture to score).
+    Raises ``ValueError`` naming the problem for anything unusable: not an image, truncated, or declaring
+    more than ``max_pixels`` pixels (``predict.max_pixels``; checked from the header, before decoding).
     """
     from salgan.prepare import to_rgb
 
+    declared, rgb = None, None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit, checked below
             with Image.open(job.path) as img:
-                img.load()  # decode now: a truncated file fails here, not half-way through a batch
-                image = ImageOps.exif_transpose(img) or img
-                rgb = to_rgb(image)
+                declared = (img.width, img.height)
+                if img.width * img.height <= max_pixels:
+                    img.load()  # decode now: a truncated file fails here, not half-way through a batch
+                    rgb = to_rgb(ImageOps.exif_transpose(img) or img)
     # Pillow reports damage as OSError, SyntaxError, ValueError, EOFError, zlib/struct errors and the
-    # decompression-bomb error and warning; whatever the type, this input is unusable.
+    # decompression-bomb error; whatever the type, this input is unusable.
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    if rgb is None:
+        raise ValueError(f"declares {declared[0]}x{declared[1]} pixels, more than predict.max_pixels {max_pixels}")
     array = np.asarray(rgb.resize(size, RESAMPLE) if rgb.size != size else rgb, dtype=np.uint8)
     return Loaded(job, array, (rgb.height, rgb.width), np.asarray(rgb) if keep_full else None)
 
@@ -287,18 +300,14 @@ def overlay(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
-def save_atomic(image: Image.Image, path: Path, image_format: str, **options) -> None:
-    """An interrupted run leaves no half file (:func:`salgan.layout.atomic_file`)."""
-    with atomic_file(path) as handle:
-        image.save(handle, format=image_format, **options)
-
-
-def write_results(loaded: Loaded, saliency: np.ndarray, output: Path, with_overlay: bool) -> None:
-    stem = output / loaded.job.stem
-    save_atomic(Image.fromarray(to_uint8(saliency), mode="L"), stem.with_name(stem.name + ".png"), "PNG")
+def write_results(loaded: Loaded, saliency: np.ndarray, folder: Path, with_overlay: bool) -> None:
+    """The map (and the overlay) of one input into ``folder`` (a staging folder: see predict_files)."""
+    stem = folder / loaded.job.stem
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(saliency), mode="L").save(stem.with_name(stem.name + ".png"), "PNG")
     if with_overlay and loaded.full is not None:
         heat = Image.fromarray(overlay(loaded.full, saliency), mode="RGB")
-        save_atomic(heat, stem.with_name(stem.name + "_overlay.jpg"), "JPEG", quality=90)
+        heat.save(stem.with_name(stem.name + "_overlay.jpg"), "JPEG", quality=90)
 
 
 # --- the two modes ---------------------------------------------------------------------------------------
@@ -309,25 +318,28 @@ def predict_files(
     jobs: list[Job],
     output: Path,
     size: tuple[int, int],
-    batch_size: int = 16,
-    blur_size: int = 5,
+    options: PredictParams,
     with_overlay: bool = False,
     device: torch.device | None = None,
 ) -> tuple[int, list[str]]:
-    """Predict every job in batches; returns the number written and the errors (path: reason) of the
-    inputs that were skipped."""
+    """Predict every job in batches (``options``: batch size, blur, pixel limit); returns the number written
+    and the errors (path: reason) of the inputs that were skipped.
+
+    The maps are written into a staging folder and moved into ``output`` at the end
+    (:func:`salgan.layout.staged_files`): a killed run leaves no mix of old and new maps.
+    """
     from salgan.cli import progress
 
     device = device or default_device()
     generator = generator.to(device).eval()
     errors: list[str] = []
     written = 0
-    with progress(total=len(jobs), unit="image", desc="predict") as bar:
-        for start in range(0, len(jobs), batch_size):
+    with staged_files(output) as stage, progress(total=len(jobs), unit="image", desc="predict") as bar:
+        for start in range(0, len(jobs), options.batch_size):
             batch: list[Loaded] = []
-            for job in jobs[start : start + batch_size]:
+            for job in jobs[start : start + options.batch_size]:
                 try:
-                    batch.append(read_image(job, size, with_overlay))
+                    batch.append(read_image(job, size, with_overlay, options.max_pixels))
                 except ValueError as exc:
                     errors.append(f"{job.path}: {exc}")
                     bar.update(1)
@@ -335,9 +347,9 @@ def predict_files(
                 continue
             images = np.stack([item.array for item in batch])
             sizes = np.array([item.original_size for item in batch], dtype=np.int64)
-            maps = predict_batches(generator, images, sizes, len(batch), blur_size, device)
+            maps = predict_batches(generator, images, sizes, len(batch), options.blur_size, device)
             for item, saliency in zip(batch, maps, strict=True):
-                write_results(item, saliency, output, with_overlay)
+                write_results(item, saliency, stage, with_overlay)
                 written += 1
                 bar.update(1)
     return written, errors
@@ -450,9 +462,7 @@ def _tool_main(args: argparse.Namespace) -> int:
     generator, size = load_model(model, params, args.size)
     jobs, errors = collect(args.inputs, exclude=args.output)
     device = default_device() if args.device == "auto" else torch.device(args.device)
-    written, failed = predict_files(
-        generator, jobs, args.output, size, options.batch_size, options.blur_size, args.overlay, device
-    )
+    written, failed = predict_files(generator, jobs, args.output, size, options, args.overlay, device)
     errors += failed
     for error in errors:
         print(f"salgan predict: skipped {error}", file=sys.stderr)

@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from salgan.errors import InputError
-from salgan.fixations import load_fixations_mat
+from salgan.fixations import FixationFile, load_fixations_mat
 from salgan.layout import LABELLED_SPLITS, SPLITS, atomic_directory, split_version_of_files
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ class SplitJob:
     size: tuple[int, int]  # (W, H)
     with_maps: bool
     full_size: tuple[int, int] | None  # (rows, cols) every image must have; None: no maps_full
+    max_pixels: int = 50_000_000  # prepare.max_pixels
+    max_fixations: int = 100_000  # prepare.max_fixations
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class ItemResult:
     index: int
     original_size: tuple[int, int] | None = None  # (rows, cols)
     coords: np.ndarray | None = None
+    outside: int = 0  # fixations outside the image, clamped to its border
     bad_path: str | None = None
     reason: str | None = None
 
@@ -132,17 +136,21 @@ def _to_8bit_grey(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
 
 
-def load_image(path: str | Path, size: Sequence[int], draft: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+def load_image(
+    path: str | Path, size: Sequence[int], draft: bool = True, max_pixels: int = 50_000_000
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode an image, convert it to RGB and resize it to ``size`` = (W, H).
 
     Returns ``(uint8 (H, W, 3), (rows, cols) of the original)``. With ``draft`` a JPEG is decoded at the
     smallest DCT scale that is still at least ``size`` (a no-op for other formats). EXIF orientation is
-    not applied: SALICON's maps and fixations refer to the stored pixel grid.
-    Raises :class:`BadFileError` naming ``path``.
+    not applied: SALICON's maps and fixations refer to the stored pixel grid. An image declaring more than
+    ``max_pixels`` pixels is refused from its header, before it is decoded (a few KB of PNG can declare
+    gigabytes). Raises :class:`BadFileError` naming ``path``.
     """
     width, height = int(size[0]), int(size[1])
     try:
-        with Image.open(path) as img:
+        with _quiet_bombs(), Image.open(path) as img:
+            _check_pixels(path, img, max_pixels)
             original = (img.height, img.width)
             if draft:
                 img.draft("RGB", (width, height))
@@ -151,6 +159,8 @@ def load_image(path: str | Path, size: Sequence[int], draft: bool = True) -> tup
             array = np.asarray(resized, dtype=np.uint8)
     except FileNotFoundError:
         raise BadFileError(path, "no such file") from None
+    except BadFileError:
+        raise
     # Pillow signals damaged input with OSError, SyntaxError, ValueError, EOFError, struct/zlib errors and
     # DecompressionBombError; whatever the type, the file is unusable and the message must name it.
     except Exception as exc:  # noqa: BLE001
@@ -158,19 +168,35 @@ def load_image(path: str | Path, size: Sequence[int], draft: bool = True) -> tup
     return array, original
 
 
-def load_map(path: str | Path, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def load_map(path: str | Path, size: Sequence[int], max_pixels: int = 50_000_000) -> tuple[np.ndarray, np.ndarray]:
     """Decode a saliency map as 8-bit grey: ``(resized uint8 (H, W), original uint8 (rows, cols))``."""
     width, height = int(size[0]), int(size[1])
     try:
-        with Image.open(path) as img:
+        with _quiet_bombs(), Image.open(path) as img:
+            _check_pixels(path, img, max_pixels)
             grey = to_grey(img)
             full = np.asarray(grey, dtype=np.uint8)
             resized = grey.resize((width, height), RESAMPLE) if grey.size != (width, height) else grey
             return np.asarray(resized, dtype=np.uint8), full
     except FileNotFoundError:
         raise BadFileError(path, "no such file") from None
+    except BadFileError:
+        raise
     except Exception as exc:  # noqa: BLE001 -- see load_image
         raise BadFileError(path, f"cannot decode map: {type(exc).__name__}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _quiet_bombs():
+    """Pillow's decompression-bomb warning at open: our own limit (prepare.max_pixels) decides, by name."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _check_pixels(path: str | Path, img: Image.Image, max_pixels: int) -> None:
+    if img.width * img.height > max_pixels:
+        raise BadFileError(path, f"declares {img.width}x{img.height} pixels, more than prepare.max_pixels {max_pixels}")
 
 
 def resize_image(path: str | Path, size: Sequence[int]) -> np.ndarray:
@@ -249,7 +275,7 @@ def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[It
     results = []
     for index, sample in items:
         try:
-            image, original = load_image(sample.image, job.size)
+            image, original = load_image(sample.image, job.size, max_pixels=job.max_pixels)
             if job.full_size is not None and original != job.full_size:
                 raise BadFileError(
                     sample.image,
@@ -258,15 +284,15 @@ def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[It
                 )
             coords = None
             if job.with_maps:
-                small, full = load_map(sample.map, job.size)
+                small, full = load_map(sample.map, job.size, job.max_pixels)
                 _check_same_size(sample.map, full.shape, original)
-                coords, resolution = _load_fixations(sample.fixations)
+                coords, resolution, outside = _load_fixations(sample.fixations, job.max_fixations)
                 _check_same_size(sample.fixations, resolution, original)
                 maps[index] = small
                 if maps_full is not None:
                     maps_full[index] = full
             images[index] = image
-            results.append(ItemResult(index, original, coords))
+            results.append(ItemResult(index, original, coords, outside if job.with_maps else 0))
         except BadFileError as exc:
             results.append(ItemResult(index, bad_path=exc.path, reason=exc.reason))
     # No flush: the mapped pages are the page cache the parent reads back, and msync's write to disk
@@ -274,9 +300,9 @@ def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[It
     return results
 
 
-def _load_fixations(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+def _load_fixations(path: Path, max_fixations: int) -> FixationFile:
     try:
-        return load_fixations_mat(path)
+        return load_fixations_mat(path, max_fixations)
     except ValueError as exc:  # FixationFileError: the message already names the file
         raise BadFileError(path, str(exc).removeprefix(f"{path}: ")) from None
 
@@ -312,7 +338,8 @@ def prepare(params: PrepareParams, progress: bool = True) -> dict:
         for split in splits:
             samples, missing = find_samples(root, split)
             skipped = [_skip(split, name, path, reason, params.skip_bad) for name, path, reason in missing]
-            counts, more = _prepare_split(split, samples, tmp / split, size, workers, params.skip_bad, progress)
+            limits = {"max_pixels": params.max_pixels, "max_fixations": params.max_fixations}
+            counts, more = _prepare_split(split, samples, tmp / split, size, workers, params.skip_bad, progress, limits)
             skipped += more
             report["splits"][split] = {**counts, "skipped": len(skipped)}
             report["skipped"] += skipped
@@ -337,6 +364,7 @@ def _prepare_split(
     workers: int,
     skip_bad: bool,
     progress: bool,
+    limits: dict[str, int],
 ) -> tuple[dict, list[dict]]:
     """Fill one split folder; return its counts and the skipped samples."""
     folder.mkdir(parents=True)
@@ -348,7 +376,7 @@ def _prepare_split(
         _allocate(folder / "maps.npy", (n, height, width))
     if full_size:
         _allocate(folder / "maps_full.npy", (n, *full_size))
-    job = SplitJob(str(folder), size, with_maps, full_size)
+    job = SplitJob(str(folder), size, with_maps, full_size, limits["max_pixels"], limits["max_fixations"])
     results = _run_jobs(job, list(enumerate(samples)), workers, f"prepare {split}", progress, stop_on_bad=not skip_bad)
     skipped = [_skip(split, samples[r.index].name, r.bad_path, r.reason, skip_bad) for r in results if r.bad_path]
     keep = [r for r in results if not r.bad_path]
@@ -361,6 +389,13 @@ def _prepare_split(
     counts = {"images": len(keep)}
     if with_maps:
         counts["fixations"] = _save_fixations(folder / "fixations.npz", [r.coords for r in keep])
+        counts["fixations_outside"] = sum(r.outside for r in keep)
+        if counts["fixations_outside"]:
+            print(
+                f"prepare: warning: {counts['fixations_outside']} {split} fixation(s) lay outside their image and "
+                "were moved to its border (counted in report.json)",
+                file=sys.stderr,
+            )
     return counts, skipped
 
 
@@ -423,6 +458,20 @@ def _checked(results: list[ItemResult], stop_on_bad: bool) -> list[ItemResult]:
     return results
 
 
+def _die_with_parent() -> None:
+    """A pool worker's first act on Linux: ask the kernel to kill it when the process that started it dies,
+    so that a SIGKILLed stage leaves no orphaned workers behind (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before the request: nobody will collect this worker
+        os._exit(1)
+
+
 @contextlib.contextmanager
 def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A process pool that starts fast without risking a deadlocked child.
@@ -441,7 +490,7 @@ def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
         context.set_forkserver_preload(["salgan.prepare"])
     else:
         context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
     try:
         yield pool
     finally:

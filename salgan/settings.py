@@ -53,6 +53,8 @@ class DownloadParams(Section):
     sample_val: PositiveInt = 48
     sample_test: PositiveInt = 24
     sample_seed: int = 0
+    max_entry_bytes: PositiveInt = 256 << 20  # an archive entry inflating past this is refused (SALICON's: < 1 MB)
+    max_compression_ratio: float = Field(default=200.0, gt=1)  # a larger ratio is a zip bomb, not a JPEG or PNG
 
     @field_validator("source")
     @classmethod
@@ -76,6 +78,8 @@ class PrepareParams(Section):
     size: list[int] = Field(default=[128, 96], min_length=2, max_length=2)  # W x H; the paper uses 256x192
     skip_bad: bool = False
     workers: int = Field(default=0, ge=0)  # 0: one process per core
+    max_pixels: PositiveInt = 50_000_000  # an image or map declaring more is refused (SALICON's are 0.3 MP)
+    max_fixations: PositiveInt = 100_000  # per fixation file, all observers (SALICON has a few hundred)
 
     @field_validator("size")
     @classmethod
@@ -138,6 +142,7 @@ class PredictParams(Section):
     output: str = "outputs/test_maps"
     batch_size: PositiveInt = 16
     blur_size: int = Field(default=5, ge=0)  # Gaussian blur kernel after the bicubic resize; 0 disables it
+    max_pixels: PositiveInt = 50_000_000  # salgan predict's inputs declaring more pixels are skipped, named
 
     @field_validator("blur_size")
     @classmethod

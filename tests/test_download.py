@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
+import io
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from salgan import download, fetch
-from salgan.download import ArchiveError, ChecksumError, LayoutError
+from salgan.download import ArchiveError, ChecksumError, DownloadError, LayoutError
 from salgan.fetch import FetchError
 from salgan.sample import generate_sample, write_release_zips
 from salgan.settings import DownloadParams
@@ -89,8 +90,8 @@ def existing(tmp_path, tree) -> dict[str, bytes]:
 
 def _assert_untouched(tmp_path: Path, before: dict[str, bytes]) -> None:
     assert _snapshot(tmp_path / "raw") == before
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".raw.")]
-    assert leftovers == []
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".raw.") and p.name != ".raw.lock"]
+    assert leftovers == []  # no staging folder (the lock file beside the output stays)
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -223,6 +224,47 @@ def test_unsafe_archive_entries_are_refused(tmp_path, zips, existing, entry, wri
         download.run(_params(tmp_path, folder), progress=False)
     _assert_untouched(tmp_path, existing)
     assert not (tmp_path / "evil.png").exists()
+
+
+def _bomb(archive: zipfile.ZipFile) -> None:
+    """A 50 MB map of zeros that deflates to about 50 KB: the shape of a zip bomb."""
+    archive.writestr("train/COCO_train2014_000000000999.png", bytes(50 << 20), compress_type=zipfile.ZIP_DEFLATED)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({}, r"compressed \d+:1, over download.max_compression_ratio 200"),
+        ({"max_entry_bytes": 1 << 20}, "over download.max_entry_bytes"),
+    ],
+)
+def test_archive_entries_that_inflate_past_the_limits_are_refused(tmp_path, zips, existing, overrides, reason):
+    folder = _with_entry(zips, tmp_path / "bomb", _bomb)
+    with pytest.raises(ArchiveError, match="COCO_train2014_000000000999.png.*" + reason):
+        download.run(_params(tmp_path, folder, **overrides), progress=False)
+    _assert_untouched(tmp_path, existing)
+
+
+def test_an_entry_that_understates_its_size_is_stopped_at_the_limit(tmp_path):
+    from salgan.download import _copy_bounded
+
+    sink = io.BytesIO()
+    with pytest.raises(ArchiveError, match="inflates past download.max_entry_bytes 1000"):
+        _copy_bounded(io.BytesIO(bytes(5000)), sink, 1000, "maps.zip: entry 'x.png'")
+    assert len(sink.getvalue()) <= 1000
+
+
+def test_a_tree_source_with_a_link_out_of_the_tree_is_refused(tmp_path, tree, existing):
+    copy = tmp_path / "linked"
+    shutil.copytree(tree, copy)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for data/raw")
+    victim = sorted((copy / "maps" / "train").glob("*.png"))[0]
+    victim.unlink()
+    victim.symlink_to(secret)
+    with pytest.raises(DownloadError, match=f"{victim.name}: a link out of the tree"):
+        download.run(_params(tmp_path, copy), progress=False)
+    _assert_untouched(tmp_path, existing)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

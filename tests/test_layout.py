@@ -1,8 +1,13 @@
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
-from salgan.layout import atomic_directory
+from salgan.layout import atomic_directory, atomic_file, staged_files
+
+LOCK = ".out.lock"  # the output's lock file stays beside it (removing it would race with a waiting run)
 
 
 def test_success_replaces_the_folder_and_keeps_umask_permissions(tmp_path):
@@ -13,7 +18,7 @@ def test_success_replaces_the_folder_and_keeps_umask_permissions(tmp_path):
         (stage / "new.txt").write_text("new")
     assert sorted(p.name for p in output.iterdir()) == ["new.txt"]
     assert os.stat(output).st_mode & 0o777 == 0o777 & ~_umask()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK, "out"]
 
 
 def test_failure_leaves_the_folder_as_it_was(tmp_path):
@@ -24,7 +29,7 @@ def test_failure_leaves_the_folder_as_it_was(tmp_path):
         (stage / "half.txt").write_text("half")
         raise RuntimeError("interrupted")
     assert [p.name for p in output.iterdir()] == ["old.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK, "out"]
 
 
 def test_leftovers_of_a_killed_run_are_removed(tmp_path):
@@ -33,7 +38,56 @@ def test_leftovers_of_a_killed_run_are_removed(tmp_path):
     (tmp_path / ".outside.tmp-keep").mkdir()  # another folder's staging, not ours
     with atomic_directory(tmp_path / "out"):
         pass
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".outside.tmp-keep", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK, ".outside.tmp-keep", "out"]
+
+
+HOLD = """
+import sys, time
+from salgan.layout import atomic_directory
+with atomic_directory(sys.argv[1]) as stage:
+    (stage / "first.txt").write_text("first")
+    print(stage, flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_second_run_on_the_same_output_waits_and_never_removes_the_first_ones_staging(tmp_path, caplog):
+    output = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-c", HOLD, str(output), "1.5"], stdout=subprocess.PIPE, text=True)
+    staging = first.stdout.readline().strip()  # the first run is inside its block, holding the lock
+    began = time.monotonic()
+    with atomic_directory(output) as stage:
+        waited = time.monotonic() - began
+        (stage / "second.txt").write_text("second")
+    assert first.wait(timeout=30) == 0
+    assert waited > 0.5, "the second run did not wait for the first"
+    assert not os.path.exists(staging)  # swapped in by the first run, not deleted under it
+    assert [p.name for p in output.iterdir()] == ["second.txt"]  # the later run's result, whole
+    assert "is being written by pid" in caplog.text
+
+
+def test_atomic_file_uses_a_fresh_exclusive_name_and_never_follows_a_planted_link(tmp_path):
+    target, secret = tmp_path / "history.json", tmp_path / "elsewhere.txt"
+    secret.write_text("untouched")
+    (tmp_path / ".history.json.tmp").symlink_to(secret)  # what a predictable temporary name would follow
+    with atomic_file(target, "w") as handle:
+        handle.write("new")
+    assert target.read_text() == "new" and secret.read_text() == "untouched"
+    assert not target.is_symlink()
+
+
+def test_staged_files_move_in_at_the_end_and_a_failure_changes_nothing(tmp_path):
+    output = tmp_path / "maps"
+    output.mkdir()
+    (output / "keep.png").write_text("other photo's map")
+    with pytest.raises(RuntimeError), staged_files(output) as stage:
+        (stage / "a.png").write_text("new")
+        raise RuntimeError("killed half-way")
+    assert sorted(p.name for p in output.iterdir()) == ["keep.png"]
+    with staged_files(output) as stage:
+        (stage / "sub").mkdir()
+        (stage / "sub" / "b.png").write_text("b")
+    assert sorted(str(p.relative_to(output)) for p in output.rglob("*.png")) == ["keep.png", "sub/b.png"]
 
 
 def _umask() -> int:

@@ -73,7 +73,8 @@ def test_2017_archive_holds_only_the_maps_and_the_manifest_lies_beside_it(setup:
     assert manifest["model"]["sha256"] == hashlib.sha256(setup["model"].read_bytes()).hexdigest()
     assert manifest["params_sha256"] == stage.params_sha256(params)
     assert manifest["created"] and manifest["package_version"]
-    assert sorted(p.name for p in setup["output"].parent.iterdir()) == ["submission"]  # no staging folder left
+    left = sorted(p.name for p in setup["output"].parent.iterdir())
+    assert left == [".submission.lock", "submission"]  # no staging folder left; the lock file stays
     assert sorted(p.name for p in setup["output"].iterdir()) == ["manifest.json", "submission.zip"]
 
 
@@ -155,7 +156,7 @@ def test_invalid_predictions_write_nothing(setup: dict, fmt: str, capsys) -> Non
     assert "expected maps missing" in capsys.readouterr().err
     assert [p.name for p in setup["output"].iterdir()] == ["submission.zip"]
     assert (setup["output"] / "submission.zip").read_bytes() == b"previous archive"
-    assert [p.name for p in setup["output"].parent.iterdir()] == ["submission"]
+    assert [p.name for p in setup["output"].parent.iterdir()] == ["submission"]  # refused before anything
 
 
 def test_missing_model_or_split_is_named(setup: dict, capsys) -> None:

@@ -17,7 +17,7 @@ from salgan.models import Generator
 from salgan.settings import Params, to_dict
 from salgan.tracking.models import log_generator
 from salgan.tracking.registry import register
-from tests.conftest import write_prepared
+from tests.conftest import write_params_file, write_prepared
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +106,21 @@ def test_model_input_size_comes_from_the_mlflow_metadata(champion_store, monkeyp
     assert predict.load_model("models:/salgan/1", Params(), (128, 96))[1] == (128, 96)
 
 
-def test_weights_file_glob_and_decompression_bombs(tmp_path, monkeypatch, capsys, weights):
+def test_weights_file_glob_and_pixel_limits(tmp_path, monkeypatch, capsys, weights):
+    """predict.max_pixels (from params.yaml where there is one) refuses an input from its header; Pillow's
+    own decompression-bomb error still refuses what is past its hard limit."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warns above 1000 pixels, refuses above 2000
+    write_params_file(tmp_path / "params.yaml", {"predict": {"max_pixels": 1500}})
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2000
     folder = tmp_path / "pics"
     folder.mkdir()
-    for name, side in (("ok", 20), ("warns", 40), ("refused", 50)):
+    for name, side in (("ok", 20), ("large", 40), ("refused", 50)):
         Image.new("RGB", (side, side), (200, 100, 50)).save(folder / f"{name}.png")
     argv = ["--model", str(weights), "--output", "out", "--size", "64x48", "--blur", "0", "pics/*.png"]
     assert predict.main(argv) == 1
     err = capsys.readouterr().err
-    assert "warns.png" in err and "refused.png" in err and "DecompressionBomb" in err
+    assert "large.png: declares 40x40 pixels, more than predict.max_pixels 1500" in err
+    assert "refused.png: DecompressionBombError" in err
     with Image.open(tmp_path / "out" / "ok.png") as saliency:
         assert saliency.size == (20, 20)
 
@@ -150,7 +154,8 @@ def test_stage_mode_writes_one_map_per_test_image(tmp_path, monkeypatch, weights
     for name in names:
         with Image.open(Path(params.predict.output) / f"{name}.png") as saliency:
             assert (saliency.mode, saliency.size) == ("L", (640, 480))
-    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["test_maps"]  # no temp folder left
+    left = sorted(p.name for p in (tmp_path / "outputs").iterdir())
+    assert left == [".test_maps.lock", "test_maps"]  # no staging folder left; the lock file stays
 
 
 def test_jet_runs_blue_to_red():

@@ -82,13 +82,14 @@ def raw(tmp_path: Path) -> dict:
 # --- fixations -------------------------------------------------------------------------------------
 
 
-def test_fixations_are_zero_based_row_col_and_clipped(tmp_path: Path) -> None:
+def test_fixations_are_zero_based_row_col_and_clipped_and_counted(tmp_path: Path) -> None:
     observers = [np.array([[1, 1], [640, 480], [10, 20]]), np.zeros((0, 2)), np.array([[0, 500], [700, -3]])]
     write_mat(tmp_path / "a.mat", "a", (480, 640), observers)
-    coords, resolution = load_fixations_mat(tmp_path / "a.mat")
+    coords, resolution, outside = load_fixations_mat(tmp_path / "a.mat")
     assert resolution == (480, 640)
     assert coords.dtype == np.int32
     assert coords.tolist() == [[0, 0], [479, 639], [19, 9], [479, 0], [0, 639]]
+    assert outside == 2  # (0, 500) and (700, -3): moved to the border, and counted
 
 
 @pytest.mark.parametrize("squeeze_me", [False, True])
@@ -98,7 +99,7 @@ def test_every_loadmat_variant_parses_alike(tmp_path, squeeze_me, struct_as_reco
     observers = [np.arange(1, 2 * k + 1).reshape(k, 2) for k in observer_sizes]
     write_mat(tmp_path / "a.mat", "a", (480, 640), observers)
     mat = scipy.io.loadmat(tmp_path / "a.mat", squeeze_me=squeeze_me, struct_as_record=struct_as_record)
-    coords, resolution = fixations_from_mat(mat, "a.mat")
+    coords, resolution, outside = fixations_from_mat(mat, "a.mat")
     expected = np.concatenate([o for o in observers] or [np.zeros((0, 2))]).reshape(-1, 2)
     assert resolution == (480, 640)
     assert coords.tolist() == np.column_stack([expected[:, 1] - 1, expected[:, 0] - 1]).tolist()
@@ -258,7 +259,7 @@ def test_skip_bad_lists_skipped_files_in_the_report(tmp_path: Path, raw: dict) -
     report = json.loads((out / "report.json").read_text())
     assert sorted(s["name"] for s in report["skipped"]) == sorted([images[1].stem, images[3].stem, sorted(raw)[-1]])
     assert any(s["file"] == str(images[1]) for s in report["skipped"])
-    assert report["splits"]["train"] == {"images": 2, "fixations": 10, "skipped": 2}
+    assert report["splits"]["train"] == {"images": 2, "fixations": 10, "fixations_outside": 0, "skipped": 2}
     names = json.loads((out / "train" / "names.json").read_text())
     assert names == [images[0].stem, images[2].stem]
     assert np.load(out / "train" / "images.npy").shape[0] == 2

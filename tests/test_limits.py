@@ -1,0 +1,109 @@
+"""Inputs that could exhaust memory or hang a stage are bounded, each by a setting, with the file named."""
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+from salgan import predict
+from salgan.fixations import FixationFileError, load_fixations_mat
+from salgan.models import Generator
+from salgan.prepare import BadFileError, load_image
+from salgan.sample import generate_sample
+from tests.conftest import write_params_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def png_declaring(path: Path, width: int, height: int) -> Path:
+    """A valid grey PNG of ``width`` x ``height`` zeros written chunk by chunk (a few hundred KB on disk,
+    never the full image in memory): the 13000 x 13000 file of the security review."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate, row = zlib.compressobj(9), bytes(width + 1)  # filter byte + one grey row
+    body = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def test_prepare_refuses_an_image_declaring_too_many_pixels_before_decoding_it(tmp_path):
+    bomb = png_declaring(tmp_path / "bomb.png", 13000, 13000)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(BadFileError, match=r"declares 13000x13000 pixels, more than prepare.max_pixels 50000000"):
+        load_image(bomb, (64, 48), max_pixels=50_000_000)
+
+
+def test_predict_skips_and_names_an_input_declaring_too_many_pixels_and_a_pipe(tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = tmp_path / "generator.pt"
+    torch.save(Generator(width=0.0625).state_dict(), weights)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((48, 64, 3), 120, dtype=np.uint8)).save(photos / "ok.png")
+    png_declaring(photos / "bomb.png", 13000, 13000)
+    os.mkfifo(photos / "pipe.jpg")  # would block a reader forever
+    code = predict.main(
+        ["--model", str(weights), "--output", str(tmp_path / "maps"), str(photos), str(photos / "pipe.jpg")]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "bomb.png: declares 13000x13000 pixels, more than predict.max_pixels" in err
+    assert "pipe.jpg: not a regular file" in err
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["ok.png"]
+
+
+def test_a_fixation_file_that_inflates_past_the_bound_is_refused_before_loading(tmp_path):
+    path = tmp_path / "bomb.mat"
+    gaze = np.empty((1,), dtype=[("location", "O"), ("timestamp", "O"), ("fixations", "O")])
+    gaze[0]["location"] = gaze[0]["fixations"] = np.zeros((1_500_000, 2))  # 48 MB inflated, 50 KB on disk
+    gaze[0]["timestamp"] = np.zeros((1, 1))
+    scipy.io.savemat(path, {"resolution": np.array([[480, 640]]), "gaze": gaze}, do_compression=True)
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(FixationFileError, match="decompresses to more than .* refused before loading"):
+        load_fixations_mat(path, max_fixations=1000)
+
+
+def test_a_fixation_file_with_too_many_fixations_is_refused(tmp_path):
+    path = tmp_path / "many.mat"
+    gaze = np.empty((1,), dtype=[("location", "O"), ("timestamp", "O"), ("fixations", "O")])
+    gaze[0]["location"] = gaze[0]["fixations"] = np.ones((5000, 2))
+    gaze[0]["timestamp"] = np.zeros((1, 1))
+    scipy.io.savemat(path, {"resolution": np.array([[480, 640]]), "gaze": gaze}, do_compression=True)
+    with pytest.raises(FixationFileError, match="5000 fixations, over prepare.max_fixations 1000"):
+        load_fixations_mat(path, max_fixations=1000)
+    assert len(load_fixations_mat(path, max_fixations=10_000).coords) == 5000
+
+
+@pytest.mark.slow
+def test_killing_prepare_leaves_no_worker_behind(tmp_path):
+    generate_sample(tmp_path / "raw", 400, 8, 4, 0)
+    params = write_params_file(
+        tmp_path / "params.yaml",
+        {"prepare": {"input": str(tmp_path / "raw"), "output": str(tmp_path / "prepared"), "workers": 2}},
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    stage = subprocess.Popen([sys.executable, "-m", "salgan.cli", "prepare", "--params", str(params)], env=env)
+    deadline = time.monotonic() + 60
+    workers: list[psutil.Process] = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = [p for p in psutil.Process(stage.pid).children(recursive=True) if "python" in p.name().lower()]
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the pool never started"
+    stage.send_signal(signal.SIGKILL)
+    stage.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
