@@ -26,6 +26,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from salgan import fetch
 from salgan.errors import InputError
@@ -260,25 +261,28 @@ class _Mirror:
             self.bucket, prefix = fetch.parse_s3_url(base)
             self.prefix = prefix + "/" if prefix else ""
             self.client = fetch.s3_client()
-        else:
-            self.root = base.rstrip("/") + "/"
+
+    def url(self, name: str) -> str:
+        """``name`` under an http(s) prefix, in the path: a signed prefix's query string stays at the end."""
+        parts = urlsplit(self.base)
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
 
     def read(self, name: str) -> str | None:
         if self.kind == "s3":
             return fetch.s3_text(self.client, self.bucket, self.prefix + name, forbidden_is_missing=True)
-        return fetch.http_text(self.root + name)
+        return fetch.http_text(self.url(name))
 
     def exists(self, name: str) -> bool:
         if self.kind == "s3":
             head = fetch.s3_head(self.client, self.bucket, self.prefix + name, forbidden_is_missing=True)
             return head is not None
-        return fetch.http_exists(self.root + name)
+        return fetch.http_exists(self.url(name))
 
     def download(self, name: str, dest: Path) -> None:
         if self.kind == "s3":
             fetch.fetch_s3(self.bucket, self.prefix + name, dest, client=self.client, progress=self.progress)
         else:
-            fetch.fetch_http(self.root + name, dest, progress=self.progress)
+            fetch.fetch_http(self.url(name), dest, progress=self.progress)
 
 
 def _from_mirror(archive: Archive, mirror: _Mirror, cache: Path) -> tuple[Archive, Path, dict]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from salgan.errors import InputError
 from salgan.layout import file_digests
+from salgan.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _write(chunks: Iterable[bytes], part: _Partial, total: int | None, progress:
 
 def _with_retries(attempt: Callable[[], bool], part: _Partial, retries: int, what: str) -> Path:
     """Run ``attempt`` until it reports completion, resuming after each interruption."""
-    reason = "no attempt made"
+    reason, what = "no attempt made", redact_url(what)
     for number in range(retries + 1):
         if number:
             log.info("%s: interrupted (%s); resuming from byte %d", what, reason, part.size())
@@ -162,7 +163,7 @@ def _http_attempt(session, url: str, part: _Partial, timeout: float, progress: b
             part.start(None)
             raise _Interrupted("server refused the range; restarting from byte 0")
         if 400 <= response.status_code < 500:
-            raise FetchError(f"{url}: HTTP {response.status_code} {response.reason}")
+            raise FetchError(f"{redact_url(url)}: HTTP {response.status_code} {response.reason}")
         if response.status_code >= 500:
             raise _Interrupted(f"HTTP {response.status_code} {response.reason}")
         total = _start_or_resume(response, part, offset)
@@ -196,11 +197,11 @@ def http_text(url: str, timeout: float = 30) -> str | None:
     try:
         response = requests.get(url, timeout=timeout)
     except requests.RequestException as exc:
-        raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+        raise FetchError(f"{redact_url(url)}: {type(exc).__name__}: {redact_text(str(exc))}") from None
     if response.status_code in (403, 404, 410):
         return None
     if response.status_code >= 400:
-        raise FetchError(f"{url}: HTTP {response.status_code} {response.reason}")
+        raise FetchError(f"{redact_url(url)}: HTTP {response.status_code} {response.reason}")
     return response.text
 
 
@@ -211,7 +212,7 @@ def http_exists(url: str, timeout: float = 30) -> bool:
     try:
         response = requests.head(url, timeout=timeout, allow_redirects=True)
     except requests.RequestException as exc:
-        raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+        raise FetchError(f"{redact_url(url)}: {type(exc).__name__}: {redact_text(str(exc))}") from None
     return response.status_code < 400
 
 
@@ -222,7 +223,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")`` (prefix without slashes at its ends)."""
     match = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
     if not match:
-        raise FetchError(f"{url}: not an s3://bucket/prefix URL")
+        raise FetchError(f"{redact_url(url)}: not an s3://bucket/prefix URL")
     return match.group(1), match.group(2).strip("/")
 
 
@@ -284,7 +285,7 @@ def fetch_s3(bucket: str, key: str, dest: str | Path, *, client=None, retries: i
     url = f"s3://{bucket}/{key}"
     head = s3_head(client, bucket, key)
     if head is None:
-        raise FetchError(f"{url}: no such object")
+        raise FetchError(f"{redact_url(url)}: no such object")
     total, etag = int(head["ContentLength"]), head.get("ETag")
     dest = Path(dest)
     part = _Partial(dest, url)
@@ -307,8 +308,8 @@ def fetch_s3(bucket: str, key: str, dest: str | Path, *, client=None, retries: i
             code = exc.response.get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "412"):
                 part.start(None)
-                raise FetchError(f"{url}: the object changed during the download; run again") from None
-            raise FetchError(f"{url}: {exc}") from None
+                raise FetchError(f"{redact_url(url)}: the object changed during the download; run again") from None
+            raise FetchError(f"{redact_url(url)}: {redact_text(str(exc))}") from None
         except (BotoCoreError, Urllib3Error, OSError) as exc:
             raise _Interrupted(f"{type(exc).__name__}: {exc}") from None
         return part.size() == total

@@ -421,6 +421,23 @@ def test_http_mirror_source(tmp_path, tree, zips, http_server):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(sums)
 
 
+def test_a_signed_url_prefix_works_and_its_signature_is_never_shown(tmp_path, tree, zips, http_server, capsys):
+    """File names go into the URL's path, the query (the signature) stays at the end; no record, message
+    or log line shows the signature."""
+    query = "X-Amz-Signature=TOPSECRET&X-Amz-Expires=600"
+    for path in zips.values():
+        http_server.files[f"/salicon/{path.name}?{query}"] = path.read_bytes()
+    record = download.run(_params(tmp_path, f"{http_server.url}/salicon?{query}"), progress=False)
+    assert _layout_files(tmp_path / "raw") == _snapshot(tree)
+    assert "TOPSECRET" not in (tmp_path / "raw" / "SOURCE.json").read_text() and "TOPSECRET" not in str(record)
+    missing = _params(tmp_path / "other", f"{http_server.url}/nothing-here?{query}")
+    assert (
+        download.main(["--params", str(write_params_file(tmp_path / "p.yaml", {"download": missing.model_dump()}))])
+        == 1
+    )
+    assert "TOPSECRET" not in capsys.readouterr().err
+
+
 def test_source_json_has_no_credentials():
     assert redact_url("https://user:secret@host:8443/prefix/?X-Amz-Signature=abc") == "https://host:8443/prefix/"
 
