@@ -76,6 +76,26 @@ def experiment_command(overrides: dict[str, Any] | None, targets: Sequence[str] 
     return ["dvc", "exp", "run", *override_args(overrides), *targets]
 
 
+WORKDIRS_ENV = "SALGAN_WORKDIRS"  # where else (os.pathsep-separated) a flow may run, besides its own checkout
+
+
+def checked_workdir(workdir: str) -> str:
+    """A flow's ``workdir`` parameter (anyone who reaches the Prefect API can set it): the flow runs
+    ``dvc`` there, so it must be the checkout the flow runs from (the current directory, which the
+    deployment's pull step sets) or lie inside a folder the worker's operator listed in
+    ``SALGAN_WORKDIRS``; anything else is refused before anything runs."""
+    path = Path(workdir).resolve()
+    allowed = [Path.cwd().resolve()] + [
+        Path(p).resolve() for p in os.environ.get(WORKDIRS_ENV, "").split(os.pathsep) if p
+    ]
+    if not any(path == root or root in path.parents for root in allowed):
+        raise ValueError(
+            f"workdir {workdir!r} is neither this flow's checkout ({allowed[0]}) nor inside a folder listed in "
+            f"{WORKDIRS_ENV}; refused"
+        )
+    return str(path)
+
+
 def checked_overrides(overrides: dict[str, Any] | None, workdir: str | Path) -> dict[str, Any] | None:
     """A flow's ``overrides`` parameter (anyone who reaches the Prefect API can set it) validated against
     the schema and the workspace's params.yaml before anything runs; raises naming the key and reason."""
@@ -167,6 +187,7 @@ def salgan_pipeline(
     Returns the stages run, in order (``["experiment"]`` for an experiment).
     """
     logger = get_run_logger()
+    workdir = checked_workdir(workdir)
     selected = select_stages(stages, pipeline_stages(workdir))
     overrides = checked_overrides(overrides, workdir)
     with workspace_lock(workdir, logger):

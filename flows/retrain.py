@@ -31,6 +31,7 @@ from flows.pipeline import (
     DOWNLOAD_RETRIES,
     add_set_argument,
     checked_overrides,
+    checked_workdir,
     parse_overrides,
     repro_command,
     retry_delays,
@@ -217,9 +218,14 @@ def salgan_retrain(
 
     Returns the gate's result (``salgan.registry.promote``).
     """
+    from salgan.metrics import METRIC_NAMES
+
     if refresh not in REFRESH_MODES:
         raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")
-    overrides = checked_overrides(overrides, workdir)  # before the refresh touches anything
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
+    workdir = checked_workdir(workdir)  # the parameters are checked before the refresh touches anything
+    overrides = checked_overrides(overrides, workdir)
     from prefect.runtime import flow_run
 
     from salgan.tracking.runs import parent_run

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -141,6 +142,7 @@ def _path(monkeypatch):
     """``dvc`` from this interpreter's environment, whatever the caller's PATH."""
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("SALGAN_RETRY_DELAY_S", "0")
+    monkeypatch.setenv("SALGAN_WORKDIRS", tempfile.gettempdir())  # the tests' projects live there
 
 
 def _flow_logs(flow_run_id) -> list[str]:
@@ -319,6 +321,22 @@ def test_an_override_that_dvc_would_read_as_syntax_is_refused_before_anything_ru
         state.result()
     assert {name: (project / name).read_text() for name in before} == before
     assert not (project / "marker").exists() and not (project / "out").exists() and events(project) == []
+
+
+def test_a_workdir_outside_the_checkout_and_the_listed_folders_is_refused(harness, tmp_path, monkeypatch):
+    from flows.pipeline import salgan_pipeline
+    from flows.retrain import salgan_retrain
+
+    project = make_project(tmp_path / "p")
+    monkeypatch.setenv("SALGAN_WORKDIRS", str(tmp_path / "elsewhere"))
+    state = salgan_pipeline(workdir=str(project), return_state=True)
+    assert state.is_failed() and "is neither this flow's checkout" in state.message
+    state = salgan_retrain(workdir=str(project), metric="nss", return_state=True)
+    assert state.is_failed() and "is neither this flow's checkout" in state.message
+    assert events(project) == [] and not (project / "out").exists()
+    monkeypatch.setenv("SALGAN_WORKDIRS", str(tmp_path))
+    state = salgan_retrain(workdir=str(project), metric="rm -rf", return_state=True)
+    assert state.is_failed() and "metric must be one of" in state.message
 
 
 def test_a_flaky_download_is_retried(harness, tmp_path):
