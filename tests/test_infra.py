@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 COMPOSE_FILE = INFRA / "docker-compose.yml"
 ENV_EXAMPLE = INFRA / ".env.example"
-SERVICES = {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "prefect-worker"}
+SERVICES = {"check-secrets", "postgres", "minio", "minio-init", "mlflow", "prefect-server", "prefect-worker"}
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN")
 
@@ -75,9 +75,12 @@ def test_start_up_order_waits_for_health(services):
                   if spec["condition"] == "service_healthy"}  # fmt: skip
     for name in waited_for:
         assert services[name]["healthcheck"]["test"], f"{name} is waited for but has no health check"
-    for name in SERVICES - {"minio-init"}:
+    for name in SERVICES - {"minio-init", "check-secrets"}:
         assert "healthcheck" in services[name], f"{name}: no health check"
-    assert services["minio-init"]["restart"] == "no"
+    assert services["minio-init"]["restart"] == services["check-secrets"]["restart"] == "no"
+    # Nothing starts before the placeholder check has passed.
+    for name in ("postgres", "minio"):
+        assert services[name]["depends_on"] == {"check-secrets": {"condition": "service_completed_successfully"}}
 
 
 def test_ports_are_published_on_the_bind_address(services):
@@ -113,8 +116,7 @@ def test_servers_use_postgres_and_s3(services):
     # The driver named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, older releases to psycopg2.
     assert environment(mlflow)["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://mlflow:${")
     assert environment(mlflow)["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
-    assert "--artifacts-destination=s3://${S3_BUCKET:-salgan}/mlflow" in command(mlflow)
-    assert "--serve-artifacts" in command(mlflow)
+    assert "--artifacts-destination=s3://${S3_BUCKET:-salgan}/mlflow --serve-artifacts" in command(mlflow)
     assert environment(mlflow)["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "psycopg[binary]" in mlflow["build"]["dockerfile_inline"]  # the official image lacks the driver
     assert "mlflow" in environment(mlflow)["MLFLOW_SERVER_ALLOWED_HOSTS"]  # other containers call it so
@@ -138,7 +140,7 @@ def test_worker_serves_the_gpu_pool_on_the_gpus(services):
     assert "worker-dvc-cache:/opt/salgan/.dvc/cache" in worker["volumes"]
     dockerfile = (INFRA / "Dockerfile").read_text()
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", dockerfile, re.M)
-    assert "pip install -c requirements.lock ." in dockerfile
+    assert 'pip install -c requirements.lock ".[all]"' in dockerfile  # the worker runs every extra
     assert "WORKDIR /opt/salgan" in dockerfile and "dvc remote default --local s3" in dockerfile
     ignored = (INFRA / "Dockerfile.dockerignore").read_text().split()
     # The image is a checkout (DVC needs .git) without secrets or host-only settings.
@@ -203,6 +205,30 @@ def test_docker_compose_accepts_the_file():
     assert result.returncode == 0, result.stderr
 
 
+def test_placeholder_secrets_stop_the_stack_and_the_servers_require_logins(services):
+    """check-secrets refuses .env.example's change-me (run here with sh, as its container would); the
+    MLflow and Prefect servers demand basic auth and the worker presents it; servers run as non-root."""
+    check = services["check-secrets"]
+    script = check["command"][0].replace("$$", "$")
+    names = [k for k in environment(check)]
+    good = {name: "a" * 24 for name in names}
+    assert subprocess.run(["sh", "-ec", script], env=good, capture_output=True).returncode == 0
+    for bad, reason in (("x-change-me-x-change-me", "still the placeholder"), ("s3cr3t", "shorter than 12")):
+        result = subprocess.run(["sh", "-ec", script], env=good | {names[-1]: bad}, capture_output=True, text=True)
+        assert result.returncode == 1 and f"{names[-1]} is {reason}" in result.stderr
+        assert bad not in result.stderr  # the value itself is never printed
+    assert set(names) == {k for k in env_example() if SECRET_NAME.search(k) and k != "AWS_ACCESS_KEY_ID"}
+
+    assert "--app-name basic-auth" in command(services["mlflow"])
+    assert "USER mlflow" in services["mlflow"]["build"]["dockerfile_inline"]
+    server, worker = environment(services["prefect-server"]), environment(services["prefect-worker"])
+    assert server["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"]
+    assert "PREFECT_SERVER_API_AUTH_STRING" in " ".join(services["prefect-server"]["healthcheck"]["test"])
+    assert services["prefect-server"]["user"] == "1000:1000"
+    assert worker["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert "USER salgan" in (INFRA / "Dockerfile").read_text()
+
+
 # --- Kubernetes ---------------------------------------------------------------------------------
 
 
@@ -231,6 +257,11 @@ def test_multinode_job_rendezvous_at_pod_0_and_requests_gpus():
         for var in container["env"]:
             if SECRET_NAME.search(var["name"]) or var["name"] == "AWS_ACCESS_KEY_ID":
                 assert "secretKeyRef" in var["valueFrom"], f"{var['name']} must come from a Secret"
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 1000
+    policy = by_kind["NetworkPolicy"]["spec"]
+    only_the_job = {"podSelector": {"matchLabels": {"job-name": job["metadata"]["name"]}}}
+    assert policy["podSelector"] == only_the_job["podSelector"] and policy["ingress"] == [{"from": [only_the_job]}]
 
 
 # --- DVC remotes --------------------------------------------------------------------------------
