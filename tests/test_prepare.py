@@ -246,7 +246,7 @@ def test_corrupt_image_stops_the_stage_naming_it(tmp_path: Path, raw: dict, caps
     assert run_stage(tmp_path, workers=2) == 1
     assert str(bad) in capsys.readouterr().err
     assert not (tmp_path / "prepared").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".prepared.lock"]  # no temp folder
 
 
 def test_skip_bad_lists_skipped_files_in_the_report(tmp_path: Path, raw: dict) -> None:
@@ -291,7 +291,7 @@ def test_failed_run_keeps_the_previous_output(tmp_path: Path, raw: dict) -> None
     assert run_stage(tmp_path, workers=1) == 1
     after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "prepared").rglob("*") if p.is_file()}
     assert after == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".prepared.lock"]  # no temp folder
 
 
 def test_no_splits_is_an_error(tmp_path: Path, capsys) -> None:

@@ -117,10 +117,11 @@ def test_a_model_salgan_logged_still_predicts(tmp_path, photo, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.set_experiment("logged-by-salgan")  # not an experiment id left over from another test
     torch.manual_seed(0)
     weights = tmp_path / "generator.pt"
     torch.save(Generator(width=0.0625).state_dict(), weights)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
         info = log_generator(weights, [64, 48])
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl")))
     generator, size = predict._from_mlflow_dir(local)
