@@ -277,7 +277,13 @@ def test_stages_run_in_order_with_output_in_the_logs(harness, tmp_path):
         (s, w) for s in STAGES for w in ("start", "end")
     ]
     assert "out/package.json" in (project / "dvc.lock").read_text()
-    logs = _flow_logs(state.state_details.flow_run_id)
+    # Prefect ships log records to the API in the background: wait until the last stage's have arrived.
+    deadline = time.monotonic() + 30
+    while True:
+        logs = _flow_logs(state.state_details.flow_run_id)
+        if sum("holding a 'gpu' slot" in line for line in logs) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert "[train] train: working on stdout" in logs
     assert "[train] train: a note on stderr" in logs
     assert any(line.startswith("[download] $ dvc repro --single-item download") for line in logs)
