@@ -235,15 +235,9 @@ def atomic_directory(output: str | Path) -> Iterator[Path]:
     removed once the lock is held.
     """
     output = Path(output)
-    with output_lock(output):
-        _remove_leftovers(output)
-        stage = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
-        stage.mkdir()
-        try:
-            yield stage
-            _swap(stage, output)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)  # already gone after a successful swap
+    with _staging(output) as stage:
+        yield stage
+        _swap(stage, output)
 
 
 @contextlib.contextmanager
@@ -252,16 +246,24 @@ def staged_files(output: str | Path) -> Iterator[Path]:
     moves into ``output`` (created if needed; other files in it stay). A killed run leaves ``output`` as
     it was (its staging folder is removed by the next run): no mix of old and new maps."""
     output = Path(output)
+    with _staging(output) as stage:
+        yield stage
+        for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+            target = output / path.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+
+
+@contextlib.contextmanager
+def _staging(output: Path) -> Iterator[Path]:
+    """Under ``output``'s lock, with a killed run's leftovers gone: a new staging folder beside it,
+    removed when the block ends (after its content was swapped or moved in, or on an error)."""
     with output_lock(output):
         _remove_leftovers(output)
         stage = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
         stage.mkdir()
         try:
             yield stage
-            for path in sorted(p for p in stage.rglob("*") if p.is_file()):
-                target = output / path.relative_to(stage)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
