@@ -34,7 +34,7 @@ from PIL import Image
 
 from salgan.errors import InputError
 from salgan.fixations import FixationFile, load_fixations_mat
-from salgan.layout import LABELLED_SPLITS, SPLITS, atomic_directory, split_version_of_files
+from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SPLITS, SplitFiles, atomic_directory, split_version_of_files
 
 if TYPE_CHECKING:
     from salgan.settings import PrepareParams
@@ -268,10 +268,10 @@ def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[It
     Runs in a worker process. A bad file yields an :class:`ItemResult` naming it instead of an exception,
     so that the parent decides (stop, or skip with ``skip_bad``) and the rest of the chunk still runs.
     """
-    folder = Path(job.folder)
-    images = np.load(folder / "images.npy", mmap_mode="r+")
-    maps = np.load(folder / "maps.npy", mmap_mode="r+") if job.with_maps else None
-    maps_full = np.load(folder / "maps_full.npy", mmap_mode="r+") if job.full_size else None
+    files = SplitFiles(Path(job.folder))
+    images = np.load(files.images, mmap_mode="r+")
+    maps = np.load(files.maps, mmap_mode="r+") if job.with_maps else None
+    maps_full = np.load(files.maps_full, mmap_mode="r+") if job.full_size else None
     results = []
     for index, sample in items:
         try:
@@ -344,7 +344,7 @@ def prepare(params: PrepareParams, progress: bool = True) -> dict:
             report["splits"][split] = {**counts, "skipped": len(skipped)}
             report["skipped"] += skipped
             report["versions"][split] = split_version_of_files(tmp / split)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -371,11 +371,12 @@ def _prepare_split(
     n, (width, height) = len(samples), size
     with_maps = split in LABELLED_SPLITS
     full_size = _peek_size(samples) if split in FULL_MAP_SPLITS else None
-    _allocate(folder / "images.npy", (n, height, width, 3))
+    files = SplitFiles(folder)
+    _allocate(files.images, (n, height, width, 3))
     if with_maps:
-        _allocate(folder / "maps.npy", (n, height, width))
+        _allocate(files.maps, (n, height, width))
     if full_size:
-        _allocate(folder / "maps_full.npy", (n, *full_size))
+        _allocate(files.maps_full, (n, *full_size))
     job = SplitJob(str(folder), size, with_maps, full_size, limits["max_pixels"], limits["max_fixations"])
     results = _run_jobs(job, list(enumerate(samples)), workers, f"prepare {split}", progress, stop_on_bad=not skip_bad)
     skipped = [_skip(split, samples[r.index].name, r.bad_path, r.reason, skip_bad) for r in results if r.bad_path]
@@ -383,12 +384,12 @@ def _prepare_split(
     if len(keep) < n:
         _compact(folder, [r.index for r in keep])
     names = [samples[r.index].name for r in keep]
-    (folder / "names.json").write_text(json.dumps(names, indent=1) + "\n")
+    files.names.write_text(json.dumps(names, indent=1) + "\n")
     sizes = np.array([r.original_size for r in keep], dtype=np.int32).reshape(-1, 2)
-    np.save(folder / "original_sizes.npy", sizes)
+    np.save(files.original_sizes, sizes)
     counts = {"images": len(keep)}
     if with_maps:
-        counts["fixations"] = _save_fixations(folder / "fixations.npz", [r.coords for r in keep])
+        counts["fixations"] = _save_fixations(files.fixations, [r.coords for r in keep])
         counts["fixations_outside"] = sum(r.outside for r in keep)
         if counts["fixations_outside"]:
             print(
