@@ -78,12 +78,23 @@ class _Partial:
         return self.dest
 
 
+def _open_partial(path: Path):
+    """The partial file for appending, never through a symlink planted at its (resumable, so predictable)
+    name: O_NOFOLLOW makes opening a link an error instead of writing where it points."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        raise FetchError(f"{path}: cannot open the partial download ({exc.strerror}); is it a link?") from None
+    return os.fdopen(fd, "ab")
+
+
 def _write(chunks: Iterable[bytes], part: _Partial, total: int | None, progress: bool) -> None:
     """Append ``chunks`` to the partial file with a progress bar that starts at the bytes already there."""
     from salgan.cli import progress as bar_for
 
     with (
-        open(part.path, "ab") as handle,
+        _open_partial(part.path) as handle,
         bar_for(
             total=total,
             initial=part.size(),

@@ -394,6 +394,16 @@ def test_http_retry_resumes_within_one_call(tmp_path, http_server, monkeypatch):
     assert len(ranges) == 2 and ranges[0] is None and re.fullmatch(r"bytes=\d+-", ranges[1])
 
 
+def test_a_link_planted_at_the_partial_files_name_is_not_followed(tmp_path, http_server):
+    http_server.files["/f.zip"] = b"payload"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "f.zip.part").symlink_to(victim)
+    with pytest.raises(FetchError, match="f.zip.part: cannot open the partial download"):
+        fetch.fetch_http(http_server.url + "/f.zip", tmp_path / "f.zip", retries=0, progress=False)
+    assert victim.read_bytes() == b"keep"
+
+
 def test_partial_file_of_a_changed_remote_file_is_discarded(tmp_path, http_server):
     http_server.files["/f.zip"] = b"a" * 500_000
     http_server.break_once["/f.zip"] = 200_000
