@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from salgan.errors import InputError
-from salgan.layout import file_digests
+from salgan.layout import file_digests, write_atomic
 from salgan.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,9 @@ class _Partial:
     def start(self, validator: str | None) -> None:
         """Begin from byte 0, noting where the bytes come from."""
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_bytes(b"")
-        self.meta.write_text(json.dumps({"origin": self.origin, "validator": validator}))
+        self.path.unlink(missing_ok=True)  # a link planted there goes, not the file it points to
+        _open_partial(self.path).close()
+        write_atomic(self.meta, json.dumps({"origin": self.origin, "validator": validator}))
 
     def finish(self) -> Path:
         os.replace(self.path, self.dest)

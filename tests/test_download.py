@@ -399,9 +399,12 @@ def test_a_link_planted_at_the_partial_files_name_is_not_followed(tmp_path, http
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep")
     (tmp_path / "f.zip.part").symlink_to(victim)
-    with pytest.raises(FetchError, match="f.zip.part: cannot open the partial download"):
-        fetch.fetch_http(http_server.url + "/f.zip", tmp_path / "f.zip", retries=0, progress=False)
-    assert victim.read_bytes() == b"keep"
+    fetch.fetch_http(http_server.url + "/f.zip", tmp_path / "f.zip", retries=0, progress=False)
+    assert victim.read_bytes() == b"keep" and (tmp_path / "f.zip").read_bytes() == b"payload"
+    (tmp_path / "g.zip.part").symlink_to(victim)  # and when resuming (a note says whose bytes they are)
+    (tmp_path / "g.zip.part.json").write_text(json.dumps({"origin": http_server.url + "/f.zip", "validator": "x"}))
+    fetch.fetch_http(http_server.url + "/f.zip", tmp_path / "g.zip", retries=0, progress=False)
+    assert victim.read_bytes() == b"keep" and (tmp_path / "g.zip").read_bytes() == b"payload"
 
 
 def test_partial_file_of_a_changed_remote_file_is_discarded(tmp_path, http_server):
