@@ -26,6 +26,7 @@ from salgan.layout import ModelFiles, ReportFiles, SplitArrays, atomic_file, rea
 from salgan.metrics import center_bias_map
 from salgan.scoring import fixation_density_baseline, score_split
 from salgan.settings import Params, load_params
+from salgan.tracking import enabled as tracking_enabled
 
 UNIFORM_MIX = 0.01
 
@@ -125,7 +126,7 @@ def evaluate(params: Params) -> dict:
 
 def _record(params: Params, metrics: dict, reports: ReportFiles, generator_path: Path) -> None:
     """Log to the pipeline's MLflow run and register the generator, when MLflow is enabled."""
-    if not params.mlflow.enabled:
+    if not tracking_enabled(params):
         return
     from salgan.tracking.models import record_evaluation
 

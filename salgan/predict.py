@@ -44,6 +44,7 @@ from salgan.layout import (
     staged_files,
 )
 from salgan.settings import Params, PredictParams, load_params, validate_section
+from salgan.tracking import enabled as tracking_enabled
 from salgan.urls import redact_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 def _stage_main(params: Params) -> int:
     files = run_stage(params)
     print(f"wrote {len(files)} maps to {params.predict.output}")
-    if params.mlflow.enabled:
+    if tracking_enabled(params):
         from salgan.tracking.runs import record_prediction
 
         record_prediction(params, files)

@@ -45,6 +45,7 @@ from salgan.layout import ModelFiles, code_version, json_digest, split_version, 
 from salgan.losses import content_loss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.settings import Params, load_params, to_dict
+from salgan.tracking import enabled as tracking_enabled
 
 # Settings that do not change what is trained: a checkpoint made under other values is still resumed.
 RESUME_IRRELEVANT = {"nproc", "device", "compile", "output", "data"}
@@ -339,12 +340,10 @@ def _start_fresh(out: ModelFiles) -> None:
 
 def _make_tracker(params: Params, info: DistInfo):
     """The MLflow tracker on rank 0 when MLflow is enabled and installed; None otherwise."""
-    if not (info.is_main and params.mlflow.enabled):
+    if not (info.is_main and tracking_enabled(params)):
         return None
-    try:
-        from salgan.tracking.runs import TrainingTracker
-    except ImportError:
-        return None
+    from salgan.tracking.runs import TrainingTracker
+
     return TrainingTracker(params)
 
 

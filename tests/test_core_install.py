@@ -39,7 +39,7 @@ def test_the_core_dependencies_are_only_the_small_set():
 
 
 @pytest.mark.slow
-def test_the_core_alone_downloads_prepares_trains_and_predicts_the_offline_sample(tmp_path):
+def test_the_core_alone_downloads_prepares_trains_scores_and_predicts_the_offline_sample(tmp_path):
     params = write_params_file(
         tmp_path / "params.yaml",
         {
@@ -70,6 +70,8 @@ def test_the_core_alone_downloads_prepares_trains_and_predicts_the_offline_sampl
     salgan("prepare", "--params", str(params))
     assert "wrote models/generator.pt" in salgan("train", "--params", str(params))
     assert torch.load(tmp_path / "models" / "generator.pt", weights_only=True)["encoder.0.weight"].shape[0] == 4
+    assert "nss" in salgan("evaluate", "--params", str(params))  # scored; MLflow absent, nothing recorded
+    assert "wrote 2 maps" in salgan("predict", "--params", str(params))
     photos = tmp_path / "raw" / "images" / "test"
     salgan("predict", "--model", "models/generator.pt", "--output", "maps", str(photos))
     maps = sorted((tmp_path / "maps").glob("*.png"))

@@ -4,5 +4,22 @@ registry with its alias policy and promotion rule (:mod:`.registry`).
 
 One MLflow run per pipeline run: train opens it, evaluate, predict and package continue it. MLflow never
 stops the pipeline: a failing server costs one warning. Import the submodule you need (this package's
-own import stays empty, so a stage loads only the MLflow code it uses).
+own import loads no MLflow code, so a stage loads only what it uses, and the core install works without it).
 """
+
+import logging
+
+_log = logging.getLogger(__name__)
+
+
+def enabled(params) -> bool:
+    """MLflow is on in params.yaml and installed. The core install has no MLflow: the stages then record
+    nothing, and say so once."""
+    if not params.mlflow.enabled:
+        return False
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        _log.warning("MLflow is not installed (pip install '.[tracking]'): nothing is recorded")
+        return False
+    return True
