@@ -44,7 +44,7 @@ from salgan.distributed import (
 from salgan.layout import ModelFiles, code_version, json_digest, split_version, write_atomic
 from salgan.losses import content_loss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
-from salgan.settings import Params, load_params, to_dict
+from salgan.settings import ConfigError, Params, load_params, to_dict
 from salgan.tracking import enabled as tracking_enabled
 
 # Settings that do not change what is trained: a checkpoint made under other values is still resumed.
@@ -387,12 +387,12 @@ def _train(params: Params, info: DistInfo, log) -> int:
     cfg = params.train
     out = ModelFiles(Path(cfg.output))
     if cfg.batch_size % info.world_size:
-        raise ValueError(f"train.batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
+        raise ConfigError(f"train.batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
     per_rank = cfg.batch_size // info.world_size
     train_split = load_split(cfg.data, "train", info.device)
     val_split = load_split(cfg.data, "val", info.device)
     if len(train_split) < cfg.batch_size:
-        raise ValueError(f"train.batch_size {cfg.batch_size} exceeds the {len(train_split)} training images")
+        raise ConfigError(f"train.batch_size {cfg.batch_size} exceeds the {len(train_split)} training images")
     models = build_models(params, train_split.size, info)
     state, made_from = _decide_start(params, info, log)
     start, history, snapshots = 0, [], []
