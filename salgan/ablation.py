@@ -19,16 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from salgan.metrics import TABLE_I
 from salgan.settings import ConfigError, Params, flatten, nest, override_args, params_from_dict
 
 ARMS = ("imagenet-gan", "imagenet-bce", "random-gan", "random-bce")
 # The settings in which arms differ; each arm sets all of them.
 PINNED = ("model.encoder_weights", "model.freeze_blocks", "model.width", "train.bce_epochs")
-# Published numbers on the SALICON test set (seed paper Table I), in our metric keys.
-TABLE_I = {
-    "SalGAN (Pan et al.)": {"auc_borji": 0.884, "auc_shuffled": 0.772, "cc": 0.781, "nss": 2.459},
-    "seed paper, random encoder": {"auc_borji": 0.839, "auc_shuffled": 0.698, "cc": 0.756, "nss": 1.581},
-}
 COLUMNS = ("auc_judd", "auc_borji", "auc_shuffled", "cc", "nss", "kld", "sim", "information_gain")
 
 

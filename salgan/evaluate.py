@@ -9,8 +9,9 @@ uniform map so that no pixel has zero probability).
 
 Outputs: ``reports/metrics.json`` (means, ``data_version``: the val split's version from
 :mod:`salgan.layout`, and ``baselines.center_bias`` / ``baselines.ground_truth``),
-``reports/per_image.csv`` and ``reports/examples.png`` (image / ground truth / prediction rows, the seed
-paper's Fig. 4).
+``reports/per_image.csv``, the figures of :mod:`salgan.figures` (``examples.png``, the seed paper's Fig. 4;
+``progression.png`` and ``.gif``, its Fig. 3; ``losses.png``) and ``reports/report.html``, one page with
+all of them beside the baselines and the seed paper's Table I.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from salgan.errors import InputError
 from salgan.inference import predict_batches
 from salgan.layout import ModelFiles, ReportFiles, SplitArrays, atomic_file, read_split, split_version, write_atomic
-from salgan.metrics import center_bias_map
+from salgan.metrics import TABLE_I, center_bias_map
 from salgan.scoring import fixation_density_baseline, score_split
 from salgan.settings import Params, load_params
 from salgan.tracking import enabled as tracking_enabled
@@ -37,21 +39,6 @@ def ig_baseline(data: Path, shape: tuple[int, int], sigma_fraction: float) -> np
     sigma = sigma_fraction * float(np.hypot(*shape))
     density = fixation_density_baseline(train.coords, train.offsets, shape, sigma, train.original_sizes)
     return (1 - UNIFORM_MIX) * density + UNIFORM_MIX / density.size
-
-
-def example_grid(images: np.ndarray, gt_maps: np.ndarray, predictions: list[np.ndarray], count: int):
-    """Rows of image | ground truth | prediction at the prepared size (PIL image)."""
-    from PIL import Image
-
-    height, width = images.shape[1:3]
-    count = min(count, len(images))
-    grid = Image.new("RGB", (3 * width, count * height))
-    for row in range(count):
-        prediction = Image.fromarray((predictions[row] * 255).round().astype(np.uint8)).resize((width, height))
-        panels = [Image.fromarray(np.asarray(images[row])), Image.fromarray(np.asarray(gt_maps[row])), prediction]
-        for column, panel in enumerate(panels):
-            grid.paste(panel.convert("RGB"), (column * width, row * height))
-    return grid
 
 
 def scoring_inputs(params: Params) -> tuple[SplitArrays, dict]:
@@ -119,9 +106,37 @@ def evaluate(params: Params) -> dict:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    example_grid(val.images, val.maps, predictions, cfg.grid_images).save(reports.examples)
+    write_figures(params, metrics, val, predictions, rows, reports)
     _record(params, metrics, reports, generator_path)
     return metrics
+
+
+def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, rows, reports: ReportFiles) -> None:
+    """The example grid, the training progression, the loss curves and reports/report.html holding them."""
+    from salgan.figures import example_grid, loss_curves, progression, report_page
+
+    trained = ModelFiles(Path(params.train.output))
+    snapshots = sorted(trained.snapshots.glob("epoch_*.png"))
+    if not snapshots or not trained.history.is_file():
+        raise InputError(f"{trained.snapshots} and {trained.history}: not found; run the train stage first")
+    example_grid(val.images, val.maps, predictions, rows, params.evaluate.grid_images, reports.examples)
+    progression(snapshots, reports.progression, reports.progression_gif)
+    loss_curves(json.loads(trained.history.read_text()), reports.losses)
+    model, train = params.model, params.train
+    settings = {
+        "encoder": f"VGG16, weights {model.encoder_weights}, width {model.width}, {model.freeze_blocks} blocks frozen",
+        "input": f"{params.prepare.size[0]}x{params.prepare.size[1]}",
+        "schedule": f"{train.epochs} epochs, {train.bce_epochs} BCE-only, then {train.adversarial_schedule} G/D",
+        "optimiser": f"AdaGrad, lr G {train.lr_generator} D {train.lr_discriminator}, batch {train.batch_size}",
+        "losses": f"alpha {train.alpha}, BCE/{train.content_downsample}, D loss {train.discriminator_loss}",
+    }
+    figures = {
+        "examples": ("Val examples: best, median and worst by NSS (seed paper Fig. 4)", reports.examples),
+        "progression": ("One val image's map, epoch by epoch (seed paper Fig. 3)", reports.progression),
+        "animation": ("The same, animated", reports.progression_gif),
+        "losses": ("Losses per epoch", reports.losses),
+    }
+    write_atomic(reports.page, report_page(metrics, TABLE_I, settings, figures))
 
 
 def _record(params: Params, metrics: dict, reports: ReportFiles, generator_path: Path) -> None:
@@ -131,7 +146,8 @@ def _record(params: Params, metrics: dict, reports: ReportFiles, generator_path:
     from salgan.tracking.models import record_evaluation
 
     means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images", "data_version")}
-    artifacts = [reports.metrics, reports.per_image, reports.examples]
+    artifacts = [reports.metrics, reports.per_image, reports.examples, reports.progression, reports.progression_gif]
+    artifacts += [reports.losses, reports.page]
     record_evaluation(params, means, metrics["baselines"], artifacts, generator_path, metrics["data_version"])
 
 
@@ -153,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate",
         "Score the validation split with AUC-Judd, AUC-Borji, sAUC, NSS, CC, KLD, SIM and IG at the original "
         "resolution, beside a centre-bias baseline and the ground-truth ceiling; write reports/metrics.json, "
-        "per_image.csv and examples.png, and register the model in MLflow.",
+        "per_image.csv, the figures and report.html, and register the model in MLflow.",
     )
     args = parser.parse_args(argv)
 

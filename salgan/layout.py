@@ -158,6 +158,10 @@ class ReportFiles:
     metrics = property(lambda self: self.root / "metrics.json")  # means, data version, baselines (DVC metrics)
     per_image = property(lambda self: self.root / "per_image.csv")
     examples = property(lambda self: self.root / "examples.png")  # the seed paper's Fig. 4
+    progression = property(lambda self: self.root / "progression.png")  # its Fig. 3, one grid
+    progression_gif = property(lambda self: self.root / "progression.gif")  # the same, animated
+    losses = property(lambda self: self.root / "losses.png")
+    page = property(lambda self: self.root / "report.html")  # all of the above on one self-contained page
 
 
 # --- writes a kill never leaves half done ---------------------------------------------------------------

@@ -37,6 +37,12 @@ import numpy as np
 # MATLAB's eps, the regulariser of the MIT KLD and information-gain code (REFERENCE §3).
 EPS = 2.2204e-16
 
+# Published numbers on the SALICON test set (seed paper Table I), in these metric keys: the reports and the
+# ablation table show them beside ours.
+TABLE_I = {
+    "SalGAN (Pan et al.)": {"auc_borji": 0.884, "auc_shuffled": 0.772, "cc": 0.781, "nss": 2.459},
+    "seed paper, random encoder": {"auc_borji": 0.839, "auc_shuffled": 0.698, "cc": 0.756, "nss": 1.581},
+}
 METRIC_NAMES = (
     "auc_judd",
     "auc_borji",

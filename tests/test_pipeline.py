@@ -80,6 +80,19 @@ def test_repro_produces_every_stage_output(project):
 
 
 @pytest.mark.slow
+def test_dvc_plots_show_renders_every_plot(project, tmp_path):
+    workdir, env, _ = project
+    shown = subprocess.run(
+        ["dvc", "plots", "show", "--json", "-o", str(tmp_path / "plots")], cwd=workdir, env=env, capture_output=True
+    )
+    plots = json.loads(shown.stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    declared = {"models/history.json", "reports/examples.png", "reports/progression.png", "reports/progression.gif"}
+    assert declared <= set(plots["data"]) and all(plots["data"][name] for name in declared)
+    assert (workdir / "reports" / "report.html").is_file()
+
+
+@pytest.mark.slow
 def test_evaluate_registered_a_challenger(project):
     workdir, env, _ = project
     listing = run([sys.executable, "-m", "salgan.cli", "registry", "list"], workdir, env)
