@@ -90,6 +90,15 @@ def test_dvc_plots_show_renders_every_plot(project, tmp_path):
     declared = {"models/history.json", "reports/examples.png", "reports/progression.png", "reports/progression.gif"}
     assert declared <= set(plots["data"]) and all(plots["data"][name] for name in declared)
     assert (workdir / "reports" / "report.html").is_file()
+    # and against a committed run, as `dvc plots diff` compares two experiments
+    commit = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "run"]
+    for command in (["git", "add", "-A"], commit):
+        run(command, workdir, env)
+    diffed = subprocess.run(["dvc", "plots", "diff", "HEAD", "--json"], cwd=workdir, env=env, capture_output=True)
+    diffed = json.loads(diffed.stdout)
+    assert not diffed.get("errors"), diffed.get("errors")
+    curves = diffed["data"]["models/history.json"][0]
+    assert set(curves["revisions"]) == {"HEAD", "workspace"}
 
 
 @pytest.mark.slow
