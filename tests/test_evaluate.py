@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from salgan.evaluate import evaluate, summary_table
-from salgan.metrics import METRIC_NAMES
+from salgan.metrics import METRIC_NAMES, TABLE_I
 from salgan.train import run
 from tests.conftest import tiny_params
 
@@ -219,5 +219,11 @@ def test_the_report_page_shows_every_image_and_the_metrics_in_a_real_browser(eva
     )
     assert [image[0] for image in shown["images"]] == ["examples", "progression", "animation", "losses"]
     assert all(ok and width > 100 for _, ok, width in shown["images"]), shown["images"]
+    # the model, then each baseline of metrics.json, then the seed paper's Table I rows
+    columns = [(metrics, 5e-5), *((b, 5e-5) for b in metrics["baselines"].values())]
+    columns += [(published, 5e-4) for published in TABLE_I.values()]
     for key in METRIC_NAMES:
-        assert float(shown["rows"][key][0]) == pytest.approx(metrics[key], abs=5e-5)
+        assert len(shown["rows"][key]) == len(columns)
+        for cell, (values, precision) in zip(shown["rows"][key], columns, strict=True):
+            expected = values.get(key)
+            assert cell == "-" if expected is None else float(cell) == pytest.approx(expected, abs=precision)
