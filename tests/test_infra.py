@@ -283,3 +283,62 @@ def test_dvc_remotes_default_to_a_local_folder_and_offer_s3():
     assert config["remote.s3.url"] == "s3://salgan/dvc"
     # Endpoint and credentials belong in .dvc/config.local or the AWS settings, not in git.
     assert not {k for k in config if k.startswith("remote.s3.") and k != "remote.s3.url"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# infra/stack, the same stack as processes: it must not drift from the compose file.
+
+# What only the process stack sets: the worker's state folder and its health endpoint's address (compose
+# fixes both inside the container).
+STACK_ONLY = {"prefect-worker": {"PREFECT_HOME", "PREFECT_WORKER_WEBSERVER_HOST", "PREFECT_WORKER_WEBSERVER_PORT"}}
+COMPOSE_TO_STACK = {"postgres": "postgres", "minio": "s3", "mlflow": "mlflow", "prefect-server": "prefect-server",
+                    "prefect-worker": "prefect-worker"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack_plan() -> dict:
+    import json
+
+    result = subprocess.run([sys.executable, str(INFRA / "stack"), "plan"], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def _defaults(text: str) -> str:
+    """``${NAME:-default}`` replaced by its default, as compose does when .env leaves it unset."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", text)
+
+
+def test_process_stack_runs_the_same_services_with_the_same_variables(services, stack_plan):
+    assert set(COMPOSE_TO_STACK.values()) <= set(stack_plan)
+    for compose_name in ("mlflow", "prefect-server", "prefect-worker"):
+        compose_vars = set(environment(services[compose_name]))
+        stack_vars = set(stack_plan[compose_name]["environment"])
+        assert stack_vars - compose_vars == STACK_ONLY.get(compose_name, set()), compose_name
+        assert compose_vars <= stack_vars, f"{compose_name}: infra/stack lacks {compose_vars - stack_vars}"
+    postgres_env = set(environment(services["postgres"]))
+    assert postgres_env == set(stack_plan["postgres"]["environment"])
+    mounted = [volume.split(":")[0] for volume in services["postgres"]["volumes"]]
+    assert "./" + stack_plan["postgres"]["init"].removeprefix("infra/") in mounted  # the same init script
+
+
+def test_process_stack_runs_the_same_commands(services, stack_plan):
+    mlflow_compose = _defaults(services["mlflow"]["command"][0])
+    for flag in ("--app-name", "basic-auth", "--serve-artifacts"):
+        assert flag in mlflow_compose and flag in stack_plan["mlflow"]["command"]
+    destination = re.search(r"--artifacts-destination=(\S+)", mlflow_compose).group(1)
+    assert f"--artifacts-destination={destination}" in stack_plan["mlflow"]["command"]
+    assert stack_plan["prefect-server"]["command"][:3] == services["prefect-server"]["command"][:3]
+    worker = [_defaults(part) for part in services["prefect-worker"]["command"]]
+    assert stack_plan["prefect-worker"]["command"] == worker
+
+
+def test_process_stack_secrets_are_those_of_the_env_file(services, stack_plan):
+    example = env_example()
+    assert set(stack_plan["secrets"]) <= set(example)
+    checked = set(environment(services["check-secrets"])) - {"MINIO_ROOT_PASSWORD"}  # no MinIO root in moto
+    assert checked <= set(stack_plan["secrets"])
+    assert {"MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY"} <= set(stack_plan["client_environment"])  # fmt: skip
+    # What the compose worker gets to reach the servers, a client shell gets from `infra/stack env`.
+    reach = {name for name in environment(services["prefect-worker"]) if not name.endswith("ANALYTICS_ENABLED")}
+    assert reach <= set(stack_plan["client_environment"])
