@@ -139,16 +139,17 @@ def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, 
     write_atomic(reports.page, report_page(metrics, TABLE_I, settings, figures))
 
 
-def _record(params: Params, metrics: dict, reports: ReportFiles, generator_path: Path) -> None:
-    """Log to the pipeline's MLflow run and register the generator, when MLflow is enabled."""
+def _record(params: Params, metrics: dict, reports: ReportFiles, generator_path: Path) -> str | None:
+    """Log to the pipeline's MLflow run and register the generator, when MLflow is enabled; returns the
+    registered version (None: MLflow disabled or unreachable)."""
     if not tracking_enabled(params):
-        return
+        return None
     from salgan.tracking.models import record_evaluation
 
     means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images", "data_version")}
     artifacts = [reports.metrics, reports.per_image, reports.examples, reports.progression, reports.progression_gif]
     artifacts += [reports.losses, reports.page]
-    record_evaluation(params, means, metrics["baselines"], artifacts, generator_path, metrics["data_version"])
+    return record_evaluation(params, means, metrics["baselines"], artifacts, generator_path, metrics["data_version"])
 
 
 def summary_table(metrics: dict) -> str:

@@ -183,3 +183,41 @@ def test_epochs_missed_while_the_server_was_down_are_backfilled(trained, monkeyp
     history = MlflowClient(uri).get_metric_history(tracker.run_id, "g_loss")
     assert [(m.step, m.value) for m in history] == [(1, 0.9), (2, 0.8)]
     assert json.loads((root / "flaky" / RUN_FILE).read_text())["run_id"] == tracker.run_id
+
+
+def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_twice(tmp_path, monkeypatch):
+    """``salgan track``: training and evaluation ran with MLflow unreachable; once it answers, one run with
+    every epoch and one registered version appear, and a second ``salgan track`` adds nothing."""
+    from salgan.evaluate import evaluate
+    from salgan.tracking.replay import replay
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    params = tracked_params(tmp_path, f"http://127.0.0.1:{closed_port()}", epochs=3, bce_epochs=1)
+    params.evaluate.output = str(tmp_path / "reports")
+    params.evaluate.n_splits = 5
+    with pytest.warns(TrackingUnavailableWarning, match="salgan track"):
+        assert run(params) == 0
+        metrics = evaluate(params)
+    assert not (tmp_path / "models" / RUN_FILE).exists()
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the server is back
+    params.mlflow.tracking_uri = uri
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exported the old one
+    assert int(replay(params)) == 1
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "tiny"]
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.data.tags["replayed_from"] == "history.json"
+    assert logged.data.params["train.epochs"] == "3"
+    history = json.loads((tmp_path / "models" / "history.json").read_text())
+    g_loss = sorted((m.step, m.value) for m in client.get_metric_history(logged.info.run_id, "g_loss"))
+    assert g_loss == [(record["epoch"], pytest.approx(record["g_loss"])) for record in history]
+    assert logged.data.metrics["baseline_center_bias_nss"] == pytest.approx(metrics["baselines"]["center_bias"]["nss"])
+    version = client.get_model_version_by_alias("salgan", CHALLENGER)
+    assert version_metrics(client, version)["nss"] == pytest.approx(metrics["nss"])
+
+    assert int(replay(params)) == 1
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert len(client.get_metric_history(logged.info.run_id, "g_loss")) == len(history) == 3
+    assert [str(v.version) for v in client.search_model_versions("name='salgan'")] == ["1"]

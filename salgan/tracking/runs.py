@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from salgan.distributed import DistInfo
 
 EPOCH_METRICS = ("g_loss", "content_loss", "d_loss", "val_content_loss", "images_per_s", "lr")
-RETRY_SECONDS = 60.0  # while the server is unreachable, training tries again at most this often
+# While the server is unreachable, training tries again at most this often ($SALGAN_TRACKING_RETRY_S).
+RETRY_SECONDS = float(os.environ.get("SALGAN_TRACKING_RETRY_S", "60"))
 
 
 # --- the hand-over between stages ----------------------------------------------------------------------
@@ -201,6 +202,16 @@ class TrainingTracker:
         if self.run_id is None or self.pending:
             return
         self._attempt("log the resolved params", lambda: self._close(Path(generator_path)))
+
+    def replay(self, history: list[dict], generator_path: Path) -> str:
+        """Log a finished training afterwards (``salgan track``): a new run with the settings and every
+        epoch of ``history``; raises when MLflow fails, unlike the live methods."""
+        self.tags = {**run_tags(), "replayed_from": "history.json"}
+        self._open()
+        self.pending = [(dict(record), None) for record in history]
+        self._flush()
+        self._close(Path(generator_path))
+        return self.run_id
 
     def _attempt(self, action: str, fn) -> None:
         try:

@@ -69,7 +69,8 @@ def warn_unavailable(action: str, exc: BaseException, uri: str) -> None:
     """The one warning a failed tracking call costs (URLs redacted: error messages quote them)."""
     first_line = redact_text(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
     warnings.warn(
-        f"MLflow at {redact_url(uri)}: could not {action} ({first_line[:300]}); carrying on without it",
+        f"MLflow at {redact_url(uri)}: could not {action} ({first_line[:300]}); carrying on without it "
+        "(`salgan track` logs the run once it answers)",
         TrackingUnavailableWarning,
         stacklevel=3,
     )
