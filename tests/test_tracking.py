@@ -185,6 +185,37 @@ def test_epochs_missed_while_the_server_was_down_are_backfilled(trained, monkeyp
     assert json.loads((root / "flaky" / RUN_FILE).read_text())["run_id"] == tracker.run_id
 
 
+def test_a_snapshot_upload_that_failed_is_retried_without_logging_its_epoch_twice(trained, monkeypatch):
+    """The artifact store down (S3 behind the server) while metrics still go through: the epoch's metrics
+    are logged once, and its snapshot when the store is back."""
+    params, root, uri = trained
+    params = copy.deepcopy(params)
+    params.train.output = str(root / "store-down")
+    snapshot = root / "epoch_001.png"
+    snapshot.write_bytes(b"png")
+    real = MlflowClient.log_artifact
+    calls = []
+
+    def store_down_once(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException("too many 500 error responses")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", store_down_once)
+    monkeypatch.setattr(runs, "RETRY_SECONDS", 0.0)
+    tracker = TrainingTracker(params)
+    tracker.start(DistInfo(0, 1, 0, 1, torch.device("cpu")))
+    with pytest.warns(TrackingUnavailableWarning, match="could not log an epoch"):
+        tracker.log_epoch({"epoch": 1, "g_loss": 0.9}, snapshot)
+    tracker.log_epoch({"epoch": 2, "g_loss": 0.8}, None)
+    tracker.finish(root / "models" / "generator.pt")
+    client = MlflowClient(uri)
+    history = client.get_metric_history(tracker.run_id, "g_loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.8)]
+    assert [a.path for a in client.list_artifacts(tracker.run_id, "snapshots")] == ["snapshots/epoch_001.png"]
+
+
 def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_twice(tmp_path, monkeypatch):
     """``salgan track``: training and evaluation ran with MLflow unreachable; once it answers, one run with
     every epoch and one registered version appear, and a second ``salgan track`` adds nothing."""

@@ -176,7 +176,7 @@ class TrainingTracker:
         self.run_id: str | None = None
         self.tags: dict[str, str] = {}
         self.resumed_epochs = 0
-        self.pending: list[tuple[dict, Path | None]] = []
+        self.pending: list[tuple[dict | None, Path | None]] = []  # (metrics not logged yet, snapshot)
         self.failed_at: float | None = None
         self.warned = False
 
@@ -257,9 +257,12 @@ class TrainingTracker:
             self._open()
         while self.pending:
             record, snapshot = self.pending[0]
-            step, now = int(record["epoch"]), int(time.time() * 1000)
-            metrics = [Metric(k, float(record[k]), now, step) for k in EPOCH_METRICS if is_number(record.get(k))]
-            self.client.log_batch(self.run_id, metrics=metrics)
+            if record is not None:
+                step, now = int(record["epoch"]), int(time.time() * 1000)
+                metrics = [Metric(k, float(record[k]), now, step) for k in EPOCH_METRICS if is_number(record.get(k))]
+                self.client.log_batch(self.run_id, metrics=metrics)
+                # Logged: a retry after the snapshot's upload failed (artifact store down) must not log it twice.
+                self.pending[0] = (None, snapshot)
             if snapshot is not None and snapshot.is_file():
                 self.client.log_artifact(self.run_id, str(snapshot), "snapshots")
             self.pending.pop(0)
