@@ -340,5 +340,39 @@ def test_process_stack_secrets_are_those_of_the_env_file(services, stack_plan):
     assert {"MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY"} <= set(stack_plan["client_environment"])  # fmt: skip
     # What the compose worker gets to reach the servers, a client shell gets from `infra/stack env`.
-    reach = {name for name in environment(services["prefect-worker"]) if not name.endswith("ANALYTICS_ENABLED")}
+    worker_only = {"PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"}
+    reach = set(environment(services["prefect-worker"])) - worker_only
     assert reach <= set(stack_plan["client_environment"])
+
+
+def _stack(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if not k.endswith("_PORT")}
+    environment.update({"SALGAN_STACK_HOME": str(home), **env})
+    return subprocess.run(
+        [sys.executable, str(INFRA / "stack"), *args], env=environment, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_stack_commands_before_up_say_to_run_up(tmp_path):
+    for command in ("status", "env", "down"):
+        result = _stack(tmp_path / "home", command)
+        assert result.returncode == 1
+        assert f"no stack at {tmp_path / 'home'} yet: run infra/stack up" in result.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def test_stack_names_a_taken_port_and_the_variable_that_moves_it(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _stack(tmp_path / "home", "up", "s3", MINIO_PORT=str(port))
+    assert result.returncode == 1
+    assert f"s3: port {port} on 127.0.0.1 is taken by another program" in result.stderr
+    assert "MINIO_PORT=" in result.stderr
+    secrets = (tmp_path / "home" / ".env").stat()
+    assert oct(secrets.st_mode & 0o777) == "0o600"
