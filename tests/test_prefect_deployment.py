@@ -7,8 +7,8 @@ repository's own prefect.yaml and flows/ from it and triggers runs with ``prefec
 - a stand-in DVC project (test_flows.py's stage scripts, whose evaluate registers a version the way
   ``salgan.tracking.register`` does): retraining registers and promotes through ``salgan.registry.promote``,
   then ``prefect flow-run cancel`` on a pipeline run mid-stage ends the stage's whole process tree;
-- a copy of this repository, the real pipeline on a tiny configuration passed as the run's overrides: the
-  run trains, evaluates, registers a new model version and promotes it, and publishes the report.
+- the real pipeline through a deployment (a copy of this repository on a tiny configuration, trained twice on
+  different data, the report, the registry) runs in tests/test_stack.py, on the production stack.
 
 Every process started here is stopped at the end (process groups killed).
 """
@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 from test_flows import REPO, make_project
 
-from salgan.tracking.registry import version_metrics
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -257,54 +256,3 @@ def _cancel_a_running_stage(env: dict, project: Path) -> None:
         assert time.monotonic() < deadline, f"flow run ended {state}, not CANCELLED"
         time.sleep(1)
     assert '"epochs": 4' not in (project / "out" / "evaluate.json").read_text()  # evaluate never ran again
-
-
-def test_retraining_deployment_trains_the_real_pipeline(stack, tmp_path):
-    """The real stages on a tiny configuration: a new registered version, promoted, and the report published."""
-    env, worker_log = stack
-    project = _repository_checkout(tmp_path / "checkout")
-    run = _deploy_and_run(env, project, "salgan-retrain", {"overrides": TINY_REAL, "refresh": "download"})
-    assert "Completed" in run, run + worker_log.read_text()[-8000:]
-
-    client = _registry(project)
-    (version,) = client.search_model_versions("name='salgan'")
-    assert "nss" in version_metrics(client, version)
-    assert client.get_model_version_by_alias("salgan", "champion").version == version.version
-    assert (project / "outputs" / "submission" / "submission.zip").exists()
-    reports = _api(
-        env,
-        project,
-        "[a.data for a in c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[KEY])))]",
-        imports="from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey; KEY = 'salgan-retrain'",
-    )
-    assert any("**Decision: promoted: no champion yet**" in text and "| auc_judd |" in text for text in reports)
-    first_weights = (project / "models" / "generator.pt").read_bytes()
-
-    # The source changes (another sample): the same settings must train a new model on the new data, and
-    # the gate must compare it with the champion on today's val split.
-    run = _deploy_and_run(
-        env, project, "salgan-retrain", {"overrides": {**TINY_REAL, "download.sample_seed": 7}, "refresh": "download"}
-    )
-    assert "Completed" in run, run + worker_log.read_text()[-8000:]
-    assert "made from other data" in worker_log.read_text()
-    assert (project / "models" / "generator.pt").read_bytes() != first_weights
-    old, new = sorted(client.search_model_versions("name='salgan'"), key=lambda v: int(v.version))
-    assert old.tags["data_version"] != new.tags["data_version"]
-    assert client.get_model_version_by_alias("salgan", "challenger").version == new.version
-    reports = _api(
-        env,
-        project,
-        "[a.data for a in c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[KEY])))]",
-        imports="from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey; KEY = 'salgan-retrain'",
-    )
-    # The pipeline's MLflow runs name their Prefect flow run and sit under the retraining's parent run,
-    # which records the decision.
-    runs = client.search_runs([client.get_experiment_by_name("salgan").experiment_id], max_results=100)
-    parents = {run.info.run_id: run for run in runs if run.info.run_name.startswith("retrain ")}
-    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") in parents]
-    assert len(parents) == 2 and len(children) == 2
-    assert all(run.data.tags.get("prefect.flow_run_id") and run.data.tags.get("dvc.experiment") for run in children)
-    assert {run.data.tags["decision"] for run in parents.values()} <= {"promoted", "kept"}
-    second = [text for text in reports if "no champion yet" not in text]
-    assert len(second) == 1
-    assert f"data version `{new.tags['data_version']}`" in second[0] and f"v{old.version} scored again" in second[0]
