@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from salgan.errors import InputError
-from salgan.inference import predict_batches
+from salgan.inference import BatchedPredictions
 from salgan.layout import ModelFiles, ReportFiles, SplitArrays, atomic_file, read_split, split_version, write_atomic
 from salgan.metrics import TABLE_I, center_bias_map
 from salgan.scoring import fixation_density_baseline, score_split
@@ -44,7 +44,7 @@ def ig_baseline(data: Path, shape: tuple[int, int], sigma_fraction: float) -> np
 def scoring_inputs(params: Params) -> tuple[SplitArrays, dict]:
     """The val split and the keyword arguments every score of it shares."""
     data = Path(params.train.data)
-    val = read_split(data, "val", "maps", "maps_full", "fixations")
+    val = read_split(data, "val", "maps", "maps_full", "fixations", stream=True)
     shape = tuple(int(s) for s in val.maps_full.shape[1:])
     common = {
         "fixations": val.coords,
@@ -60,22 +60,14 @@ def score_generator(generator, params: Params, val: SplitArrays | None = None, c
     """Score ``generator`` on the val split after the test maps' post-processing.
 
     Returns (per-image rows, means, predictions). The promotion gate scores a registered model with it,
-    so that champion and challenger are compared on the same data with the same code.
+    so that champion and challenger are compared on the same data with the same code. Each batch is
+    scored as it is predicted: ``predictions`` is a :class:`BatchedPredictions` that predicts again any
+    image asked for later, so memory holds one batch of maps whatever the split's size.
     """
-    import torch
-
     if val is None or common is None:
         val, common = scoring_inputs(params)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    predictions = list(
-        predict_batches(
-            generator,
-            val.images,
-            val.original_sizes,
-            params.evaluate.batch_size,
-            params.predict.blur_size,
-            device,
-        )
+    predictions = BatchedPredictions(
+        generator, val.images, val.original_sizes, params.evaluate.batch_size, params.predict.blur_size
     )
     rows, means = score_split(predictions, val.maps_full, names=val.names, **common)
     return rows, means, predictions
@@ -91,7 +83,7 @@ def evaluate(params: Params) -> dict:
     rows, means, predictions = score_generator(load_generator(generator_path), params, val, common)
     center = center_bias_map(val.maps_full.shape[1:], cfg.center_bias_sigma)
     _, center_means = score_split([center] * len(predictions), val.maps_full, progress=False, **common)
-    _, ceiling = score_split(list(val.maps_full), val.maps_full, progress=False, **common)
+    _, ceiling = score_split(val.maps_full, val.maps_full, progress=False, **common)
     metrics = {
         **means,
         "n_images": len(rows),

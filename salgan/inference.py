@@ -7,7 +7,7 @@ that size when sigma is 0) and clipped to [0, 1].
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,9 +45,9 @@ def predict_batches(
     """
     device = device or default_device()
     generator = generator.to(device).eval()
-    images = torch.as_tensor(np.asarray(images))
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device)
+        # One batch read at a time: ``images`` may be a memory map or NpyRows as large as the split.
+        batch = torch.as_tensor(np.asarray(images[start : start + batch_size])).to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             maps = generator(images_to_float(batch))
         sizes = original_sizes[start : start + batch_size]
@@ -56,6 +56,36 @@ def predict_batches(
         else:
             for one, size in zip(maps, sizes, strict=True):
                 yield postprocess(one[None], (int(size[0]), int(size[1])), blur_size)[0].cpu().numpy()
+
+
+class BatchedPredictions(Sequence):
+    """:func:`predict_batches` as a sequence: ``predictions[i]`` predicts the batch holding image ``i``
+    when it is first asked for and keeps only that batch, so a pass in order costs one prediction per
+    image and memory for one batch of maps at the original size, whatever the number of images."""
+
+    def __init__(self, generator, images, original_sizes, batch_size: int = 16, blur_size: int = 5, device=None):
+        self.generator, self.images, self.sizes = generator, images, original_sizes
+        self.batch_size, self.blur_size, self.device = batch_size, blur_size, device
+        self._start, self._maps = -1, []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"prediction {index} out of range ({len(self)} images)")
+        index %= len(self)
+        start = index - index % self.batch_size
+        if start != self._start:
+            stop = start + self.batch_size
+            self._maps = list(
+                predict_batches(
+                    self.generator, self.images[start:stop], self.sizes[start:stop], self.batch_size,
+                    self.blur_size, self.device,
+                )
+            )  # fmt: skip
+            self._start = start
+        return self._maps[index - start]
 
 
 def to_uint8(saliency: np.ndarray) -> np.ndarray:

@@ -87,11 +87,63 @@ class SplitArrays:
         return len(self.names)
 
 
-def read_split(root: str | Path, split: str, *parts: str) -> SplitArrays:
+class NpyRows:
+    """The rows of a ``.npy`` file, read on demand with plain reads: ``rows[i]`` and ``rows[a:b]`` are
+    fresh arrays, ``len`` and ``shape`` as the array's.
+
+    For stages that stream a split once (evaluate, the gate): pages of a memory map stay mapped once
+    touched and count in the process's resident memory, so a pass over a 5,000-image map file would grow
+    it by the file's size; these reads keep it at one batch.
+    """
+
+    def __init__(self, path: str | Path):
+        import numpy as np
+
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            self.shape, fortran, self.dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran or self.dtype.hasobject:
+            raise InputError(f"{self.path}: not a C-ordered array of plain values")
+        self.row_bytes = int(self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64)))
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, index):
+        import numpy as np
+
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise IndexError("NpyRows: slices must be contiguous")
+        else:
+            start = int(index) + (len(self) if int(index) < 0 else 0)
+            if not 0 <= start < len(self):
+                raise IndexError(f"{self.path}: row {index} out of range ({len(self)} rows)")
+            stop = start + 1
+        count = max(stop - start, 0)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * self.row_bytes)
+            data = f.read(count * self.row_bytes)
+        if len(data) != count * self.row_bytes:
+            raise InputError(f"{self.path}: truncated (row {stop - 1} of {len(self)} is missing)")
+        rows = np.frombuffer(bytearray(data), dtype=self.dtype).reshape((count, *self.shape[1:]))
+        return rows if isinstance(index, slice) else rows[0]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+def read_split(root: str | Path, split: str, *parts: str, stream: bool = False) -> SplitArrays:
     """``names``, ``images`` and ``original_sizes`` of ``root/split``, plus the optional ``parts``
     (``maps``, ``maps_full``, ``fixations``). Missing files raise :class:`InputError` naming the file;
     arrays that disagree on the number of images are named too. Images are mapped copy-on-write (torch
-    wants writable arrays), the other large arrays read-only.
+    wants writable arrays), the other large arrays read-only; with ``stream``, the large arrays are
+    :class:`NpyRows` instead, for one pass in bounded memory.
     """
     import numpy as np
 
@@ -99,15 +151,19 @@ def read_split(root: str | Path, split: str, *parts: str) -> SplitArrays:
     for part in ("names", "images", "original_sizes", *parts):
         if not getattr(files, part).is_file():
             raise InputError(f"{getattr(files, part)}: not found; run the prepare stage first")
+
+    def large(path: Path, mode: str):
+        return NpyRows(path) if stream else np.load(path, mmap_mode=mode)
+
     arrays = SplitArrays(
         names=json.loads(files.names.read_text()),
-        images=np.load(files.images, mmap_mode="c"),
+        images=large(files.images, "c"),
         original_sizes=np.load(files.original_sizes),
     )
     if "maps" in parts:
-        arrays.maps = np.load(files.maps, mmap_mode="r")
+        arrays.maps = large(files.maps, "r")
     if "maps_full" in parts:
-        arrays.maps_full = np.load(files.maps_full, mmap_mode="r")
+        arrays.maps_full = large(files.maps_full, "r")
     if "fixations" in parts:
         with np.load(files.fixations) as fixations:
             arrays.coords, arrays.offsets = fixations["coords"], fixations["offsets"]

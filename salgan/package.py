@@ -118,7 +118,7 @@ def _listing(headline: str, items: Sequence[str]) -> str:
 
 def load_split_names(data_dir: str | Path, split: str = "test") -> tuple[list[str], dict[str, tuple[int, int]]]:
     """Names of a prepared split and each image's original (W, H)."""
-    arrays = read_split(data_dir, split)
+    arrays = read_split(data_dir, split, stream=True)
     sizes = {name: (int(w), int(h)) for name, (h, w) in zip(arrays.names, arrays.original_sizes, strict=True)}
     return arrays.names, sizes
 

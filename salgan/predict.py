@@ -359,7 +359,7 @@ def predict_files(
 def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder: Path, params: Params) -> list[str]:
     """One 8-bit PNG per image of a prepared split, ``folder/<name>.png`` at the image's original size,
     post-processed as the original code (the stage's test maps; the 2015 submission's val maps)."""
-    arrays = read_split(data, split)
+    arrays = read_split(data, split, stream=True)  # one batch in memory at a time
     names, images, sizes = arrays.names, arrays.images, arrays.original_sizes
     from salgan.cli import progress
 

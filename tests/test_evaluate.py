@@ -143,6 +143,29 @@ def test_evaluate_scores_exactly_the_maps_the_predict_stage_writes(evaluated, tm
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"{name}.png")), to_uint8(prediction))
 
 
+def test_evaluate_streams_one_batch_of_maps_at_a_time(evaluated):
+    """Scoring predicts each batch once, in order, and holds no more than one batch of full-size maps;
+    an image asked for again later (the example grid) costs one more batch, and gives the same map."""
+    from salgan.evaluate import score_generator, scoring_inputs
+    from salgan.layout import NpyRows
+    from salgan.models import load_generator
+
+    root, metrics = evaluated
+    params = tiny_params(root)
+    params.evaluate.batch_size = 3
+    generator = load_generator(root / "models" / "generator.pt")
+    batches = []
+    generator.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
+    val, common = scoring_inputs(params)
+    assert isinstance(val.images, NpyRows) and isinstance(val.maps_full, NpyRows)
+    _, means, predictions = score_generator(generator, params, val, common)
+    assert batches == [3, 3, 2]  # 8 val images, each predicted once
+    assert len(predictions._maps) <= 3
+    assert means["nss"] == pytest.approx(metrics["nss"])  # the same scores as the stage's run
+    first = predictions[0].copy()
+    assert batches == [3, 3, 2, 3] and np.array_equal(predictions[0], first)
+
+
 def _chromium() -> str:
     import shutil
 

@@ -94,3 +94,24 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_npy_rows_read_what_numpy_wrote_and_name_a_truncated_file(tmp_path):
+    import numpy as np
+
+    from salgan.errors import InputError
+    from salgan.layout import NpyRows
+
+    array = np.random.default_rng(0).integers(0, 255, (7, 5, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", array)
+    rows = NpyRows(tmp_path / "a.npy")
+    assert (len(rows), rows.shape, rows.dtype) == (7, array.shape, array.dtype)
+    assert np.array_equal(rows[3], array[3]) and np.array_equal(rows[-1], array[-1])
+    assert np.array_equal(rows[2:6], array[2:6]) and rows[5:99].shape == (2, 5, 4, 3)
+    assert np.array_equal(np.stack(list(rows)), array)
+    with pytest.raises(IndexError):
+        rows[7]
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[: len(data) - 10])
+    with pytest.raises(InputError, match="cut.npy: truncated"):
+        NpyRows(tmp_path / "cut.npy")[6]
