@@ -1,12 +1,15 @@
-"""Prepared splits (docs/data-layout.md) loaded once into memory, batches sliced on the device.
+"""Prepared splits (docs/data-layout.md) loaded once into memory, batches taken by index.
 
 The prepared arrays are small enough to hold whole (SALICON train at 256x192 is 1.5 GB of images), so
-training never decodes a file after the prepare stage and the only per-step input work is an index and
-a uint8 -> float conversion on the device.
+training never decodes a file after the prepare stage. Where they fit the device (``train.data_placement``,
+``train.data_budget_gb``), they live there and the only per-step input work is an index and a uint8 ->
+float conversion on the device; where they do not, they stay in pinned host memory and each batch is
+gathered there and copied over on a side stream while the previous batch computes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +18,15 @@ import torch
 
 from salgan.layout import LABELLED_SPLITS, read_split
 
+GIB = 2**30
+
 
 @dataclass
 class PreparedSplit:
-    images: torch.Tensor  # uint8 (N, H, W, 3)
+    images: torch.Tensor  # uint8 (N, H, W, 3), on ``device`` or in (pinned) host memory when streamed
     maps: torch.Tensor | None  # uint8 (N, H, W); None for the test split
     names: list[str]
+    device: torch.device  # where batches are used
 
     def __len__(self) -> int:
         return len(self.names)
@@ -30,19 +36,106 @@ class PreparedSplit:
         """(W, H) of the prepared images."""
         return int(self.images.shape[2]), int(self.images.shape[1])
 
+    @property
+    def streamed(self) -> bool:
+        return self.images.device != self.device
 
-def load_split(root: str | Path, split: str, device: torch.device | str = "cpu") -> PreparedSplit:
-    """Read ``root/split`` (:func:`salgan.layout.read_split`) into tensors on ``device`` (pinned host memory
-    when the device is a GPU)."""
+    @property
+    def index_device(self) -> torch.device:
+        """Where batch indices belong: with the arrays."""
+        return self.images.device
+
+    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (float NCHW) and maps (float N1HW, or None) of ``indices``, on the device."""
+        return _to_float(self._copy(indices))
+
+    def batches(self, index_batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """:meth:`take` of each batch in turn; streamed to a GPU, the next batch's copy runs on a side
+        stream while the caller computes on this one."""
+        if not (self.streamed and self.device.type == "cuda"):
+            for indices in index_batches:
+                yield self.take(indices)
+            return
+        side = torch.cuda.Stream(self.device)
+        pending = None
+        for indices in index_batches:
+            with torch.cuda.stream(side):
+                loaded = self._copy(indices)
+            if pending is not None:
+                yield _ready(pending, side)
+            pending = loaded
+        if pending is not None:
+            yield _ready(pending, side)
+
+    def _copy(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        indices = indices.to(self.index_device)
+        images, maps = self.images[indices], None if self.maps is None else self.maps[indices]
+        if self.streamed:
+            pinned = self.device.type == "cuda"
+            images = (images.pin_memory() if pinned else images).to(self.device, non_blocking=pinned)
+            if maps is not None:
+                maps = (maps.pin_memory() if pinned else maps).to(self.device, non_blocking=pinned)
+        return images, maps
+
+
+def _ready(batch: tuple[torch.Tensor, torch.Tensor | None], side: torch.cuda.Stream):
+    """A batch copied on ``side``, made safe to use (and to free) on the current stream."""
+    current = torch.cuda.current_stream(side.device)
+    current.wait_stream(side)
+    for tensor in batch:
+        if tensor is not None:
+            tensor.record_stream(current)
+    return _to_float(batch)
+
+
+def _to_float(batch: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    images, maps = batch
+    return images_to_float(images), None if maps is None else maps_to_float(maps)
+
+
+def load_split(root: str | Path, split: str, device: torch.device | str = "cpu", stream: bool = False) -> PreparedSplit:
+    """Read ``root/split`` (:func:`salgan.layout.read_split`) into tensors on ``device``, or, with ``stream``,
+    into host memory (pinned when the device is a GPU) from which batches are copied."""
+    device = torch.device(device)
     arrays = read_split(root, split, *(["maps"] if split in LABELLED_SPLITS else []))
-    maps = None if arrays.maps is None else _to_device(arrays.maps, device)
-    return PreparedSplit(_to_device(arrays.images, device), maps, arrays.names)
+    target = torch.device("cpu") if stream else device
+    pin = stream and device.type == "cuda"
+    maps = None if arrays.maps is None else _to_device(arrays.maps, target, pin)
+    return PreparedSplit(_to_device(arrays.images, target, pin), maps, arrays.names, device)
 
 
-def _to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """The whole (memory-mapped) array read into memory once, then onto ``device``."""
+def split_bytes(root: str | Path, *splits: str) -> int:
+    """Bytes the images and maps of ``splits`` take in memory (their files' data, read from the headers)."""
+    from salgan.layout import NpyRows, split_files
+
+    total = 0
+    for split in splits:
+        files = split_files(root, split)
+        for path in (files.images, files.maps):
+            if path.is_file():
+                rows = NpyRows(path)
+                total += rows.row_bytes * len(rows)
+    return total
+
+
+def stream_from_host(data_bytes: int, device: torch.device, placement: str, budget_gb: float | None) -> bool:
+    """``train.data_placement``: whether the splits stay in host memory. ``auto`` streams when they take
+    more than ``budget_gb`` of the device (default: half the free memory torch reports); on a CPU the
+    host is the device, so nothing streams."""
+    if placement != "auto":
+        return placement == "stream"
+    if device.type != "cuda":
+        return False
+    budget = budget_gb * GIB if budget_gb else torch.cuda.mem_get_info(device)[0] / 2
+    return data_bytes > budget
+
+
+def _to_device(array: np.ndarray, device: torch.device, pin: bool = False) -> torch.Tensor:
+    """The whole (memory-mapped) array read into memory once, then onto ``device`` (or pinned)."""
     tensor = torch.from_numpy(np.array(array))
-    if torch.device(device).type == "cuda":
+    if pin:
+        return tensor.pin_memory()
+    if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor
 

@@ -122,6 +122,11 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     snapshot_image: int = Field(default=0, ge=0)  # index of the val image saved every epoch (seed paper Fig. 3)
     compile: bool = False  # torch.compile the models (checkpoint keys unchanged)
+    # Where the prepared train and val splits live while training: on the device (batches sliced there), or
+    # in pinned host memory with each batch copied over while the previous one computes (stream). auto:
+    # the device when both splits fit data_budget_gb, else stream.
+    data_placement: Literal["auto", "device", "stream"] = "auto"
+    data_budget_gb: float | None = Field(default=None, gt=0)  # null: half the free memory torch reports
 
 
 class EvaluateParams(Section):

@@ -29,7 +29,7 @@ from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint
 from salgan.cli import progress
-from salgan.data import PreparedSplit, images_to_float, load_split, maps_to_float
+from salgan.data import PreparedSplit, load_split, split_bytes, stream_from_host
 from salgan.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -48,7 +48,7 @@ from salgan.settings import ConfigError, Params, load_params, to_dict
 from salgan.tracking import enabled as tracking_enabled
 
 # Settings that do not change what is trained: a checkpoint made under other values is still resumed.
-RESUME_IRRELEVANT = {"nproc", "device", "compile", "output", "data"}
+RESUME_IRRELEVANT = {"nproc", "device", "compile", "output", "data", "data_placement", "data_budget_gb"}
 
 
 @dataclass
@@ -197,15 +197,13 @@ def train_one_epoch(
     then a G step on every batch from one generator forward. ``g_loss`` is the mean over G updates,
     ``d_loss`` over D updates, ``content_loss`` over every batch.
     """
-    cfg, device = params.train, split.images.device
+    cfg, device = params.train, split.device
     models.generator.train()
     models.discriminator.train()
     # g_loss, g updates, d_loss, d updates, content, batches
     totals = torch.zeros(6, dtype=torch.float64, device=device)
     zero, one = torch.zeros((), device=device), torch.ones((), device=device)
-    for i, indices in enumerate(_progress(batches, adversarial)):
-        images = images_to_float(split.images[indices])
-        targets = maps_to_float(split.maps[indices])
+    for i, (images, targets) in enumerate(split.batches(_progress(batches, adversarial))):
         g_loss = d_loss = zero
         g_n = d_n = zero
         if not adversarial:
@@ -237,13 +235,13 @@ def train_one_epoch(
 def evaluate(models: Models, split: PreparedSplit, info: DistInfo, params: Params) -> dict[str, float]:
     """Validation content loss (BCE/4), images sharded over ranks and the sums reduced."""
     models.generator.eval()
-    indices = torch.arange(info.rank, len(split), info.world_size, device=split.images.device)
-    totals = torch.zeros(2, dtype=torch.float64, device=split.images.device)
-    for chunk in indices.split(max(1, params.train.batch_size // info.world_size)):
-        with autocast(split.images.device):
-            logits = models.generator(images_to_float(split.images[chunk]), return_logits=True)
-        loss = content_loss(logits, maps_to_float(split.maps[chunk]), params.train.content_downsample)
-        totals += torch.stack([loss.double() * len(chunk), torch.tensor(len(chunk), device=totals.device)])
+    indices = torch.arange(info.rank, len(split), info.world_size, device=split.index_device)
+    totals = torch.zeros(2, dtype=torch.float64, device=split.device)
+    for images, maps in split.batches(indices.split(max(1, params.train.batch_size // info.world_size))):
+        with autocast(split.device):
+            logits = models.generator(images, return_logits=True)
+        loss = content_loss(logits, maps, params.train.content_downsample)
+        totals += torch.stack([loss.double() * len(images), torch.tensor(len(images), device=totals.device)])
     loss_sum, count = all_reduce_sum(totals).tolist()
     return {"val_content_loss": loss_sum / max(count, 1)}
 
@@ -265,8 +263,9 @@ def _progress(batches: list, adversarial: bool):
 def snapshot(models: Models, split: PreparedSplit, index: int) -> torch.Tensor:
     """The generator's map for one fixed val image as uint8 (H, W) on the CPU (seed paper Fig. 3)."""
     models.generator.eval()
-    with autocast(split.images.device):
-        predicted = models.generator(images_to_float(split.images[index : index + 1]))
+    images, _ = split.take(torch.arange(index, index + 1))
+    with autocast(split.device):
+        predicted = models.generator(images)
     return (predicted[0, 0].float().clamp(0, 1) * 255).round().byte().cpu()
 
 
@@ -389,8 +388,13 @@ def _train(params: Params, info: DistInfo, log) -> int:
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"train.batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
     per_rank = cfg.batch_size // info.world_size
-    train_split = load_split(cfg.data, "train", info.device)
-    val_split = load_split(cfg.data, "val", info.device)
+    data_bytes = split_bytes(cfg.data, "train", "val")
+    stream = stream_from_host(data_bytes, info.device, cfg.data_placement, cfg.data_budget_gb)
+    if stream:
+        log(f"the prepared splits ({data_bytes / 2**30:.2f} GB) stay in host memory; each batch is copied to "
+            f"{info.device} ahead of its step (train.data_placement: {cfg.data_placement})")  # fmt: skip
+    train_split = load_split(cfg.data, "train", info.device, stream)
+    val_split = load_split(cfg.data, "val", info.device, stream)
     if len(train_split) < cfg.batch_size:
         raise ConfigError(f"train.batch_size {cfg.batch_size} exceeds the {len(train_split)} training images")
     models = build_models(params, train_split.size, info)
@@ -430,7 +434,7 @@ def _train(params: Params, info: DistInfo, log) -> int:
             # The original code starts the adversarial phase with a fresh optimiser (it loads only weights).
             models.opt_g = adagrad(models.generator, cfg.lr_generator, params, info.device)
         tic = time.perf_counter()
-        batches = epoch_batches(sampler, epoch, per_rank, info.device)
+        batches = epoch_batches(sampler, epoch, per_rank, train_split.index_device)
         first_step = (epoch - cfg.bce_epochs) * len(batches) if adversarial else 0
         record = {"epoch": epoch + 1, "phase": "adversarial" if adversarial else "bce"}
         record |= train_one_epoch(models, train_split, batches, adversarial, params, first_step)

@@ -239,6 +239,38 @@ def test_same_seed_gives_identical_weights(tmp_path):
     )
 
 
+def test_streaming_batches_from_host_memory_trains_the_same_weights(tmp_path, capsys):
+    """train.data_placement: stream gathers each batch in host memory and copies it over; the batches, and
+    so the weights, are those of the splits held on the device."""
+    held = tiny_params(tmp_path / "held", epochs=2, data_placement="device")
+    streamed = tiny_params(tmp_path / "streamed", epochs=2, data_placement="stream")
+    run(held)
+    assert "stay in host memory" not in capsys.readouterr().out
+    run(streamed)
+    assert "stay in host memory; each batch is copied to cpu" in capsys.readouterr().out
+    assert same_weights(
+        weights(tmp_path / "held" / "models" / GENERATOR_FILE),
+        weights(tmp_path / "streamed" / "models" / GENERATOR_FILE),
+    )
+
+
+def test_auto_placement_streams_only_what_does_not_fit_the_budget(tmp_path):
+    from salgan.data import split_bytes, stream_from_host
+
+    root = write_prepared(tmp_path, n_train=32, n_val=8, size=(64, 48))
+    expected = (32 + 8) * (64 * 48 * 3 + 64 * 48)  # images and maps, uint8
+    assert split_bytes(root, "train", "val") == expected
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert stream_from_host(expected, gpu, "auto", budget_gb=expected / 2**30 / 2)
+    assert not stream_from_host(expected, gpu, "auto", budget_gb=expected / 2**30 * 2)
+    assert not stream_from_host(expected, cpu, "auto", budget_gb=1e-9)  # on a CPU the host is the device
+    assert stream_from_host(expected, cpu, "stream", None) and not stream_from_host(expected, gpu, "device", 1e-9)
+    split = load_split(root, "train", cpu, stream=True)
+    images, maps = split.take(torch.tensor([3, 1]))
+    assert images.shape == (2, 3, 48, 64) and maps.shape == (2, 1, 48, 64)
+    assert torch.equal(images[1], split.images[1].permute(2, 0, 1).float() / 255)
+
+
 def test_finished_run_does_nothing_more(tmp_path, capsys):
     params = tiny_params(tmp_path, epochs=1, bce_epochs=0)
     run(params)
