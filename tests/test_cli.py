@@ -20,6 +20,7 @@ COMMANDS = {
     "mirror": ["s3://bucket/prefix"],
     "registry": ["list"],
     "ablation": ["run", "--dry-run"],
+    "track": [],
 }
 
 
