@@ -130,15 +130,23 @@ def _retrain(stack: Stack, checkout: Path, overrides: dict) -> str:
 
 
 def _mlflow():
+    """A client of the stack's server. Named explicitly: an earlier test's ``mlflow.set_tracking_uri`` would
+    win over MLFLOW_TRACKING_URI (the login still comes from the environment)."""
     from mlflow import MlflowClient
 
-    return MlflowClient()  # the stack's server, from MLFLOW_TRACKING_URI and its login
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _s3(**credentials):
+    """An S3 client from the current environment (boto3's default session keeps the first one it saw)."""
+    import boto3
+
+    return boto3.session.Session(**credentials).client("s3")
 
 
 def _bucket_keys() -> list[str]:
-    import boto3
-
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket="salgan")
+    pages = _s3().get_paginator("list_objects_v2").paginate(Bucket="salgan")
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
@@ -193,13 +201,12 @@ def _http_status(url: str, method: str = "GET", body: bytes | None = None) -> in
 
 
 def test_servers_refuse_clients_without_the_stack_logins(stack):
-    import boto3
     import botocore.exceptions
 
     assert _http_status(f"{stack.client['PREFECT_API_URL']}/flows/filter", "POST", b"{}") == 401
     mlflow_url = stack.client["MLFLOW_TRACKING_URI"]
     assert _http_status(f"{mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1") == 401
-    outsider = boto3.client("s3", aws_access_key_id="someone-else", aws_secret_access_key="x" * 20)
+    outsider = _s3(aws_access_key_id="someone-else", aws_secret_access_key="x" * 20)
     with pytest.raises(botocore.exceptions.ClientError, match="InvalidAccessKeyId"):
         outsider.list_objects_v2(Bucket="salgan")
 
@@ -327,10 +334,14 @@ def _wait(condition, timeout: float, what: str, step: float = 0.5):
 
 
 def test_mlflow_killed_during_training_loses_and_doubles_no_epoch(stack, checkout):
-    epochs = 30
+    epochs = 120  # long enough that training goes on after the server is back
     params = _fault_params(checkout, "mlflow-killed", epochs)
     env = {**stack.client, "SALGAN_TRACKING_RETRY_S": "1"}
     log = stack.root / "mlflow-killed.log"
+
+    def epochs_done() -> int:
+        return log.read_text().count(f"/{epochs} [")
+
     with open(log, "w") as sink:
         training = subprocess.Popen(
             [str(BIN / "salgan"), "train", "--params", str(params)], cwd=checkout, env=env, stdout=sink,
@@ -341,10 +352,11 @@ def test_mlflow_killed_during_training_loses_and_doubles_no_epoch(stack, checkou
         run_id = _wait(lambda: record.is_file() and json.loads(record.read_text())["run_id"], 120, "the MLflow run")
         _wait(lambda: _mlflow().get_metric_history(run_id, "g_loss"), 120, "a first logged epoch")
         stack.run("down", "mlflow")
-        killed_at = time.monotonic()
-        time.sleep(5)
+        killed_at, down_at_epoch = time.monotonic(), epochs_done()
+        _wait(lambda: epochs_done() >= down_at_epoch + 5, 300, "five epochs trained while MLflow is down")
         stack.run("up", "mlflow")
-        print(f"\nMLflow server restarted after {time.monotonic() - killed_at:.0f} s down")
+        assert training.poll() is None, "training ended before the server was back: give it more epochs"
+        print(f"\nMLflow server down {time.monotonic() - killed_at:.0f} s, from epoch {down_at_epoch}")
         assert training.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
         if training.poll() is None:
@@ -510,9 +522,7 @@ def test_s3_down_during_dvc_push_and_the_model_upload(stack, checkout):
     versions = sorted(_mlflow().search_model_versions("name='salgan'"), key=lambda v: int(v.version))
     assert len(versions) == versions_before + 1
 
-    import boto3
-
-    s3 = boto3.client("s3")
+    s3 = _s3()
     weights = (checkout / "models" / "generator.pt").read_bytes()
     model_id = versions[-1].source.removeprefix("models:/")
     (key,) = [k for k in _bucket_keys() if model_id in k and k.endswith("extra_files/generator.pt")]
