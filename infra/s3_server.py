@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from moto.s3.models import s3_backends
 from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
 
+from salgan.layout import write_atomic  # a fresh exclusive temporary name, synced, then renamed
+
 REGION = "us-east-1"
 CHANGING_METHODS = {"PUT", "POST", "DELETE"}
 CREDENTIAL = re.compile(r"Credential=([^/\s,]+)/")
@@ -36,21 +37,6 @@ CREDENTIAL = re.compile(r"Credential=([^/\s,]+)/")
 
 def _backend():
     return s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a uniquely named temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class DiskMirror:
@@ -90,8 +76,8 @@ class DiskMirror:
                     meta = {"etag": stored.etag, "content_type": stored.metadata.get("Content-Type", "")}
                     objects[key] = meta
                     if self.index.get(bucket_name, {}).get(key) != meta:
-                        _atomic_write(self._object_file(bucket_name, key), stored.value)
-            _atomic_write(self.index_path, json.dumps(current).encode())
+                        write_atomic(self._object_file(bucket_name, key), stored.value)
+            write_atomic(self.index_path, json.dumps(current).encode())
             for bucket_name, objects in self.index.items():
                 for key in objects.keys() - current.get(bucket_name, {}).keys():
                     self._object_file(bucket_name, key).unlink(missing_ok=True)
