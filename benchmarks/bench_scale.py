@@ -19,6 +19,7 @@ Prints a table, then, last, one JSON line:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -67,10 +68,8 @@ def peak_rss_of(process: subprocess.Popen) -> tuple[float, float]:
             total = 0
             try:
                 for member in [root, *root.children(recursive=True)]:
-                    try:
+                    with contextlib.suppress(psutil.Error):  # a child that has just exited
                         total += member.memory_info().rss
-                    except psutil.Error:
-                        pass
             except psutil.Error:
                 break
             peak = max(peak, total)
