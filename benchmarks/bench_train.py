@@ -42,7 +42,7 @@ from common import ensure_data, load_average, parse_size, resolve_device, synchr
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from salgan.data import PreparedSplit, images_to_float, load_split, maps_to_float
+from salgan.data import PreparedSplit, load_split
 from salgan.distributed import DistInfo
 from salgan.losses import discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
@@ -111,6 +111,7 @@ def counted_flops(params: Params, size: tuple[int, int], epoch_fn: Callable) -> 
             torch.empty(batch, h, w, 3, dtype=torch.uint8, device=meta),
             torch.empty(batch, h, w, dtype=torch.uint8, device=meta),
             ["a", "b"],
+            meta,
         )
         with FlopCounterMode(display=False) as counter, contextlib.suppress(NotImplementedError, RuntimeError):
             epoch_fn(models, split, [torch.arange(batch, device=meta)], True, params)
@@ -212,7 +213,7 @@ def run_fast(name: str, params: Params, split: PreparedSplit, device, warmup: in
     batches: list[torch.Tensor] = []
     epoch = 0
     while len(batches) < warmup + steps:  # consecutive shuffled passes, as for the naive path
-        batches += epoch_batches(sampler, epoch, params.train.batch_size, device)
+        batches += epoch_batches(sampler, epoch, params.train.batch_size, split.index_device)
         epoch += 1
     synchronize(device)
     tic = time.perf_counter()
@@ -227,8 +228,7 @@ def run_fast(name: str, params: Params, split: PreparedSplit, device, warmup: in
     # The input pipeline alone on the same batches: what each step spends before the generator runs.
     start = time.perf_counter()
     for indices in timed:
-        images_to_float(split.images[indices])
-        maps_to_float(split.maps[indices])
+        split.take(indices)
     synchronize(device)
     input_seconds = time.perf_counter() - start
     result = timing(name, steps, params.train.batch_size, seconds, input_seconds)
@@ -306,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's models")
     parser.add_argument("--skip-naive", action="store_true", help="time the fast path(s) only")
+    parser.add_argument(
+        "--streamed",
+        action="store_true",
+        help="also time the fast path with the split in (pinned) host memory, each batch copied over ahead of "
+        "its step (train.data_placement: stream, for splits larger than the device)",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads: one per usable core, as salgan.train.run sets")
     parser.add_argument("--data", type=Path, help="keep generated data here and reuse it (default: a temp dir)")
     parser.add_argument("--peak-tflops", type=float, help="bf16 dense peak for MFU when the GPU is not in the table")
@@ -388,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 rows[-1]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
                 torch.cuda.empty_cache()
+        if args.streamed:
+            del split
+            streamed = load_split(prepared, "train", device, stream=True)
+            name, fn = next(iter(epoch_fns.items()))
+            flops[f"{name} (streamed)"] = flops[name]
+            rows.append(run_fast(f"{name} (streamed)", params, streamed, device, args.warmup, args.steps, fn))
     peak = peak_flops(device, args.peak_tflops)
     for row in rows:
         add_mfu(row, flops, peak)
@@ -442,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         "naive_images_per_s": naive["images_per_s"] if naive else None,
         "ratio": ratio,
         "input_share": {row["path"]: row["input_share"] for row in rows},
+        # held on the device / streamed from host memory, images/s: what streaming costs per step
+        "streamed_cost": next(
+            (round(fast["images_per_s"] / r["images_per_s"], 3) for r in rows if r["path"].endswith("(streamed)")),
+            None,
+        ),
         "data_setup_s": round(data_seconds, 1),
         "load_average": [load_before, load_after],
         "cpus": usable_cpus(),
