@@ -198,9 +198,12 @@ def _in_browser(url: str, expression: str):
             while not (port_file.exists() and port_file.read_text().strip()):
                 assert time.monotonic() < deadline and browser.poll() is None, "Chromium did not start"
                 time.sleep(0.1)
-            port = port_file.read_text().split()[0]
-            targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
-            page = next(target for target in targets if target["type"] == "page")
+            port, page = port_file.read_text().split()[0], None
+            while page is None:  # on a busy machine the port is up before the first page is listed
+                targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
+                page = next((target for target in targets if target["type"] == "page"), None)
+                assert page or time.monotonic() < deadline, "Chromium listed no page"
+                time.sleep(0 if page else 0.1)
             with connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as socket:
                 calls = iter(range(1, 100))
 
