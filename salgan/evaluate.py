@@ -99,7 +99,7 @@ def evaluate(params: Params) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     write_figures(params, metrics, val, predictions, rows, reports)
-    _record(params, metrics, reports, generator_path)
+    record_to_mlflow(params, metrics, reports, generator_path)
     return metrics
 
 
@@ -131,7 +131,7 @@ def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, 
     write_atomic(reports.page, report_page(metrics, TABLE_I, settings, figures))
 
 
-def _record(params: Params, metrics: dict, reports: ReportFiles, generator_path: Path) -> str | None:
+def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, generator_path: Path) -> str | None:
     """Log to the pipeline's MLflow run and register the generator, when MLflow is enabled; returns the
     registered version (None: MLflow disabled or unreachable)."""
     if not tracking_enabled(params):

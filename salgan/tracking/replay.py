@@ -24,7 +24,7 @@ def replay(params: Params) -> str:
     from mlflow.exceptions import MlflowException
 
     from salgan.errors import ConfigError, InputError
-    from salgan.evaluate import _record
+    from salgan.evaluate import record_to_mlflow
     from salgan.layout import ModelFiles, ReportFiles
     from salgan.tracking.runs import TrainingTracker, recorded_run_id
     from salgan.tracking.store import configure
@@ -49,7 +49,7 @@ def replay(params: Params) -> str:
         history = json.loads(trained.history.read_text())
         run_id = TrainingTracker(params).replay(history, trained.generator)
         print(f"training: logged as run {run_id} ({len(history)} epochs from {trained.history})")
-    version = _record(params, json.loads(reports.metrics.read_text()), reports, trained.generator)
+    version = record_to_mlflow(params, json.loads(reports.metrics.read_text()), reports, trained.generator)
     if version is None:
         raise RuntimeError(f"MLflow at {redact_url(uri)} did not take the evaluation (see the warning above)")
     return version
