@@ -70,12 +70,14 @@ class PreparedSplit:
     def _copy(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         indices = indices.to(self.index_device)
         images, maps = self.images[indices], None if self.maps is None else self.maps[indices]
-        if self.streamed:
-            pinned = self.device.type == "cuda"
-            images = (images.pin_memory() if pinned else images).to(self.device, non_blocking=pinned)
-            if maps is not None:
-                maps = (maps.pin_memory() if pinned else maps).to(self.device, non_blocking=pinned)
-        return images, maps
+        if not self.streamed:
+            return images, maps
+        pinned = self.device.type == "cuda"  # a pinned source lets the copy run asynchronously
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return (tensor.pin_memory() if pinned else tensor).to(self.device, non_blocking=pinned)
+
+        return move(images), None if maps is None else move(maps)
 
 
 def _ready(batch: tuple[torch.Tensor, torch.Tensor | None], side: torch.cuda.Stream):
