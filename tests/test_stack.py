@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_prefect_deployment import TINY_REAL, _api, _repository_checkout
+from test_prefect_deployment import TINY_REAL, _api, _prefect, _repository_checkout
 
 from tests.conftest import free_port
 
@@ -108,23 +108,14 @@ def _environment(values: dict[str, str]):
 def checkout(stack):
     """A fresh checkout of the repository with the deployments of its prefect.yaml on the stack's server."""
     project = _repository_checkout(stack.root / "checkout")
-    _prefect(stack, project, "deploy", "--all")
+    _prefect(stack.client, project, "deploy", "--all")
     return project
-
-
-def _prefect(stack: Stack, cwd: Path, *args: str, timeout: float = 180) -> str:
-    result = subprocess.run(
-        [str(BIN / "prefect"), "--no-prompt", *args], cwd=cwd, env=stack.client, capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
-    assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def _retrain(stack: Stack, checkout: Path, overrides: dict) -> str:
     params = json.dumps({"overrides": overrides, "refresh": "download"})
     return _prefect(
-        stack, checkout.parent, "deployment", "run", "salgan-retrain/salgan-retrain", "--params", params,
+        stack.client, checkout.parent, "deployment", "run", "salgan-retrain/salgan-retrain", "--params", params,
         "--watch", "--watch-timeout", "500", timeout=560,
     )  # fmt: skip
 
@@ -398,7 +389,9 @@ def test_two_retraining_triggers_at_once_run_one_after_the_other(stack, checkout
     run_ids = []
     for seed in (21, 22):  # two different challengers, so that each registers a version of its own
         params = json.dumps({"overrides": {**TINY_REAL, "train.seed": seed}, "refresh": "none"})
-        out = _prefect(stack, checkout.parent, "deployment", "run", "salgan-retrain/salgan-retrain", "--params", params)
+        out = _prefect(
+            stack.client, checkout.parent, "deployment", "run", "salgan-retrain/salgan-retrain", "--params", params
+        )
         run_ids.append(out.split("UUID:")[1].split()[0])
     expression = "[(r.state.type.value, str(r.start_time), str(r.end_time)) for r in [c.read_flow_run(i) for i in IDS]]"
     imports = f"IDS = {run_ids!r}"
@@ -421,7 +414,9 @@ def test_worker_killed_mid_training_crashes_the_run_and_a_rerun_resumes_to_the_s
 
     overrides = {**TINY_REAL, "train.epochs": 40, "train.seed": 31}
     params = json.dumps({"overrides": overrides, "refresh": "none"})
-    out = _prefect(stack, checkout.parent, "deployment", "run", "salgan-retrain/salgan-retrain", "--params", params)
+    out = _prefect(
+        stack.client, checkout.parent, "deployment", "run", "salgan-retrain/salgan-retrain", "--params", params
+    )
     run_id = out.split("UUID:")[1].split()[0]
     logged = len(stack.log("prefect-worker"))
     _wait(lambda: "epoch 8/40" in stack.log("prefect-worker")[logged:], 300, "training to reach epoch 8", step=0.2)
@@ -441,7 +436,7 @@ def test_worker_killed_mid_training_crashes_the_run_and_a_rerun_resumes_to_the_s
 
     logged = len(stack.log("prefect-worker"))
     rerun = _prefect(
-        stack, checkout.parent, "deployment", "run", "salgan-retrain/salgan-retrain", "--params", params,
+        stack.client, checkout.parent, "deployment", "run", "salgan-retrain/salgan-retrain", "--params", params,
         "--watch", "--watch-timeout", "500", timeout=560,
     )  # fmt: skip
     assert "Completed" in rerun, rerun + stack.log("prefect-worker")[-6000:]
