@@ -192,6 +192,7 @@ def _in_browser(url: str, expression: str):
             [_chromium(), *flags, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so that its helpers stop with it
         )
         try:
             port_file, deadline = Path(profile) / "DevToolsActivePort", time.monotonic() + 60
@@ -226,8 +227,25 @@ def _in_browser(url: str, expression: str):
                 result = call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
                 return result["result"]["value"]
         finally:
-            browser.kill()
-            browser.wait()
+            _stop_group(browser)
+
+
+def _stop_group(process) -> None:
+    """Kill ``process`` and every process of its group, and wait until none is left: Chromium's renderer
+    and zygote helpers otherwise go on writing to the profile folder while it is being removed."""
+    import os
+    import signal
+    import time
+
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 @pytest.mark.slow
