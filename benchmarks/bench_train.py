@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from salgan.data import PreparedSplit, load_split
 from salgan.distributed import DistInfo
-from salgan.losses import discriminator_loss, generator_loss
+from salgan.losses import content_loss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.settings import Params, params_from_dict
 from salgan.train import build_models, epoch_batches, train_one_epoch
@@ -153,7 +153,7 @@ def naive_step(g, d, opt_g, opt_d, images, targets, params: Params) -> float:
     d.requires_grad_(False)
     predicted = g(images, return_logits=True)
     fake_logits = d(images, torch.sigmoid(predicted))
-    g_loss, _ = generator_loss(predicted, targets, fake_logits, cfg.alpha, cfg.content_downsample)
+    g_loss, _ = generator_loss(content_loss(predicted, targets, cfg.content_downsample), fake_logits, cfg.alpha)
     d.requires_grad_(True)
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()

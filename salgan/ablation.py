@@ -1,9 +1,13 @@
-"""The seed paper's ablation as DVC experiments, and its Table I beside our numbers.
+"""The seed paper's ablation, extended over encoders and losses, as DVC experiments beside its Table I.
 
 Arms: ImageNet vs randomly initialised encoder (the seed paper's modification) crossed with BCE-only
-vs adversarial training (Pan et al. 2017, Table 2). Each arm is one ``dvc exp run`` named after it,
-with a profile's settings (e.g. profiles/salicon-gpu.yaml) and the arm's own overrides applied as
-``-S section.key=value``; ``salgan ablation show`` reads ``dvc exp show --json``.
+vs adversarial training (Pan et al. 2017, Table 2): ``imagenet-gan``, ``imagenet-bce``, ``random-gan``,
+``random-bce``, all on VGG16. Beyond the paper, an arm ``ENCODER-INIT-OBJECTIVE`` picks any encoder of
+``model.encoder`` (``resnet50-imagenet-gan``), and the objective may also be ``metric`` or
+``metric_gan``: the SAM loss KLD - 0.2 CC - 0.1 NSS (:data:`METRIC_LOSS`) in place of BCE, without or
+with the adversarial term. Each arm is one ``dvc exp run`` named after it, with a profile's settings
+(e.g. profiles/salicon-gpu.yaml) and the arm's own overrides applied as ``-S section.key=value``;
+``salgan ablation show`` reads ``dvc exp show --json``.
 
 ``dvc exp run -S`` leaves its values in the workspace's params.yaml, so an arm must not inherit what the
 previous arm set: every arm pins every setting in which any two arms differ (:data:`PINNED`), with the
@@ -18,29 +22,75 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from salgan.metrics import TABLE_I
+from salgan.models import ENCODERS
+from salgan.models.encoders import WIDTH_ENCODERS
 from salgan.settings import ConfigError, Params, flatten, nest, override_args, params_from_dict
 
-ARMS = ("imagenet-gan", "imagenet-bce", "random-gan", "random-bce")
+ARMS = ("imagenet-gan", "imagenet-bce", "random-gan", "random-bce")  # the seed paper's, on VGG16
+INITS = ("imagenet", "random")
+# objective -> (train.content_loss, adversarial phase)
+METRIC_LOSS = {"kld": 1.0, "cc": -0.2, "nss": -0.1}  # SAM (Cornia et al. 2018): 10 KLD - 2 CC - 1 NSS, scaled
+OBJECTIVES = {
+    "bce": ("bce", False),
+    "gan": ("bce", True),
+    "metric": (METRIC_LOSS, False),
+    "metric_gan": (METRIC_LOSS, True),
+}
 # The settings in which arms differ; each arm sets all of them.
-PINNED = ("model.encoder_weights", "model.freeze_blocks", "model.width", "train.bce_epochs")
+PINNED = (
+    "model.encoder",
+    "model.encoder_weights",
+    "model.freeze_blocks",
+    "model.width",
+    "train.bce_epochs",
+    "train.content_loss",
+)
 COLUMNS = ("auc_judd", "auc_borji", "auc_shuffled", "cc", "nss", "kld", "sim", "information_gain")
+COST_COLUMNS = {"params_m": "params (M)", "gflops": "GFLOPs", "train_images_per_s": "train img/s"}
+
+
+class Arm(NamedTuple):
+    encoder: str
+    init: str
+    objective: str
+
+
+def parse_arm(name: str) -> Arm:
+    """``imagenet-gan`` (a seed arm, VGG16) or ``ENCODER-INIT-OBJECTIVE``; raises naming what is wrong."""
+    parts = name.split("-")
+    if len(parts) == 2:
+        parts = ["vgg16", *parts]
+    if len(parts) != 3:
+        raise ConfigError(f"arm {name!r}: expected INIT-OBJECTIVE or ENCODER-INIT-OBJECTIVE (resnet50-imagenet-gan)")
+    kinds = (("encoder", ENCODERS), ("init", INITS), ("objective", tuple(OBJECTIVES)))
+    for value, (what, known) in zip(parts, kinds, strict=True):
+        if value not in known:
+            raise ConfigError(f"arm {name!r}: unknown {what} {value!r}; known: {', '.join(known)}")
+    return Arm(*parts)
 
 
 def arm_overrides(arm: str, profile: dict[str, object], base: Params) -> dict[str, object]:
     """The profile's settings, then the arm's :data:`PINNED` values.
 
-    ImageNet arms: ImageNet VGG16 weights, conv1-conv3 frozen (the paper), full width. Random arms: an
-    He-initialised encoder, nothing frozen, the base width. BCE arms train BCE-only for every epoch;
-    adversarial arms keep the base's BCE pre-training epochs.
+    ImageNet arms: the encoder's ImageNet weights, its first three stages frozen (the paper's conv1-conv3
+    of VGG16; up to stride 8 in every encoder), full width. Random arms: a freshly initialised encoder,
+    nothing frozen, the base width (1.0 for the ResNets, which have no width multiplier). BCE-only and
+    metric arms train on the content loss for every epoch; adversarial arms keep the base's content-only
+    pre-training epochs.
     """
-    imagenet = arm.startswith("imagenet-")
+    encoder, init, objective = parse_arm(arm)
+    content, adversarial = OBJECTIVES[objective]
+    imagenet = init == "imagenet"
     overrides = dict(profile)
+    overrides["model.encoder"] = encoder
     overrides["model.encoder_weights"] = "imagenet" if imagenet else "none"
     overrides["model.freeze_blocks"] = 3 if imagenet else 0
-    overrides["model.width"] = 1.0 if imagenet else base.model.width
-    overrides["train.bce_epochs"] = base.train.epochs if arm.endswith("-bce") else base.train.bce_epochs
+    overrides["model.width"] = base.model.width if encoder in WIDTH_ENCODERS and not imagenet else 1.0
+    overrides["train.bce_epochs"] = base.train.bce_epochs if adversarial else base.train.epochs
+    overrides["train.content_loss"] = content
     return overrides
 
 
@@ -105,7 +155,8 @@ def _run_all(arms: list[str], commands: list[list[str]], dry_run: bool) -> int:
 
 
 def experiment_metrics(exp_show: list[dict]) -> dict[str, dict[str, float]]:
-    """``{experiment name: metrics}`` from ``dvc exp show --json`` (the workspace and every experiment)."""
+    """``{experiment name: metrics}`` from ``dvc exp show --json`` (the workspace and every experiment): the
+    :data:`COLUMNS` and the model's cost (:data:`COST_COLUMNS`, reports/metrics.json's ``cost``)."""
     found: dict[str, dict[str, float]] = {}
 
     def collect(entry: dict, fallback: str) -> None:
@@ -114,7 +165,9 @@ def experiment_metrics(exp_show: list[dict]) -> dict[str, dict[str, float]]:
         for metrics in (data.get("metrics") or {}).values():
             values = metrics.get("data") or {}
             if any(key in values for key in COLUMNS):
+                cost = values.get("cost") or {}
                 found[name] = {key: values[key] for key in COLUMNS if key in values}
+                found[name] |= {key: cost[key] for key in COST_COLUMNS if cost.get(key) is not None}
 
     for baseline in exp_show:
         collect(baseline, baseline.get("rev", "workspace"))
@@ -127,11 +180,16 @@ def experiment_metrics(exp_show: list[dict]) -> dict[str, dict[str, float]]:
 def format_table(ours: dict[str, dict[str, float]]) -> str:
     rows = {**{f"ours: {k}": v for k, v in ours.items()}, **{f"published: {k}": v for k, v in TABLE_I.items()}}
     width = max(len(name) for name in rows) + 2
-    lines = [f"{'model':<{width}}" + "".join(f"{c:>14}" for c in COLUMNS)]
+    headers = [*COLUMNS, *COST_COLUMNS.values()]
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>14}" for c in headers)]
     for name, values in rows.items():
         cells = "".join(f"{values[c]:>14.3f}" if c in values else f"{'-':>14}" for c in COLUMNS)
+        cells += "".join(f"{values[c]:>14.1f}" if c in values else f"{'-':>14}" for c in COST_COLUMNS)
         lines.append(f"{name:<{width}}{cells}")
-    lines.append("(published: SALICON test set; ours: the validation split of the data the pipeline ran on)")
+    lines.append(
+        "(published: SALICON test set; ours: the validation split of the data the pipeline ran on. GFLOPs: one "
+        "forward pass of a 256x192 image; train img/s: measured on the machine that trained the arm)"
+    )
     return "\n".join(lines)
 
 
@@ -147,19 +205,37 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _arm_name(text: str) -> str:
+    try:
+        parse_arm(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """``salgan ablation run|show`` (exit statuses: salgan/cli.py)."""
     from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "ablation",
-        "Run the ablation (ImageNet vs random encoder, BCE-only vs adversarial) as DVC experiments and print "
-        "their metrics beside the seed paper's Table I.",
+        "Run the ablation (ImageNet vs random encoder, BCE-only vs adversarial; other encoders and the metric "
+        "loss beyond the paper) as DVC experiments and print their metrics and costs beside the seed paper's "
+        "Table I.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one `dvc exp run` per arm")
     run.add_argument("--profile", help="partial params file applied to every arm, e.g. profiles/salicon-gpu.yaml")
-    run.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run (default: all)")
+    run.add_argument(
+        "--arms",
+        nargs="+",
+        type=_arm_name,
+        default=list(ARMS),
+        metavar="ARM",
+        help=f"arms to run (default: the seed paper's four, {' '.join(ARMS)}); beyond them ENCODER-INIT-OBJECTIVE "
+        f"with ENCODER one of {', '.join(ENCODERS)}, INIT imagenet or random, OBJECTIVE one of "
+        f"{', '.join(OBJECTIVES)} (metric: KLD - 0.2 CC - 0.1 NSS), e.g. resnet50-imagenet-gan",
+    )
     run.add_argument("--prefix", default="", help="prefix for the experiment names")
     run.add_argument("--queue", action="store_true", help="queue the runs (start them with `dvc queue start`)")
     run.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")

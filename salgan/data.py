@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ class PreparedSplit:
     maps: torch.Tensor | None  # uint8 (N, H, W); None for the test split
     names: list[str]
     device: torch.device  # where batches are used
+    fixations: torch.Tensor | None = None  # uint8 counts (N, H, W), loaded for an NSS content-loss term
 
     def __len__(self) -> int:
         return len(self.names)
@@ -45,11 +47,12 @@ class PreparedSplit:
         """Where batch indices belong: with the arrays."""
         return self.images.device
 
-    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images (float NCHW) and maps (float N1HW, or None) of ``indices``, on the device."""
+    def take(self, indices: torch.Tensor) -> Batch:
+        """Images (float NCHW), maps (float N1HW in [0, 1]) and fixation counts (float N1HW) of ``indices``
+        on the device; maps and fixations are None where the split has none loaded."""
         return _to_float(self._copy(indices))
 
-    def batches(self, index_batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def batches(self, index_batches: Iterable[torch.Tensor]) -> Iterator[Batch]:
         """:meth:`take` of each batch in turn; streamed to a GPU, the next batch's copy runs on a side
         stream while the caller computes on this one."""
         if not (self.streamed and self.device.type == "cuda"):
@@ -67,20 +70,28 @@ class PreparedSplit:
         if pending is not None:
             yield _ready(pending, side)
 
-    def _copy(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _copy(self, indices: torch.Tensor) -> Batch:
         indices = indices.to(self.index_device)
-        images, maps = self.images[indices], None if self.maps is None else self.maps[indices]
+        rows = Batch(*(None if array is None else array[indices] for array in (self.images, self.maps, self.fixations)))
         if not self.streamed:
-            return images, maps
+            return rows
         pinned = self.device.type == "cuda"  # a pinned source lets the copy run asynchronously
 
-        def move(tensor: torch.Tensor) -> torch.Tensor:
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            if tensor is None:
+                return None
             return (tensor.pin_memory() if pinned else tensor).to(self.device, non_blocking=pinned)
 
-        return move(images), None if maps is None else move(maps)
+        return Batch(*map(move, rows))
 
 
-def _ready(batch: tuple[torch.Tensor, torch.Tensor | None], side: torch.cuda.Stream):
+class Batch(NamedTuple):
+    images: torch.Tensor
+    maps: torch.Tensor | None
+    fixations: torch.Tensor | None
+
+
+def _ready(batch: Batch, side: torch.cuda.Stream) -> Batch:
     """A batch copied on ``side``, made safe to use (and to free) on the current stream."""
     current = torch.cuda.current_stream(side.device)
     current.wait_stream(side)
@@ -90,30 +101,40 @@ def _ready(batch: tuple[torch.Tensor, torch.Tensor | None], side: torch.cuda.Str
     return _to_float(batch)
 
 
-def _to_float(batch: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    images, maps = batch
-    return images_to_float(images), None if maps is None else maps_to_float(maps)
+def _to_float(batch: Batch) -> Batch:
+    images, maps, fixations = batch
+    return Batch(
+        images_to_float(images),
+        None if maps is None else maps_to_float(maps),
+        None if fixations is None else fixations.unsqueeze(1).float(),
+    )
 
 
-def load_split(root: str | Path, split: str, device: torch.device | str = "cpu", stream: bool = False) -> PreparedSplit:
+def load_split(
+    root: str | Path, split: str, device: torch.device | str = "cpu", stream: bool = False, fixations: bool = False
+) -> PreparedSplit:
     """Read ``root/split`` (:func:`salgan.layout.read_split`) into tensors on ``device``, or, with ``stream``,
-    into host memory (pinned when the device is a GPU) from which batches are copied."""
+    into host memory (pinned when the device is a GPU) from which batches are copied; with ``fixations``,
+    the fixation counts at the training size too (train and val)."""
     device = torch.device(device)
-    arrays = read_split(root, split, *(["maps"] if split in LABELLED_SPLITS else []))
+    labelled = split in LABELLED_SPLITS
+    parts = ["maps", *(["fixation_maps"] if fixations else [])] if labelled else []
+    arrays = read_split(root, split, *parts)
     target = torch.device("cpu") if stream else device
     pin = stream and device.type == "cuda"
-    maps = None if arrays.maps is None else _to_device(arrays.maps, target, pin)
-    return PreparedSplit(_to_device(arrays.images, target, pin), maps, arrays.names, device)
+    maps, counts = (None if a is None else _to_device(a, target, pin) for a in (arrays.maps, arrays.fixation_maps))
+    return PreparedSplit(_to_device(arrays.images, target, pin), maps, arrays.names, device, counts)
 
 
-def split_bytes(root: str | Path, *splits: str) -> int:
-    """Bytes the images and maps of ``splits`` take in memory (their files' data, read from the headers)."""
+def split_bytes(root: str | Path, *splits: str, fixations: bool = False) -> int:
+    """Bytes the images and maps (and with ``fixations`` the fixation counts) of ``splits`` take in memory
+    (their files' data, read from the headers)."""
     from salgan.layout import NpyRows, split_files
 
     total = 0
     for split in splits:
         files = split_files(root, split)
-        for path in (files.images, files.maps):
+        for path in (files.images, files.maps, *([files.fixation_maps] if fixations else [])):
             if path.is_file():
                 rows = NpyRows(path)
                 total += rows.row_bytes * len(rows)

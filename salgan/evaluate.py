@@ -79,8 +79,9 @@ def evaluate(params: Params) -> dict:
 
     cfg = params.evaluate
     val, common = scoring_inputs(params)
-    generator_path = ModelFiles(Path(params.train.output)).generator
-    rows, means, predictions = score_generator(load_generator(generator_path), params, val, common)
+    trained = ModelFiles(Path(params.train.output))
+    generator = load_generator(trained.generator)
+    rows, means, predictions = score_generator(generator, params, val, common)
     center = center_bias_map(val.maps_full.shape[1:], cfg.center_bias_sigma)
     _, center_means = score_split([center] * len(predictions), val.maps_full, progress=False, **common)
     _, ceiling = score_split(val.maps_full, val.maps_full, progress=False, **common)
@@ -89,6 +90,7 @@ def evaluate(params: Params) -> dict:
         "n_images": len(rows),
         "data_version": split_version(params.train.data, "val"),
         "baselines": {"center_bias": center_means, "ground_truth": ceiling},
+        "cost": model_costs(generator, trained.history),
     }
 
     reports = ReportFiles(Path(cfg.output))
@@ -99,13 +101,25 @@ def evaluate(params: Params) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     write_figures(params, metrics, val, predictions, rows, reports)
-    record_to_mlflow(params, metrics, reports, generator_path)
+    record_to_mlflow(params, metrics, reports, trained.generator)
     return metrics
+
+
+def model_costs(generator, history_path: Path) -> dict[str, float]:
+    """What the model costs, for the ablation table: parameters (millions), forward GFLOPs per 256x192
+    image and the training throughput (images/s, the median over the epochs of models/history.json)."""
+    import statistics
+
+    from salgan.models import model_cost
+
+    speeds = [r["images_per_s"] for r in json.loads(history_path.read_text()) if r.get("images_per_s")]
+    return {**model_cost(generator), "train_images_per_s": statistics.median(speeds) if speeds else None}
 
 
 def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, rows, reports: ReportFiles) -> None:
     """The example grid, the training progression, the loss curves and reports/report.html holding them."""
     from salgan.figures import example_grid, loss_curves, progression, report_page
+    from salgan.losses import describe_content_loss
 
     trained = ModelFiles(Path(params.train.output))
     snapshots = sorted(trained.snapshots.glob("epoch_*.png"))
@@ -116,11 +130,13 @@ def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, 
     loss_curves(json.loads(trained.history.read_text()), reports.losses)
     model, train = params.model, params.train
     settings = {
-        "encoder": f"VGG16, weights {model.encoder_weights}, width {model.width}, {model.freeze_blocks} blocks frozen",
+        "encoder": f"{model.encoder}, weights {model.encoder_weights}, width {model.width}, "
+        f"{model.freeze_blocks} stages frozen",
         "input": f"{params.prepare.size[0]}x{params.prepare.size[1]}",
         "schedule": f"{train.epochs} epochs, {train.bce_epochs} BCE-only, then {train.adversarial_schedule} G/D",
         "optimiser": f"AdaGrad, lr G {train.lr_generator} D {train.lr_discriminator}, batch {train.batch_size}",
-        "losses": f"alpha {train.alpha}, BCE/{train.content_downsample}, D loss {train.discriminator_loss}",
+        "losses": f"alpha {train.alpha}, content {describe_content_loss(train.content_loss, train.content_downsample)}"
+        f", D loss {train.discriminator_loss}",
     }
     figures = {
         "examples": ("Val examples: best, median and worst by NSS (seed paper Fig. 4)", reports.examples),
@@ -138,7 +154,7 @@ def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, genera
         return None
     from salgan.tracking.models import record_evaluation
 
-    means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images", "data_version")}
+    means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images", "data_version", "cost")}
     artifacts = [reports.metrics, reports.per_image, reports.examples, reports.progression, reports.progression_gif]
     artifacts += [reports.losses, reports.page]
     return record_evaluation(params, means, metrics["baselines"], artifacts, generator_path, metrics["data_version"])

@@ -139,6 +139,20 @@ def to_row_col(xy: np.ndarray, resolution: tuple[int, int]) -> tuple[np.ndarray,
     return coords, outside
 
 
+def fixation_counts(coords: np.ndarray, original_size: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W) map of how many of ``coords`` (0-based (row, col) in an image of ``original_size``
+    (rows, cols)) fall in each pixel of the image resized to ``shape`` (rows, cols), clipped at 255.
+
+    A pixel r of the original lies in row floor((r + 0.5) * H / H0) of the resized image (pixel centres
+    map to pixel centres, as the resize of the images does)."""
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    (rows0, cols0), (rows, cols) = original_size, shape
+    row = np.minimum(((coords[:, 0] + 0.5) * rows / rows0).astype(np.int64), rows - 1)
+    col = np.minimum(((coords[:, 1] + 0.5) * cols / cols0).astype(np.int64), cols - 1)
+    counts = np.bincount(row * cols + col, minlength=rows * cols).reshape(rows, cols)
+    return np.minimum(counts, 255).astype(np.uint8)
+
+
 def _resolution(mat: dict[str, Any], source: str | Path) -> tuple[int, int]:
     if "resolution" not in mat:
         raise FixationFileError(f"{source}: no 'resolution' variable")

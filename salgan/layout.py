@@ -63,6 +63,7 @@ class SplitFiles:
     original_sizes = property(lambda self: self.folder / "original_sizes.npy")  # int32 (N, 2): (H, W)
     fixations = property(lambda self: self.folder / "fixations.npz")  # coords (M, 2), offsets (N + 1); train, val
     maps_full = property(lambda self: self.folder / "maps_full.npy")  # uint8 (N, H0, W0); val
+    fixation_maps = property(lambda self: self.folder / "fixation_maps.npy")  # uint8 counts (N, H, W); train, val
 
 
 def split_files(root: str | Path, split: str) -> SplitFiles:
@@ -80,6 +81,7 @@ class SplitArrays:
     original_sizes: object
     maps: object | None = None
     maps_full: object | None = None
+    fixation_maps: object | None = None
     coords: object | None = None
     offsets: object | None = None
 
@@ -139,8 +141,8 @@ class NpyRows:
 
 
 def read_split(root: str | Path, split: str, *parts: str, stream: bool = False) -> SplitArrays:
-    """``names``, ``images`` and ``original_sizes`` of ``root/split``, plus the optional ``parts``
-    (``maps``, ``maps_full``, ``fixations``). Missing files raise :class:`InputError` naming the file;
+    """``names``, ``images`` and ``original_sizes`` of ``root/split``, plus the optional ``parts`` (``maps``,
+    ``maps_full``, ``fixations``, ``fixation_maps``). Missing files raise :class:`InputError` naming the file;
     arrays that disagree on the number of images are named too. Images are mapped copy-on-write (torch
     wants writable arrays), the other large arrays read-only; with ``stream``, the large arrays are
     :class:`NpyRows` instead, for one pass in bounded memory.
@@ -164,12 +166,18 @@ def read_split(root: str | Path, split: str, *parts: str, stream: bool = False) 
         arrays.maps = large(files.maps, "r")
     if "maps_full" in parts:
         arrays.maps_full = large(files.maps_full, "r")
+    if "fixation_maps" in parts:
+        arrays.fixation_maps = large(files.fixation_maps, "r")
     if "fixations" in parts:
         with np.load(files.fixations) as fixations:
             arrays.coords, arrays.offsets = fixations["coords"], fixations["offsets"]
     counts = {"names.json": len(arrays.names), "images.npy": len(arrays.images)}
     counts["original_sizes.npy"] = len(arrays.original_sizes)
-    for part, array in (("maps.npy", arrays.maps), ("maps_full.npy", arrays.maps_full)):
+    for part, array in (
+        ("maps.npy", arrays.maps),
+        ("maps_full.npy", arrays.maps_full),
+        ("fixation_maps.npy", arrays.fixation_maps),
+    ):
         if array is not None:
             counts[part] = len(array)
     if arrays.offsets is not None:

@@ -40,17 +40,105 @@ def _cell_log_mean_exp(x: torch.Tensor, cell: int) -> torch.Tensor:
     return torch.logsumexp(x, dim=(3, 5)) - math.log(cell * cell)
 
 
+# MATLAB's eps, as salgan.metrics' KLD (MIT KLdiv.m).
+EPS = 2.2204e-16
+TERMS = ("bce", "kld", "cc", "nss")
+
+
+def kld_term(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image KLD of the predicted map P from the ground truth Q, as :func:`salgan.metrics.kld`:
+    ``sum Q ln(eps + Q / (P + eps))`` with both maps divided by their sums (an all-zero map uniform).
+    ``probs`` and ``target`` (N, 1, H, W) are non-negative; returns (N,)."""
+    p, q = _density(probs), _density(target)
+    return (q * torch.log(EPS + q / (p + EPS))).sum(dim=(1, 2, 3))
+
+
+def cc_term(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image Pearson correlation of the two maps, as :func:`salgan.metrics.cc` (0 where either map is
+    constant); returns (N,)."""
+    a = probs - probs.mean(dim=(1, 2, 3), keepdim=True)
+    b = target - target.mean(dim=(1, 2, 3), keepdim=True)
+    product = (a * a).sum(dim=(1, 2, 3)) * (b * b).sum(dim=(1, 2, 3))
+    # Both branches of torch.where are differentiated: the square root of 0 must not reach the backward pass.
+    r = (a * b).sum(dim=(1, 2, 3)) / _safe_sqrt(product)
+    return torch.where(_constant(probs) | _constant(target), torch.zeros_like(r), r).clamp(-1.0, 1.0)
+
+
+def nss_term(probs: torch.Tensor, fixations: torch.Tensor) -> torch.Tensor:
+    """Per-image NSS, as :func:`salgan.metrics.nss`: the map z-scored with its population std, averaged
+    over the fixations (``fixations`` holds counts; a constant map scores 0); returns (N,)."""
+    mean = probs.mean(dim=(1, 2, 3), keepdim=True)
+    variance = (probs - mean).square().mean(dim=(1, 2, 3), keepdim=True)
+    z = (probs - mean) / _safe_sqrt(variance)
+    score = (z * fixations).sum(dim=(1, 2, 3)) / fixations.sum(dim=(1, 2, 3)).clamp_min(1)
+    return torch.where(_constant(probs), torch.zeros_like(score), score)
+
+
+def _constant(maps: torch.Tensor) -> torch.Tensor:
+    """Per image: all values equal (compared exactly, as salgan.metrics: a rounded std may not be 0)."""
+    return maps.amax(dim=(1, 2, 3)) == maps.amin(dim=(1, 2, 3))
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(x.clamp_min(torch.finfo(x.dtype).tiny))
+
+
+def _density(maps: torch.Tensor) -> torch.Tensor:
+    total = maps.sum(dim=(1, 2, 3), keepdim=True)
+    uniform = torch.full_like(maps, 1.0 / maps[0].numel())
+    return torch.where(total > 0, maps / total.clamp_min(torch.finfo(maps.dtype).tiny), uniform)
+
+
+def describe_content_loss(spec: str | dict[str, float], downsample: int = 4) -> str:
+    """``BCE/4`` or ``1.0 kld - 0.2 cc - 0.1 nss``: ``train.content_loss`` as the report shows it."""
+    if spec == "bce":
+        return f"BCE/{downsample}"
+    text = " ".join(f"{'-' if w < 0 else '+'} {abs(w):g} {t}" for t, w in spec.items() if w).removeprefix("+ ")
+    return text.replace("bce", f"BCE/{downsample}")
+
+
+class ContentLoss:
+    """``train.content_loss``: ``bce`` (Eq. 1, the paper) or ``{term: weight}``, the weighted sum of
+    batch means of ``bce`` (Eq. 1), ``kld``, ``cc`` and ``nss`` (the metrics' definitions, on the predicted
+    map at the training size, in float32). SAM (Cornia et al. 2018) trains on KLD - CC - NSS with weights
+    10 : 2 : 1, i.e. ``{kld: 1.0, cc: -0.2, nss: -0.1}``: a metric to maximise takes a negative weight."""
+
+    def __init__(self, spec: str | dict[str, float] = "bce", downsample: int = 4):
+        self.weights = {"bce": 1.0} if spec == "bce" else {k: float(v) for k, v in spec.items() if v}
+        unknown = set(self.weights) - set(TERMS)
+        if unknown:
+            raise ValueError(f"unknown content-loss term {sorted(unknown)[0]!r}; known: {', '.join(TERMS)}")
+        self.downsample = downsample
+
+    @property
+    def needs_fixations(self) -> bool:
+        return "nss" in self.weights
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, fixations: torch.Tensor | None = None):
+        """The loss of a batch of generator logits against its maps (and fixation counts for ``nss``)."""
+        total = logits.new_zeros((), dtype=torch.float32)
+        probs = torch.sigmoid(logits.float()) if set(self.weights) - {"bce"} else None
+        for term, weight in self.weights.items():
+            if term == "bce":
+                value = content_loss(logits, target, self.downsample)
+            elif term == "nss":
+                if fixations is None:
+                    raise ValueError("the nss content-loss term needs the batch's fixation counts")
+                value = nss_term(probs, fixations.float()).mean()
+            else:
+                value = (kld_term if term == "kld" else cc_term)(probs, target.float()).mean()
+            total = total + weight * value
+        return total
+
+
 def adversarial_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """L(D(I, S^), 1): the generator wants its maps classed as real."""
     fake = fake_logits.float()
     return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
 
 
-def generator_loss(
-    logits: torch.Tensor, target: torch.Tensor, fake_logits: torch.Tensor, alpha: float, downsample: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 2: alpha * L_BCE + L(D(I, S^), 1). Returns (total, content part)."""
-    content = content_loss(logits, target, downsample)
+def generator_loss(content: torch.Tensor, fake_logits: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2: alpha * L_content + L(D(I, S^), 1), L_content L_BCE in the paper. Returns (total, content)."""
     return alpha * content + adversarial_generator_loss(fake_logits), content
 
 

@@ -103,7 +103,7 @@ def load_model(uri: str, params: Params, size: tuple[int, int] | None) -> tuple[
 
 def _from_weights(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | None]:
     """A generator state_dict, or a training checkpoint holding one (its config gives the input size)."""
-    from salgan.models import Generator, infer_width
+    from salgan.models import generator_from_state_dict
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -116,8 +116,7 @@ def _from_weights(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | None]:
     if config is None and beside.is_file() and path != beside:
         config = _checkpoint_config(beside)
     try:
-        generator = Generator(width=infer_width(state))
-        generator.load_state_dict(state)
+        generator = generator_from_state_dict(state)
     except (ValueError, RuntimeError, AttributeError, TypeError) as exc:
         raise ModelError(f"--model {path}: not a SalGAN generator state_dict ({exc})") from None
     size = tuple(config["prepare"]["size"]) if config else None
@@ -143,7 +142,7 @@ def _from_mlflow_dir(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | Non
     """
     import yaml
 
-    from salgan.models import Generator, infer_width
+    from salgan.models import generator_from_state_dict
 
     try:
         meta = yaml.safe_load((path / "MLmodel").read_text())
@@ -159,9 +158,7 @@ def _from_mlflow_dir(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | Non
     if weights.is_symlink() or not weights.is_file():
         raise ModelError(f"{path}: no {LOGGED_WEIGHTS} (salgan logs the generator's weights there)")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        generator = Generator(width=infer_width(state))
-        generator.load_state_dict(state)
+        generator = generator_from_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as exc:  # pickled code, a damaged file, another network: all refused alike
         raise ModelError(f"{weights}: not a SalGAN generator state_dict ({type(exc).__name__}: {exc})") from None
     size = metadata.get("input_size")

@@ -2,8 +2,8 @@
 
 Reads the raw tree under ``prepare.input`` (SALICON's layout, REFERENCE §2) and writes, per split present,
 the arrays that docs/data-layout.md specifies (the contract with train, evaluate and predict):
-``images.npy``, ``maps.npy``, ``names.json``, ``original_sizes.npy``, ``fixations.npz`` and, for val,
-``maps_full.npy``; plus ``report.json`` beside the split folders.
+``images.npy``, ``maps.npy``, ``names.json``, ``original_sizes.npy``, ``fixations.npz``,
+``fixation_maps.npy`` and, for val, ``maps_full.npy``; plus ``report.json`` beside the split folders.
 
 Speed: JPEGs are decoded with PIL's draft mode (libjpeg scales by 1/2, 1/4 or 1/8 in the DCT, so a
 640x480 image destined for 256x192 is decoded at 320x240) and a process pool writes straight into
@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from salgan.errors import InputError
-from salgan.fixations import FixationFile, load_fixations_mat
+from salgan.fixations import FixationFile, fixation_counts, load_fixations_mat
 from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SPLITS, SplitFiles, atomic_directory, split_version_of_files
 
 if TYPE_CHECKING:
@@ -390,6 +390,7 @@ def _prepare_split(
     counts = {"images": len(keep)}
     if with_maps:
         counts["fixations"] = _save_fixations(files.fixations, [r.coords for r in keep])
+        _save_fixation_maps(files.fixation_maps, keep, (height, width))
         counts["fixations_outside"] = sum(r.outside for r in keep)
         if counts["fixations_outside"]:
             print(
@@ -521,6 +522,17 @@ def _save_fixations(path: Path, per_image: list[np.ndarray]) -> int:
     coords = np.concatenate(per_image).astype(np.int32) if per_image else np.zeros((0, 2), np.int32)
     np.savez(path, coords=coords.reshape(-1, 2), offsets=offsets)
     return int(offsets[-1])
+
+
+def _save_fixation_maps(path: Path, results: list[ItemResult], shape: tuple[int, int]) -> None:
+    """uint8 (N, H, W) fixation counts at the training size (the NSS term of ``train.content_loss``),
+    written row by row into a memory-mapped file."""
+    _allocate(path, (len(results), *shape))
+    if results:
+        maps = np.load(path, mmap_mode="r+")
+        for row, result in enumerate(results):
+            maps[row] = fixation_counts(result.coords, result.original_size, shape)
+        del maps
 
 
 # --- command line ---------------------------------------------------------------------------------

@@ -92,9 +92,11 @@ class PrepareParams(Section):
 class ModelParams(Section):
     """SalGAN generator and discriminator (Pan et al. 2017, REFERENCE §1)."""
 
-    encoder_weights: str = "none"  # imagenet | none | path to a VGG16 state_dict
-    freeze_blocks: int = Field(default=0, ge=0, le=5)  # VGG blocks frozen from the input side; the paper: 3
-    width: float = Field(default=0.125, gt=0)  # channel multiplier; 1.0 is VGG16
+    # vgg16: the paper; the others (torchvision builders, skip decoder) are README's "Encoders and losses"
+    encoder: Literal["vgg16", "resnet18", "resnet50", "mobilenet_v3_large"] = "vgg16"
+    encoder_weights: str = "none"  # imagenet | none | path to a state_dict of torchvision's model.encoder
+    freeze_blocks: int = Field(default=0, ge=0, le=5)  # encoder stages frozen from the input side; the paper: 3
+    width: float = Field(default=0.125, gt=0, le=2)  # channel multiplier (vgg16, mobilenet_v3_large); 1.0: as published
     discriminator_first_pool: Literal[2, 4] = 4  # 4 in the original code, 2 in the paper's table
     discriminator_weight_norm: bool = True  # weight norm on conv3_1/conv3_2 as the original code; not in the paper
 
@@ -117,6 +119,8 @@ class TrainParams(Section):
     reset_optimizer_at_adversarial: bool = True  # a fresh G optimiser for the adversarial phase, as the original
     discriminator_loss: Literal["mean", "sum"] = "mean"  # mean of the real and fake BCE (original) or their sum
     content_downsample: PositiveInt = 4  # BCE on maps average-pooled 4x4 (paper Table 2)
+    # bce (the paper) or a weighted sum of metric terms, e.g. {kld: 1.0, cc: -0.2, nss: -0.1} (SAM's loss)
+    content_loss: Literal["bce"] | dict[Literal["bce", "kld", "cc", "nss"], float] = "bce"
     seed: int = 0
     nproc: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"  # auto: every visible GPU, 1 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -193,8 +197,18 @@ class Params(Section):
         if model.encoder_weights == "imagenet" and model.width != 1.0:
             raise _RuleError(
                 "model.width",
-                f"ImageNet VGG16 weights need width 1.0, got {model.width}; use encoder_weights none for narrower",
+                f"ImageNet {model.encoder} weights need width 1.0, got {model.width}; "
+                "use encoder_weights none for narrower",
             )
+        if model.width != 1.0 and model.encoder not in ("vgg16", "mobilenet_v3_large"):
+            raise _RuleError("model.width", f"{model.encoder} has no width multiplier; expected 1.0, got {model.width}")
+        stride = 16 if model.encoder == "vgg16" else 32
+        if any(side % stride for side in self.prepare.size):
+            raise _RuleError(
+                "prepare.size", f"{model.encoder} needs sides that are multiples of {stride}, got {self.prepare.size}"
+            )
+        if isinstance(train.content_loss, dict) and not any(train.content_loss.values()):
+            raise _RuleError("train.content_loss", f"needs at least one non-zero weight, got {train.content_loss}")
         if model.freeze_blocks and model.encoder_weights == "none":
             raise _RuleError(
                 "model.freeze_blocks", "freezing needs pretrained encoder weights, encoder_weights is none"
@@ -259,15 +273,16 @@ def to_dict(params: BaseModel) -> dict:
     return params.model_dump(mode="python")
 
 
-def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{'train': {'alpha': 0.05}}`` -> ``{'train.alpha': 0.05}``."""
+def flatten(data: Mapping) -> dict[str, Any]:
+    """``{'train': {'alpha': 0.05}}`` -> ``{'train.alpha': 0.05}``: sections to ``section.key``; a value that
+    is itself a mapping (``train.content_loss: {kld: 1.0}``) stays one value, and ``section.key`` entries
+    pass unchanged."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
+        if isinstance(value, Mapping) and "." not in str(key):
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
         else:
-            flat[name] = value
+            flat[key] = value
     return flat
 
 
@@ -371,8 +386,13 @@ def validate_overrides(overrides: Mapping[str, Any] | None, base: Params | None 
 
 
 def _check_plain(key: str, value: Any) -> None:
-    """A value DVC will read back as the same plain value: a number, a bool, a safe string or a list."""
-    if isinstance(value, list):
+    """A value DVC will read back as the same plain value: a number, a bool, a safe string, or a list or
+    mapping of them."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _check_plain(key, name)
+            _check_plain(key, item)
+    elif isinstance(value, list):
         for item in value:
             _check_plain(key, item)
     elif isinstance(value, str):
@@ -398,6 +418,8 @@ def _encode(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ",".join(_encode(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{name}:{_encode(item)}" for name, item in value.items()) + "}"
     if isinstance(value, str):
         return f"'{value}'"  # quoted: 'none', '2017' and 'true' stay strings
     return repr(value)

@@ -42,7 +42,7 @@ from salgan.distributed import (
     under_torchrun,
 )
 from salgan.layout import ModelFiles, code_version, json_digest, split_version, write_atomic
-from salgan.losses import content_loss, discriminator_loss, generator_loss
+from salgan.losses import ContentLoss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.settings import ConfigError, Params, load_params, to_dict
 from salgan.tracking import enabled as tracking_enabled
@@ -127,17 +127,22 @@ def build_models(params: Params, size: tuple[int, int], info: DistInfo) -> Model
 # --- the steps (seed paper Eqs. 1-3) --------------------------------------------------------------------
 
 
-def content_step(models: Models, images, targets, params: Params) -> torch.Tensor:
-    """BCE-only pre-training of the generator (Eq. 1). Returns the content loss."""
+def content_of(params: Params) -> ContentLoss:
+    """``train.content_loss``: BCE (Eq. 1) or a weighted sum of metric terms (salgan/losses.py)."""
+    return ContentLoss(params.train.content_loss, params.train.content_downsample)
+
+
+def content_step(models: Models, images, targets, params: Params, fixations=None) -> torch.Tensor:
+    """Content-only pre-training of the generator (Eq. 1 with BCE). Returns the content loss."""
     with autocast(images.device):
         logits = models.g_step(images, return_logits=True)
-    content = content_loss(logits, targets, params.train.content_downsample)
+    content = content_of(params)(logits, targets, fixations)
     _update(models.opt_g, content)
     return content.detach()
 
 
 def discriminator_step(
-    models: Models, images, targets, params: Params, logits=None
+    models: Models, images, targets, params: Params, logits=None, fixations=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """1. The discriminator learns to tell real maps from generated ones (Eq. 3); G does not change.
 
@@ -154,10 +159,12 @@ def discriminator_step(
         both = models.d_step(torch.cat([images, images]), torch.cat([targets, fake]))
     d_loss = discriminator_loss(*both.chunk(2), reduction=cfg.discriminator_loss)
     _update(models.opt_d, d_loss)
-    return d_loss.detach(), content_loss(logits.detach(), targets, cfg.content_downsample)
+    return d_loss.detach(), content_of(params)(logits.detach(), targets, fixations)
 
 
-def generator_step(models: Models, images, targets, params: Params, logits=None) -> tuple[torch.Tensor, torch.Tensor]:
+def generator_step(
+    models: Models, images, targets, params: Params, logits=None, fixations=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """2. The generator learns to fool the frozen discriminator while staying close to the ground truth
     (Eq. 2); D does not change. The raw discriminator is used so DDP does not all-reduce D gradients
     that nobody computes. Returns (G loss, content loss)."""
@@ -170,7 +177,7 @@ def generator_step(models: Models, images, targets, params: Params, logits=None)
             fake_logits = models.discriminator(images, torch.sigmoid(logits))
         finally:
             models.discriminator.requires_grad_(True)
-    g_loss, content = generator_loss(logits, targets, fake_logits, cfg.alpha, cfg.content_downsample)
+    g_loss, content = generator_loss(content_of(params)(logits, targets, fixations), fake_logits, cfg.alpha)
     _update(models.opt_g, g_loss)
     return g_loss.detach(), content.detach()
 
@@ -203,23 +210,23 @@ def train_one_epoch(
     # g_loss, g updates, d_loss, d updates, content, batches
     totals = torch.zeros(6, dtype=torch.float64, device=device)
     zero, one = torch.zeros((), device=device), torch.ones((), device=device)
-    for i, (images, targets) in enumerate(split.batches(_progress(batches, adversarial))):
+    for i, (images, targets, fixations) in enumerate(split.batches(_progress(batches, adversarial))):
         g_loss = d_loss = zero
         g_n = d_n = zero
         if not adversarial:
-            content = g_loss = content_step(models, images, targets, params)
+            content = g_loss = content_step(models, images, targets, params, fixations)
             g_n = one
         elif cfg.adversarial_schedule == "both":
             with autocast(device):
                 logits = models.g_step(images, return_logits=True)  # one generator forward serves both steps
-            d_loss, _ = discriminator_step(models, images, targets, params, logits)
-            g_loss, content = generator_step(models, images, targets, params, logits)
+            d_loss, _ = discriminator_step(models, images, targets, params, logits, fixations)
+            g_loss, content = generator_step(models, images, targets, params, logits, fixations)
             g_n = d_n = one
         elif (first_step + i) % 2 == 0:
-            d_loss, content = discriminator_step(models, images, targets, params)
+            d_loss, content = discriminator_step(models, images, targets, params, fixations=fixations)
             d_n = one
         else:
-            g_loss, content = generator_step(models, images, targets, params)
+            g_loss, content = generator_step(models, images, targets, params, fixations=fixations)
             g_n = one
         totals += torch.stack([g_loss * g_n, g_n, d_loss * d_n, d_n, content, one]).double()
     g_sum, g_count, d_sum, d_count, content_sum, count = all_reduce_sum(totals).tolist()  # one host sync
@@ -233,14 +240,15 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(models: Models, split: PreparedSplit, info: DistInfo, params: Params) -> dict[str, float]:
-    """Validation content loss (BCE/4), images sharded over ranks and the sums reduced."""
+    """Validation content loss (``train.content_loss``), images sharded over ranks and the sums reduced."""
     models.generator.eval()
     indices = torch.arange(info.rank, len(split), info.world_size, device=split.index_device)
     totals = torch.zeros(2, dtype=torch.float64, device=split.device)
-    for images, maps in split.batches(indices.split(max(1, params.train.batch_size // info.world_size))):
+    content = content_of(params)
+    for images, maps, fixations in split.batches(indices.split(max(1, params.train.batch_size // info.world_size))):
         with autocast(split.device):
             logits = models.generator(images, return_logits=True)
-        loss = content_loss(logits, maps, params.train.content_downsample)
+        loss = content(logits, maps, fixations)
         totals += torch.stack([loss.double() * len(images), torch.tensor(len(images), device=totals.device)])
     loss_sum, count = all_reduce_sum(totals).tolist()
     return {"val_content_loss": loss_sum / max(count, 1)}
@@ -263,7 +271,7 @@ def _progress(batches: list, adversarial: bool):
 def snapshot(models: Models, split: PreparedSplit, index: int) -> torch.Tensor:
     """The generator's map for one fixed val image as uint8 (H, W) on the CPU (seed paper Fig. 3)."""
     models.generator.eval()
-    images, _ = split.take(torch.arange(index, index + 1))
+    images = split.take(torch.arange(index, index + 1)).images
     with autocast(split.device):
         predicted = models.generator(images)
     return (predicted[0, 0].float().clamp(0, 1) * 255).round().byte().cpu()
@@ -388,13 +396,14 @@ def _train(params: Params, info: DistInfo, log) -> int:
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"train.batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
     per_rank = cfg.batch_size // info.world_size
-    data_bytes = split_bytes(cfg.data, "train", "val")
+    fixations = content_of(params).needs_fixations
+    data_bytes = split_bytes(cfg.data, "train", "val", fixations=fixations)
     stream = stream_from_host(data_bytes, info.device, cfg.data_placement, cfg.data_budget_gb)
     if stream:
         log(f"the prepared splits ({data_bytes / 2**30:.2f} GB) stay in host memory; each batch is copied to "
             f"{info.device} ahead of its step (train.data_placement: {cfg.data_placement})")  # fmt: skip
-    train_split = load_split(cfg.data, "train", info.device, stream)
-    val_split = load_split(cfg.data, "val", info.device, stream)
+    train_split = load_split(cfg.data, "train", info.device, stream, fixations)
+    val_split = load_split(cfg.data, "val", info.device, stream, fixations)
     if len(train_split) < cfg.batch_size:
         raise ConfigError(f"train.batch_size {cfg.batch_size} exceeds the {len(train_split)} training images")
     models = build_models(params, train_split.size, info)

@@ -40,7 +40,10 @@ def write_prepared(root: Path, n_train: int = 32, n_val: int = 8, size: tuple[in
 
 
 def _write_fixations(folder: Path, maps: np.ndarray, full_maps: bool, rng) -> None:
-    """Original-resolution (480x640) fixations inside each square, and for val the full-size maps."""
+    """Original-resolution (480x640) fixations inside each square, their counts at the training size, and
+    for val the full-size maps."""
+    from salgan.fixations import fixation_counts
+
     scale = 10  # 64x48 -> 640x480
     coords, offsets = [], [0]
     for square in maps:
@@ -49,6 +52,8 @@ def _write_fixations(folder: Path, maps: np.ndarray, full_maps: bool, rng) -> No
         coords.append(np.stack([rows[picks] * scale + 5, cols[picks] * scale + 5], axis=1))
         offsets.append(offsets[-1] + len(picks))
     np.savez(folder / "fixations.npz", coords=np.concatenate(coords).astype(np.int32), offsets=np.array(offsets))
+    counts = [fixation_counts(c, (480, 640), square.shape) for c in coords]
+    np.save(folder / "fixation_maps.npy", np.stack(counts))
     if full_maps:
         np.save(folder / "maps_full.npy", maps.repeat(scale, axis=1).repeat(scale, axis=2))
 

@@ -73,6 +73,78 @@ def test_generator_loss_is_alpha_content_plus_adversarial_term():
     target = torch.tensor([[[[0.5, 1.0], [0.0, 0.25]]]])
     fake_logits = torch.tensor([0.5, -0.5])
     adversarial = (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(0.5))) / 2  # BCE(D(I,S^), 1)
-    total, content = generator_loss(logits, target, fake_logits, alpha=0.05, downsample=1)
+    total, content = generator_loss(content_loss(logits, target, downsample=1), fake_logits, alpha=0.05)
     assert adversarial_generator_loss(fake_logits).item() == pytest.approx(adversarial, rel=1e-6)
     assert total.item() == pytest.approx(0.05 * content.item() + adversarial, rel=1e-6)
+
+
+# --- metric terms of train.content_loss against salgan.metrics on the same maps --------------------------
+
+
+def _maps(seed: int = 0):
+    """Two predicted maps (sigmoid of random logits), their ground-truth maps and fixation counts, one
+    image of them all zero to exercise the metrics' uniform-density convention."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 1, 12, 16, generator=generator) * 2
+    target = torch.rand(3, 1, 12, 16, generator=generator) ** 3
+    target[2] = 0
+    fixations = (torch.rand(3, 1, 12, 16, generator=generator) > 0.9).float() * torch.randint(
+        1, 4, (3, 1, 12, 16), generator=generator
+    )
+    fixations[:, 0, 5, 7] = 2  # every image has fixations
+    return logits, target, fixations
+
+
+def test_kld_cc_and_nss_terms_equal_the_metrics_on_each_image():
+    from salgan import metrics
+    from salgan.losses import cc_term, kld_term, nss_term
+
+    logits, target, fixations = _maps()
+    probs = torch.sigmoid(logits)
+    kld, cc, nss = kld_term(probs, target), cc_term(probs, target), nss_term(probs, fixations)
+    for i in range(3):
+        s, g, f = probs[i, 0].double().numpy(), target[i, 0].double().numpy(), fixations[i, 0].numpy()
+        assert kld[i].item() == pytest.approx(metrics.kld(s, g), rel=1e-4)
+        assert cc[i].item() == pytest.approx(metrics.cc(s, g), abs=1e-5)
+        assert nss[i].item() == pytest.approx(metrics.nss(s, f), rel=1e-4)
+
+
+def test_a_weighted_content_loss_is_the_weighted_sum_of_batch_means_and_bce_keeps_eq_1():
+    from salgan import metrics
+    from salgan.losses import ContentLoss
+
+    logits, target, fixations = _maps(1)
+    probs = torch.sigmoid(logits).double().numpy()[:, 0]
+    weights = {"kld": 1.0, "cc": -0.2, "nss": -0.1, "bce": 0.5}
+    expected = (
+        sum(
+            weights["kld"] * metrics.kld(p, g) + weights["cc"] * metrics.cc(p, g) + weights["nss"] * metrics.nss(p, f)
+            for p, g, f in zip(probs, target.double().numpy()[:, 0], fixations.numpy()[:, 0], strict=True)
+        )
+        / 3
+        + 0.5 * content_loss(logits, target, 4).item()
+    )
+    assert ContentLoss(weights, downsample=4)(logits, target, fixations).item() == pytest.approx(expected, rel=1e-5)
+    assert ContentLoss("bce", 4)(logits, target).item() == content_loss(logits, target, 4).item()
+    assert ContentLoss(weights).needs_fixations and not ContentLoss({"kld": 1.0, "cc": -1.0}).needs_fixations
+    with pytest.raises(ValueError, match="fixation counts"):
+        ContentLoss({"nss": -1.0})(logits, target)
+
+
+def test_metric_terms_train_towards_the_metric_and_stay_finite_on_saturated_and_constant_maps():
+    """One gradient step on -CC raises CC; a saturated or constant prediction still has finite gradients."""
+    from salgan.losses import ContentLoss, cc_term
+
+    _, target, fixations = _maps(2)
+    loss = ContentLoss({"kld": 1.0, "cc": -0.2, "nss": -0.1})
+    for start in (torch.zeros(3, 1, 12, 16), torch.full((3, 1, 12, 16), 40.0), torch.randn(3, 1, 12, 16)):
+        logits = start.clone().requires_grad_(True)
+        value = loss(logits, target, fixations)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+    logits = torch.randn(3, 1, 12, 16).requires_grad_(True)
+    before = cc_term(torch.sigmoid(logits), target)[:2].mean()
+    ContentLoss({"cc": -1.0})(logits, target).backward()
+    with torch.no_grad():
+        after = cc_term(torch.sigmoid(logits - 5.0 * logits.grad), target)[:2].mean()
+    assert after > before

@@ -6,8 +6,8 @@ from salgan.models import (
     Discriminator,
     EncoderWeightsError,
     Generator,
+    architecture_of,
     build_generator,
-    infer_width,
     load_encoder_weights,
     load_generator,
 )
@@ -91,13 +91,24 @@ def test_imagenet_without_cache_or_network_says_where_to_put_the_file(tmp_path, 
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
 
 
-def test_plain_weights_file_round_trips_with_inferred_width(tmp_path):
+def test_plain_weights_file_round_trips_with_its_architecture(tmp_path):
     generator = Generator(width=0.125)
     path = tmp_path / "generator.pt"
     torch.save(generator.state_dict(), path)
-    assert infer_width(generator.state_dict()) == 0.125
+    assert architecture_of(generator.state_dict()) == {"encoder": "vgg16", "width": 0.125}
     loaded = load_generator(path)
     x = torch.rand(1, 3, 48, 64)
+    assert torch.equal(loaded(x), generator.eval()(x))
+
+
+def test_a_generator_saved_before_the_encoder_setting_still_loads(tmp_path):
+    """generator.pt files written before ``architecture`` was saved with the weights are VGG16 ones."""
+    generator = Generator(width=0.0625)
+    state = {k: v for k, v in generator.state_dict().items() if k != "architecture"}
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_generator(tmp_path / "old.pt")
+    assert (loaded.encoder_name, loaded.width) == ("vgg16", 0.0625)
+    x = torch.rand(1, 3, 32, 48)
     assert torch.equal(loaded(x), generator.eval()(x))
 
 
@@ -121,3 +132,116 @@ def test_discriminator_starts_as_lasagne_and_learns_real_maps_from_flat_ones(tmp
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.35  # log 2 = 0.693 is a discriminator that sees nothing
+
+
+# --- encoders beyond the paper (model.encoder) ------------------------------------------------------------
+
+MULTISCALE = [("resnet18", 1.0), ("resnet50", 1.0), ("mobilenet_v3_large", 1.0)]
+
+
+def _torchvision_model(name: str) -> torch.nn.Module:
+    torch.manual_seed(3)
+    return getattr(torchvision.models, name)(weights=None)
+
+
+@pytest.mark.parametrize("name,width", MULTISCALE)
+def test_a_torchvision_state_dict_loads_unchanged_into_each_encoder_and_freezing_keeps_stages_fixed(
+    tmp_path, name, width
+):
+    """torchvision's own file layout (classifier included) loads; the first three stages then neither learn
+    nor move their batch-norm statistics in a training step, while the rest of the generator does."""
+    network = _torchvision_model(name)
+    path = tmp_path / f"{name}.pth"
+    torch.save(network.state_dict(), path)
+    generator = build_generator(ModelParams(encoder=name, encoder_weights=str(path), freeze_blocks=3, width=width))
+    source = network.state_dict()
+    for key, tensor in generator.encoder.state_dict().items():
+        assert torch.equal(tensor, source[key]), key  # same names, same values: nothing renamed or dropped
+    frozen = [m for stage in generator.encoder.stages[:3] for m in stage]
+    trained = [m for stage in generator.encoder.stages[3:] for m in stage]
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    generator.train()
+    optimizer = torch.optim.SGD([p for p in generator.parameters() if p.requires_grad], lr=0.1)
+    generator(torch.rand(2, 3, 64, 96), return_logits=True).square().mean().backward()
+    optimizer.step()
+    after = generator.state_dict()
+    frozen_keys = {k for k in after if any(k.startswith(f"encoder.{n}") for n in _names(generator.encoder, frozen))}
+    trained_keys = {k for k in after if any(k.startswith(f"encoder.{n}") for n in _names(generator.encoder, trained))}
+    assert frozen_keys and all(torch.equal(after[k], before[k]) for k in frozen_keys)  # running stats included
+    assert any(not torch.equal(after[k], before[k]) for k in trained_keys)
+    assert not torch.equal(after["output.0.weight"], before["output.0.weight"])
+
+
+def _names(root: torch.nn.Module, modules: list) -> list[str]:
+    wanted = {id(m) for m in modules}
+    return [f"{name}." for name, module in root.named_modules() if id(module) in wanted]
+
+
+@pytest.mark.parametrize("name,width", [*MULTISCALE, ("mobilenet_v3_large", 0.5)])
+def test_each_encoder_gives_a_map_of_the_input_size_and_round_trips_through_a_weights_file(tmp_path, name, width):
+    torch.manual_seed(0)
+    generator = Generator(width=width, encoder=name).eval()
+    path = tmp_path / "generator.pt"
+    torch.save(generator.state_dict(), path)
+    loaded = load_generator(path)  # the file alone says which network it holds
+    assert (loaded.encoder_name, loaded.width) == (name, width)
+    x = torch.rand(2, 3, 96, 128)
+    out = loaded(x)
+    assert out.shape == (2, 1, 96, 128) and torch.equal(out, generator(x))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        loaded(torch.rand(1, 3, 48, 64))
+
+
+@pytest.mark.parametrize(
+    "architecture", [{"encoder": "alexnet", "width": 1.0}, {"encoder": "vgg16", "width": 1e6}, "not json"]
+)
+def test_a_weights_file_naming_another_network_or_a_huge_width_is_refused_before_anything_is_built(architecture):
+    import json
+
+    from salgan.models import generator_from_state_dict
+
+    text = architecture if isinstance(architecture, str) else json.dumps(architecture)
+    state = Generator(width=0.0625).state_dict() | {
+        "architecture": torch.tensor(list(text.encode()), dtype=torch.uint8)
+    }
+    with pytest.raises(ValueError, match="not a SalGAN generator state_dict"):
+        generator_from_state_dict(state)
+
+
+def test_missing_resnet50_imagenet_weights_name_torchvisions_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    with pytest.raises(EncoderWeightsError) as info:
+        build_generator(ModelParams(encoder="resnet50", encoder_weights="imagenet", width=1.0))
+    assert "resnet50-11ad3fa6.pth" in str(info.value)
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in str(info.value)
+
+
+def test_vgg16_weights_do_not_fit_a_resnet_and_the_message_says_which_layout(tmp_path):
+    path = tmp_path / "vgg16.pth"
+    torch.save(_torchvision_model("vgg16").state_dict(), path)
+    with pytest.raises(EncoderWeightsError, match=r"lack layer conv1\.weight \(torchvision's resnet18 layout"):
+        build_generator(ModelParams(encoder="resnet18", encoder_weights=str(path), width=1.0))
+
+
+def test_model_cost_counts_the_vgg16_generators_convolutions_by_hand():
+    """2 FLOPs per multiply-add: each 3x3 conv costs 2 * 9 * Cin * Cout * H * W at its resolution."""
+    from salgan.models import model_cost
+    from salgan.models.generator import SALGAN_DECODER, VGG16_ENCODER
+
+    flops, channels, (h, w) = 0, 3, (192, 256)
+    for item in VGG16_ENCODER + SALGAN_DECODER:
+        if item == "M":
+            h, w = h // 2, w // 2
+        elif item == "U":
+            h, w = h * 2, w * 2
+        else:
+            flops += 2 * 9 * channels * item * h * w
+            channels = item
+    flops += 2 * channels * 1 * h * w  # the 1x1 output convolution
+    generator = Generator(width=1.0)
+    cost = model_cost(generator)
+    assert cost["gflops"] == pytest.approx(flops / 1e9, rel=1e-9)
+    assert cost["params_m"] == pytest.approx(sum(p.numel() for p in generator.parameters()) / 1e6)
+    assert model_cost(Generator(encoder="resnet50"))["gflops"] < cost["gflops"] / 5  # ResNet-50 is far cheaper

@@ -205,6 +205,7 @@ def test_prepared_arrays_follow_the_data_layout(tmp_path: Path, raw: dict) -> No
             np.testing.assert_array_equal(images[i], image)
         if split == "test":
             assert not (folder / "maps.npy").exists() and not (folder / "fixations.npz").exists()
+            assert not (folder / "fixation_maps.npy").exists()
             continue
         maps = np.load(folder / "maps.npy")
         assert maps.shape == (n, h, w) and maps.dtype == np.uint8
@@ -213,6 +214,14 @@ def test_prepared_arrays_follow_the_data_layout(tmp_path: Path, raw: dict) -> No
         assert coords.dtype == np.int32 and offsets.dtype == np.int64 and offsets.shape == (n + 1,)
         for i, name in enumerate(names):
             assert coords[offsets[i] : offsets[i + 1]].tolist() == raw[name].tolist()
+        # fixation counts at the training size: 640x480 -> 64x48 puts original pixel (r, c) at (r // 10, c // 10)
+        counts = np.load(folder / "fixation_maps.npy")
+        assert counts.shape == (n, h, w) and counts.dtype == np.uint8
+        for i, name in enumerate(names):
+            expected = np.zeros((h, w), dtype=np.int64)
+            for row, col in raw[name]:
+                expected[row // 10, col // 10] += 1
+            np.testing.assert_array_equal(counts[i], expected)
         assert (folder / "maps_full.npy").exists() == (split == "val")
     maps_full = np.load(out / "val" / "maps_full.npy")
     names = json.loads((out / "val" / "names.json").read_text())
@@ -264,6 +273,7 @@ def test_skip_bad_lists_skipped_files_in_the_report(tmp_path: Path, raw: dict) -
     assert names == [images[0].stem, images[2].stem]
     assert np.load(out / "train" / "images.npy").shape[0] == 2
     assert np.load(out / "train" / "maps.npy").shape[0] == 2
+    assert np.load(out / "train" / "fixation_maps.npy").sum(axis=(1, 2)).tolist() == [5, 5]
     with np.load(out / "train" / "fixations.npz") as fix:
         assert fix["offsets"].tolist() == [0, 5, 10]
         assert fix["coords"][5:].tolist() == raw[images[2].stem].tolist()

@@ -47,7 +47,7 @@ def test_the_gpu_profile_gives_the_papers_settings():
         ({"package": {"algorithm": "../evil"}}, "package.algorithm"),
         (
             {"model": {"encoder_weights": "imagenet", "width": 0.5}},
-            "model.width: ImageNet VGG16 weights need width 1.0",
+            "model.width: ImageNet vgg16 weights need width 1.0",
         ),
         ({"model": {"freeze_blocks": 3}}, "model.freeze_blocks: freezing needs pretrained encoder weights"),
         ({"train": {"epochs": 5}}, "train.bce_epochs: must not exceed train.epochs 5, got 10"),
@@ -114,7 +114,7 @@ def test_overrides_are_typed_and_written_in_dvcs_grammar():
         ({"download.source": "x'; touch y; '"}, "DVC would read as override syntax"),
         ({"download.source": "a\nb"}, "DVC would read as override syntax"),
         ({"train.epochs": "5"}, "override train.epochs: input should be a valid integer"),
-        ({"train.epochs": {"nested": 1}}, "expected section.key"),
+        ({"train.epochs": {"nested": 1}}, "override train.epochs: input should be a valid integer"),
         ({"predict.blur_size": 4}, "override predict.blur_size: a Gaussian kernel needs an odd size"),
         ({"download.source": "https://u:pw@host/x"}, "override download.source: a URL with credentials"),
     ],

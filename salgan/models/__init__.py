@@ -9,22 +9,32 @@ import torch
 from salgan.errors import InputError
 from salgan.layout import sha256_file
 from salgan.models.discriminator import Discriminator
-from salgan.models.generator import IMAGENET_MEAN, IMAGENET_STD, Generator, infer_width
+from salgan.models.generator import (
+    ENCODERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Generator,
+    architecture_of,
+    generator_from_state_dict,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ENCODERS",
     "Discriminator",
     "Generator",
+    "architecture_of",
     "build_discriminator",
     "build_generator",
-    "infer_width",
+    "generator_from_state_dict",
+    "imagenet_weights_url",
     "load_encoder_weights",
     "load_generator",
+    "model_cost",
 ]
 
-VGG16_IMAGENET_FILE = "vgg16-397923af.pth"
-VGG16_IMAGENET_URL = f"https://download.pytorch.org/models/{VGG16_IMAGENET_FILE}"
+COST_SIZE = (256, 192)  # W x H: the paper's input, at which every encoder's cost is compared
 
 
 class EncoderWeightsError(InputError):
@@ -32,8 +42,9 @@ class EncoderWeightsError(InputError):
 
 
 def build_generator(model_params) -> Generator:
-    """Generator from ``model`` settings: width, encoder weights (imagenet | none | path), frozen blocks."""
-    generator = Generator(width=model_params.width)
+    """Generator from ``model`` settings: encoder, width, encoder weights (imagenet | none | path), frozen
+    blocks."""
+    generator = Generator(width=model_params.width, encoder=model_params.encoder)
     if model_params.encoder_weights != "none":
         load_encoder_weights(generator, model_params.encoder_weights)
         generator.freeze_blocks(model_params.freeze_blocks)
@@ -49,35 +60,45 @@ def build_discriminator(model_params, input_size: tuple[int, int]) -> Discrimina
 
 
 def load_encoder_weights(generator: Generator, source: str) -> None:
-    """Copy VGG16 conv weights into the encoder.
+    """Copy a torchvision classification network's weights into the encoder.
 
-    ``source`` is ``imagenet`` (torchvision's VGG16_Weights.IMAGENET1K_V1 through torchvision's cache)
-    or a path to a state_dict in torchvision's VGG16 layout (``features.N.weight``; bare ``N.weight``
-    keys are accepted too). Loaded with weights_only=True.
+    ``source`` is ``imagenet`` (the DEFAULT ImageNet weights of torchvision's builder for the generator's
+    encoder, through torch.hub's cache) or a path to a state_dict of that torchvision network (for VGG16
+    ``features.N.weight``, bare ``N.weight`` keys are accepted too). The classifier (``classifier.``,
+    ``fc.``) is dropped. Loaded with weights_only=True.
     """
+    name = generator.encoder_name
     if source == "imagenet":
-        state = _imagenet_state_dict()
+        state = _imagenet_state_dict(name)
     else:
         path = Path(source)
         if not path.is_file():
             raise EncoderWeightsError(f"model.encoder_weights: no such file {path}")
         state = _read_weights(path)
-    encoder_state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+    encoder_state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc."))}
+    if name == "vgg16":
+        encoder_state = {k.removeprefix("features."): v for k, v in encoder_state.items()}
     expected = generator.encoder.state_dict()
-    missing = sorted(set(expected) - set(encoder_state), key=_layer_order)
+    missing = [key for key in expected if key not in encoder_state]
     if missing:
-        raise EncoderWeightsError(f"{source}: encoder weights lack layer {missing[0]} (VGG16 features layout)")
+        raise EncoderWeightsError(
+            f"{source}: encoder weights lack layer {missing[0]} (torchvision's {name} layout, model.encoder)"
+        )
     for key, tensor in expected.items():
         if encoder_state[key].shape != tensor.shape:
             raise EncoderWeightsError(
                 f"{source}: layer encoder.{key} has shape {tuple(encoder_state[key].shape)}, "
-                f"the encoder expects {tuple(tensor.shape)} (model.width {generator.width})"
+                f"the encoder expects {tuple(tensor.shape)} ({name}, model.width {generator.width})"
             )
     generator.encoder.load_state_dict({k: encoder_state[k] for k in expected})
 
 
-def _layer_order(key: str) -> int:
-    return int(key.split(".")[0])
+def imagenet_weights_url(encoder: str) -> str:
+    """The download address of torchvision's DEFAULT ImageNet weights for ``encoder`` (VGG16: IMAGENET1K_V1,
+    the weights the paper starts from)."""
+    import torchvision
+
+    return torchvision.models.get_model_weights(encoder).DEFAULT.url
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -91,35 +112,52 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """torchvision's VGG16 ImageNet weights from torch.hub's cache (downloaded there if the network allows),
-    checked against the sha256 prefix torchvision publishes in the file name before they are read, and read
-    with ``weights_only=True``: a crafted file placed there is refused, not unpickled."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_IMAGENET_FILE
-    prefix = VGG16_IMAGENET_FILE.split("-")[1].split(".")[0]  # vgg16-397923af.pth -> 397923af
+def _imagenet_state_dict(encoder: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights for ``encoder`` from torch.hub's cache (downloaded there if the network
+    allows), checked against the sha256 prefix torchvision publishes in the file name before they are read,
+    and read with ``weights_only=True``: a crafted file placed there is refused, not unpickled."""
+    url = imagenet_weights_url(encoder)
+    file = url.rsplit("/", 1)[1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / file
+    prefix = file.rsplit("-", 1)[1].split(".")[0]  # vgg16-397923af.pth -> 397923af
     if not path.is_file():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(VGG16_IMAGENET_URL, str(path), hash_prefix=prefix, progress=True)
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=True)
         except Exception as exc:  # URLError, socket errors, SSL errors, a wrong hash: all mean "not usable"
             raise EncoderWeightsError(
-                f"ImageNet VGG16 weights are not cached and could not be downloaded ({exc}). "
-                f"Download {VGG16_IMAGENET_URL} on a machine with network access and put it at {path} "
-                "(set TORCH_HOME to use another cache folder), or set model.encoder_weights to a local VGG16 "
+                f"ImageNet {encoder} weights are not cached and could not be downloaded ({exc}). "
+                f"Download {url} on a machine with network access and put it at {path} "
+                f"(set TORCH_HOME to use another cache folder), or set model.encoder_weights to a local {encoder} "
                 "state_dict file, or to none."
             ) from None
     digest = sha256_file(path)
     if not digest.startswith(prefix):
         raise EncoderWeightsError(
             f"{path}: sha256 {digest[:16]}... does not start with {prefix}, the hash torchvision publishes for "
-            f"{VGG16_IMAGENET_FILE}; the file is not torchvision's: replace it with {VGG16_IMAGENET_URL}"
+            f"{file}; the file is not torchvision's: replace it with {url}"
         )
     return _read_weights(path)
 
 
 def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> Generator:
-    """A trained generator from a plain state_dict file (the train stage's models/generator.pt)."""
+    """A trained generator from a plain state_dict file (the train stage's models/generator.pt), rebuilt
+    with the encoder and width the file records."""
     state = torch.load(path, map_location=map_location, weights_only=True)
-    generator = Generator(width=infer_width(state))
-    generator.load_state_dict(state)
-    return generator.eval()
+    return generator_from_state_dict(state).eval()
+
+
+def model_cost(generator: Generator, size: tuple[int, int] = COST_SIZE) -> dict[str, float]:
+    """Parameters (millions) and forward GFLOPs per ``size`` image (W x H; 256x192, the paper's input,
+    by default), counted by ``torch.utils.flop_counter`` (2 FLOPs per multiply-add of convolutions and
+    matrix products) on the meta device, so that counting costs no memory and no time."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    architecture = architecture_of(generator.state_dict())
+    with torch.device("meta"):
+        shadow = Generator(**architecture).eval()
+        image = torch.zeros(1, 3, size[1], size[0])
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        shadow(image)
+    params = sum(p.numel() for p in generator.parameters())
+    return {"params_m": params / 1e6, "gflops": counter.get_total_flops() / 1e9}

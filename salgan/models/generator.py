@@ -1,6 +1,7 @@
-"""SalGAN generator: VGG16 encoder and its mirrored decoder (Pan et al. 2017, Fig. 2 and Table 1).
+"""SalGAN generator: VGG16 encoder and its mirrored decoder (Pan et al. 2017, Fig. 2 and Table 1), or
+another torchvision encoder with a skip decoder (``model.encoder``, salgan/models/encoders.py).
 
-The encoder is VGG16's conv1_1 ... conv5_3 with pool1-pool4 (pool5 and the fully connected layers are
+The VGG16 encoder is VGG16's conv1_1 ... conv5_3 with pool1-pool4 (pool5 and the fully connected layers are
 dropped), laid out with the same indices as torchvision's ``vgg16().features`` so that an ImageNet
 state_dict loads unchanged. The decoder mirrors it with nearest-neighbour upsampling (Lasagne's
 Upscale2D in the original code, no transposed convolutions) and ends in a 1x1 convolution and a sigmoid.
@@ -8,8 +9,15 @@ Upscale2D in the original code, no transposed convolutions) and ends in a 1x1 co
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
+
+from salgan.models.encoders import MULTISCALE_ENCODERS, MultiScaleEncoder, SkipDecoder
+
+ENCODERS = ("vgg16", *MULTISCALE_ENCODERS)
+MAX_WIDTH = 2.0  # model.width's upper bound
 
 # VGG16 configuration "D": channels per conv, "M" for 2x2 max-pooling. pool5 is not part of SalGAN.
 VGG16_ENCODER = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -50,28 +58,47 @@ class Generator(nn.Module):
     instead, which matches Caffe's VGG16 weights only.
     """
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, encoder: str = "vgg16"):
         super().__init__()
-        self.width = width
+        self.width, self.encoder_name = width, encoder
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.encoder = _conv_stack(VGG16_ENCODER, 3, width)
-        self.decoder = _conv_stack(SALGAN_DECODER, scaled(512, width), width)
-        self.output = nn.Conv2d(scaled(64, width), 1, kernel_size=1)
+        # Saved with the weights, so whatever reads a generator.pt rebuilds the same network from it alone.
+        self.register_buffer("architecture", _encode({"encoder": encoder, "width": width}))
+        if encoder == "vgg16":
+            self.stride = 16
+            self.encoder = _conv_stack(VGG16_ENCODER, 3, width)
+            self.decoder = _conv_stack(SALGAN_DECODER, scaled(512, width), width)
+            self.output = nn.Conv2d(scaled(64, width), 1, kernel_size=1)
+        else:
+            self.stride = 32
+            self.encoder = MultiScaleEncoder(encoder, width)
+            self.decoder = SkipDecoder(self.encoder.channels, scaled(128, width))
+            self.output = nn.Sequential(
+                nn.Conv2d(self.decoder.out_channels, 1, kernel_size=1),
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            )
+        self._frozen: list[nn.Module] = []
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """He initialisation, as torchvision initialises VGG: 26 plain ReLU convolutions under PyTorch's
-        default init shrink the signal layer by layer until a random encoder cannot learn."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        default init shrink the signal layer by layer until a random encoder cannot learn. The other
+        encoders keep their torchvision initialisation (He as well, batch norm at identity)."""
+        trained_from_here = [self] if self.encoder_name == "vgg16" else [self.decoder, self.output]
+        for part in trained_from_here:
+            for module in part.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.zeros_(module.bias)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid saliency, (N, 1, H, W)."""
-        if image.shape[-1] % 16 or image.shape[-2] % 16:
-            raise ValueError(f"generator input sides must be multiples of 16, got {tuple(image.shape[-2:])}")
+        if image.shape[-1] % self.stride or image.shape[-2] % self.stride:
+            raise ValueError(
+                f"generator input sides must be multiples of {self.stride} ({self.encoder_name}), "
+                f"got {tuple(image.shape[-2:])}"
+            )
         features = self.encoder((image - self.mean) / self.std)
         return self.output(self.decoder(features))
 
@@ -82,19 +109,57 @@ class Generator(nn.Module):
         return logits if return_logits else torch.sigmoid(logits)
 
     def freeze_blocks(self, count: int) -> None:
-        """Freeze VGG blocks 1..count (the paper keeps conv1-conv3 fixed when starting from ImageNet)."""
-        block = 1
-        for module in self.encoder:
-            if block > count:
-                break
+        """Freeze the encoder's first ``count`` stages: VGG blocks (the paper keeps conv1-conv3 fixed when
+        starting from ImageNet) or the five stages of the other encoders (encoders.py), whose batch-norm
+        layers then keep their ImageNet statistics too (:meth:`train` leaves them in eval mode)."""
+        if self.encoder_name == "vgg16":
+            stages, block = [[] for _ in range(5)], 0
+            for module in self.encoder:
+                stages[block].append(module)
+                block += isinstance(module, nn.MaxPool2d)
+        else:
+            stages = self.encoder.stages
+        self._frozen = [module for stage in stages[:count] for module in stage]
+        for module in self._frozen:
             module.requires_grad_(False)
-            if isinstance(module, nn.MaxPool2d):
-                block += 1
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Generator:
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
 
 
-def infer_width(state_dict: dict[str, torch.Tensor]) -> float:
-    """The width multiplier a generator state_dict was built with (conv1_1 has 64 * width filters)."""
+def _encode(architecture: dict) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(architecture, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def architecture_of(state_dict: dict[str, torch.Tensor]) -> dict:
+    """``{"encoder": ..., "width": ...}`` of a generator state_dict: its ``architecture`` entry, or for one
+    saved before there was a choice of encoder, VGG16 with the width of conv1_1 (64 * width filters)."""
+    if "architecture" in state_dict:
+        try:
+            found = json.loads(bytes(state_dict["architecture"].tolist()).decode())
+            architecture = {"encoder": str(found["encoder"]), "width": float(found["width"])}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ValueError("not a SalGAN generator state_dict: unreadable 'architecture' entry") from None
+        # Checked before anything is built: a crafted entry must not name another network or a huge width.
+        if architecture["encoder"] not in ENCODERS or not 0 < architecture["width"] <= MAX_WIDTH:
+            raise ValueError(f"not a SalGAN generator state_dict: architecture {architecture} is not one salgan builds")
+        return architecture
     try:
-        return state_dict["encoder.0.weight"].shape[0] / 64
-    except KeyError:
-        raise ValueError("not a SalGAN generator state_dict: no 'encoder.0.weight'") from None
+        return {"encoder": "vgg16", "width": state_dict["encoder.0.weight"].shape[0] / 64}
+    except (KeyError, AttributeError, IndexError):
+        raise ValueError("not a SalGAN generator state_dict: no 'architecture' nor 'encoder.0.weight'") from None
+
+
+def generator_from_state_dict(state_dict: dict[str, torch.Tensor]) -> Generator:
+    """The generator a state_dict was saved from, built from the architecture it records, weights loaded
+    (strictly: a missing or extra tensor is an error)."""
+    architecture = architecture_of(state_dict)
+    generator = Generator(**architecture)
+    state = dict(state_dict)
+    state.setdefault("architecture", generator.architecture)
+    generator.load_state_dict(state)
+    return generator
