@@ -307,6 +307,10 @@ def validate_section(section: type[Section], values: Mapping, prefix: str = "") 
 def _describe(exc: ValidationError) -> str:
     """The first problem of a pydantic error as ``key: reason``, union alternatives merged."""
     first = exc.errors()[0]
+    # Of a union's alternatives, the one that got furthest into the value says most (a mapping given for
+    # train.content_loss is wrong in one of its keys, not in being a mapping instead of 'bce').
+    deeper = [e for e in exc.errors() if _key(e["loc"]).startswith(_key(first["loc"]) + ".")]
+    first = max(deeper, key=lambda e: len(_key(e["loc"])), default=first)
     context = first.get("ctx") or {}
     if isinstance(context.get("error"), _RuleError):
         return str(context["error"])

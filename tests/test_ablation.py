@@ -5,6 +5,7 @@ import yaml
 
 from salgan.ablation import (
     ARMS,
+    METRIC_LOSS,
     PINNED,
     arm_overrides,
     base_params,
@@ -12,8 +13,9 @@ from salgan.ablation import (
     experiment_metrics,
     format_table,
     load_profile,
+    parse_arm,
 )
-from salgan.settings import ConfigError, params_from_dict
+from salgan.settings import ConfigError, flatten, nest, params_from_dict, to_dict
 
 BASE = params_from_dict(
     {"model": {"encoder_weights": "none", "width": 0.125}, "train": {"epochs": 40, "bce_epochs": 10}}
@@ -78,3 +80,47 @@ def test_metrics_are_read_from_dvc_exp_show_json():
     assert experiment_metrics(exp_show) == {"workspace": {"nss": 1.0, "cc": 0.5}, "random-gan": {"nss": 2.0}}
     table = format_table({"random-gan": {"nss": 2.0}})
     assert "ours: random-gan" in table and "2.000" in table and "published: SalGAN (Pan et al.)" in table
+
+
+def test_arms_over_encoder_init_and_objective_pin_what_their_name_says():
+    arms = {
+        arm: arm_overrides(arm, {}, BASE)
+        for arm in ("resnet50-imagenet-gan", "mobilenet_v3_large-random-metric", "resnet18-random-metric_gan")
+    }
+    assert all(set(PINNED) <= set(overrides) for overrides in arms.values())
+    resnet = arms["resnet50-imagenet-gan"]
+    assert (resnet["model.encoder"], resnet["model.encoder_weights"], resnet["model.freeze_blocks"]) == (
+        "resnet50",
+        "imagenet",
+        3,
+    )
+    assert resnet["model.width"] == 1.0 and resnet["train.content_loss"] == "bce" and resnet["train.bce_epochs"] == 10
+    mobile = arms["mobilenet_v3_large-random-metric"]
+    assert mobile["model.width"] == 0.125 and mobile["model.freeze_blocks"] == 0  # a width encoder keeps the base's
+    assert mobile["train.content_loss"] == METRIC_LOSS and mobile["train.bce_epochs"] == 40  # content only
+    small = arms["resnet18-random-metric_gan"]
+    assert small["model.width"] == 1.0 and small["train.bce_epochs"] == 10  # no width multiplier on a ResNet
+    # the seed arms are VGG16 with the paper's BCE, as before
+    assert arm_overrides("random-gan", {}, BASE)["model.encoder"] == "vgg16"
+    assert arm_overrides("random-gan", {}, BASE)["train.content_loss"] == "bce"
+    for overrides in arms.values():  # each arm's settings pass the schema and its rules
+        params_from_dict(nest(flatten(to_dict(BASE)) | overrides))
+
+
+@pytest.mark.parametrize(
+    "arm,message",
+    [("alexnet-imagenet-gan", "unknown encoder 'alexnet'"), ("imagenet-wgan", "unknown objective 'wgan'"),
+     ("resnet50-gan", "unknown init 'resnet50'"), ("a-b-c-d", "expected INIT-OBJECTIVE or ENCODER-INIT-OBJECTIVE")],
+)  # fmt: skip
+def test_a_bad_arm_name_says_what_is_wrong(arm, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_arm(arm)
+
+
+def test_the_table_shows_each_arms_cost_from_its_metrics_file():
+    values = {"nss": 2.0, "cost": {"params_m": 24.5167, "gflops": 11.39, "train_images_per_s": 310.2}}
+    exp_show = [{"rev": "workspace", "data": {"metrics": {"reports/metrics.json": {"data": values}}}}]
+    found = experiment_metrics(exp_show)
+    assert found == {"workspace": {"nss": 2.0, "params_m": 24.5167, "gflops": 11.39, "train_images_per_s": 310.2}}
+    row = next(line for line in format_table(found).splitlines() if line.startswith("ours: workspace")).split()
+    assert row[-3:] == ["24.5", "11.4", "310.2"] and row[6] == "2.000"

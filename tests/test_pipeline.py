@@ -127,7 +127,7 @@ def test_ablation_arm_runs_as_a_dvc_experiment_and_shows_beside_table_one(projec
     table = run([sys.executable, "-m", "salgan.cli", "ablation", "show"], workdir, env)
     assert "ours: t-random-bce" in table and "published: SalGAN (Pan et al.)" in table
     row = next(line for line in table.splitlines() if line.startswith("ours: t-random-bce"))
-    assert len(row.split()) == 2 + 8  # name, then all eight metrics filled in
+    assert len(row.split()) == 2 + 8 + 3 and "-" not in row.split()  # name, eight metrics, params, GFLOPs, img/s
 
 
 def experiment_params(workdir: Path, env: dict) -> dict[str, dict]:
@@ -214,3 +214,23 @@ def test_a_collaborators_clone_pulls_the_results_and_has_nothing_to_rerun(projec
     plots = json.loads(shown.stdout)
     assert not plots.get("errors") and plots["data"]["models/history.json"]
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], clone, env)
+
+
+@pytest.mark.slow
+def test_an_encoder_and_a_metric_loss_run_the_whole_pipeline_as_a_dvc_experiment(project):
+    """The issue's own command: `dvc exp run -S model.encoder=... -S train.content_loss={...}` (at 64x64, a
+    size ResNet's stride 32 allows), every stage rerun, and the arm in `salgan ablation show` with its cost.
+    Last in this file: the experiment leaves its settings in the workspace."""
+    workdir, env, _ = project
+    overrides = ["-S", "model.encoder=resnet18", "-S", "model.width=1.0", "-S", "prepare.size=[64,64]"]
+    overrides += ["-S", "train.content_loss={kld:1.0,cc:-0.2,nss:-0.1}"]
+    log = run(["dvc", "exp", "run", "--name", "resnet-metric", *overrides], workdir, env)
+    for stage in ("prepare", "train", "evaluate", "predict", "package"):
+        assert f"Running stage '{stage}'" in log
+    recorded = experiment_params(workdir, env)["resnet-metric"]
+    assert recorded["model"]["encoder"] == "resnet18"
+    assert recorded["train"]["content_loss"] == {"kld": 1.0, "cc": -0.2, "nss": -0.1}
+    table = run([sys.executable, "-m", "salgan.cli", "ablation", "show", "--prefix", "resnet-"], workdir, env)
+    row = next(line for line in table.splitlines() if line.startswith("ours: resnet-metric")).split()
+    assert len(row) == 2 + 8 + 3 and "-" not in row
+    assert float(row[-3]) == pytest.approx(11.8, abs=0.1)  # ResNet-18 and its skip decoder: 11.8 M parameters

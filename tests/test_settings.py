@@ -14,6 +14,7 @@ from salgan.settings import (
     to_dict,
     validate_overrides,
 )
+from tests.conftest import write_params_file
 
 
 def test_the_schema_defaults_are_the_repositorys_params_yaml():
@@ -53,6 +54,16 @@ def test_the_gpu_profile_gives_the_papers_settings():
         ({"train": {"epochs": 5}}, "train.bce_epochs: must not exceed train.epochs 5, got 10"),
         ({"prepare": {"size": [250, 192]}}, "prepare.size: expected [W, H], positive multiples of 16"),
         ({"download": {"source": "https://me:secret@host/salicon"}}, "download.source: a URL with credentials"),
+        ({"model": {"encoder": "alexnet"}}, "model.encoder: input should be 'vgg16', 'resnet18', 'resnet50' or"),
+        ({"model": {"encoder": "resnet50"}}, "model.width: resnet50 has no width multiplier; expected 1.0, got 0.125"),
+        (
+            {"model": {"encoder": "mobilenet_v3_large", "width": 0.5}, "prepare": {"size": [256, 208]}},
+            "prepare.size: mobilenet_v3_large needs sides that are multiples of 32, got [256, 208]",
+        ),
+        ({"train": {"content_loss": "kld"}}, "train.content_loss: input should be 'bce'"),
+        ({"train": {"content_loss": {"kld": 1.0, "auc": 2.0}}}, "train.content_loss.auc"),
+        ({"train": {"content_loss": {"cc": "high"}}}, "train.content_loss.cc"),
+        ({"train": {"content_loss": {"kld": 0}}}, "train.content_loss: needs at least one non-zero weight"),
     ],
 )
 def test_bad_keys_types_ranges_and_rules_are_named(data, message):
@@ -129,6 +140,20 @@ def test_overrides_must_keep_the_rules_between_keys_of_the_settings_they_apply_t
     assert validate_overrides({"train.epochs": 20}, base) == {"train.epochs": 20}
     with pytest.raises(ConfigError, match="override train.bce_epochs: must not exceed train.epochs 5"):
         validate_overrides({"train.epochs": 5}, base)
+
+
+def test_a_content_loss_mapping_is_one_value_in_files_overrides_and_dvcs_grammar(tmp_path):
+    loss = {"kld": 1.0, "cc": -0.2, "nss": -0.1}
+    params = load_params(write_params_file(tmp_path / "p.yaml", {"train": {"content_loss": loss}}))
+    assert params.train.content_loss == loss
+    assert flatten(to_dict(params))["train.content_loss"] == loss  # one key, as DVC tracks it
+    assert validate_overrides({"train.content_loss": {"kld": 2, "nss": -1}}) == {
+        "train.content_loss": {"kld": 2.0, "nss": -1.0}
+    }
+    assert override_args({"train.content_loss": loss}) == ["-S", "train.content_loss={kld:1.0,cc:-0.2,nss:-0.1}"]
+    assert parse_override("train.content_loss={kld: 1.0, cc: -0.2}") == ("train.content_loss", {"kld": 1.0, "cc": -0.2})
+    with pytest.raises(ConfigError, match=r"override train.content_loss: '\$\{x\}' holds characters DVC would read"):
+        validate_overrides({"train.content_loss": {"${x}": 1.0}})
 
 
 def test_parse_override_reads_the_value_as_yaml():

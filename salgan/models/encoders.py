@@ -41,6 +41,12 @@ class MultiScaleEncoder(nn.Module):
             self.stages = [[getattr(self, part) for part in stage] for stage in RESNET_STAGES]
         else:
             raise ValueError(f"unknown encoder {name!r}; known: vgg16, {', '.join(MULTISCALE_ENCODERS)}")
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                # torchvision's MobileNetV3 averages batch statistics with momentum 0.01, tuned for ImageNet's
+                # hundreds of thousands of steps; a saliency run of a few thousand would evaluate on
+                # statistics still near their initial values. PyTorch's default 0.1 (the ResNets') for all.
+                module.momentum = 0.1
         self.channels = self._tap_channels()
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:

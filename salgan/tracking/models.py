@@ -105,7 +105,12 @@ def log_generator(generator_path: str | Path, size: list[int] | tuple[int, int],
         signature=signature,
         input_example=example_input(height, width),
         pip_requirements=[f"torch=={torch_version}", f"numpy=={np.__version__}"],  # skips slow inference
-        metadata={"input_size": [width, height], "width": generator.width, "kind": MODEL_KIND},
+        metadata={
+            "input_size": [width, height],
+            "encoder": generator.encoder_name,
+            "width": generator.width,
+            "kind": MODEL_KIND,
+        },
         extra_files=[str(generator_path)],
     )
 
