@@ -180,11 +180,12 @@ def experiment_metrics(exp_show: list[dict]) -> dict[str, dict[str, float]]:
 def format_table(ours: dict[str, dict[str, float]]) -> str:
     rows = {**{f"ours: {k}": v for k, v in ours.items()}, **{f"published: {k}": v for k, v in TABLE_I.items()}}
     width = max(len(name) for name in rows) + 2
-    headers = [*COLUMNS, *COST_COLUMNS.values()]
-    lines = [f"{'model':<{width}}" + "".join(f"{c:>14}" for c in headers)]
+    headers = {**{c: c for c in COLUMNS}, **COST_COLUMNS}
+    cell = {c: max(12, len(header)) + 2 for c, header in headers.items()}
+    lines = [f"{'model':<{width}}" + "".join(f"{header:>{cell[c]}}" for c, header in headers.items())]
     for name, values in rows.items():
-        cells = "".join(f"{values[c]:>14.3f}" if c in values else f"{'-':>14}" for c in COLUMNS)
-        cells += "".join(f"{values[c]:>14.1f}" if c in values else f"{'-':>14}" for c in COST_COLUMNS)
+        cells = "".join(f"{values[c]:>{cell[c]}.3f}" if c in values else f"{'-':>{cell[c]}}" for c in COLUMNS)
+        cells += "".join(f"{values[c]:>{cell[c]}.1f}" if c in values else f"{'-':>{cell[c]}}" for c in COST_COLUMNS)
         lines.append(f"{name:<{width}}{cells}")
     lines.append(
         "(published: SALICON test set; ours: the validation split of the data the pipeline ran on. GFLOPs: one "

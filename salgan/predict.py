@@ -22,7 +22,6 @@ import collections
 import glob
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -88,14 +87,15 @@ def load_model(uri: str, params: Params, size: tuple[int, int] | None) -> tuple[
             raise ModelError(f"--model {uri}: a directory without an MLmodel file is not an MLflow model")
         generator, model_size = _from_mlflow_dir(path)
     elif ":" in uri:
-        from salgan.tracking.models import download_model
+        from salgan.tracking.models import fetched_model
 
-        with tempfile.TemporaryDirectory(prefix="salgan-model-") as tmp:
-            try:
-                local = download_model(uri, params, Path(tmp))
-            except Exception as exc:  # MlflowException, botocore and HTTP errors alike: the URI is unusable
-                raise ModelError(f"--model {uri}: cannot fetch the MLflow model: {redact_text(str(exc))}") from None
-            generator, model_size = _from_mlflow_dir(local)
+        try:
+            with fetched_model(uri, params) as local:
+                generator, model_size = _from_mlflow_dir(local)
+        except ModelError:
+            raise
+        except Exception as exc:  # MlflowException, botocore and HTTP errors alike: the URI is unusable
+            raise ModelError(f"--model {uri}: cannot fetch the MLflow model: {redact_text(str(exc))}") from None
     else:
         raise ModelError(f"--model {uri}: no such file or directory, and not an MLflow URI")
     return generator, size or model_size or DEFAULT_SIZE
@@ -249,7 +249,17 @@ def _unique(jobs: list[Job], errors: list[str]) -> list[Job]:
 
 
 def read_image(job: Job, size: tuple[int, int], keep_full: bool, max_pixels: int = 50_000_000) -> Loaded:
-    """Decode, apply EXIF orientation, convert to RGB and resize to ``size`` = (W, H).
+    """:func:`decode_image` of a file."""
+    array, original_size, full = decode_image(job.path, size, keep_full, max_pixels)
+    return Loaded(job, array, original_size, full)
+
+
+def decode_image(
+    source, size: tuple[int, int], keep_full: bool, max_pixels: int = 50_000_000
+) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+    """Decode ``source`` (a path or a binary file object), apply EXIF orientation, convert to RGB and resize
+    to ``size`` = (W, H). Returns (uint8 array at ``size``, displayed (rows, cols), the full RGB image with
+    ``keep_full`` else None): what ``salgan predict`` and the served model both feed the generator.
 
     Raises ``ValueError`` naming the problem for anything unusable: not an image, truncated, or declaring
     more than ``max_pixels`` pixels (``predict.max_pixels``; checked from the header, before decoding).
@@ -260,7 +270,7 @@ def read_image(job: Job, size: tuple[int, int], keep_full: bool, max_pixels: int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit, checked below
-            with Image.open(job.path) as img:
+            with Image.open(source) as img:
                 declared = (img.width, img.height)
                 if img.width * img.height <= max_pixels:
                     img.load()  # decode now: a truncated file fails here, not half-way through a batch
@@ -272,7 +282,7 @@ def read_image(job: Job, size: tuple[int, int], keep_full: bool, max_pixels: int
     if rgb is None:
         raise ValueError(f"declares {declared[0]}x{declared[1]} pixels, more than predict.max_pixels {max_pixels}")
     array = np.asarray(rgb.resize(size, RESAMPLE) if rgb.size != size else rgb, dtype=np.uint8)
-    return Loaded(job, array, (rgb.height, rgb.width), np.asarray(rgb) if keep_full else None)
+    return array, (rgb.height, rgb.width), np.asarray(rgb) if keep_full else None
 
 
 # --- outputs ---------------------------------------------------------------------------------------------
@@ -298,14 +308,23 @@ def overlay(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
+def save_map(saliency: np.ndarray, target) -> None:
+    """The map as an 8-bit grey PNG into ``target`` (a path or a binary file object)."""
+    Image.fromarray(to_uint8(saliency), mode="L").save(target, "PNG")
+
+
+def save_overlay(image: np.ndarray, saliency: np.ndarray, target) -> None:
+    """:func:`overlay` as a JPEG (quality 90) into ``target``."""
+    Image.fromarray(overlay(image, saliency), mode="RGB").save(target, "JPEG", quality=90)
+
+
 def write_results(loaded: Loaded, saliency: np.ndarray, folder: Path, with_overlay: bool) -> None:
     """The map (and the overlay) of one input into ``folder`` (a staging folder: see predict_files)."""
     stem = folder / loaded.job.stem
     stem.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(saliency), mode="L").save(stem.with_name(stem.name + ".png"), "PNG")
+    save_map(saliency, stem.with_name(stem.name + ".png"))
     if with_overlay and loaded.full is not None:
-        heat = Image.fromarray(overlay(loaded.full, saliency), mode="RGB")
-        heat.save(stem.with_name(stem.name + "_overlay.jpg"), "JPEG", quality=90)
+        save_overlay(loaded.full, saliency, stem.with_name(stem.name + "_overlay.jpg"))
 
 
 # --- the two modes ---------------------------------------------------------------------------------------

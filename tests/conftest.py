@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ from salgan.settings import Params, flatten, nest, params_from_dict, to_dict
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Registered models that `salgan predict` fetches are cached (salgan.tracking.models.cache_root): in a
+# folder of this test session, not in the user's ~/.cache.
+os.environ.setdefault("SALGAN_CACHE_DIR", tempfile.mkdtemp(prefix="salgan-test-cache-"))
 
 
 def write_prepared(root: Path, n_train: int = 32, n_val: int = 8, size: tuple[int, int] = (64, 48), seed: int = 0):

@@ -44,12 +44,12 @@ def test_model_artifacts_round_trip_through_s3(s3_server, tmp_path, monkeypatch)
 
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")["Contents"]]
     assert any(k.endswith("notes/hello.txt") for k in keys)
-    assert any(k.endswith("data/model.pt2") for k in keys) and any(k.endswith("/MLmodel") for k in keys)
-    assert not list(tmp_path.glob("mlruns/**/model.pt2"))  # nothing fell back to local storage
+    assert any(k.endswith("extra_files/generator.pt") for k in keys) and any(k.endswith("/MLmodel") for k in keys)
+    assert not list(tmp_path.glob("mlruns/**/generator.pt"))  # nothing fell back to local storage
 
-    module = mlflow.pytorch.load_model("models:/salgan-s3@challenger", map_location="cpu")
-    batch = torch.from_numpy(np.random.default_rng(0).random((2, 3, 48, 64), dtype=np.float32))
+    served = mlflow.pyfunc.load_model("models:/salgan-s3@challenger").get_raw_model()
     expected = Generator(width=0.0625)
     expected.load_state_dict(torch.load(weights, weights_only=True))
-    torch.testing.assert_close(module(batch), expected.eval()(batch))
+    batch = torch.from_numpy(np.random.default_rng(0).random((2, 3, 48, 64), dtype=np.float32))
+    torch.testing.assert_close(served.cpu()(batch), expected.eval()(batch))
     assert version == "1"

@@ -163,3 +163,43 @@ def test_jet_runs_blue_to_red():
     assert colours[0, 2] > 100 and colours[0, 0] == 0  # low: blue
     assert colours[1, 1] == 255  # middle: green-ish
     assert colours[2, 0] > 100 and colours[2, 2] == 0  # high: red
+
+
+def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias_moves(tmp_path, monkeypatch):
+    """Registry lookups are cached by version: the alias is resolved each time (one metadata call), the
+    weights are fetched once per version, and a cached copy whose weights no longer match is fetched again."""
+    from salgan.tracking import models as tracked
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SALGAN_CACHE_DIR", str(tmp_path / "cache"))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("cache")
+    client = MlflowClient(uri)
+    versions = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = tmp_path / f"generator{seed}.pt"
+        torch.save(Generator(width=0.0625).state_dict(), path)
+        with mlflow.start_run() as run:
+            info = log_generator(path, [64, 48])
+        versions.append(register(client, "salgan", info.model_uri, sha256_file(path), {"run_id": run.info.run_id}))
+    client.set_registered_model_alias("salgan", "champion", versions[0])
+    fetched = []
+    download = tracked.download_model
+    monkeypatch.setattr(tracked, "download_model", lambda *args: fetched.append(args[0]) or download(*args))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save("photo.png")
+
+    def champion_map(out: str) -> np.ndarray:
+        assert predict.main(["--model", "models:/salgan@champion", "--output", out, "photo.png"]) == 0
+        return np.asarray(Image.open(Path(out) / "photo.png"))
+
+    first, again = champion_map("a"), champion_map("b")
+    assert fetched == ["models:/salgan/1"] and np.array_equal(first, again)
+    client.set_registered_model_alias("salgan", "champion", versions[1])  # the alias moves
+    moved = champion_map("c")
+    assert fetched == ["models:/salgan/1", "models:/salgan/2"] and not np.array_equal(moved, first)
+    cached = next((tmp_path / "cache" / "models").glob("*/salgan/2/extra_files/generator.pt"))
+    cached.write_bytes((tmp_path / "generator0.pt").read_bytes())  # a damaged or swapped cache entry
+    assert np.array_equal(champion_map("d"), moved) and fetched[-1] == "models:/salgan/2" and len(fetched) == 3

@@ -83,14 +83,25 @@ class Generator(nn.Module):
 
     def reset_parameters(self) -> None:
         """He initialisation, as torchvision initialises VGG: 26 plain ReLU convolutions under PyTorch's
-        default init shrink the signal layer by layer until a random encoder cannot learn. The other
-        encoders keep their torchvision initialisation (He as well, batch norm at identity)."""
-        trained_from_here = [self] if self.encoder_name == "vgg16" else [self.decoder, self.output]
-        for part in trained_from_here:
-            for module in part.modules():
+        default init shrink the signal layer by layer until a random encoder cannot learn.
+
+        The other encoders keep their torchvision initialisation. Their skip decoder is He-initialised
+        over its inputs (fan_in: a 1x1 projection of ResNet-50's 2048 channels initialised over its 128
+        outputs would multiply the variance by 16) and its output convolution starts small, so that the
+        first maps are near 0.5 rather than saturated: a sigmoid at exactly 0 or 1 in float32 gives the
+        KLD, CC and NSS terms no gradient (a random ResNet-50 started at logits of +-500 otherwise)."""
+        if self.encoder_name == "vgg16":
+            for module in self.modules():
                 if isinstance(module, nn.Conv2d):
                     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                     nn.init.zeros_(module.bias)
+            return
+        for module in self.decoder.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.output[0].weight, std=0.01)
+        nn.init.zeros_(self.output[0].bias)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid saliency, (N, 1, H, W)."""

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 
-from salgan.layout import DATA_VERSION_TAG, MODEL_KIND, sha256_file
-from salgan.settings import Params
-from salgan.tracking.registry import CHALLENGER, logged_model_id, register, version_with_weights
+from salgan.layout import DATA_VERSION_TAG, LOGGED_WEIGHTS, MODEL_KIND, sha256_file
+from salgan.settings import Params, PredictParams
+from salgan.tracking.registry import CHALLENGER, WEIGHTS_TAG, logged_model_id, register, version_with_weights
 from salgan.tracking.runs import continue_run, git_commit, is_number
 from salgan.tracking.store import TRACKING_ERRORS, configure, tracking_uri, warn_unavailable
 from salgan.urls import redact_url
@@ -54,7 +60,7 @@ def record_evaluation(
             model_id = logged_model_id(existing) if existing is not None else None
             model_uri = None
             if model_id is None:
-                info = log_generator(generator_path, params.prepare.size)
+                info = log_generator(generator_path, params.prepare.size, options=params.predict)
                 model_id, model_uri, existing = info.model_id, info.model_uri, None
             mlflow.log_metrics({f"val_{k}": float(v) for k, v in metrics.items() if is_number(v)}, model_id=model_id)
             tags = {"run_id": run.info.run_id}
@@ -73,57 +79,44 @@ def record_evaluation(
     return version
 
 
-def log_generator(generator_path: str | Path, size: list[int] | tuple[int, int], name: str = MODEL_NAME_IN_RUN):
-    """Log a generator state_dict as an MLflow pytorch model in the active run; returns its ModelInfo.
+def log_generator(
+    generator_path: str | Path,
+    size: list[int] | tuple[int, int],
+    name: str = MODEL_NAME_IN_RUN,
+    options: PredictParams | None = None,
+):
+    """Log a generator state_dict as salgan's MLflow pyfunc model in the active run; returns its ModelInfo.
 
-    Saved with ``serialization_format="pt2"`` (torch.export; it serves through ``mlflow.pyfunc`` and
-    ``mlflow models serve``), plus the plain state_dict as ``extra_files/generator.pt``: the one file
-    salgan itself reads back (``torch.load(weights_only=True)``, see ``salgan.predict``). The signature
-    fixes the input at (N, 3, H, W) float32 RGB in [0, 1]; the input example has a batch of 2 because
-    torch.export freezes a batch dimension of 1. ``metadata.input_size`` = [W, H] tells ``salgan predict``
-    the training size and ``metadata.kind`` that salgan made it.
+    The model (salgan/serving.py) takes encoded images and returns maps at each image's size, through
+    ``mlflow.pyfunc.load_model`` and ``mlflow models serve``; its folder holds the plain state_dict as
+    ``extra_files/generator.pt``, the one file salgan reads back (``torch.load(weights_only=True)``, see
+    ``salgan.predict``). ``metadata.input_size`` = [W, H] tells ``salgan predict`` the training size,
+    ``metadata.encoder`` the network and ``metadata.kind`` that salgan made it. ``options``: the
+    ``predict`` settings the model serves with (blur, pixel limit).
     """
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.models import Model
 
+    from salgan import serving
     from salgan.models import load_generator
 
+    options = options or PredictParams()
     generator = load_generator(generator_path, map_location="cpu")
     width, height = int(size[0]), int(size[1])
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, height, width))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, height, width))]),
-    )
-    torch_version = torch.__version__.split("+")[0]  # "2.14.1+cu130" is not installable from PyPI
-    return mlflow.pytorch.log_model(
-        generator,
+    return Model.log(
+        artifact_path=None,
         name=name,
-        serialization_format="pt2",
-        signature=signature,
-        input_example=example_input(height, width),
-        pip_requirements=[f"torch=={torch_version}", f"numpy=={np.__version__}"],  # skips slow inference
+        flavor=serving,
+        generator_path=str(generator_path),
+        size=(width, height),
+        blur_size=options.blur_size,
+        max_pixels=options.max_pixels,
         metadata={
             "input_size": [width, height],
             "encoder": generator.encoder_name,
             "width": generator.width,
             "kind": MODEL_KIND,
         },
-        extra_files=[str(generator_path)],
     )
-
-
-def example_input(height: int, width: int):
-    """(2, 3, H, W) float32 in [0, 1]: a smooth pattern on a 1/8 grid, so its JSON copy stays small."""
-    import numpy as np
-
-    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
-    cols = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
-    channels = [rows * cols, rows * (1 - cols), (1 - rows) * cols]
-    image = np.round(np.stack(channels) * 8) / 8
-    return np.stack([image, 1 - image]).astype(np.float32)
 
 
 def download_model(model_uri: str, params: Params, dst: Path) -> Path:
@@ -131,3 +124,49 @@ def download_model(model_uri: str, params: Params, dst: Path) -> Path:
     configure(params)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # predict shows its own bar
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+
+
+# --- the local cache of registered models -------------------------------------------------------------
+
+CACHE_ENV = "SALGAN_CACHE_DIR"
+_REGISTRY_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
+
+
+def cache_root() -> Path:
+    """``$SALGAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/salgan``, else ``~/.cache/salgan``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "salgan"
+
+
+@contextlib.contextmanager
+def fetched_model(model_uri: str, params: Params) -> Iterator[Path]:
+    """The MLflow model at ``model_uri`` as a local folder.
+
+    A registry URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) is resolved to its version first (one
+    metadata call) and kept in :func:`cache_root` by tracking server, name and version: the next use of
+    the same version downloads nothing, and an alias that moved fetches the version it now names. A cached
+    copy is used only while its weights still hash to the version's ``weights_sha256`` tag. Other URIs are
+    downloaded into a temporary folder, removed afterwards.
+    """
+    configure(params)
+    match = _REGISTRY_URI.fullmatch(model_uri)
+    if match is None:
+        with tempfile.TemporaryDirectory(prefix="salgan-model-") as tmp:
+            yield download_model(model_uri, params, Path(tmp))
+        return
+    client = MlflowClient()
+    name = match["name"]
+    version = client.get_model_version_by_alias(name, match["alias"]) if match["alias"] else None
+    version = version or client.get_model_version(name, match["version"])
+    server = hashlib.sha256(redact_url(tracking_uri(params)).encode()).hexdigest()[:12]
+    folder = cache_root() / "models" / server / name / str(version.version)
+    expected = version.tags.get(WEIGHTS_TAG)
+    weights = folder / LOGGED_WEIGHTS
+    if not (weights.is_file() and expected and sha256_file(weights) == expected):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder.parent) as tmp:
+            local = download_model(f"models:/{name}/{version.version}", params, Path(tmp))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(local, folder)  # whole or not at all: a killed fetch leaves no half model
+    yield folder

@@ -1,0 +1,168 @@
+"""Saliency as a service: the generator as an MLflow pyfunc model that takes encoded images, returns maps.
+
+This module is both the model's flavor (:func:`save_model`, which ``mlflow.models.Model.log`` calls) and
+its pyfunc loader (:func:`_load_pyfunc`, named by MLmodel's ``loader_module``). The model folder holds
+the generator's weights (a plain state_dict, read with ``weights_only=True``) and its settings as JSON;
+the code that runs is this installed package, never a pickle or code shipped in the model folder.
+
+Input, a DataFrame (MLflow's ``dataframe_split`` or ``dataframe_records`` over HTTP): a column ``image``
+of encoded image bytes (JPEG, PNG, WebP, TIFF, BMP, in any mode; base64 strings in JSON) and an optional
+boolean column ``overlay``. Output, one row per input row: ``saliency``, the map at the image's own size
+as a base64 PNG; ``overlay``, a base64 JPEG heat map over the image when asked, else empty; and
+``error``, empty when the row succeeded, else why it did not (a row that cannot be read fails alone).
+The decoding, resizing, prediction and post-processing are ``salgan predict``'s own functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from salgan.layout import LOGGED_WEIGHTS
+
+SETTINGS_FILE = "extra_files/serving.json"
+MAX_PIXELS_ENV = "SALGAN_SERVE_MAX_PIXELS"  # overrides the logged predict.max_pixels where the model serves
+
+
+def signature():
+    """The model's MLflow signature: ``image`` (binary) and optional ``overlay`` (boolean) in; ``saliency``,
+    ``overlay`` and ``error`` (strings) out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("binary", "image"), ColSpec("boolean", "overlay", required=False)])
+    outputs = Schema([ColSpec("string", "saliency"), ColSpec("string", "overlay"), ColSpec("string", "error")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example():
+    """One 64x48 PNG (a smooth colour gradient) with an overlay asked for."""
+    import pandas as pd
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:48, 0:64]
+    image = np.stack([rows * 5, cols * 4, (rows + cols) * 2], axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return pd.DataFrame({"image": [buffer.getvalue()], "overlay": [True]})
+
+
+def save_model(path, mlflow_model, generator_path, size, blur_size: int = 5, max_pixels: int = 50_000_000, **_):
+    """Write the model folder: the weights at ``extra_files/generator.pt``, the serving settings, the
+    signature and input example, the environment, and MLmodel with this module as the pyfunc loader."""
+    import mlflow.pyfunc
+    import torch
+    from mlflow.models.utils import _save_example
+    from mlflow.utils.environment import _PythonEnv
+
+    path = Path(path)
+    (path / LOGGED_WEIGHTS).parent.mkdir(parents=True)
+    shutil.copyfile(generator_path, path / LOGGED_WEIGHTS)
+    settings = {"input_size": [int(size[0]), int(size[1])], "blur_size": blur_size, "max_pixels": max_pixels}
+    (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+    mlflow_model.signature = signature()
+    _save_example(mlflow_model, input_example(), str(path))
+    import PIL
+
+    torch_version = torch.__version__.split("+")[0]  # "2.14.1+cu130" is not installable from PyPI
+    requirements = [f"torch=={torch_version}", f"numpy=={np.__version__}", f"pillow=={PIL.__version__}"]
+    (path / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    _PythonEnv.current().to_yaml(str(path / "python_env.yaml"))
+    mlflow.pyfunc.add_to_model(mlflow_model, loader_module=__name__, data="extra_files", python_env="python_env.yaml")
+    mlflow_model.save(str(path / "MLmodel"))
+
+
+def _load_pyfunc(data_path: str, model_config=None) -> SaliencyService:
+    """MLflow's pyfunc loader protocol: ``data_path`` is the model's ``extra_files`` folder."""
+    import torch
+
+    from salgan.models import generator_from_state_dict
+
+    folder = Path(data_path)
+    settings = json.loads((folder.parent / SETTINGS_FILE).read_text())
+    state = torch.load(folder.parent / LOGGED_WEIGHTS, map_location="cpu", weights_only=True)
+    max_pixels = int(os.environ.get(MAX_PIXELS_ENV) or settings["max_pixels"])
+    size = (int(settings["input_size"][0]), int(settings["input_size"][1]))
+    return SaliencyService(generator_from_state_dict(state).eval(), size, int(settings["blur_size"]), max_pixels)
+
+
+class SaliencyService:
+    """Encoded images in, base64 maps out (module docstring); what ``mlflow.pyfunc.load_model`` returns
+    inside its PyFuncModel and ``mlflow models serve`` calls per request."""
+
+    def __init__(self, generator, size: tuple[int, int], blur_size: int = 5, max_pixels: int = 50_000_000):
+        from salgan.inference import default_device
+
+        self.device = default_device()
+        self.generator = generator.to(self.device).eval()
+        self.size, self.blur_size, self.max_pixels = size, blur_size, max_pixels
+        self.batch_size = 16
+
+    def get_raw_model(self):
+        """The generator itself (``PyFuncModel.get_raw_model()``): a torch module taking (N, 3, H, W) RGB in
+        [0, 1] at the model's input size and returning maps of that size."""
+        return self.generator
+
+    def predict(self, model_input, params=None):
+        import pandas as pd
+
+        from salgan.inference import predict_batches
+        from salgan.predict import decode_image, save_map, save_overlay
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "image" not in frame.columns:
+            _refuse(f"expected a column 'image' of encoded image bytes, got columns {list(frame.columns)}")
+        wanted = frame["overlay"].tolist() if "overlay" in frame.columns else [False] * len(frame)
+        results = [{"saliency": "", "overlay": "", "error": ""} for _ in range(len(frame))]
+        decoded = {}
+        for row, (value, with_overlay) in enumerate(zip(frame["image"].tolist(), wanted, strict=True)):
+            try:
+                decoded[row] = decode_image(
+                    io.BytesIO(_image_bytes(value)), self.size, with_overlay is True, self.max_pixels
+                )
+            except ValueError as exc:
+                results[row]["error"] = f"row {row}: {exc}"
+        rows = list(decoded)
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            images = np.stack([decoded[row][0] for row in batch])
+            sizes = np.array([decoded[row][1] for row in batch], dtype=np.int64)
+            maps = predict_batches(self.generator, images, sizes, len(batch), self.blur_size, self.device)
+            for row, saliency in zip(batch, maps, strict=True):
+                results[row]["saliency"] = _encoded(save_map, saliency)
+                if decoded[row][2] is not None:
+                    results[row]["overlay"] = _encoded(save_overlay, decoded[row][2], saliency)
+        return pd.DataFrame(results, columns=["saliency", "overlay", "error"])
+
+
+def _image_bytes(value) -> bytes:
+    """A cell of the ``image`` column: bytes, or a base64 string (as JSON carries bytes)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not base64-encoded bytes") from None
+    raise ValueError(f"expected encoded image bytes, got {type(value).__name__}")
+
+
+def _encoded(save, *arrays) -> str:
+    buffer = io.BytesIO()
+    save(*arrays, buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _refuse(reason: str):
+    """A request the model cannot serve at all: MLflow answers it with 400 and this reason."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    raise MlflowException(reason, error_code=INVALID_PARAMETER_VALUE)

@@ -1,0 +1,191 @@
+"""The registered model as a service: MLflow's pyfunc in a Python session and `mlflow models serve` over
+HTTP, each giving the same maps as `salgan predict` for the same image files."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from salgan import predict
+from salgan.layout import sha256_file
+from salgan.models import Generator
+from salgan.serving import MAX_PIXELS_ENV
+from salgan.tracking.models import log_generator
+from salgan.tracking.registry import register
+from tests.conftest import free_port
+from tests.test_predict import make_images
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """A sqlite store whose model 'salgan' version 1 (a width-1/16 VGG trained at 64x48... with random
+    weights: what matters here is the plumbing, and a random generator's maps are not constant) is champion;
+    also the weights file and a folder of images in many formats and modes."""
+    root = tmp_path_factory.mktemp("serving")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    torch.manual_seed(0)
+    weights = root / "generator.pt"
+    torch.save(Generator(width=0.0625).state_dict(), weights)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("serving")
+        with mlflow.start_run() as run:
+            info = log_generator(weights, [64, 48])
+        version = register(
+            MlflowClient(uri), "salgan", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id}
+        )
+        MlflowClient(uri).set_registered_model_alias("salgan", "champion", version)
+    sizes = make_images(root / "images")
+    return uri, weights, root / "images", sizes
+
+
+def _frame(files: list[Path], overlay: list[bool] | None = None) -> pd.DataFrame:
+    data = {"image": [path.read_bytes() for path in files]}
+    if overlay is not None:
+        data["overlay"] = overlay
+    return pd.DataFrame(data)
+
+
+def _decoded(text: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(text)))
+
+
+def _predicted_by_the_cli(weights: Path, images: Path, out: Path) -> Path:
+    predict.main(["--model", str(weights), "--size", "64x48", "--output", str(out), "--overlay", str(images)])
+    return out
+
+
+def test_the_champion_predicts_from_image_bytes_in_python_as_salgan_predict_does(champion, tmp_path, monkeypatch):
+    uri, weights, images, sizes = champion
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/salgan@champion")
+    stems = sorted(sizes)
+    files = [next(images.glob(f"{stem}.*")) for stem in stems]
+    bad = [images / "broken.jpg", images / "notes.txt"]
+    result = model.predict(_frame(files + bad, [True] * len(files) + [False, False]))
+    assert list(result.columns) == ["saliency", "overlay", "error"] and len(result) == len(files) + 2
+    cli = _predicted_by_the_cli(weights, images, tmp_path / "cli")
+    for row, stem in enumerate(stems):
+        assert result.error[row] == "", (stem, result.error[row])
+        saliency = _decoded(result.saliency[row])
+        assert (saliency.mode, saliency.size) == ("L", sizes[stem])
+        # one implementation: the served map is byte for byte the map `salgan predict` writes
+        assert np.array_equal(np.asarray(saliency), np.asarray(Image.open(cli / f"{stem}.png"))), stem
+        assert _decoded(result.overlay[row]).size == sizes[stem]
+    assert "broken" not in result.error[len(files)] and "row 9" in result.error[len(files)]  # names the row
+    assert "UnidentifiedImageError" in result.error[len(files) + 1] or "OSError" in result.error[len(files) + 1]
+    assert result.saliency[len(files)] == "" and result.overlay[len(files) + 1] == ""
+    without = model.predict(_frame(files[:1]))  # overlay is optional: no column, no overlay
+    assert without.overlay[0] == "" and without.saliency[0] == result.saliency[0]
+
+
+def test_too_many_pixels_fails_that_row_only(champion, monkeypatch):
+    uri, _, images, _ = champion
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "5000")  # the served pixel limit, read when the model loads
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/salgan/1")
+    result = model.predict(_frame([images / "photo.jpg", images / "tiny.bmp"]))  # 8000 and 693 pixels
+    assert "declares 100x80 pixels, more than predict.max_pixels 5000" in result.error[0]
+    assert result.error[1] == "" and _decoded(result.saliency[1]).size == (33, 21)
+
+
+@pytest.fixture(scope="module")
+def server(champion):
+    """`mlflow models serve -m models:/salgan@champion --env-manager local` on 127.0.0.1."""
+    uri = champion[0]
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/salgan@champion"]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    log = Path(champion[2]).parent / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _post(url: str, body: bytes | str, content_type: str = "application/json") -> tuple[int, str]:
+    data = body.encode() if isinstance(body, str) else body
+    request = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.mark.slow
+def test_the_served_champion_maps_a_photo_and_names_each_bad_row(champion, server):
+    _, _, images, sizes = champion
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG")
+    rows = [[base64.b64encode(buffer.getvalue()).decode(), True], [_b64(images / "broken.jpg"), False]]
+    rows += [[_b64(images / "notes.txt"), False], [_b64(images / "web.webp"), False]]
+    status, text = _post(server, json.dumps({"dataframe_split": {"columns": ["image", "overlay"], "data": rows}}))
+    assert status == 200, text
+    predictions = json.loads(text)["predictions"]
+    assert len(predictions) == 4
+    saliency = np.asarray(_decoded(predictions[0]["saliency"]))
+    assert saliency.shape == (240, 320) and saliency.std() > 0  # the photo's own size, not a constant map
+    assert _decoded(predictions[0]["overlay"]).size == (320, 240) and predictions[0]["error"] == ""
+    assert predictions[1]["error"].startswith("row 1: ") and predictions[1]["saliency"] == ""
+    assert predictions[2]["error"].startswith("row 2: ")
+    assert _decoded(predictions[3]["saliency"]).size == sizes["web"] and predictions[3]["error"] == ""
+    records = json.dumps({"dataframe_records": [{"image": _b64(images / "tiny.bmp")}]})  # the other JSON layout
+    status, text = _post(server, records)
+    assert status == 200 and _decoded(json.loads(text)["predictions"][0]["saliency"]).size == (33, 21)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body,reason",
+    [
+        (json.dumps({"dataframe_split": {"columns": ["picture"], "data": [["aGk="]]}}), "image"),
+        ("{not json", "json"),
+        (json.dumps({"dataframe_split": {"columns": ["image"], "data": [["%%% not base64 %%%"]]}}), "base64"),
+        (json.dumps({"inputs": [[1, 2, 3]]}), "image"),
+    ],
+    ids=["no image column", "not JSON", "not base64", "a tensor"],
+)
+def test_a_malformed_request_gets_a_4xx_with_the_reason_never_a_500(server, body, reason):
+    status, text = _post(server, body)
+    assert 400 <= status < 500, (status, text)
+    assert reason in text.lower() and "Traceback" not in text
