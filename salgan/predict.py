@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from salgan.batch import is_s3
 from salgan.errors import InputError
 from salgan.inference import default_device, predict_batches, to_uint8
 from salgan.layout import (
@@ -433,13 +434,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, models:/m-ID, an MLflow model "
         "directory or a weights file (default: models:/<mlflow.model_name>@champion)",
     )
-    parser.add_argument("--output", type=Path, help="folder for the maps (required with INPUTS)")
+    parser.add_argument(
+        "--output",
+        type=_output_location,
+        help="folder or s3://bucket/prefix for the maps (required with INPUTS); INPUTS may be s3://bucket/prefix "
+        "listings too, predicted in bounded memory with a manifest.json (see salgan/batch.py)",
+    )
     parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.jpg heat maps")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: predict.batch_size)")
     parser.add_argument("--blur", type=int, help="Gaussian blur kernel size, 0: none (default: predict.blur_size)")
     parser.add_argument("--size", type=parse_size, help="model input WxH (default: the model's own, else 256x192)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     return parser
+
+
+def _output_location(text: str) -> str | Path:
+    """An ``s3://`` URL stays a string (a Path would fold its ``//``); anything else is a folder."""
+    return text if is_s3(text) else Path(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,14 +488,43 @@ def _tool_main(args: argparse.Namespace) -> int:
     options = validate_section(PredictParams, params.predict.model_dump() | given, "predict option ")
     model = args.model or f"models:/{params.mlflow.model_name}@champion"
     generator, size = load_model(model, params, args.size)
-    jobs, errors = collect(args.inputs, exclude=args.output)
     device = default_device() if args.device == "auto" else torch.device(args.device)
+    if is_s3(args.output) or any(is_s3(text) for text in args.inputs):
+        return _batch_main(args, generator, size, options, device, model)
+    jobs, errors = collect(args.inputs, exclude=args.output)
     written, failed = predict_files(generator, jobs, args.output, size, options, args.overlay, device)
     errors += failed
     for error in errors:
         print(f"salgan predict: skipped {error}", file=sys.stderr)
     print(f"wrote {written} maps to {args.output}" + (f"; {len(errors)} inputs failed" if errors else ""))
     return 1 if errors else 0
+
+
+def _batch_main(args, generator, size, options: PredictParams, device, model: str) -> int:
+    """S3 inputs or output: salgan/batch.py, one batch in memory at a time, a manifest at the end."""
+    import itertools
+
+    from salgan import batch
+    from salgan.fetch import s3_client
+
+    client = s3_client()
+    local = [text for text in args.inputs if not batch.is_s3(text)]
+    items, errors = batch.local_items(local, None if batch.is_s3(args.output) else args.output) if local else ([], [])
+    listings = [batch.s3_items(client, text) for text in args.inputs if batch.is_s3(text)]
+    output = batch.open_output(str(args.output), client)
+    manifest = batch.run(
+        generator, size, itertools.chain(items, *listings), output, options, args.overlay, device, model
+    )
+    for error in errors:
+        print(f"salgan predict: skipped {error}", file=sys.stderr)
+    for failure in manifest["failed"]:
+        print(f"salgan predict: skipped {failure['input']}: {failure['reason']}", file=sys.stderr)
+    failed = len(errors) + len(manifest["failed"])
+    print(
+        f"wrote {len(manifest['written'])} maps to {output.url}, {len(manifest['skipped'])} already there from "
+        f"the same model" + (f"; {failed} inputs failed" if failed else "") + f" ({output.url}/{batch.MANIFEST})"
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -127,16 +127,6 @@ def events(root: Path) -> list[tuple[float, str, str, str]]:
     return [(float(t), tag, stage, what) for t, tag, stage, what in rows]
 
 
-@pytest.fixture(scope="session")
-def harness():
-    """One temporary Prefect API server for the session; yields its URL for subprocess flows."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield PREFECT_API_URL.value()
-
-
 @pytest.fixture(autouse=True)
 def _path(monkeypatch):
     """``dvc`` from this interpreter's environment, whatever the caller's PATH."""

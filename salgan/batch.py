@@ -1,0 +1,204 @@
+"""Batch prediction over S3: ``salgan predict --model URI --output s3://bucket/maps s3://bucket/images/``.
+
+Inputs are ``s3://bucket/prefix`` listings (every image object under the prefix, page by page) and local
+files, folders and globs; the output is an ``s3://bucket/prefix`` (or a local folder). Images are read,
+predicted and written one batch at a time, so memory holds one batch whatever the number of images. Each
+map lands at ``<output>/<key relative to its input prefix, suffix replaced>.png`` (``_overlay.jpg`` beside
+it with ``--overlay``), tagged in its S3 metadata with the model's identity (the sha256 of its weights): a
+rerun with the same model skips every map already written, so a killed job resumes where it stopped. The
+run ends by writing ``<output>/manifest.json``: the model, and what was written, skipped and failed (with
+the reason). The decoding, prediction and encoding are ``salgan predict``'s own functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from salgan.errors import InputError
+from salgan.settings import PredictParams
+
+MODEL_METADATA = "salgan-model"  # S3 user metadata of a written map: the weights' sha256
+MANIFEST = "manifest.json"
+
+
+def is_s3(text: str | Path) -> bool:
+    return str(text).startswith("s3://")
+
+
+@dataclass
+class Item:
+    """One input: where it comes from (for messages), the output stem, and how to read its bytes."""
+
+    label: str
+    stem: str
+    read: Callable[[], bytes]
+
+
+def model_identity(generator: torch.nn.Module) -> str:
+    """sha256 over the generator's state_dict (names and bytes, in order): the same weights, the same id,
+    whichever file or registry version they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in generator.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def s3_items(client, url: str) -> Iterator[Item]:
+    """The image objects under ``s3://bucket/prefix``, listed page by page (never all at once)."""
+    from salgan.fetch import parse_s3_url
+    from salgan.predict import IMAGE_SUFFIXES
+
+    bucket, prefix = parse_s3_url(url)
+    start = f"{prefix}/" if prefix else ""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+        for entry in page.get("Contents", []):
+            key = PurePosixPath(entry["Key"])
+            if key.suffix.lower() in IMAGE_SUFFIXES:
+                stem = str(key.relative_to(start).with_suffix("")) if start else str(key.with_suffix(""))
+                yield Item(f"s3://{bucket}/{key}", stem, _object_reader(client, bucket, str(key)))
+
+
+def _object_reader(client, bucket: str, key: str) -> Callable[[], bytes]:
+    return lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def local_items(inputs: list[str], exclude: Path | None) -> tuple[list[Item], list[str]]:
+    from salgan.predict import collect
+
+    jobs, errors = collect(inputs, exclude)
+    return [Item(str(job.path), job.stem.as_posix(), job.path.read_bytes) for job in jobs], errors
+
+
+class S3Output:
+    """Maps under ``s3://bucket/prefix``; knows which were written by which model."""
+
+    def __init__(self, client, url: str):
+        from salgan.fetch import parse_s3_url
+
+        self.client, (self.bucket, prefix) = client, parse_s3_url(url)
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.url = url.rstrip("/")
+        self._present: set[str] | None = None
+
+    def has(self, name: str, identity: str) -> bool:
+        """Whether ``name`` was written by the model ``identity`` (one listing of the prefix, then one HEAD
+        per map that exists)."""
+        if self._present is None:
+            self._present = set()
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                self._present.update(entry["Key"] for entry in page.get("Contents", []))
+        key = self.prefix + name
+        if key not in self._present:
+            return False
+        metadata = self.client.head_object(Bucket=self.bucket, Key=key).get("Metadata", {})
+        return metadata.get(MODEL_METADATA) == identity
+
+    def write(self, name: str, data: bytes, content_type: str, identity: str) -> str:
+        key = self.prefix + name
+        self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata={MODEL_METADATA: identity}
+        )
+        return f"s3://{self.bucket}/{key}"
+
+
+class LocalOutput:
+    """Maps under a local folder (S3 inputs, local output); a rerun writes them again."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.url = folder, str(folder)
+
+    def has(self, name: str, identity: str) -> bool:
+        return False
+
+    def write(self, name: str, data: bytes, content_type: str, identity: str) -> str:
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return str(path)
+
+
+def run(
+    generator: torch.nn.Module,
+    size: tuple[int, int],
+    items: Iterator[Item],
+    output,
+    options: PredictParams,
+    with_overlay: bool = False,
+    device: torch.device | None = None,
+    model_uri: str = "",
+) -> dict:
+    """Predict every item in batches into ``output``; returns (and writes as ``manifest.json``) the manifest."""
+    from salgan.cli import progress
+    from salgan.inference import default_device, predict_batches
+    from salgan.predict import decode_image, save_map, save_overlay
+
+    device = device or default_device()
+    generator = generator.to(device).eval()
+    identity = model_identity(generator)
+    manifest = {"model": model_uri, "model_sha256": identity, "written": [], "skipped": [], "failed": []}
+    started = time.time()
+
+    def flush(batch: list[tuple[Item, tuple]]) -> None:
+        images = np.stack([decoded[0] for _, decoded in batch])
+        sizes = np.array([decoded[1] for _, decoded in batch], dtype=np.int64)
+        maps = predict_batches(generator, images, sizes, len(batch), options.blur_size, device)
+        for (item, (_, _, full)), saliency in zip(batch, maps, strict=True):
+            if with_overlay:
+                heat = _encoded(save_overlay, full, saliency)
+                output.write(f"{item.stem}_overlay.jpg", heat, "image/jpeg", identity)
+            written = output.write(f"{item.stem}.png", _encoded(save_map, saliency), "image/png", identity)
+            manifest["written"].append(written)
+            bar.update(1)
+
+    with progress(unit="image", desc="predict") as bar:
+        batch: list[tuple[Item, tuple]] = []
+        for item in items:
+            if output.has(f"{item.stem}.png", identity):
+                manifest["skipped"].append(item.label)
+                bar.update(1)
+                continue
+            try:
+                decoded = decode_image(io.BytesIO(item.read()), size, with_overlay, options.max_pixels)
+            except Exception as exc:  # noqa: BLE001 -- an unreadable object or image fails alone, named
+                manifest["failed"].append({"input": item.label, "reason": _reason(exc)})
+                bar.update(1)
+                continue
+            batch.append((item, decoded))
+            if len(batch) == options.batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+    manifest["seconds"] = round(time.time() - started, 3)
+    output.write(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), "application/json", identity)
+    return manifest
+
+
+def _encoded(save, *arrays) -> bytes:
+    buffer = io.BytesIO()
+    save(*arrays, buffer)
+    return buffer.getvalue()
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def open_output(text: str, client) -> S3Output | LocalOutput:
+    if is_s3(text):
+        return S3Output(client, text)
+    if Path(text).exists() and not Path(text).is_dir():
+        raise InputError(f"--output {text}: exists and is not a folder")
+    return LocalOutput(Path(text))

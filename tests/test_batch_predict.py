@@ -1,0 +1,172 @@
+"""Batch prediction over S3 (moto's server, a real HTTP endpoint): `salgan predict` from and to S3 prefixes,
+one batch in memory at a time, a manifest, reruns that skip what the same model wrote; and the Prefect
+flow `salgan-batch-predict` that runs it with the registry's champion."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from salgan import batch, predict
+from salgan.layout import sha256_file
+from salgan.models import Generator
+from salgan.settings import PredictParams
+from salgan.tracking.models import log_generator
+from salgan.tracking.registry import register
+from tests.test_predict import make_images
+from tests.test_s3 import BUCKET, s3  # noqa: F401 -- the fixture: moto's server and the AWS settings
+
+
+def upload(client, folder: Path, prefix: str) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.put_object(
+                Bucket=BUCKET, Key=f"{prefix}/{path.relative_to(folder).as_posix()}", Body=path.read_bytes()
+            )
+
+
+def weights_file(folder: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    path = folder / f"generator{seed}.pt"
+    torch.save(Generator(width=0.0625).state_dict(), path)
+    return path
+
+
+def read_object(client, key: str) -> bytes:
+    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def test_maps_from_an_s3_prefix_to_an_s3_prefix_with_a_manifest_and_reruns_that_skip(s3, tmp_path, capsys):  # noqa: F811
+    client = s3["client"]
+    sizes = make_images(tmp_path / "images")
+    upload(client, tmp_path / "images", "batch/images")
+    model = weights_file(tmp_path, 0)
+    argv = ["--model", str(model), "--size", "64x48", "--output", f"s3://{BUCKET}/batch/maps", "--overlay"]
+    argv += [f"s3://{BUCKET}/batch/images"]
+    assert predict.main(argv) == 1  # one input is broken: named, the others written
+    assert "batch/images/broken.jpg" in capsys.readouterr().err
+    local = tmp_path / "local"
+    predict.main(
+        ["--model", str(model), "--size", "64x48", "--output", str(local), "--overlay", str(tmp_path / "images")]
+    )
+    for stem, size in sizes.items():
+        data = read_object(client, f"batch/maps/{stem}.png")
+        assert data == (local / f"{stem}.png").read_bytes(), stem  # the same maps as from local files
+        assert Image.open(client.get_object(Bucket=BUCKET, Key=f"batch/maps/{stem}_overlay.jpg")["Body"]).size == size
+    manifest = json.loads(read_object(client, "batch/maps/manifest.json"))
+    assert sorted(manifest["written"]) == sorted(f"s3://{BUCKET}/batch/maps/{stem}.png" for stem in sizes)
+    assert [f["input"] for f in manifest["failed"]] == [f"s3://{BUCKET}/batch/images/broken.jpg"]
+    assert manifest["skipped"] == [] and manifest["model"] == str(model)
+    identity = manifest["model_sha256"]
+    head = client.head_object(Bucket=BUCKET, Key="batch/maps/photo.png")
+    assert head["Metadata"][batch.MODEL_METADATA] == identity
+
+    # The same model again: nothing is predicted or written again; a missing map is written alone.
+    client.delete_object(Bucket=BUCKET, Key="batch/maps/tiny.png")
+    predict.main(argv)
+    again = json.loads(read_object(client, "batch/maps/manifest.json"))
+    assert again["written"] == [f"s3://{BUCKET}/batch/maps/tiny.png"] and len(again["skipped"]) == len(sizes) - 1
+    assert client.head_object(Bucket=BUCKET, Key="batch/maps/photo.png")["ETag"] == head["ETag"]
+    # Another model: every map is written again, tagged with it.
+    argv[1] = str(weights_file(tmp_path, 1))
+    predict.main(argv)
+    other = json.loads(read_object(client, "batch/maps/manifest.json"))
+    assert len(other["written"]) == len(sizes) and other["skipped"] == [] and other["model_sha256"] != identity
+    assert (
+        client.head_object(Bucket=BUCKET, Key="batch/maps/photo.png")["Metadata"][batch.MODEL_METADATA]
+        == (other["model_sha256"])
+    )
+
+
+def test_one_batch_at_a_time_from_a_paged_listing(s3, tmp_path):  # noqa: F811
+    """Listing pages of 2 keys, batches of 3: every image is predicted once, never more than a batch at a
+    time, and the images are read as the batches need them (the listing is not gathered first)."""
+    client = s3["client"]
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        image = Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8))
+        path = tmp_path / f"{i}.png"
+        image.save(path)
+        client.put_object(Bucket=BUCKET, Key=f"paged/in/sub/{i}.png", Body=path.read_bytes())
+    generator = Generator(width=0.0625)
+    seen, reads = [], []
+    generator.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    pages = []
+    real_paginator = client.get_paginator
+
+    class PagesOfTwo:  # S3 lists up to 1,000 keys a page; 2 make the paging visible with 7 images
+        def __init__(self, name):
+            self.paginator = real_paginator(name)
+
+        def paginate(self, **kwargs):
+            for page in self.paginator.paginate(**kwargs, PaginationConfig={"PageSize": 2}):
+                if kwargs["Prefix"].startswith("paged/in"):  # the input's listing, not the output's
+                    pages.append(len(seen))
+                yield page
+
+    client.get_paginator = PagesOfTwo
+    items = batch.s3_items(client, f"s3://{BUCKET}/paged/in")
+
+    def traced():
+        for item in items:
+            reads.append(len(seen))  # how many batches had run when this image was read
+            yield item
+
+    output = batch.open_output(f"s3://{BUCKET}/paged/out", client)
+    manifest = batch.run(generator, (64, 48), traced(), output, PredictParams(batch_size=3), device=torch.device("cpu"))
+    assert seen == [3, 3, 1] and len(manifest["written"]) == 7
+    assert reads == [0, 0, 0, 1, 1, 1, 2]  # the 4th image is read after the first batch ran
+    assert pages == [0, 0, 1, 2]  # and each page is listed then too: the listing is never gathered first
+    assert Image.open(client.get_object(Bucket=BUCKET, Key="paged/out/sub/6.png")["Body"]).size == (40, 36)
+
+
+@pytest.mark.parametrize(
+    "parameters,reason",
+    [
+        ({"images": "s3://b/in; rm -rf ~", "output": "s3://b/out"}, "images"),
+        ({"images": "s3://bucket/in", "output": "/etc"}, "output"),
+        ({"images": "s3://bucket/in", "output": "s3://bucket/../x"}, "output"),
+        ({"images": "s3://bucket/in", "output": "s3://bucket/out", "model": "--help"}, "model"),
+        ({"images": "s3://bucket/in", "output": "s3://bucket/out", "model": "runs:/x/model"}, "model"),
+    ],
+)
+def test_the_flows_parameters_are_checked_before_anything_runs(parameters, reason):
+    from flows.batch_predict import batch_predict_command
+
+    with pytest.raises(ValueError, match=f"^{reason} "):
+        batch_predict_command(**parameters)
+
+
+@pytest.mark.slow
+def test_the_batch_predict_flow_maps_a_prefix_with_the_champion(s3, harness, tmp_path, monkeypatch):  # noqa: F811
+    from flows.batch_predict import salgan_batch_predict
+
+    client = s3["client"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SALGAN_WORKDIRS", str(tmp_path))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("batch")
+    weights = weights_file(tmp_path, 2)
+    with mlflow.start_run() as run:
+        info = log_generator(weights, [64, 48])
+    version = register(MlflowClient(uri), "salgan", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id})
+    MlflowClient(uri).set_registered_model_alias("salgan", "champion", version)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, size in (("a.jpg", (120, 90)), ("b.png", (50, 70))):
+        Image.fromarray(np.random.default_rng(3).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+            images / name
+        )
+    upload(client, images, "flow/images")
+    manifest_url = salgan_batch_predict(f"s3://{BUCKET}/flow/images", f"s3://{BUCKET}/flow/maps", workdir=str(tmp_path))
+    assert manifest_url == f"s3://{BUCKET}/flow/maps/manifest.json"
+    manifest = json.loads(read_object(client, "flow/maps/manifest.json"))
+    assert manifest["model"] == "models:/salgan@champion" and len(manifest["written"]) == 2
+    assert Image.open(client.get_object(Bucket=BUCKET, Key="flow/maps/a.png")["Body"]).size == (120, 90)
