@@ -15,14 +15,12 @@ Prints a table and, last, one JSON line with every figure, the device, the torch
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
 from bench_train import run_fast
-from common import ensure_data, load_average, resolve_device, usable_cpus
+from common import ensure_data, load_average, resolve_device, result_line, usable_cpus
 
 from salgan.data import load_split
 from salgan.models import ENCODERS, Generator, model_cost
@@ -80,16 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['path']:<20}{row['params_m']:>12.1f}{row['gflops']:>10.1f}{row['images_per_s']:>10.2f}"
             f"{row['speed_vs_vgg16']:>9.2f}x"
         )
-    result = {
-        "benchmark": "encoders",
-        "device": device_name,
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {"size": list(SIZE), "width": 1.0, "batch_size": batch, "steps": steps, "warmup": warmup},
-        "load_average": [load_before, load_average()],
-        "encoders": {row["path"]: {k: v for k, v in row.items() if k != "path"} for row in rows},
-    }
-    print(json.dumps(result))
+    config = {"size": list(SIZE), "width": 1.0, "batch_size": batch, "steps": steps, "warmup": warmup}
+    encoders = {row["path"]: {k: v for k, v in row.items() if k != "path"} for row in rows}
+    load = [load_before, load_average()]
+    print(result_line("encoders", device_name, config=config, load_average=load, encoders=encoders))
     return 0
 
 

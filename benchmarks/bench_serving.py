@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import io
 import json
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import load_average, usable_cpus
+from common import load_average, result_line, usable_cpus
 from PIL import Image
 
 
@@ -135,19 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<16}{row['p50_ms']:>10.1f}{row['p95_ms']:>10.1f}{row['requests_per_s']:>9.2f}"
             f"{row['images_per_s']:>9.2f}{overhead:>10}"
         )
-    print(
-        json.dumps(
-            {
-                "benchmark": "serving",
-                "device": device,
-                "torch": torch.__version__,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "config": {"width": width, "size": list(size), "requests": repeats, "image": [640, 480]},
-                "load_average": load_average(),
-                "results": results,
-            }
-        )
-    )
+    config = {"width": width, "size": list(size), "requests": repeats, "image": [640, 480]}
+    print(result_line("serving", device, config=config, load_average=load_average(), results=results))
     return 0
 
 

@@ -101,3 +101,13 @@ def ensure_data(folder: Path, n_images: int, size: tuple[int, int], workers: int
         params = PrepareParams(input=str(raw), output=str(prepared), size=list(size), workers=workers)
         prepare_stage.prepare(params, progress=False)  # atomic: the folder appears only when complete
     return raw, prepared, time.perf_counter() - start
+
+
+def result_line(benchmark: str, device: str, **figures) -> str:
+    """The last line every benchmark prints: one JSON object with its name, the device, torch's version,
+    the UTC date and its ``figures``."""
+    import datetime
+    import json
+
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return json.dumps({"benchmark": benchmark, "device": device, "torch": torch.__version__, "date": date, **figures})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -110,56 +111,49 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """moto's S3 server (a real HTTP endpoint) on a free port for the whole session; stopped at the end."""
+@contextlib.contextmanager
+def running_server(command: list[str], url: str, log: Path, env: dict | None = None, timeout: float = 30):
+    """Start ``command`` (its output in ``log``), wait until ``url`` answers HTTP (any status), yield the
+    process; stop it afterwards, killed if it does not end within 20 s."""
     import subprocess
-    import sys
     import time
     import urllib.error
     import urllib.request
 
-    pytest.importorskip("moto.server")
-    url = f"http://127.0.0.1:{(port := free_port())}"
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-        )
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto_server did not start at {url} (see {log})")
+                raise RuntimeError(f"{' '.join(command[:4])} did not start at {url}:\n{log.read_text()[-3000:]}")
             try:
-                urllib.request.urlopen(url, timeout=1).close()
+                urllib.request.urlopen(url, timeout=2).close()
                 break
             except urllib.error.HTTPError:
                 break  # any HTTP answer means the server is up
             except OSError:
                 time.sleep(0.1)
-        yield url
+        yield process
     finally:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
 
-def weights(path: Path) -> dict:
-    """A weights file's state_dict (weights_only, as the project loads them)."""
-    import torch
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server (a real HTTP endpoint) on a free port for the whole session; stopped at the end."""
+    import sys
 
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    """Two state_dicts with the same keys and bit-identical tensors."""
-    import torch
-
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pytest.importorskip("moto.server")
+    url = f"http://127.0.0.1:{(port := free_port())}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with running_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], url, log):
+        yield url
 
 
 @pytest.fixture(scope="session")

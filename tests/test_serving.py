@@ -5,9 +5,7 @@ import base64
 import io
 import json
 import os
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,7 +24,7 @@ from salgan.models import Generator
 from salgan.serving import MAX_PIXELS_ENV
 from salgan.tracking.models import log_generator
 from salgan.tracking.registry import register
-from tests.conftest import free_port
+from tests.conftest import free_port, running_server
 from tests.test_predict import make_images
 
 
@@ -109,32 +107,12 @@ def test_too_many_pixels_fails_that_row_only(champion, monkeypatch):
 @pytest.fixture(scope="module")
 def server(champion):
     """`mlflow models serve -m models:/salgan@champion --env-manager local` on 127.0.0.1."""
-    uri = champion[0]
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/salgan@champion"]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    log = Path(champion[2]).parent / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+    url, log = f"http://127.0.0.1:{port}", Path(champion[2]).parent / "serve.log"
+    with running_server(command, f"{url}/ping", log, {**os.environ, "MLFLOW_TRACKING_URI": champion[0]}, 180):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _post(url: str, body: bytes | str, content_type: str = "application/json") -> tuple[int, str]:
