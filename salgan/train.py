@@ -357,12 +357,18 @@ def _make_tracker(params: Params, info: DistInfo):
 # --- the run ----------------------------------------------------------------------------------------------
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: what a container, taskset or a scheduler allows),
+    not every CPU of the machine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run(params: Params) -> int:
     """Train in this process (one rank of a torchrun group, or alone)."""
     info = init_distributed(params.train.device)
     log = print if info.is_main else (lambda *a, **k: None)
     if info.device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
+        torch.set_num_threads(max(1, usable_cpus() // info.local_world_size))
         # Trained ReLU nets drift into denormal floats, which run many times slower on x86 CPUs.
         torch.set_flush_denormal(True)
     else:

@@ -156,6 +156,35 @@ def s3_server(tmp_path_factory):
         yield url
 
 
+@contextlib.contextmanager
+def on_one_cpu(cpu: int | None = None):
+    """Run this process on one CPU (its affinity), so that salgan.train.run gives it one thread, as each
+    rank of a gloo group gets on a 2-core machine. oneDNN sums a convolution's gradient in an order that
+    depends on the thread count (and with several threads, on the batch size), and a few adversarial
+    steps grow that rounding to ~1e-3 (measured on a 2-core AMD EPYC: one process on 1 thread against
+    itself on 2): a DDP run and the single process it must equal run on one thread each."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before) if cpu is None else cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def weights(path: Path) -> dict:
+    """A weights file's state_dict (weights_only, as the project loads them)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    """Two state_dicts with the same keys and bit-identical tensors."""
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture(scope="session")
 def harness():
     """One temporary Prefect API server for the session (tests/test_flows.py, tests/test_batch_predict.py);

@@ -21,7 +21,7 @@ from salgan import checkpoint
 from salgan.layout import ModelFiles
 from salgan.settings import to_dict
 from salgan.train import run
-from tests.conftest import free_port, tiny_params
+from tests.conftest import free_port, on_one_cpu, tiny_params
 
 CHECKPOINT_FILE, GENERATOR_FILE = ModelFiles(Path()).checkpoint.name, ModelFiles(Path()).generator.name
 
@@ -51,10 +51,17 @@ def start_node(rank: int, port: int, params_file: Path, log: Path) -> subprocess
         str(params_file),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cpus = sorted(os.sched_getaffinity(0))
     with open(log, "wb") as out:
         # A session of its own, so that cleanup can kill the agent together with its worker.
         return subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpus[rank % len(cpus)]}),  # one thread: see on_one_cpu
         )
 
 
@@ -67,7 +74,8 @@ def stop(process: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_two_nodes_match_one_process_over_the_same_global_batch(tmp_path):
     settings = {"epochs": 2, "bce_epochs": 1, "batch_size": 8, "nproc": 1}
-    run(tiny_params(tmp_path / "one", **settings))
+    with on_one_cpu():
+        run(tiny_params(tmp_path / "one", **settings))
 
     two = tiny_params(tmp_path / "two", **settings)  # nproc 1 per node: the world is 2 processes
     params_file = tmp_path / "two.yaml"

@@ -27,7 +27,7 @@ from salgan.train import (
     run,
     train_one_epoch,
 )
-from tests.conftest import same_weights, tiny_params, weights, write_prepared
+from tests.conftest import on_one_cpu, same_weights, tiny_params, weights, write_prepared
 
 FILES = ModelFiles(Path())
 CHECKPOINT_FILE, GENERATOR_FILE, HISTORY_FILE = FILES.checkpoint.name, FILES.generator.name, FILES.history.name
@@ -384,7 +384,8 @@ def kill_after_first_checkpoint(process: subprocess.Popen, out: Path, epochs: in
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_over_the_same_global_batch(tmp_path):
     one = tiny_params(tmp_path / "one", epochs=2, bce_epochs=1, batch_size=8, nproc=1)
-    run(one)
+    with on_one_cpu():
+        run(one)
     two = tiny_params(tmp_path / "two", epochs=2, bce_epochs=1, batch_size=8, nproc=2)
     # salgan.train relaunches itself under torchrun --standalone --nproc-per-node=2 (gloo on the CPU)
     assert run_module(write_params(two, tmp_path / "two.yaml")).wait(timeout=300) == 0
