@@ -203,3 +203,4 @@ def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias
     cached = next((tmp_path / "cache" / "models").glob("*/salgan/2/extra_files/generator.pt"))
     cached.write_bytes((tmp_path / "generator0.pt").read_bytes())  # a damaged or swapped cache entry
     assert np.array_equal(champion_map("d"), moved) and fetched[-1] == "models:/salgan/2" and len(fetched) == 3
+    assert tracked._REGISTRY_URI.fullmatch("models:/../2") is None  # a name never steers a cache path

@@ -129,7 +129,8 @@ def download_model(model_uri: str, params: Params, dst: Path) -> Path:
 # --- the local cache of registered models -------------------------------------------------------------
 
 CACHE_ENV = "SALGAN_CACHE_DIR"
-_REGISTRY_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
+# Only names that are safe as a folder name are cached (a name such as ".." must not steer a path).
+_REGISTRY_URI = re.compile(r"models:/(?P<name>[A-Za-z0-9_-][A-Za-z0-9_.-]*)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
 
 
 def cache_root() -> Path:
@@ -147,7 +148,8 @@ def fetched_model(model_uri: str, params: Params) -> Iterator[Path]:
     metadata call) and kept in :func:`cache_root` by tracking server, name and version: the next use of
     the same version downloads nothing, and an alias that moved fetches the version it now names. A cached
     copy is used only while its weights still hash to the version's ``weights_sha256`` tag. Other URIs are
-    downloaded into a temporary folder, removed afterwards.
+    downloaded into a temporary folder, removed afterwards, as are registered names that are not plain
+    folder names.
     """
     configure(params)
     match = _REGISTRY_URI.fullmatch(model_uri)
