@@ -58,6 +58,7 @@ def save_model(path, mlflow_model, generator_path, size, blur_size: int = 5, max
     """Write the model folder: the weights at ``extra_files/generator.pt``, the serving settings, the
     signature and input example, the environment, and MLmodel with this module as the pyfunc loader."""
     import mlflow.pyfunc
+    import PIL
     import torch
     from mlflow.models.utils import _save_example
     from mlflow.utils.environment import _PythonEnv
@@ -69,8 +70,6 @@ def save_model(path, mlflow_model, generator_path, size, blur_size: int = 5, max
     (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     mlflow_model.signature = signature()
     _save_example(mlflow_model, input_example(), str(path))
-    import PIL
-
     torch_version = torch.__version__.split("+")[0]  # "2.14.1+cu130" is not installable from PyPI
     requirements = [f"torch=={torch_version}", f"numpy=={np.__version__}", f"pillow=={PIL.__version__}"]
     (path / "requirements.txt").write_text("\n".join(requirements) + "\n")
