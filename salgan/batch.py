@@ -140,7 +140,7 @@ def run(
     """Predict every item in batches into ``output``; returns (and writes as ``manifest.json``) the manifest."""
     from salgan.cli import progress
     from salgan.inference import default_device, predict_batches
-    from salgan.predict import decode_image, save_map, save_overlay
+    from salgan.predict import decode_image, encoded, save_map, save_overlay
 
     device = device or default_device()
     generator = generator.to(device).eval()
@@ -154,9 +154,9 @@ def run(
         maps = predict_batches(generator, images, sizes, len(batch), options.blur_size, device)
         for (item, (_, _, full)), saliency in zip(batch, maps, strict=True):
             if with_overlay:
-                heat = _encoded(save_overlay, full, saliency)
+                heat = encoded(save_overlay, full, saliency)
                 output.write(f"{item.stem}_overlay.jpg", heat, "image/jpeg", identity)
-            written = output.write(f"{item.stem}.png", _encoded(save_map, saliency), "image/png", identity)
+            written = output.write(f"{item.stem}.png", encoded(save_map, saliency), "image/png", identity)
             manifest["written"].append(written)
             bar.update(1)
 
@@ -182,12 +182,6 @@ def run(
     manifest["seconds"] = round(time.time() - started, 3)
     output.write(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), "application/json", identity)
     return manifest
-
-
-def _encoded(save, *arrays) -> bytes:
-    buffer = io.BytesIO()
-    save(*arrays, buffer)
-    return buffer.getvalue()
 
 
 def _reason(exc: Exception) -> str:

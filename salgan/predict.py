@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import io
 import os
 import sys
 import warnings
@@ -317,6 +318,13 @@ def save_map(saliency: np.ndarray, target) -> None:
 def save_overlay(image: np.ndarray, saliency: np.ndarray, target) -> None:
     """:func:`overlay` as a JPEG (quality 90) into ``target``."""
     Image.fromarray(overlay(image, saliency), mode="RGB").save(target, "JPEG", quality=90)
+
+
+def encoded(save, *arrays) -> bytes:
+    """What :func:`save_map` or :func:`save_overlay` writes for ``arrays``, as bytes (S3 objects, HTTP)."""
+    buffer = io.BytesIO()
+    save(*arrays, buffer)
+    return buffer.getvalue()
 
 
 def write_results(loaded: Loaded, saliency: np.ndarray, folder: Path, with_overlay: bool) -> None:

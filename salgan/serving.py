@@ -113,7 +113,7 @@ class SaliencyService:
         import pandas as pd
 
         from salgan.inference import predict_batches
-        from salgan.predict import decode_image, save_map, save_overlay
+        from salgan.predict import decode_image, encoded, save_map, save_overlay
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "image" not in frame.columns:
@@ -135,9 +135,9 @@ class SaliencyService:
             sizes = np.array([decoded[row][1] for row in batch], dtype=np.int64)
             maps = predict_batches(self.generator, images, sizes, len(batch), self.blur_size, self.device)
             for row, saliency in zip(batch, maps, strict=True):
-                results[row]["saliency"] = _encoded(save_map, saliency)
+                results[row]["saliency"] = _base64(encoded(save_map, saliency))
                 if decoded[row][2] is not None:
-                    results[row]["overlay"] = _encoded(save_overlay, decoded[row][2], saliency)
+                    results[row]["overlay"] = _base64(encoded(save_overlay, decoded[row][2], saliency))
         return pd.DataFrame(results, columns=["saliency", "overlay", "error"])
 
 
@@ -153,10 +153,8 @@ def _image_bytes(value) -> bytes:
     raise ValueError(f"expected encoded image bytes, got {type(value).__name__}")
 
 
-def _encoded(save, *arrays) -> str:
-    buffer = io.BytesIO()
-    save(*arrays, buffer)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _refuse(reason: str):

@@ -245,3 +245,12 @@ def test_model_cost_counts_the_vgg16_generators_convolutions_by_hand():
     assert cost["gflops"] == pytest.approx(flops / 1e9, rel=1e-9)
     assert cost["params_m"] == pytest.approx(sum(p.numel() for p in generator.parameters()) / 1e6)
     assert model_cost(Generator(encoder="resnet50"))["gflops"] < cost["gflops"] / 5  # ResNet-50 is far cheaper
+
+
+def test_the_settings_offer_exactly_the_encoders_the_models_build():
+    """settings.py stays free of torch, so it names the encoders again; this keeps the two lists equal."""
+    import typing
+
+    from salgan.models import ENCODERS
+
+    assert typing.get_args(ModelParams.model_fields["encoder"].annotation) == ENCODERS

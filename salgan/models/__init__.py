@@ -153,9 +153,8 @@ def model_cost(generator: Generator, size: tuple[int, int] = COST_SIZE) -> dict[
     matrix products) on the meta device, so that counting costs no memory and no time."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    architecture = architecture_of(generator.state_dict())
     with torch.device("meta"):
-        shadow = Generator(**architecture).eval()
+        shadow = Generator(generator.width, generator.encoder_name).eval()
         image = torch.zeros(1, 3, size[1], size[0])
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         shadow(image)
