@@ -98,7 +98,7 @@ def test_data_lives_in_named_volumes_and_mounted_files_exist(compose, services):
     assert {"postgres-data", "minio-data", "worker-dvc-cache"} <= declared
     mounts = {name: [v.split(":")[:2] for v in s.get("volumes", [])] for name, s in services.items()}
     assert ["postgres-data", "/var/lib/postgresql/data"] in mounts["postgres"]
-    assert ["minio-data", "/data"] in mounts["minio"]
+    assert ["minio-data", "/var/lib/minio"] in mounts["minio"]
     for name, pairs in mounts.items():
         for source, _ in pairs:
             if source.startswith("."):
@@ -140,11 +140,53 @@ def test_worker_serves_the_gpu_pool_on_the_gpus(services):
     assert "worker-dvc-cache:/opt/salgan/.dvc/cache" in worker["volumes"]
     dockerfile = (INFRA / "Dockerfile").read_text()
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", dockerfile, re.M)
-    assert 'pip install -c requirements.lock ".[all]"' in dockerfile  # the worker runs every extra
+    assert "pip install --require-hashes --no-deps -r /tmp/requirements-worker.lock && pip check" in dockerfile
+    assert "pip install --no-deps --no-build-isolation ." in dockerfile  # nothing fetched without a hash
     assert "WORKDIR /opt/salgan" in dockerfile and "dvc remote default --local s3" in dockerfile
     ignored = (INFRA / "Dockerfile.dockerignore").read_text().split()
     # The image is a checkout (DVC needs .git) without secrets or host-only settings.
     assert {"infra/.env", ".dvc/config.local", "data", "models"} <= set(ignored) and ".git" not in ignored
+
+
+def pins(text: str) -> dict[str, str]:
+    """{normalised name: version} of a pip requirements file's `name==version` lines."""
+    found = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, flags=re.M)
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in found}
+
+
+def requirement_closure(name: str, extras: set[str]) -> set[str]:
+    """Every distribution `name[extras]` needs on this platform, walked through the installed metadata."""
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+
+    seen: dict[str, set[str]] = {}
+    todo = [(name, extras)]
+    while todo:
+        current, wanted = todo.pop()
+        key = re.sub(r"[-_.]+", "-", current).lower()
+        if key in seen and wanted <= seen[key]:
+            continue
+        seen.setdefault(key, set()).update(wanted)
+        for line in distribution(current).requires or []:
+            requirement = Requirement(line)
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate({"extra": extra}) for extra in wanted | {""}):
+                todo.append((requirement.name, set(requirement.extras)))
+    return set(seen)
+
+
+def test_the_worker_installs_requirements_lock_with_every_hash():
+    """infra/requirements-worker.lock: requirements.lock's versions, each with its sha256, and everything
+    salgan[all] needs (walked independently through the installed packages' metadata)."""
+    text = (INFRA / "requirements-worker.lock").read_text()
+    worker, lock = pins(text), pins((REPO / "requirements.lock").read_text())
+    assert {name: lock.get(name) for name in worker} == worker, "regenerate infra/requirements-worker.lock"
+    for entry in (e for e in re.split(r"\n(?=[A-Za-z])", text) if "==" in e):
+        assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"no hash: {entry.splitlines()[0]}"
+    assert len(worker) == text.count("==")  # every pin is name==version (no URL or path requirement)
+    needed = requirement_closure("salgan", {"all"}) - {"salgan"}
+    assert needed <= set(worker), f"missing from the worker's lock: {sorted(needed - set(worker))}"
 
 
 def test_every_variable_is_in_the_example_env_file(compose):
@@ -207,7 +249,7 @@ def test_docker_compose_accepts_the_file():
 
 def test_placeholder_secrets_stop_the_stack_and_the_servers_require_logins(services):
     """check-secrets refuses .env.example's change-me (run here with sh, as its container would); the
-    MLflow and Prefect servers demand basic auth and the worker presents it; servers run as non-root."""
+    MLflow and Prefect servers demand basic auth and the worker presents it."""
     check = services["check-secrets"]
     script = check["command"][0].replace("$$", "$")
     names = [k for k in environment(check)]
@@ -220,13 +262,32 @@ def test_placeholder_secrets_stop_the_stack_and_the_servers_require_logins(servi
     assert set(names) == {k for k in env_example() if SECRET_NAME.search(k) and k != "AWS_ACCESS_KEY_ID"}
 
     assert "--app-name basic-auth" in command(services["mlflow"])
-    assert "USER mlflow" in services["mlflow"]["build"]["dockerfile_inline"]
     server, worker = environment(services["prefect-server"]), environment(services["prefect-worker"])
     assert server["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"]
     assert "PREFECT_SERVER_API_AUTH_STRING" in " ".join(services["prefect-server"]["healthcheck"]["test"])
-    assert services["prefect-server"]["user"] == "1000:1000"
     assert worker["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
-    assert "USER salgan" in (INFRA / "Dockerfile").read_text()
+
+
+def run_as_user(service: dict) -> str | None:
+    """The user a service's container starts as: compose's `user`, else the last USER of the image it builds
+    (None: the base image's, which is root for every base image used here)."""
+    if "user" in service:
+        return str(service["user"])
+    build = service.get("build") or {}
+    dockerfile = build.get("dockerfile_inline") or (INFRA / build["dockerfile"].removeprefix("infra/")).read_text() \
+        if build else ""  # fmt: skip
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
+    return users[-1] if users else None
+
+
+def test_no_service_runs_as_root(services):
+    for name, service in services.items():
+        user = run_as_user(service)
+        assert user is not None and user.split(":")[0] not in ("root", "0"), f"{name} runs as root"
+    # MinIO's data folder is one the image gives to that user (a new named volume takes its owner).
+    minio = services["minio"]
+    assert "chown 1000:1000 /var/lib/minio" in minio["build"]["dockerfile_inline"]
+    assert "/var/lib/minio" in minio["command"]
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
