@@ -4,6 +4,7 @@ import base64
 import copy
 import io
 import json
+import os
 import socket
 import warnings
 from pathlib import Path
@@ -256,3 +257,35 @@ def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_tw
     assert len(client.search_runs([experiment.experiment_id])) == 1
     assert len(client.get_metric_history(logged.info.run_id, "g_loss")) == len(history) == 3
     assert [str(v.version) for v in client.search_model_versions("name='salgan'")] == ["1"]
+
+
+def test_one_process_running_stages_with_two_settings_records_each_in_its_own_store(tmp_path, monkeypatch):
+    """MLflow's setters export the URI and experiment they set; salgan keeps them out of the environment,
+    so a second stage in the same process (a notebook, a flow) records to its own params' store and continues
+    the run its train recorded, whatever experiment the first one left active."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    uri_a, uri_b = (f"sqlite:///{tmp_path / name}.db" for name in ("a", "b"))
+    first = tracked_params(tmp_path / "a", uri_a)
+    second = tracked_params(tmp_path / "b", uri_b)
+    second.mlflow.experiment = "other"
+    # train's record of the second run: in the second experiment of b's store (another id than a's "tiny").
+    client_b = MlflowClient(uri_b)
+    client_b.create_experiment("first-in-b")
+    experiment_b = client_b.create_experiment("other")
+    recorded = client_b.create_run(experiment_b).info.run_id
+    run_file = runs.run_file(second)
+    run_file.parent.mkdir(parents=True)
+    run_file.write_text(json.dumps({"run_id": recorded, "experiment_id": experiment_b, "tracking_uri": uri_b}))
+
+    with runs.continue_run(first):
+        mlflow.log_metric("stage", 1)
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ
+    with runs.continue_run(second) as active:
+        mlflow.log_metric("stage", 2)
+    assert active.info.run_id == recorded
+
+    (run_a,) = MlflowClient(uri_a).search_runs([MlflowClient(uri_a).get_experiment_by_name("tiny").experiment_id])
+    assert run_a.data.metrics == {"stage": 1}
+    assert client_b.get_run(recorded).data.metrics == {"stage": 2}

@@ -28,7 +28,14 @@ from mlflow.exceptions import MlflowException
 
 from salgan.layout import FLOW_RUN_ENV, PARENT_RUN_ENV, ModelFiles, write_atomic
 from salgan.settings import Params, flatten, to_dict
-from salgan.tracking.store import HTTP_DEFAULTS, TRACKING_ERRORS, configure, tracking_uri, warn_unavailable
+from salgan.tracking.store import (
+    HTTP_DEFAULTS,
+    TRACKING_ERRORS,
+    configure,
+    tracking_uri,
+    use_experiment,
+    warn_unavailable,
+)
 from salgan.urls import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -296,14 +303,15 @@ def continue_run(params: Params) -> Iterator[mlflow.ActiveRun]:
     run_id = os.environ.get("MLFLOW_RUN_ID") or recorded_run_id(params)
     if run_id:
         try:
-            MlflowClient().get_run(run_id)
+            # The run's own experiment becomes the active one: start_run refuses a run of another experiment.
+            use_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
         except MlflowException as exc:
             if os.environ.get("MLFLOW_RUN_ID"):
                 raise
             warnings.warn(f"{run_file(params)}: run {run_id} not found ({exc}); starting a new run", stacklevel=3)
             run_id = None
     if not run_id:
-        mlflow.set_experiment(params.mlflow.experiment)
+        use_experiment(params.mlflow.experiment)
     # An explicit run_id also overrides a stale MLFLOW_RUN_ID that mlflow.start_run would otherwise read.
     with mlflow.start_run(run_id=run_id, tags=None if run_id else run_tags()) as run:
         yield run

@@ -61,8 +61,30 @@ def configure(params: Params) -> str:
     # salgan never unpickles a model (salgan.predict reads weights only); nor may MLflow on its behalf.
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     uri = tracking_uri(params)
-    mlflow.set_tracking_uri(uri)
+    with _not_exported("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(uri)
     return uri
+
+
+@contextlib.contextmanager
+def _not_exported(name: str):
+    """MLflow's setters also export what they set (for subprocesses); there, it would win over the next
+    params' setting in this process (one process that runs stages with other settings, the tests). Keep the
+    environment as it was: what the user set stays, what salgan picked stays in MLflow only."""
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def use_experiment(name: str | None = None, experiment_id: str | None = None) -> None:
+    """``mlflow.set_experiment`` without exporting ``MLFLOW_EXPERIMENT_ID`` (see :func:`_not_exported`)."""
+    with _not_exported("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(experiment_name=name, experiment_id=experiment_id)
 
 
 def warn_unavailable(action: str, exc: BaseException, uri: str) -> None:
