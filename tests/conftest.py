@@ -49,11 +49,10 @@ def pytest_collection_modifyitems(items):
 MLFLOW_PROCESS_STATE = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 
 
-@pytest.fixture(autouse=True)
-def mlflow_process_state_restored():
-    """Each test starts from the MLflow settings the one before it found: MLflow's fluent setters keep a
-    process-wide tracking URI and experiment and export both to the environment, where a test that calls
-    them directly would steer the stages of every later test in the same process."""
+@contextlib.contextmanager
+def _mlflow_process_state_kept():
+    """MLflow's fluent setters keep a process-wide tracking URI and experiment and export both to the
+    environment, where whatever set them would steer the stages of every later test in the same process."""
     saved = {name: os.environ.get(name) for name in MLFLOW_PROCESS_STATE}
     yield
     mlflow = sys.modules.get("mlflow")
@@ -67,6 +66,20 @@ def mlflow_process_state_restored():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True, scope="module")
+def mlflow_process_state_per_file():
+    """A file's module fixtures may set MLflow's state for its tests; the next file starts without it."""
+    with _mlflow_process_state_kept():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def mlflow_process_state_per_test():
+    """Each test starts from the MLflow state its file's fixtures made, whatever the test before set."""
+    with _mlflow_process_state_kept():
+        yield
 
 
 def write_prepared(root: Path, n_train: int = 32, n_val: int = 8, size: tuple[int, int] = (64, 48), seed: int = 0):
