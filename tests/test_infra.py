@@ -273,9 +273,10 @@ def run_as_user(service: dict) -> str | None:
     (None: the base image's, which is root for every base image used here)."""
     if "user" in service:
         return str(service["user"])
-    build = service.get("build") or {}
-    dockerfile = build.get("dockerfile_inline") or (INFRA / build["dockerfile"].removeprefix("infra/")).read_text() \
-        if build else ""  # fmt: skip
+    build = service.get("build")
+    if not build:
+        return None
+    dockerfile = build.get("dockerfile_inline") or (REPO / build["dockerfile"]).read_text()  # context: the repo
     users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
     return users[-1] if users else None
 
