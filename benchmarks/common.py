@@ -24,13 +24,10 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from salgan import prepare as prepare_stage  # noqa: E402
+from salgan.cpus import usable_cpus  # noqa: E402,F401  -- the benchmarks size themselves by it
 from salgan.predict import parse_size  # noqa: E402,F401  -- the CLI's own WxH parser
 from salgan.sample import generate_sample  # noqa: E402
 from salgan.settings import PrepareParams  # noqa: E402
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def load_average() -> float:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from salgan.cpus import usable_cpus
 from salgan.errors import InputError
 from salgan.fixations import FixationFile, fixation_counts, load_fixations_mat
 from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SPLITS, SplitFiles, atomic_directory, split_version_of_files
@@ -317,9 +318,7 @@ def _check_same_size(path: Path, shape: Sequence[int], original: tuple[int, int]
 
 def resolve_workers(workers: int) -> int:
     """``prepare.workers``: 0 means one process per usable core (the schema rejects negative counts)."""
-    if workers:
-        return workers
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return workers or usable_cpus()
 
 
 def prepare(params: PrepareParams, progress: bool = True) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint
 from salgan.cli import progress
+from salgan.cpus import usable_cpus
 from salgan.data import PreparedSplit, load_split, split_bytes, stream_from_host
 from salgan.distributed import (
     DistInfo,
@@ -355,12 +355,6 @@ def _make_tracker(params: Params, info: DistInfo):
 
 
 # --- the run ----------------------------------------------------------------------------------------------
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: what a container, taskset or a scheduler allows),
-    not every CPU of the machine."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run(params: Params) -> int:
