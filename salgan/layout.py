@@ -17,6 +17,7 @@ Only the standard library and numpy are imported: the data stages need neither t
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -237,11 +238,13 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     and renamed over ``path``, otherwise removed.
 
     The temporary name is random and created exclusively (mkstemp), so it never follows a planted
-    symlink or collides with another writer; the result gets the usual umask permissions.
+    symlink or collides with another writer; the result gets the usual umask permissions. The name holds
+    the writer's pid, so that what a killed writer left (a checkpoint-sized file) is removed by the next.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_dead_writers_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
@@ -252,6 +255,26 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _remove_dead_writers_files(path: Path) -> None:
+    """Temporary files of :func:`atomic_file` beside ``path`` whose writer no longer runs (on this host)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-\w+\.tmp")
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.fullmatch(leftover.name)
+        if match and not leftover.is_symlink() and leftover.is_file() and not _running(int(match.group(1))):
+            log.info("removing %s, left by an interrupted run", leftover)
+            leftover.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
@@ -269,12 +292,23 @@ def _umask() -> int:
 @contextlib.contextmanager
 def output_lock(output: str | Path) -> Iterator[None]:
     """Hold the lock of ``output`` (``.<name>.lock`` beside it, ``flock``): one run at a time writes an
-    output. A second run waits, saying for whom; the kernel releases the lock when its holder dies."""
+    output. A second run waits, saying for whom; the kernel releases the lock when its holder dies. The
+    lock file is opened without following a link, so a link planted at its name overwrites nothing."""
+    import errno
     import fcntl
+    import stat
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output.with_name(f".{output.name}.lock"), "a+") as handle:
+    lock = output.with_name(f".{output.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        why = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        raise InputError(f"{lock}: the lock file of {output} {why}; remove it and run again") from None
+    with os.fdopen(fd, "r+") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{lock}: the lock file of {output} is not a regular file; remove it and run again")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -311,23 +345,34 @@ def atomic_directory(output: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def staged_files(output: str | Path) -> Iterator[Path]:
     """Yield a fresh staging folder beside ``output``; when the block succeeds, every file written there
-    moves into ``output`` (created if needed; other files in it stay). A killed run leaves ``output`` as
-    it was (its staging folder is removed by the next run): no mix of old and new maps."""
+    moves into ``output`` (created if needed; other files in it stay).
+
+    A run killed before the moves leaves ``output`` as it was; one killed during them leaves its staging
+    folder renamed ``.<name>.done-*`` first, and the next run finishes those moves before anything else:
+    no mix of old and new maps outlives the next run.
+    """
     output = Path(output)
     with _staging(output) as stage:
         yield stage
-        for path in sorted(p for p in stage.rglob("*") if p.is_file()):
-            target = output / path.relative_to(stage)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
+        done = stage.with_name(stage.name.replace(".tmp-", ".done-", 1))
+        os.rename(stage, done)  # from here on, the moves are finished even if this run dies
+        _move_files(done, output)
+
+
+def _move_files(stage: Path, output: Path) -> None:
+    for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+        target = output / path.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def _staging(output: Path) -> Iterator[Path]:
-    """Under ``output``'s lock, with a killed run's leftovers gone: a new staging folder beside it,
+    """Under ``output``'s lock, with a killed run's leftovers dealt with: a new staging folder beside it,
     removed when the block ends (after its content was swapped or moved in, or on an error)."""
     with output_lock(output):
-        _remove_leftovers(output)
+        _recover_leftovers(output)
         stage = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
         stage.mkdir()
         try:
@@ -337,7 +382,8 @@ def _staging(output: Path) -> Iterator[Path]:
 
 
 def _swap(stage: Path, output: Path) -> None:
-    """Two renames; the old folder is put back if the second one fails."""
+    """Two renames; the old folder is put back if the second one fails (or, after a kill between them, by
+    the next run: :func:`_recover_leftovers`)."""
     if not output.exists():
         os.rename(stage, output)
         return
@@ -351,11 +397,24 @@ def _swap(stage: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_leftovers(output: Path) -> None:
-    """Staging and old folders a killed run left beside ``output`` (never ``output`` itself)."""
-    pattern = re.compile(rf"\.{re.escape(output.name)}\.(tmp|old)-\w+")
-    for leftover in output.parent.glob(f".{output.name}.*-*"):
-        if leftover.is_dir() and pattern.fullmatch(leftover.name):
+def _recover_leftovers(output: Path) -> None:
+    """What a killed run left beside ``output`` (never ``output`` itself): moves it had started are
+    finished, an output it had set aside but not replaced is put back, staging folders are removed."""
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.(tmp|old|done)-\w+")
+    leftovers = sorted(
+        path
+        for path in output.parent.glob(f".{glob.escape(output.name)}.*-*")
+        if path.is_dir() and not path.is_symlink() and pattern.fullmatch(path.name)
+    )
+    for leftover in leftovers:
+        kind = pattern.fullmatch(leftover.name).group(1)
+        if kind == "done":
+            log.warning("finishing the moves into %s that an interrupted run had started", output)
+            _move_files(leftover, output)
+        elif kind == "old" and not output.exists():
+            log.warning("putting back %s, which an interrupted run had set aside", output)
+            os.rename(leftover, output)
+        else:
             log.info("removing %s, left by an interrupted run", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
 

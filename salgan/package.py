@@ -22,7 +22,7 @@ import base64
 import datetime
 import json
 import re
-import tempfile
+import shutil
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -216,17 +216,20 @@ def package(
     test_files = validated_maps(predictions, params.train.data, "test", with_ids=fmt == "2015")
     if not model.is_file():
         raise PackageError(f"{model}: model file not found (pass --model)")
-    with atomic_directory(params.package.output) as staging, tempfile.TemporaryDirectory() as scratch:
+    with atomic_directory(params.package.output) as staging:
         counts = {"test": len(test_files)}
+        scratch = staging / ".val-maps"  # inside the staging folder: a killed run's is removed with it
+        scratch.mkdir()
         with zipfile.ZipFile(staging / ARCHIVES[fmt], "w", compression=zipfile.ZIP_DEFLATED) as archive:
             if fmt == "2017":
                 write_2017(archive, test_files)
             else:
-                val_folder = _val_maps(params, model, val_predictions, Path(scratch))
+                val_folder = _val_maps(params, model, val_predictions, scratch)
                 val_files = validated_maps(val_folder, params.train.data, "val", with_ids=True)
                 counts["val"] = len(val_files)
                 write_2015(archive, val_files, members[0])
                 write_2015(archive, test_files, members[1])
+        shutil.rmtree(scratch, ignore_errors=True)
         manifest = make_manifest(params, model, counts, members)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageOps
 
 from salgan.batch import is_s3
+from salgan.cpus import usable_cpus
 from salgan.errors import InputError
 from salgan.inference import default_device, predict_batches, to_uint8
 from salgan.layout import (
@@ -171,6 +172,9 @@ def _from_mlflow_dir(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | Non
 # --- inputs ----------------------------------------------------------------------------------------------
 
 
+NOT_REGULAR = "not a regular file (a pipe, socket or device); skipped"
+
+
 def collect(inputs: list[str], exclude: Path | None = None) -> tuple[list[Job], list[str]]:
     """Jobs for files, directories (recursive, images only, dot-files skipped) and globs; and errors."""
     jobs: list[Job] = []
@@ -180,7 +184,11 @@ def collect(inputs: list[str], exclude: Path | None = None) -> tuple[list[Job], 
         if path.is_file():
             jobs.append(Job(path, Path(path.stem)))
         elif path.is_dir():
-            jobs += [Job(p, p.relative_to(path).with_suffix("")) for p in _walk(path, exclude)]
+            for found in _walk(path, exclude):
+                if found.is_file():
+                    jobs.append(Job(found, found.relative_to(path).with_suffix("")))
+                else:
+                    errors.append(f"{found}: {NOT_REGULAR}")
         elif GLOB_CHARS & set(text):
             base = _glob_base(text)
             matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
@@ -189,20 +197,21 @@ def collect(inputs: list[str], exclude: Path | None = None) -> tuple[list[Job], 
                 errors.append(f"{text}: no files match")
             jobs += [Job(p, _relative(p, base).with_suffix("")) for p in found]
         elif path.exists():
-            errors.append(f"{text}: not a regular file (a pipe, socket or device); skipped")
+            errors.append(f"{text}: {NOT_REGULAR}")
         else:
             errors.append(f"{text}: no such file or directory")
     return _unique(jobs, errors), errors
 
 
 def _walk(root: Path, exclude: Path | None) -> Iterator[Path]:
+    """Entries named like images under ``root``: regular files to read, and pipes or devices, which the
+    caller reports and skips (reading a pipe named like an image would block forever)."""
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _same(here / d, exclude))
         for name in sorted(filenames):
-            # ._x.jpg AppleDouble files and other dot-files are not images even with an image suffix; a pipe
-            # named like an image would block the reader forever, so only regular files are read.
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES and (here / name).is_file():
+            # ._x.jpg AppleDouble files and other dot-files are not images even with an image suffix
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 yield here / name
 
 
@@ -392,7 +401,7 @@ def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder:
     pairs = zip(names, maps, strict=True)
     # PNG encoding (zlib, which releases the GIL) costs ~40x the model's time per map on a GPU, so it runs
     # in threads; a bounded window of pending maps keeps memory flat on a fast GPU.
-    workers = min(8, os.cpu_count() or 1)
+    workers = min(8, usable_cpus())
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: collections.deque = collections.deque()
         for name, saliency in progress(pairs, total=len(names), unit="image", desc=f"predict {split}"):

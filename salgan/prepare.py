@@ -224,7 +224,10 @@ def find_samples(root: str | Path, split: str) -> tuple[list[Sample], list[tuple
     root = Path(root)
     images: dict[str, Path] = {}
     for path in sorted((root / "images" / split).iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if not path.is_file():  # a pipe named like an image would block its reader forever
+            print(f"prepare: warning: {path}: not a regular file (a pipe, socket or device); skipped", file=sys.stderr)
             continue
         if path.stem in images:
             raise PrepareError(f"{path}: same name as {images[path.stem]}; image names must be unique")

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from salgan.errors import ConfigError
+from salgan.urls import redact_text
 
 __all__ = ["ConfigError", "Params", "load_params", "override_args", "params_from_dict", "validate_overrides"]
 
@@ -269,8 +270,15 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE, require_all: bool = True
 
 
 def to_dict(params: BaseModel) -> dict:
-    """The resolved settings as plain data (for checkpoints, manifests and MLflow)."""
+    """The resolved settings as plain data."""
     return params.model_dump(mode="python")
+
+
+def to_record(params: Params) -> dict:
+    """The resolved settings as stored outside params.yaml (checkpoints, MLflow): every URL redacted, since a
+    signed ``download.source`` carries its signature in the query string."""
+    flat = flatten(to_dict(params))
+    return nest({key: redact_text(value) if isinstance(value, str) else value for key, value in flat.items()})
 
 
 def flatten(data: Mapping) -> dict[str, Any]:

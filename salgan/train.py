@@ -44,7 +44,7 @@ from salgan.distributed import (
 from salgan.layout import ModelFiles, code_version, json_digest, split_version, write_atomic
 from salgan.losses import ContentLoss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
-from salgan.settings import ConfigError, Params, load_params, to_dict
+from salgan.settings import ConfigError, Params, load_params, to_dict, to_record
 from salgan.tracking import enabled as tracking_enabled
 
 # Settings that do not change what is trained: a checkpoint made under other values is still resumed.
@@ -480,7 +480,7 @@ def _end_of_epoch(models, made_from, params, history, snapshots, out, tracker) -
         "snapshots": snapshots,
         "rng": _rng_state(),
         "identity": made_from,
-        "config": to_dict(params),
+        "config": to_record(params),
     }
     write_outputs(out, history, snapshots)
     checkpoint.save_atomic(state, out.checkpoint)

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from salgan.layout import atomic_directory, atomic_file, staged_files
+from salgan.errors import InputError
+from salgan.layout import atomic_directory, atomic_file, staged_files, write_atomic
 
 LOCK = ".out.lock"  # the output's lock file stays beside it (removing it would race with a waiting run)
 
@@ -88,6 +89,56 @@ def test_staged_files_move_in_at_the_end_and_a_failure_changes_nothing(tmp_path)
         (stage / "sub").mkdir()
         (stage / "sub" / "b.png").write_text("b")
     assert sorted(str(p.relative_to(output)) for p in output.rglob("*.png")) == ["keep.png", "sub/b.png"]
+
+
+def test_a_link_planted_at_the_lock_files_name_is_refused_and_its_target_untouched(tmp_path):
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_text("untouched")
+    (tmp_path / ".maps.lock").symlink_to(secret)
+    refused = r"\.maps\.lock: the lock file of .*maps is a symbolic link"
+    with pytest.raises(InputError, match=refused), atomic_directory(tmp_path / "maps"):
+        pass
+    assert secret.read_text() == "untouched" and not (tmp_path / "maps").exists()
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_and_a_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    target = tmp_path / "checkpoint.pt"
+    left = tmp_path / f".checkpoint.pt.{dead.stdout.strip()}-k1ll3d.tmp"  # the pid has exited
+    live = tmp_path / f".checkpoint.pt.{os.getppid()}-wr1t1ng.tmp"  # a process that runs
+    other = tmp_path / f".other.pt.{dead.stdout.strip()}-n0tm1ne.tmp"  # another target's
+    for path in (left, live, other):
+        path.write_bytes(b"partial")
+    write_atomic(target, b"whole")
+    assert target.read_bytes() == b"whole"
+    assert not left.exists() and live.exists() and other.exists()
+
+
+def test_moves_a_killed_run_had_started_are_finished_by_the_next(tmp_path):
+    output = tmp_path / "maps"
+    output.mkdir()
+    (output / "a.png").write_text("old a")
+    (output / "keep.png").write_text("other photo's map")
+    done = tmp_path / ".maps.done-1a2b3c4d"  # killed after a.png moved, before b.png did
+    (done / "sub").mkdir(parents=True)
+    (done / "sub" / "b.png").write_text("new b")
+    (output / "a.png").write_text("new a")
+    with staged_files(output) as stage:
+        (stage / "c.png").write_text("new c")
+    maps = {str(p.relative_to(output)): p.read_text() for p in output.rglob("*.png")}
+    assert maps == {"a.png": "new a", "sub/b.png": "new b", "keep.png": "other photo's map", "c.png": "new c"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".maps.lock", "maps"]
+
+
+def test_an_output_a_killed_swap_had_set_aside_is_put_back(tmp_path):
+    output = tmp_path / "prepared"
+    (tmp_path / ".prepared.old-5e6f7a8b").mkdir()  # killed between the swap's two renames
+    (tmp_path / ".prepared.old-5e6f7a8b" / "train.npy").write_text("the last good output")
+    (tmp_path / ".prepared.tmp-9c0d1e2f").mkdir()
+    with pytest.raises(RuntimeError), atomic_directory(output):
+        raise RuntimeError("this run fails too")
+    assert (output / "train.npy").read_text() == "the last good output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".prepared.lock", "prepared"]
 
 
 def _umask() -> int:

@@ -55,14 +55,17 @@ def test_predict_skips_and_names_an_input_declaring_too_many_pixels_and_a_pipe(t
     photos.mkdir()
     Image.fromarray(np.full((48, 64, 3), 120, dtype=np.uint8)).save(photos / "ok.png")
     png_declaring(photos / "bomb.png", 13000, 13000)
-    os.mkfifo(photos / "pipe.jpg")  # would block a reader forever
+    (photos / "sub").mkdir()
+    os.mkfifo(photos / "sub" / "pipe.jpg")  # would block a reader forever: found in the folder
+    os.mkfifo(tmp_path / "named.png")  # and one named on the command line
     code = predict.main(
-        ["--model", str(weights), "--output", str(tmp_path / "maps"), str(photos), str(photos / "pipe.jpg")]
+        ["--model", str(weights), "--output", str(tmp_path / "maps"), str(photos), str(tmp_path / "named.png")]
     )
     err = capsys.readouterr().err
     assert code == 1
     assert "bomb.png: declares 13000x13000 pixels, more than predict.max_pixels" in err
-    assert "pipe.jpg: not a regular file" in err
+    assert f"skipped {photos / 'sub' / 'pipe.jpg'}: not a regular file (a pipe" in err
+    assert f"skipped {tmp_path / 'named.png'}: not a regular file (a pipe" in err
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["ok.png"]
 
 
@@ -107,3 +110,35 @@ def test_killing_prepare_leaves_no_worker_behind(tmp_path):
     stage.wait()
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
+
+
+def test_a_killed_predict_leaves_the_old_maps_and_the_next_run_writes_every_new_one(tmp_path):
+    """Tool mode writes into a staging folder (salgan.layout.staged_files): killed midway, the output folder
+    still holds exactly its old maps; the next run replaces each of them and leaves nothing beside it."""
+    torch.manual_seed(0)
+    model = tmp_path / "generator.pt"
+    torch.save(Generator(width=0.0625).state_dict(), model)
+    images, output = tmp_path / "images", tmp_path / "maps"
+    images.mkdir()
+    output.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(images / f"i{i:02d}.jpg")
+        (output / f"i{i:02d}.png").write_bytes(b"old map")
+    command = [sys.executable, "-m", "salgan.cli", "predict", "--model", str(model), "--output", str(output)]
+    command += ["--batch-size", "2", str(images)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    stage = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".maps.tmp-*/*.png")) and stage.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stage.send_signal(signal.SIGKILL)
+    stage.wait()
+    assert stage.returncode == -signal.SIGKILL, "predict ended before it could be killed midway"
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == {f"i{i:02d}.png": b"old map" for i in range(24)}
+
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    maps = sorted(output.iterdir())
+    assert len(maps) == 24 and all(Image.open(p).size == (320, 240) for p in maps)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".maps.lock", "generator.pt", "images", "maps"]

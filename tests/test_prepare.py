@@ -280,6 +280,60 @@ def test_skip_bad_lists_skipped_files_in_the_report(tmp_path: Path, raw: dict) -
     assert np.load(out / "val" / "maps_full.npy").shape[0] == 2
 
 
+def test_fixations_outside_their_image_are_counted_in_the_report_and_said(tmp_path: Path, raw: dict, capsys):
+    name = sorted((tmp_path / "raw" / "images" / "val").iterdir())[0].stem
+    observers = [np.array([[1, 1], [0, 500], [700, -3]]), np.array([[641, 10]])]  # three past the border
+    write_mat(tmp_path / "raw" / "fixations" / "val" / f"{name}.mat", name, (H0, W0), observers)
+    assert run_stage(tmp_path, workers=1) == 0
+    report = json.loads((tmp_path / "prepared" / "report.json").read_text())
+    assert report["splits"]["val"]["fixations_outside"] == 3
+    assert report["splits"]["train"]["fixations_outside"] == 0
+    assert "3 val fixation(s) lay outside their image" in capsys.readouterr().err
+
+
+def test_a_pipe_named_like_an_image_is_skipped_and_said(tmp_path: Path, raw: dict, capsys) -> None:
+    import os
+
+    pipe = tmp_path / "raw" / "images" / "test" / "COCO_test2014_000000000001.jpg"
+    os.mkfifo(pipe)  # reading it would block the stage forever
+    assert run_stage(tmp_path, workers=1) == 0
+    assert f"{pipe}: not a regular file (a pipe, socket or device); skipped" in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "prepared" / "test" / "names.json").read_text())) == 2
+
+
+def test_two_prepares_on_one_output_run_one_after_the_other(tmp_path: Path, raw: dict) -> None:
+    """The second waits for the first's lock (salgan.layout.output_lock) instead of removing its staging
+    folder; both finish and the output is one whole result. The first is paused while it holds its staging
+    folder, so the second surely arrives then."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    params = write_params(tmp_path, workers=1)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "salgan.cli", "prepare", "--params", str(params)]
+    first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (staging := list(tmp_path.glob(".prepared.tmp-*"))) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)
+    second = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        waiting = second.stderr.readline()  # blocks until the second says why it waits
+        assert f"is being written by pid {first.pid}; waiting" in waiting, waiting
+        assert staging and all(folder.is_dir() for folder in staging)  # the first's, still there
+    finally:
+        first.send_signal(signal.SIGCONT)
+    errors = [run.communicate(timeout=300)[1] for run in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], errors
+    out = tmp_path / "prepared"
+    assert np.load(out / "train" / "images.npy").shape == (4, SIZE[1], SIZE[0], 3)
+    assert json.loads((out / "report.json").read_text())["splits"]["val"]["images"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".prepared.lock", "params.yaml", "prepared", "raw"]
+
+
 def test_image_without_map_is_an_error_naming_it(tmp_path: Path, raw: dict, capsys) -> None:
     name = sorted(n for n in raw if "val" in n)[0]
     (tmp_path / "raw" / "maps" / "val" / f"{name}.png").unlink()

@@ -41,6 +41,7 @@ stages:
     - path: data/prepared
       md5: 2222bbbb.dir
 """
+SIGNED_SOURCE = "https://data.example/salicon?X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=0123signature4567"
 METRICS = {"nss": 1.25, "cc": 0.5, "kld": 0.9, "auc_judd": 0.8}
 BASELINES = {"center_bias": {"nss": 0.7, "cc": 0.3}, "ground_truth": {"nss": 3.0}}
 
@@ -64,6 +65,7 @@ def trained(tmp_path_factory):
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         (root / "dvc.lock").write_text(DVC_LOCK)
         params = tracked_params(root, uri, epochs=2, bce_epochs=1)
+        params.download.source = SIGNED_SOURCE  # a signed prefix: its query string is a secret
         assert run(params) == 0
         yield params, root, uri
 
@@ -87,6 +89,21 @@ def test_training_records_params_metrics_and_artifacts(trained):
     snapshots = [f.path for f in client.list_artifacts(record["run_id"], "snapshots")]
     assert snapshots == ["snapshots/epoch_001.png", "snapshots/epoch_002.png"]
     assert "params.yaml" in [f.path for f in client.list_artifacts(record["run_id"])]
+
+
+def test_a_signed_source_reaches_no_record_with_its_signature(trained):
+    params, root, uri = trained
+    run_id = json.loads((root / "models" / RUN_FILE).read_text())["run_id"]
+    client = MlflowClient(uri)
+    logged = client.get_run(run_id).data
+    artifact = Path(client.download_artifacts(run_id, "params.yaml", str(root))).read_text()
+    config = torch.load(root / "models" / "checkpoint.pt", weights_only=True)["config"]
+    assert logged.params["download.source"] == "https://data.example/salicon"
+    assert "source: https://data.example/salicon\n" in artifact
+    assert config["download"]["source"] == "https://data.example/salicon"
+    assert config["train"] == params.train.model_dump()  # only URLs change
+    for place in (json.dumps([logged.params, logged.tags]), artifact, json.dumps(config)):
+        assert "0123signature4567" not in place and "AKIDEXAMPLE" not in place
 
 
 def test_resumed_training_continues_the_recorded_run(trained):

@@ -27,7 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from salgan.layout import FLOW_RUN_ENV, PARENT_RUN_ENV, ModelFiles, write_atomic
-from salgan.settings import Params, flatten, to_dict
+from salgan.settings import Params, flatten, to_dict, to_record
 from salgan.tracking.store import (
     HTTP_DEFAULTS,
     TRACKING_ERRORS,
@@ -277,7 +277,7 @@ class TrainingTracker:
     def _close(self, generator_path: Path) -> None:
         import yaml
 
-        self.client.log_text(self.run_id, yaml.safe_dump(to_dict(self.params), sort_keys=False), "params.yaml")
+        self.client.log_text(self.run_id, yaml.safe_dump(to_record(self.params), sort_keys=False), "params.yaml")
         if generator_path.is_file():
             self.client.set_tag(self.run_id, "generator_bytes", str(generator_path.stat().st_size))
         self.client.set_terminated(self.run_id, "FINISHED")
