@@ -324,8 +324,9 @@ def _describe(exc: ValidationError) -> str:
         return str(context["error"])
     key = _key(first["loc"])
     same = [e for e in exc.errors() if _key(e["loc"]) == key]
-    if first["type"] == "extra_forbidden":
-        section = key.rpartition(".")[0]
+    if first["type"] == "extra_forbidden":  # the unknown key as written, whatever characters it holds
+        section = _key(first["loc"][:-1])
+        key = ".".join(filter(None, (section, str(first["loc"][-1]))))
         known = _known_keys(section)
         return f"unknown key {key}" + (f" (known: {', '.join(known)})" if known else "")
     reasons = "; or ".join(dict.fromkeys(_reason(e) for e in same))

@@ -55,6 +55,27 @@ def test_repository_gpu_profile_is_valid():
     assert profile["model.encoder_weights"] == "imagenet" and profile["prepare.size"] == [256, 192]
 
 
+@pytest.mark.parametrize(
+    "profile,refused",
+    [
+        ({"download": {"source": "${oc.env:AWS_SECRET_ACCESS_KEY}"}}, "download.source"),
+        ({"dvc.yaml:stages": {"package": "touch marker"}}, "unknown key dvc.yaml:stages (known: download"),
+        ({"train": {"output": "runs/x'; touch marker; '"}}, "train.output"),
+    ],
+)
+def test_a_crafted_profile_is_refused_before_any_command(tmp_path, monkeypatch, capsys, profile, refused):
+    """The profile's settings become `dvc exp run -S` overrides: the flows' check guards them too."""
+    from salgan import ablation
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(BASE)))
+    (tmp_path / "crafted.yaml").write_text(yaml.safe_dump(profile))
+    assert ablation.main(["run", "--profile", "crafted.yaml", "--arms", "random-bce", "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert refused in err and "dvc exp run" not in out
+    assert not (tmp_path / "marker").exists()
+
+
 def test_bad_profile_key_is_named(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("train:\n  epoch: 3\n")

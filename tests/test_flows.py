@@ -307,14 +307,16 @@ def test_a_failing_stage_names_itself_and_its_stderr(harness, tmp_path):
 def test_an_override_that_dvc_would_read_as_syntax_is_refused_before_anything_runs(harness, tmp_path, overrides):
     """The security review's overrides: each is refused with the key named, and the workspace is untouched."""
     from flows.pipeline import salgan_pipeline
+    from flows.retrain import salgan_retrain
     from salgan.settings import ConfigError
 
     project = make_project(tmp_path / "p")
     before = {name: (project / name).read_text() for name in ("dvc.yaml", "params.yaml")}
-    state = salgan_pipeline(overrides=overrides, workdir=str(project), return_state=True)
-    assert state.is_failed()
-    with pytest.raises(ConfigError, match="override"):
-        state.result()
+    for flow in (salgan_pipeline, salgan_retrain):  # the retraining checks them before its data refresh
+        state = flow(overrides=overrides, workdir=str(project), return_state=True)
+        assert state.is_failed()
+        with pytest.raises(ConfigError, match="override"):
+            state.result()
     assert {name: (project / name).read_text() for name in before} == before
     assert not (project / "marker").exists() and not (project / "out").exists() and events(project) == []
 

@@ -1,5 +1,6 @@
 """Models from elsewhere run nothing: crafted MLflow models and ImageNet files are refused, no side effect."""
 
+import os
 import pickle
 from pathlib import Path
 
@@ -12,7 +13,11 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from salgan import predict
+from salgan.layout import split_version
 from salgan.models import EncoderWeightsError, Generator, load_encoder_weights
+from salgan.registry import gate
+from salgan.tracking.store import configure
+from tests.conftest import write_prepared
 
 
 class Payload:
@@ -86,7 +91,27 @@ def test_a_crafted_model_in_the_registry_is_refused_by_the_loader_predict_and_th
     assert "not a SalGAN generator state_dict" in capsys.readouterr().err
     with pytest.raises(predict.ModelError):
         predict.load_model("models:/salgan/1", predict.Params(), None)
+
+    # The gate scores the champion again on today's val split (its data_version is old): it loads the
+    # crafted version through the same loader, and refuses it with the alias left where it was.
+    write_prepared(tmp_path / "prepared", n_train=2, n_val=4)
+    today = split_version(tmp_path / "prepared", "val")
+    challenger = client.create_model_version("salgan", source=model.as_uri(), tags={"data_version": today, "nss": "1"})
+    client.set_registered_model_alias("salgan", "challenger", challenger.version)
+    params = predict.Params()
+    params.train.data = str(tmp_path / "prepared")
+    with pytest.raises(predict.ModelError, match="not a SalGAN generator state_dict"):
+        gate(params)
+    assert client.get_model_version_by_alias("salgan", "champion").version == version.version
     assert not marker.exists()
+
+
+def test_salgan_turns_mlflows_pickle_deserialisation_off_where_it_uses_mlflow(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default
+    params = predict.Params()
+    params.mlflow.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    configure(params)
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
 
 
 def test_imagenet_weights_are_checked_against_torchvisions_hash_before_loading(tmp_path, monkeypatch):
