@@ -403,6 +403,7 @@ def test_process_stack_secrets_are_those_of_the_env_file(services, stack_plan):
             "AWS_SECRET_ACCESS_KEY"} <= set(stack_plan["client_environment"])  # fmt: skip
     # What the compose worker gets to reach the servers, a client shell gets from `infra/stack env`.
     worker_only = {"PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"}
+    worker_only |= {"PREFECT_WORKER_QUERY_SECONDS"}
     reach = set(environment(services["prefect-worker"])) - worker_only
     assert reach <= set(stack_plan["client_environment"])
 

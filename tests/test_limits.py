@@ -93,7 +93,7 @@ def test_a_fixation_file_with_too_many_fixations_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_killing_prepare_leaves_no_worker_behind(tmp_path):
-    generate_sample(tmp_path / "raw", 400, 8, 4, 0)
+    generate_sample(tmp_path / "raw", 150, 8, 4, 0)  # enough that the pool is seen at work
     params = write_params_file(
         tmp_path / "params.yaml",
         {"prepare": {"input": str(tmp_path / "raw"), "output": str(tmp_path / "prepared"), "workers": 2}},
