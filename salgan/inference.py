@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 from salgan.data import images_to_float
 
@@ -26,8 +25,20 @@ def postprocess(maps: torch.Tensor, size: tuple[int, int], blur_size: int = 5) -
     out = F.interpolate(maps.float(), size=size, mode="bicubic", align_corners=False)
     if blur_size > 1:
         sigma = 0.3 * ((blur_size - 1) * 0.5 - 1) + 0.8
-        out = gaussian_blur(out, kernel_size=[blur_size, blur_size], sigma=[sigma, sigma])
+        out = gaussian_blur(out, blur_size, sigma)
     return out.clamp_(0, 1)[:, 0]
+
+
+def gaussian_blur(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """``torchvision.transforms.functional.gaussian_blur`` of float (N, C, H, W) maps with a square kernel:
+    the same normalised sampled Gaussian and reflect padding, so the same values. Written out so that the
+    stages need not import torchvision, whose start-up costs about 3 s (it imports torch._dynamo)."""
+    half = (size - 1) * 0.5
+    x = torch.linspace(-half, half, steps=size, dtype=maps.dtype, device=maps.device)
+    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
+    line = pdf / pdf.sum()
+    kernel = torch.mm(line[:, None], line[None, :]).expand(maps.shape[-3], 1, size, size)
+    return F.conv2d(F.pad(maps, [size // 2] * 4, mode="reflect"), kernel, groups=maps.shape[-3])
 
 
 @torch.no_grad()

@@ -204,3 +204,23 @@ def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias
     cached.write_bytes((tmp_path / "generator0.pt").read_bytes())  # a damaged or swapped cache entry
     assert np.array_equal(champion_map("d"), moved) and fetched[-1] == "models:/salgan/2" and len(fetched) == 3
     assert tracked._REGISTRY_URI.fullmatch("models:/../2") is None  # a name never steers a cache path
+
+
+@pytest.mark.parametrize("size", [3, 5, 9])
+def test_the_blur_gives_torchvisions_values_without_importing_it(size):
+    """salgan.inference writes torchvision's Gaussian blur out (the stages skip torchvision's 3 s start-up):
+    same kernel, same padding, bit for bit; and the stages' modules import no torchvision."""
+    import subprocess
+    import sys
+
+    from torchvision.transforms.functional import gaussian_blur as torchvision_blur
+
+    from salgan.inference import gaussian_blur
+
+    maps = torch.rand(3, 1, 48, 64, generator=torch.Generator().manual_seed(size))
+    sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+    assert torch.equal(gaussian_blur(maps, size, sigma), torchvision_blur(maps, [size, size], [sigma, sigma]))
+    if size == 5:
+        modules = "salgan.train, salgan.evaluate, salgan.predict, salgan.package, salgan.models"
+        code = f"import sys, {modules}; print('torchvision' in sys.modules)"
+        assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -42,9 +42,7 @@ class Stack:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_"))}
         self.env.update({"SALGAN_STACK_HOME": str(self.home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
         self.env.update({name: str(free_port()) for name in PORT_NAMES})
-        # Flow runs beat every 10 s (a dead worker's run is Crashed after 30 s, not 90); the worker asks for
-        # new runs every 2 s (not 10): the same behaviour, sooner.
-        self.env.update({"SALGAN_STACK_HEARTBEAT_S": "10", "SALGAN_STACK_WORKER_POLL_S": "2"})
+        self.env["SALGAN_STACK_WORKER_POLL_S"] = "2"  # the worker asks for new runs every 2 s, not 10
         self.client: dict[str, str] = {}
 
     def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:

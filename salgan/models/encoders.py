@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torchvision
 from torch import nn
 
 # Encoder name -> the names (ResNet) or index ranges (MobileNetV3 ``features``) of its five stages.
@@ -31,6 +30,8 @@ class MultiScaleEncoder(nn.Module):
 
     def __init__(self, name: str, width: float = 1.0):
         super().__init__()
+        import torchvision  # here, not at the top: a VGG16 generator never needs it (3 s of start-up)
+
         if name == "mobilenet_v3_large":
             self.features = torchvision.models.mobilenet_v3_large(weights=None, width_mult=width).features
             self.stages = [list(self.features[a:b]) for a, b in MOBILENET_V3_LARGE_STAGES]
