@@ -355,7 +355,7 @@ def _wait(condition, timeout: float, what: str, step: float = 0.5):
 
 
 def test_mlflow_killed_during_training_loses_and_doubles_no_epoch(stack, checkout):
-    epochs = 120  # long enough that training goes on after the server is back
+    epochs = 40  # long enough that training goes on after the server is back (about 30 s later)
     params = _fault_params(checkout, "mlflow-killed", epochs)
     env = {**stack.client, "SALGAN_TRACKING_RETRY_S": "1"}
     log = stack.root / "mlflow-killed.log"
