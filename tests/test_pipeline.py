@@ -134,12 +134,15 @@ def experiment_params(workdir: Path, env: dict) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_ablation_arms_record_the_same_params_in_either_order_and_show_beside_table_one(project):
-    """`dvc exp run -S` leaves each arm's values in the workspace; the next arm must not inherit them."""
+    """`dvc exp run -S` leaves each arm's values in the workspace; the next arm must not inherit them.
+    ab- runs (its GAN arm after the BCE arm has run); ba- is queued from the workspace ab- left, GAN arm
+    first (queued experiments record their params without running): both ways of inheriting are caught."""
     workdir, env, _ = project
     ablation = [sys.executable, "-m", "salgan.cli", "ablation", "run"]
     run([*ablation, "--arms", "random-bce", "random-gan", "--prefix", "ab-"], workdir, env)
-    run([*ablation, "--arms", "random-gan", "random-bce", "--prefix", "ba-"], workdir, env)
+    run([*ablation, "--arms", "random-gan", "random-bce", "--prefix", "ba-", "--queue"], workdir, env)
     recorded = experiment_params(workdir, env)
+    run(["dvc", "queue", "remove", "--queued"], workdir, env)
     for arm in ("random-bce", "random-gan"):
         assert recorded[f"ab-{arm}"] == recorded[f"ba-{arm}"], arm
     # Each experiment's MLflow run names its DVC experiment and sits under its ablation's parent run.
@@ -149,8 +152,8 @@ def test_ablation_arms_record_the_same_params_in_either_order_and_show_beside_ta
     runs = client.search_runs([client.get_experiment_by_name("salgan").experiment_id], max_results=500)
     parents = {run.info.run_name: run.info.run_id for run in runs if run.info.run_name.startswith("ablation ")}
     arms = {run.data.tags.get("dvc.experiment"): run for run in runs}
-    assert arms["ab-random-gan"].data.tags["mlflow.parentRunId"] == parents["ablation ab-random-bce,random-gan"]
-    assert arms["ba-random-bce"].data.tags["mlflow.parentRunId"] == parents["ablation ba-random-gan,random-bce"]
+    for arm in ("ab-random-bce", "ab-random-gan"):
+        assert arms[arm].data.tags["mlflow.parentRunId"] == parents["ablation ab-random-bce,random-gan"], arm
     committed = yaml.safe_load(
         subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=workdir, capture_output=True, text=True).stdout
     )

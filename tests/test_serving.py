@@ -111,7 +111,10 @@ def server(champion):
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/salgan@champion"]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     url, log = f"http://127.0.0.1:{port}", Path(champion[2]).parent / "serve.log"
-    with running_server(command, f"{url}/ping", log, {**os.environ, "MLFLOW_TRACKING_URI": champion[0]}, 180):
+    # MLflow starts the scoring server as `uvicorn` from PATH: this interpreter's, even without an activated venv
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": champion[0], "PATH": path}
+    with running_server(command, f"{url}/ping", log, env, 180):
         yield url
 
 
