@@ -113,14 +113,6 @@ def checkout(stack):
     return project
 
 
-def _retrain(stack: Stack, checkout: Path, overrides: dict) -> str:
-    params = json.dumps({"overrides": overrides, "refresh": "download"})
-    return _prefect(
-        stack.client, checkout.parent, "deployment", "run", "salgan-retrain/salgan-retrain", "--params", params,
-        "--watch", "--watch-timeout", "500", timeout=560,
-    )  # fmt: skip
-
-
 def _trigger(stack: Stack, checkout: Path, overrides: dict, refresh: str = "none") -> str:
     """``prefect deployment run`` of the retraining without waiting; returns the flow run's id."""
     params = json.dumps({"overrides": overrides, "refresh": refresh})
@@ -227,52 +219,45 @@ def test_servers_refuse_clients_without_the_stack_logins(stack):
 # The pipeline through the stack
 
 
-def test_retraining_through_the_stack_then_two_triggers_at_once(stack, checkout):
-    """Scheduled retraining through the stack: registry, S3 artifacts, DVC remote, predict. A first run; then,
-    the source having changed, two triggers at once, which must run one after the other."""
-    first = _retrain(stack, checkout, TINY_REAL)
-    assert "Completed" in first, first + stack.log("prefect-worker")[-6000:]
-    assert (checkout / "outputs" / "submission" / "submission.zip").exists()
-    first_weights = (checkout / "models" / "generator.pt").read_bytes()
-    # The source changes (another sample): the same settings must train a new model on the new data, and
-    # the gate must compare it with the champion on today's val split. A second trigger at the same moment
-    # (another seed, so that it registers a version of its own) waits for the workspace.
-    new_data = {**TINY_REAL, "download.sample_seed": 7}
-    run_ids = [_trigger(stack, checkout, new_data, "download")]
-    run_ids.append(_trigger(stack, checkout, {**new_data, "train.seed": 21}))
+def test_retraining_twice_at_once_through_the_stack(stack, checkout):
+    """Two scheduled-retraining triggers at the same moment, on different data (another sample): they run one
+    after the other, and the second trains a new model and compares it with the first on today's val split.
+    Registry, S3 artifacts, DVC remote, predict."""
+    run_ids = [_trigger(stack, checkout, TINY_REAL, "download")]
+    run_ids.append(_trigger(stack, checkout, {**TINY_REAL, "download.sample_seed": 7}, "download"))
     runs = _wait_for_flow_runs(stack, checkout, run_ids, timeout=900)
     assert [state for state, _, _ in runs] == ["COMPLETED", "COMPLETED"], stack.log("prefect-worker")[-6000:]
     (_, start_a, end_a), (_, start_b, end_b) = sorted(runs, key=lambda r: r[1])
     assert end_a <= start_b, f"the runs overlapped: {runs}"
-    assert "made from other data" in stack.log("prefect-worker")
-    assert (checkout / "models" / "generator.pt").read_bytes() != first_weights
+    assert "made from other data" in stack.log("prefect-worker")  # the second did not resume the first
+    assert (checkout / "outputs" / "submission" / "submission.zip").exists()
 
     client = _mlflow()
     experiment = client.get_experiment_by_name("salgan")
     trained = client.search_runs([experiment.experiment_id], "params.`train.epochs` = '2'")
-    assert len(trained) == 3
+    assert len(trained) == 2
     for run in trained:
         assert run.data.params["model.width"] == "0.0625"
         history = client.get_metric_history(run.info.run_id, "g_loss")
         assert sorted(m.step for m in history) == [1, 2]
         assert "val_nss" in run.data.metrics
     versions = sorted(client.search_model_versions("name='salgan'"), key=lambda v: int(v.version))
-    assert [str(v.version) for v in versions] == ["1", "2", "3"]
-    data_versions = [version.tags["data_version"] for version in versions]
-    assert data_versions[0] != data_versions[1] == data_versions[2]
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    assert versions[0].tags["data_version"] != versions[1].tags["data_version"]
+    assert versions[0].tags["weights_sha256"] != versions[1].tags["weights_sha256"]
     decisions = _decisions()
-    assert len(decisions) == 3 and decisions[0] == "promoted"
-    promoted = [str(i + 1) for i, decision in enumerate(decisions) if decision == "promoted"]
-    assert client.get_model_version_by_alias("salgan", "champion").version == promoted[-1]
-    if decisions[2] != "promoted":
-        assert client.get_model_version_by_alias("salgan", "challenger").version == "3"
+    assert decisions[0] == "promoted"
+    champion = client.get_model_version_by_alias("salgan", "champion").version
+    assert champion == ("2" if decisions[1] == "promoted" else "1")
+    if decisions[1] != "promoted":
+        assert client.get_model_version_by_alias("salgan", "challenger").version == "2"
 
     # The pipeline's MLflow runs name their Prefect flow run and sit under the retraining's parent run,
     # which records the decision; the retraining's report artifact says what was compared.
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     parents = {run.info.run_id: run for run in runs if run.info.run_name.startswith("retrain ")}
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") in parents]
-    assert len(parents) == 3 and len(children) == 3
+    assert len(parents) == 2 and len(children) == 2
     assert all(run.data.tags.get("prefect.flow_run_id") and run.data.tags.get("dvc.experiment") for run in children)
     reports = _api(
         stack.client,
@@ -282,10 +267,9 @@ def test_retraining_through_the_stack_then_two_triggers_at_once(stack, checkout)
     )
     (first_report,) = [text for text in reports if "no champion yet" in text]
     assert "**Decision: promoted: no champion yet**" in first_report and "| auc_judd |" in first_report
-    later_reports = [text for text in reports if "no champion yet" not in text]
-    assert len(later_reports) == 2
-    assert all(f"data version `{data_versions[1]}`" in text for text in later_reports)
-    assert "v1 scored again" in "".join(later_reports)  # v2's run: the champion was measured on other data
+    (second_report,) = [text for text in reports if "no champion yet" not in text]
+    assert f"data version `{versions[1].tags['data_version']}`" in second_report
+    assert "v1 scored again" in second_report  # the champion was measured on the other data
 
     # The models' files are objects in the bucket, written by the MLflow server (--serve-artifacts).
     keys = _bucket_keys()
