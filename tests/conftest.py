@@ -36,9 +36,10 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # Registered models that `salgan predict` fetches are cached (salgan.tracking.models.cache_root): in a
 # folder of this test session, not in the user's ~/.cache.
 os.environ.setdefault("SALGAN_CACHE_DIR", tempfile.mkdtemp(prefix="salgan-test-cache-"))
-# The production stack's tests (one stack for the file, its tests in file order) take about 18 of the suite's
-# 29 minutes on 2 cores. They are collected first, so that under pytest-xdist (`-n 2 --dist loadfile`,
-# pyproject.toml) one worker runs them from the start while the other runs every other file.
+# The production stack's tests (one stack for the file, its tests in file order) are the longest file: about
+# 22 of the suite's 25 minutes on 2 cores. They are collected first, so that under pytest-xdist (`-n 2 --dist
+# loadfile --no-loadscope-reorder`, pyproject.toml) one worker runs them from the start while the other runs
+# every other file.
 COLLECTED_FIRST = ("test_stack.py",)
 
 
