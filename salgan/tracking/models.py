@@ -116,6 +116,10 @@ def log_generator(
             "width": generator.width,
             "kind": MODEL_KIND,
         },
+        # MLflow would load the model again through pyfunc and check every installed package's version
+        # against its requirements to validate the input example (seconds per evaluation); tests/
+        # test_serving.py serves the logged model for real instead.
+        validate_serving_input=False,
     )
 
 
