@@ -50,8 +50,8 @@ class Judge:
         uri = f"models:/{self.name}/{version.version}"
         try:
             with fetched_model(uri, self.params) as local:
-                salgan_pyfunc_only(local)
                 generator, size = load_model(str(local), self.params, None)
+                salgan_pyfunc_only(local)
                 weights = sha256_file(local / LOGGED_WEIGHTS)
         except ModelError as exc:
             raise Unloadable(f"version {version.version} cannot be opened by salgan's loader: {exc}") from None

@@ -72,9 +72,16 @@ def weights_file(params: Params, seed: int) -> Path:
     return path
 
 
+SCORED: dict[tuple, dict[str, float]] = {}
+
+
 def scores(params: Params, seed: int) -> dict[str, float]:
-    """The generator's means under ``params``, computed with the evaluate stage's code."""
-    return score_generator(load_generator(weights_file(params, seed)), params)[1]
+    """The generator's means under ``params``, computed with the evaluate stage's code (once per data,
+    settings and seed)."""
+    key = (params.train.data, json.dumps(fingerprints.scoring_settings(params)), seed)
+    if key not in SCORED:
+        SCORED[key] = score_generator(load_generator(weights_file(params, seed)), params)[1]
+    return SCORED[key]
 
 
 def today(params: Params, seed: int, size=None) -> dict:
@@ -246,6 +253,82 @@ def test_a_version_recorded_under_another_fingerprint_is_scored_again(params):
         result = registry.gate(params, floor=False, version=2)
         assert result["challenger"]["differs"] == [field]
         assert result["challenger"]["value"] == pytest.approx(scores(params, 2)["nss"], rel=1e-6)
+
+
+def test_a_challenger_scored_under_other_settings_is_scored_again_and_keeps_losing(params):
+    """Evaluated under a sharper IG baseline and no blur, a worse model records a higher information gain
+    than the champion's; the gate scores it again under today's settings and keeps the champion."""
+    (_, worse), (_, better) = sorted((scores(params, seed)["information_gain"], seed) for seed in (1, 2))
+    champion = register(params, better)
+    registry.gate(params, floor=False)
+    other = params.model_copy(deep=True)
+    other.evaluate.ig_baseline_sigma, other.predict.blur_size = 0.001, 0
+    flattering = scores(other, worse)
+    assert flattering["information_gain"] > scores(params, better)["information_gain"]  # what a tag compare saw
+    register(params, worse, flattering, fingerprint=today(other, worse))
+
+    result = registry.gate(params, "information_gain")
+    assert result["decision"] == "kept" and alias(params, CHAMPION) == champion
+    challenger, kept = result["challenger"], result["champion"]
+    assert challenger["differs"] == ["settings evaluate.ig_baseline_sigma", "settings predict.blur_size"]
+    assert challenger["value"] == pytest.approx(scores(params, worse)["information_gain"], rel=1e-6)
+    assert not kept["rescored"] and kept["value"] == pytest.approx(scores(params, better)["information_gain"], rel=1e-6)
+    assert challenger["fingerprint"]["settings"]["evaluate.ig_baseline_sigma"] == 0.001
+
+
+def test_a_champion_scored_by_older_scoring_code_is_scored_again(params):
+    """The champion's recorded number came from older scoring code (say, a metric bug that flattered it):
+    it is scored again with today's code, and the better challenger wins."""
+    (_, worse), (_, better) = sorted((scores(params, seed)["nss"], seed) for seed in (1, 2))
+    champion = register(params, worse, {"nss": 50.0}, today(params, worse) | {"code": "older-scoring-code"})
+    registry.gate(params, floor=False)
+    challenger = register(params, better)
+    result = registry.gate(params)
+    assert result["decision"] == "promoted" and alias(params, CHAMPION) == challenger
+    assert alias(params, PREVIOUS) == champion
+    replaced = result["champion"]
+    assert replaced["differs"] == ["code"] and replaced["fingerprint"]["code"] == "older-scoring-code"
+    assert replaced["value"] == pytest.approx(scores(params, worse)["nss"], rel=1e-6)
+    assert result["challenger"]["value"] == pytest.approx(scores(params, better)["nss"], rel=1e-6)
+
+
+def write_raw_val(params: Params, names: list[str]) -> list[Path]:
+    """The raw val images (prepare.input's SALICON layout) behind the prepared split: 640x480 PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(params.prepare.input) / "images" / "val"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    paths = []
+    for name in names:
+        pixels = rng.integers(0, 90, (480, 640, 3), dtype=np.uint8)
+        y, x = rng.integers(0, 360), rng.integers(0, 480)
+        pixels[y : y + 120, x : x + 160] = (240, 200, 40)
+        paths.append(folder / f"{name}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def test_a_version_registered_at_another_input_size_is_scored_again_at_its_own_size(params, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from salgan.layout import read_split
+
+    params.prepare.input = str(tmp_path / "raw")
+    raw = write_raw_val(params, read_split(params.train.data, "val").names)
+    size = (96, 64)  # the prepared data is 64x48
+    recorded = today(params, 1, size) | {"val": "the-val-split-prepared-at-96x64"}
+    register(params, 1, {"nss": 9.0}, recorded, size=size)
+    result = registry.gate(params, floor=False)
+    challenger = result["challenger"]
+    assert challenger["input_size"] == [96, 64] and challenger["differs"] == ["val"]
+    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize(size, Image.Resampling.BILINEAR)) for p in raw])
+    generator = load_generator(weights_file(params, 1))
+    at_its_size = score_generator(generator, params, images=images)[1]["nss"]
+    assert challenger["value"] == pytest.approx(at_its_size, rel=1e-6)
+    assert challenger["value"] != pytest.approx(scores(params, 1)["nss"], rel=1e-3)  # not the prepared 64x48
 
 
 # --- racing gates -----------------------------------------------------------------------------------------
