@@ -9,7 +9,7 @@ uniform map so that no pixel has zero probability).
 
 Outputs: ``reports/metrics.json`` (means, ``data_version``: the val split's version from
 :mod:`salgan.layout`, ``baselines.center_bias`` / ``baselines.ground_truth``, and ``fingerprint``: what the
-scores depend on besides the weights, :mod:`salgan.fingerprint`),
+scores depend on besides the weights, :mod:`salgan.tracking.fingerprint`),
 ``reports/per_image.csv``, the figures of :mod:`salgan.figures` (``examples.png``, the seed paper's Fig. 4;
 ``progression.png`` and ``.gif``, its Fig. 3; ``losses.png``) and ``reports/report.html``, one page with
 all of them beside the baselines and the seed paper's Table I.
@@ -101,8 +101,8 @@ def input_size(val: SplitArrays) -> tuple[int, int]:
 
 def evaluate(params: Params) -> dict:
     """Score the model and the baselines; write the reports; return the metrics dict."""
-    from salgan import fingerprint
     from salgan.models import load_generator
+    from salgan.tracking import fingerprint
 
     cfg = params.evaluate
     val, common = scoring_inputs(params)

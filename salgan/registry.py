@@ -28,7 +28,7 @@ class Judge:
     @functools.cached_property
     def common(self) -> dict:
         """Today's fingerprint fields: the prepared splits' versions, the scoring settings and code."""
-        from salgan import fingerprint
+        from salgan.tracking import fingerprint
 
         data = Path(self.params.train.data)
         for split in ("train", "val"):

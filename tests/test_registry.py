@@ -20,13 +20,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from salgan import fingerprint as fingerprints
 from salgan import registry
 from salgan.errors import ConfigError
 from salgan.evaluate import score_generator
 from salgan.layout import sha256_file
 from salgan.models import build_generator, load_generator
 from salgan.settings import Params, scoring_keys, to_dict
+from salgan.tracking import fingerprint as fingerprints
 from salgan.tracking.models import record_evaluation
 from salgan.tracking.registry import CHALLENGER, CHAMPION, PREVIOUS, PromotionError
 from tests.conftest import tiny_params, write_params_file

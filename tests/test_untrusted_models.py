@@ -121,8 +121,8 @@ def test_a_pickled_pyfunc_with_flattering_tags_is_never_promoted_and_runs_nothin
     """A version whose tags say it was scored under today's fingerprint, with a flattering number, but
     whose model is MLflow's pickled pytorch pyfunc (loading it with mlflow.pyfunc would run its code)."""
     from salgan import registry
-    from salgan.fingerprint import FINGERPRINT_TAG, encode, fingerprint, today
     from salgan.layout import sha256_file
+    from salgan.tracking.fingerprint import FINGERPRINT_TAG, encode, fingerprint, today
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     marker = tmp_path / "marker"

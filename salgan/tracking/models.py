@@ -14,9 +14,9 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from salgan.fingerprint import FINGERPRINT_TAG, encode
 from salgan.layout import DATA_VERSION_TAG, LOGGED_WEIGHTS, MODEL_KIND, sha256_file
 from salgan.settings import Params, PredictParams
+from salgan.tracking.fingerprint import FINGERPRINT_TAG, encode
 from salgan.tracking.registry import CHALLENGER, WEIGHTS_TAG, logged_model_id, register, version_with_weights
 from salgan.tracking.runs import continue_run, git_commit, is_number
 from salgan.tracking.store import TRACKING_ERRORS, configure, tracking_uri, warn_unavailable
@@ -39,7 +39,7 @@ def record_evaluation(
     The run gets the baselines' metrics and the report files; the generator's logged model gets the val
     metrics (``val_<metric>``, linked to both the run and the model); the registered version gets its
     weights' hash, the val split's ``data_version``, the scoring ``fingerprint`` the metrics were taken
-    under (:mod:`salgan.fingerprint`), the run and the git commit as tags. When the same weights are
+    under (:mod:`salgan.tracking.fingerprint`), the run and the git commit as tags. When the same weights are
     registered already (evaluate rerun on other data, or with other scoring settings), that version is
     reused: its fingerprint is removed before the new metrics are logged and set after, so that no reader
     pairs the new numbers with the old fingerprint. Returns the version, or None (after one warning) when

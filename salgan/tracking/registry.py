@@ -2,7 +2,7 @@
 
 Registration (:func:`register`): evaluation registers its generator as a version of ``mlflow.model_name``
 with alias ``challenger``, tagged with the sha256 of its weights, the version of the val split it was
-scored on (``data_version``), the scoring fingerprint (:mod:`salgan.fingerprint`), the run and the git
+scored on (``data_version``), the scoring fingerprint (:mod:`salgan.tracking.fingerprint`), the run and the git
 commit; its metrics are linked to its logged model (MLflow 3), not stored as tags. When a version with the
 same weights exists, it is reused (its tags and metrics updated, the alias moved) instead of a duplicate
 being made.
@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from salgan.errors import ConfigError, InputError
-from salgan.fingerprint import FINGERPRINT_TAG, decode, differences, fingerprint
 from salgan.layout import DATA_VERSION_TAG
+from salgan.tracking.fingerprint import FINGERPRINT_TAG, decode, differences, fingerprint
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -116,7 +116,7 @@ class Opened:
 class Judge(Protocol):
     """What the gate needs from today's data, settings and code (:class:`salgan.registry.Judge`)."""
 
-    common: dict  # today's fingerprint fields that do not depend on the model (salgan.fingerprint.today)
+    common: dict  # today's fingerprint fields that do not depend on the model (salgan.tracking.fingerprint.today)
 
     def open(self, version: ModelVersion) -> Opened:
         """Load a version through salgan's own loader; raises :class:`Unloadable` with the reason."""
