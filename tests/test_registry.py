@@ -372,6 +372,7 @@ print(json.dumps({"decision": result["decision"], "champion": (result["champion"
 """
 
 
+@pytest.mark.slow
 def test_two_gates_racing_from_two_processes_end_as_one_after_the_other(params, tmp_path):
     """Two gates on one sqlite store both beat the same champion; the better moves the alias first. The
     worse one finds the champion moved, compares again with the new one and keeps it: the end state of
