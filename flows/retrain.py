@@ -4,10 +4,13 @@
    or ``dvc pull`` the versions dvc.lock names from the remote, or leave the data as it is;
 2. train: the pipeline as one ``dvc exp run`` with the flow's overrides (the ``salgan-pipeline`` flow as a
    subflow), whose evaluate stage registers the model as the registry's ``challenger``;
-3. gate: ``salgan.registry.gate`` moves the ``champion`` alias to the challenger only when it beats the
-   champion on ``metric`` by more than ``min_delta``, both measured on the workspace's current val split (a
-   champion registered on older data is scored again);
-4. report: a markdown artifact (key ``salgan-retrain``) with challenger and champion metrics and the decision.
+3. gate: ``salgan.registry.gate`` on the version this run's evaluate stage registered (found by the weights
+   hash in ``reports/metrics.json``, whatever the ``challenger`` alias names by then): it moves ``champion``
+   there only when it beats the champion on ``metric`` by more than ``min_delta``, both opened with salgan's
+   loader and valued under the workspace's scoring fingerprint (a side recorded under another one is scored
+   again), the first champion only above the centre-bias baseline (``floor``), under the registry's lock;
+4. report: a markdown artifact (key ``salgan-retrain``) with both sides' metrics and fingerprints and the
+   decision.
 
 The whole flow holds the workspace lock (``flows.workspace.workspace_lock``): two triggers at once run
 one after the other instead of interleaving their writes to params.yaml, dvc.lock and the outputs.
@@ -68,6 +71,8 @@ def workspace_params(workdir: str | Path):
     base = Path(workdir).resolve()
     params = load_params(base / "params.yaml")
     params.train.data = str(base / params.train.data)
+    params.prepare.input = str(base / params.prepare.input)  # the raw images a version of another size needs
+    params.evaluate.output = str(base / params.evaluate.output)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
     params.mlflow.tracking_uri = absolute_store(uri, base)
     return params
@@ -82,19 +87,46 @@ def absolute_store(uri: str, base: Path) -> str:
     return uri
 
 
-def run_promotion(params, metric: str, min_delta: float) -> dict[str, Any]:
-    """``salgan.registry.gate``: challenger and champion compared on the workspace's current val split.
+def this_runs_version(params) -> str:
+    """The registry version of the model this workspace's evaluate stage scored: the one registered with
+    the weights ``reports/metrics.json``'s fingerprint names (not whatever ``challenger`` names by now)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from salgan.layout import ReportFiles
+    from salgan.tracking.registry import PromotionError, version_with_weights
+    from salgan.tracking.store import configure
+
+    metrics = ReportFiles(Path(params.evaluate.output)).metrics
+    try:
+        weights = json.loads(metrics.read_text())["fingerprint"]["weights"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PromotionError(
+            f"{metrics}: no evaluation with a scoring fingerprint ({exc!r}); run the pipeline"
+        ) from None
+    found = version_with_weights(MlflowClient(configure(params)), params.mlflow.model_name, weights)
+    if found is None:
+        raise PromotionError(
+            f"the model evaluated in {metrics} (weights {weights[:12]}) is not registered; was MLflow unreachable? "
+            "salgan track registers it"
+        )
+    return str(found.version)
+
+
+def run_promotion(params, metric: str, min_delta: float, floor: bool = True) -> dict[str, Any]:
+    """``salgan.registry.gate`` on this run's version (:func:`this_runs_version`).
 
     Imported here: mlflow and the scoring code are heavy, and running stages does not need them.
     """
     from salgan.registry import gate
 
-    return gate(params, metric, min_delta)
+    return gate(params, metric, min_delta, version=this_runs_version(params), floor=floor)
 
 
 @task(name="promotion-gate", task_run_name="promotion-gate", cache_policy=NO_CACHE)
-def promotion_gate(workdir: str, metric: str, min_delta: float) -> dict[str, Any]:
-    """Compare the registry's challenger with its champion on ``metric``; promote when it is better."""
+def promotion_gate(workdir: str, metric: str, min_delta: float, floor: bool = True) -> dict[str, Any]:
+    """Compare this run's registered model with the champion on ``metric``; promote when it is better."""
     from salgan.urls import redact_url
 
     logger = get_run_logger()
@@ -103,13 +135,14 @@ def promotion_gate(workdir: str, metric: str, min_delta: float) -> dict[str, Any
         logger.info("mlflow.enabled is false: no registry, no promotion")
         return {"promoted": False, "reason": "MLflow is disabled in params.yaml", "metric": metric}
     logger.info(
-        "promotion gate on %s (model %r, metric %s, min_delta %s)",
+        "promotion gate on %s (model %r, metric %s, min_delta %s, floor %s)",
         redact_url(params.mlflow.tracking_uri),
         params.mlflow.model_name,
         metric,
         min_delta,
+        floor,
     )
-    result = run_promotion(params, metric, min_delta)
+    result = run_promotion(params, metric, min_delta, floor)
     logger.info("gate decision: %s", decision_text(result))
     return result
 
@@ -125,8 +158,9 @@ def record_decision(workdir: str, run_id: str, result: dict[str, Any], metric: s
     for side in ("challenger", "champion"):
         if isinstance(result.get(side), dict):
             tags[f"{side}_version"] = str(result[side]["version"])
-            with contextlib.suppress(*TRACKING_ERRORS):
-                client.log_metric(run_id, f"{side}_{metric}", float(result[side]["value"]))
+            if result[side].get("value") is not None:
+                with contextlib.suppress(*TRACKING_ERRORS):
+                    client.log_metric(run_id, f"{side}_{metric}", float(result[side]["value"]))
     with contextlib.suppress(*TRACKING_ERRORS):
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
@@ -162,7 +196,8 @@ def _cell(value: Any) -> str:
 
 
 def decision_markdown(result: dict[str, Any], metric: str, min_delta: float) -> str:
-    """The artifact: a table of challenger vs champion metrics (the gate's metric first) and the decision."""
+    """The artifact: the decision, a table of both sides' metrics (the gate's metric first) and one of their
+    recorded scoring fingerprints beside today's, with which side was scored again and why."""
     challenger, champion = result.get("challenger") or {}, result.get("champion") or {}
     ours, theirs = _metrics_of(challenger, metric), _metrics_of(champion, metric)
     names = sorted(set(ours) | set(theirs), key=lambda name: (name != metric, name))
@@ -176,13 +211,14 @@ def decision_markdown(result: dict[str, Any], metric: str, min_delta: float) -> 
         gate += f". Both measured on the val split of data version `{result['data_version']}`"
         rescored = [f"v{side['version']}" for side in (challenger, champion) if side.get("rescored")]
         if rescored:
-            gate += f" ({', '.join(rescored)} scored again: registered on other data)"
-    lines = [
-        "# SalGAN retraining",
-        "",
-        f"**Decision: {decision_text(result)}**",
-        "",
-        gate + ".",
+            gate += f" ({', '.join(rescored)} scored again: recorded under another fingerprint)"
+    lines = ["# SalGAN retraining", "", f"**Decision: {decision_text(result)}**", "", gate + "."]
+    if result.get("floor"):
+        bar = result["floor"]
+        lines += ["", f"Floor (no champion yet): the centre-bias baseline's `{metric}` is {bar['center_bias']:.4f}."]
+    if result.get("lock"):
+        lines += ["", f"Applied under the registry's lock: {result['lock']}."]
+    lines += [
         "",
         f"| metric | challenger (v{_cell(challenger.get('version'))}) | champion (v{_cell(champion.get('version'))}) |",
         "|---|---:|---:|",
@@ -192,7 +228,43 @@ def decision_markdown(result: dict[str, Any], metric: str, min_delta: float) -> 
         lines.append(f"| {label} | {_cell(ours.get(name))} | {_cell(theirs.get(name))} |")
     if not names:
         lines.append("| (no metrics recorded) | — | — |")
+    if result.get("today"):
+        lines += ["", *fingerprint_markdown(result["today"], challenger, champion)]
     return "\n".join(lines) + "\n"
+
+
+def fingerprint_markdown(today: dict[str, Any], challenger: dict[str, Any], champion: dict[str, Any]) -> list[str]:
+    """Both sides' recorded scoring fingerprints beside today's, and why a side was scored again."""
+
+    def fields(fingerprint: dict | None) -> dict[str, str]:
+        if not fingerprint:
+            return {}
+        flat = {key: str(value) for key, value in fingerprint.items() if key != "settings"}
+        flat |= {key: str(value) for key, value in (fingerprint.get("settings") or {}).items()}
+        if "weights" in flat:
+            flat["weights"] = flat["weights"][:12]
+        return flat
+
+    now, ours, theirs = fields(today), fields(challenger.get("fingerprint")), fields(champion.get("fingerprint"))
+    order = [*now, *(key for key in (*ours, *theirs) if key not in now)]
+    lines = [
+        "Scoring fingerprints (recorded with each version's numbers; today's for the scores the gate takes):",
+        "",
+        f"| fingerprint | today | challenger (v{_cell(challenger.get('version'))}) | "
+        f"champion (v{_cell(champion.get('version'))}) |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {key} | {now.get(key, '—')} | {ours.get(key, '—')} | {theirs.get(key, '—')} |" for key in order]
+    lines.append("")
+    for role, side in (("challenger", challenger), ("champion", champion)):
+        if side.get("refused"):
+            lines.append(f"- {role} v{side['version']}: not opened: {side['refused']}")
+        elif side.get("rescored"):
+            differs = ", ".join(side["differs"])
+            lines.append(f"- {role} v{side['version']}: scored again; its fingerprint differs in {differs}")
+        elif side.get("version") is not None:
+            lines.append(f"- {role} v{side['version']}: its recorded numbers, taken under today's fingerprint")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,6 +278,7 @@ def salgan_retrain(
     workdir: str = ".",
     metric: str = "nss",
     min_delta: float = 0.0,
+    floor: bool = True,
 ) -> dict[str, Any]:
     """Refresh the data, train a challenger as a DVC experiment, promote it only when it is better.
 
@@ -214,16 +287,18 @@ def salgan_retrain(
         overrides: params.yaml overrides for the experiment, ``{"train.epochs": 60}``.
         workdir: the DVC repository (a checkout of this project).
         metric: the validation metric the gate compares (higher is better, but for kld).
-        min_delta: how much better the challenger must be to become champion.
+        min_delta: how much better the challenger must be to become champion (finite, >= 0).
+        floor: a first champion must beat the centre-bias baseline (False lets any first model through).
 
-    Returns the gate's result (``salgan.registry.promote``).
+    Returns the gate's result (``salgan.tracking.registry.promote``).
     """
-    from salgan.metrics import METRIC_NAMES
+    from salgan.registry import check_metric
+    from salgan.tracking.registry import check_min_delta
 
     if refresh not in REFRESH_MODES:
         raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")
-    if metric not in METRIC_NAMES:
-        raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
+    check_metric(metric)  # ConfigError, a ValueError: checked before anything runs
+    check_min_delta(min_delta)
     workdir = checked_workdir(workdir)  # the parameters are checked before the refresh touches anything
     overrides = checked_overrides(overrides, workdir)
     from prefect.runtime import flow_run
@@ -243,7 +318,7 @@ def salgan_retrain(
             )
         refresh_task(refresh, workdir)
         salgan_pipeline(overrides=overrides, workdir=workdir, experiment=True)
-        result = promotion_gate(workdir, metric, min_delta)
+        result = promotion_gate(workdir, metric, min_delta, floor)
         if run:
             record_decision(workdir, run, result, metric)
     create_markdown_artifact(
@@ -264,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_argument(parser, "params.yaml override for the experiment (repeatable)")
     parser.add_argument("--metric", default="nss", help="metric the promotion gate compares (default: nss)")
     parser.add_argument("--min-delta", type=float, default=0.0, help="required improvement (default: 0)")
+    parser.add_argument(
+        "--no-floor", action="store_true", help="let a first champion through below the centre-bias baseline"
+    )
     parser.add_argument("--workdir", default=".", help="the DVC repository (default: .)")
     return parser
 
@@ -277,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=args.workdir,
         metric=args.metric,
         min_delta=args.min_delta,
+        floor=not args.no_floor,
         return_state=True,
     )
     return 0 if state.is_completed() else 1

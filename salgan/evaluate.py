@@ -8,7 +8,8 @@ Information gain is measured against the density of the training fixations (blur
 uniform map so that no pixel has zero probability).
 
 Outputs: ``reports/metrics.json`` (means, ``data_version``: the val split's version from
-:mod:`salgan.layout`, and ``baselines.center_bias`` / ``baselines.ground_truth``),
+:mod:`salgan.layout`, ``baselines.center_bias`` / ``baselines.ground_truth``, and ``fingerprint``: what the
+scores depend on besides the weights, :mod:`salgan.tracking.fingerprint`),
 ``reports/per_image.csv``, the figures of :mod:`salgan.figures` (``examples.png``, the seed paper's Fig. 4;
 ``progression.png`` and ``.gif``, its Fig. 3; ``losses.png``) and ``reports/report.html``, one page with
 all of them beside the baselines and the seed paper's Table I.
@@ -24,7 +25,16 @@ import numpy as np
 
 from salgan.errors import InputError
 from salgan.inference import BatchedPredictions
-from salgan.layout import ModelFiles, ReportFiles, SplitArrays, atomic_file, read_split, split_version, write_atomic
+from salgan.layout import (
+    ModelFiles,
+    ReportFiles,
+    SplitArrays,
+    atomic_file,
+    read_split,
+    sha256_file,
+    split_version,
+    write_atomic,
+)
 from salgan.metrics import TABLE_I, center_bias_map
 from salgan.scoring import fixation_density_baseline, score_split
 from salgan.settings import Params, load_params
@@ -56,41 +66,59 @@ def scoring_inputs(params: Params) -> tuple[SplitArrays, dict]:
     return val, common
 
 
-def score_generator(generator, params: Params, val: SplitArrays | None = None, common: dict | None = None):
+def score_generator(generator, params: Params, val: SplitArrays | None = None, common: dict | None = None, images=None):
     """Score ``generator`` on the val split after the test maps' post-processing.
 
-    Returns (per-image rows, means, predictions). The promotion gate scores a registered model with it,
-    so that champion and challenger are compared on the same data with the same code. Each batch is
-    scored as it is predicted: ``predictions`` is a :class:`BatchedPredictions` that predicts again any
-    image asked for later, so memory holds one batch of maps whatever the split's size.
+    ``images``: the val images at the generator's input size when that is not the prepared one (uint8
+    rows, sliceable). Returns (per-image rows, means, predictions). The promotion gate scores a registered
+    model with it, so that champion and challenger are compared on the same data with the same code. Each
+    batch is scored as it is predicted: ``predictions`` is a :class:`BatchedPredictions` that predicts again
+    any image asked for later, so memory holds one batch of maps whatever the split's size.
     """
     if val is None or common is None:
         val, common = scoring_inputs(params)
     predictions = BatchedPredictions(
-        generator, val.images, val.original_sizes, params.evaluate.batch_size, params.predict.blur_size
+        generator,
+        val.images if images is None else images,
+        val.original_sizes,
+        params.evaluate.batch_size,
+        params.predict.blur_size,
     )
     rows, means = score_split(predictions, val.maps_full, names=val.names, **common)
     return rows, means, predictions
 
 
+def centre_bias_scores(params: Params, val: SplitArrays, common: dict) -> dict[str, float]:
+    """The centre-bias baseline's means: the bar a model must clear (the first champion's floor)."""
+    center = center_bias_map(val.maps_full.shape[1:], params.evaluate.center_bias_sigma)
+    return score_split([center] * len(val), val.maps_full, progress=False, **common)[1]
+
+
+def input_size(val: SplitArrays) -> tuple[int, int]:
+    """(W, H) of the prepared val images: the input size the model is scored at."""
+    return int(val.images.shape[2]), int(val.images.shape[1])
+
+
 def evaluate(params: Params) -> dict:
     """Score the model and the baselines; write the reports; return the metrics dict."""
     from salgan.models import load_generator
+    from salgan.tracking import fingerprint
 
     cfg = params.evaluate
     val, common = scoring_inputs(params)
     trained = ModelFiles(Path(params.train.output))
     generator = load_generator(trained.generator)
     rows, means, predictions = score_generator(generator, params, val, common)
-    center = center_bias_map(val.maps_full.shape[1:], cfg.center_bias_sigma)
-    _, center_means = score_split([center] * len(predictions), val.maps_full, progress=False, **common)
+    center_means = centre_bias_scores(params, val, common)
     _, ceiling = score_split(val.maps_full, val.maps_full, progress=False, **common)
+    weights = sha256_file(trained.generator)
     metrics = {
         **means,
         "n_images": len(rows),
         "data_version": split_version(params.train.data, "val"),
         "baselines": {"center_bias": center_means, "ground_truth": ceiling},
         "cost": model_costs(generator, trained.history),
+        "fingerprint": fingerprint.fingerprint(fingerprint.today(params), input_size(val), weights),
     }
 
     reports = ReportFiles(Path(cfg.output))
@@ -154,10 +182,19 @@ def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, genera
         return None
     from salgan.tracking.models import record_evaluation
 
-    means = {k: v for k, v in metrics.items() if k not in ("baselines", "n_images", "data_version", "cost")}
+    extra = ("baselines", "n_images", "data_version", "cost", "fingerprint")
+    means = {k: v for k, v in metrics.items() if k not in extra}
     artifacts = [reports.metrics, reports.per_image, reports.examples, reports.progression, reports.progression_gif]
     artifacts += [reports.losses, reports.page]
-    return record_evaluation(params, means, metrics["baselines"], artifacts, generator_path, metrics["data_version"])
+    return record_evaluation(
+        params,
+        means,
+        metrics["baselines"],
+        artifacts,
+        generator_path,
+        metrics["data_version"],
+        metrics.get("fingerprint"),  # absent from a metrics.json written before fingerprints: none recorded
+    )
 
 
 def summary_table(metrics: dict) -> str:

@@ -9,7 +9,8 @@ written once (docs/data-layout.md describes the same layout in prose):
 - writes that a kill never leaves half done: :func:`atomic_file`, :func:`write_atomic`,
   :func:`atomic_directory`;
 - content versions (short sha256 over file contents) that say which data and which code a checkpoint, a
-  registered model or a report came from: :func:`split_version`, :func:`code_version`.
+  registered model or a report came from: :func:`split_version`, :func:`code_version` (of the training core,
+  or of the scoring code).
 
 Only the standard library and numpy are imported: the data stages need neither torch nor MLflow.
 """
@@ -47,6 +48,9 @@ FLOW_RUN_ENV = "SALGAN_FLOW_RUN_ID"
 PARENT_RUN_ENV = "SALGAN_MLFLOW_PARENT_RUN_ID"
 # The modules whose code decides the trained weights: a change to any of them invalidates a checkpoint.
 TRAINING_CORE = ("train.py", "losses.py", "data.py", "layout.py", "checkpoint.py", "distributed.py", "models")
+# The modules whose code decides a validation score of given weights (the promotion gate's fingerprint): the
+# generator's forward pass, the input conversion, the post-processing, the metrics and the scoring itself.
+SCORING_CODE = ("evaluate.py", "scoring.py", "metrics.py", "inference.py", "data.py", "models")
 
 
 # --- the prepared data ------------------------------------------------------------------------------------
@@ -468,11 +472,12 @@ def split_version(root: str | Path, split: str) -> str:
     return recorded or split_version_of_files(Path(root) / split)
 
 
-def code_version() -> str:
-    """Version of the training core's source (:data:`TRAINING_CORE`) as installed."""
+def code_version(modules: tuple[str, ...] = TRAINING_CORE) -> str:
+    """Version of the source of ``modules`` (files and packages of salgan; default :data:`TRAINING_CORE`)
+    as installed."""
     package = Path(salgan.__file__).parent
     files: list[Path] = []
-    for name in TRAINING_CORE:
+    for name in modules:
         path = package / name
         files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
     return files_version(files, package)

@@ -1,54 +1,193 @@
-"""``salgan registry list|promote``: the registry's versions, and the promotion gate on the current data.
+"""``salgan registry list|promote``: the registry's versions, and the promotion gate on today's data and code.
 
 The registry itself (registration, the alias policy and the comparison) is :mod:`salgan.tracking.registry`;
-this module wires the gate to the prepared data and the evaluate stage's scoring (:func:`gate`), which the
-command and the retraining flow use.
+this module wires the gate to the prepared data, the evaluate stage's scoring and salgan's own model loader
+(:class:`Judge`, :func:`gate`), which the command and the retraining flow use.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import math
 from pathlib import Path
 
+from salgan.errors import ConfigError, InputError
 from salgan.settings import Params, load_params
-from salgan.tracking.registry import Rescore, promote
+from salgan.tracking.registry import Opened, Unloadable, promote
 
 
-def gate(params: Params, metric: str = "nss", min_delta: float = 0.0, name: str | None = None) -> dict:
-    """:func:`promote` on the val split in ``train.data`` (scoring again any side measured on other data).
+class Judge:
+    """Opens versions with salgan's loader and values them under today's fingerprint (``train.data``)."""
 
-    Without a prepared val split the tags are compared as recorded, if they are on the same data.
-    """
+    def __init__(self, params: Params, name: str):
+        self.params, self.name = params, name
+        self._inputs: tuple | None = None
+        self._floor: dict[str, float] | None = None
+
+    @functools.cached_property
+    def common(self) -> dict:
+        """Today's fingerprint fields: the prepared splits' versions, the scoring settings and code."""
+        from salgan.tracking import fingerprint
+
+        data = Path(self.params.train.data)
+        for split in ("train", "val"):
+            if not (data / split).is_dir():
+                raise InputError(
+                    f"{data / split}: no prepared {split} split; the gate values versions on today's data, so run "
+                    "it where the prepared data is (dvc repro prepare, or dvc pull)"
+                )
+        return fingerprint.today(self.params)
+
+    def open(self, version) -> Opened:
+        """The version's generator read as ``salgan predict`` reads a model (weights only, salgan's format),
+        its pyfunc loader checked to be salgan's own, its weights hashed."""
+        from salgan.layout import LOGGED_WEIGHTS, sha256_file
+        from salgan.predict import ModelError, load_model
+        from salgan.tracking.models import fetched_model
+        from salgan.urls import redact_text
+
+        uri = f"models:/{self.name}/{version.version}"
+        try:
+            with fetched_model(uri, self.params) as local:
+                generator, size = load_model(str(local), self.params, None)
+                salgan_pyfunc_only(local)
+                weights = sha256_file(local / LOGGED_WEIGHTS)
+        except ModelError as exc:
+            raise Unloadable(f"version {version.version} cannot be opened by salgan's loader: {exc}") from None
+        except Exception as exc:  # MlflowException, botocore and HTTP errors alike: it cannot be fetched
+            raise Unloadable(
+                f"version {version.version} cannot be fetched: {type(exc).__name__}: {redact_text(str(exc))}"
+            ) from None
+        return Opened(generator, (int(size[0]), int(size[1])), weights)
+
+    def inputs(self) -> tuple:
+        """The val split and the arguments every score of it shares, loaded once."""
+        if self._inputs is None:
+            from salgan.evaluate import scoring_inputs
+
+            self._inputs = scoring_inputs(self.params)
+        return self._inputs
+
+    def score(self, opened: Opened) -> dict[str, float]:
+        from salgan.evaluate import input_size, score_generator
+
+        val, common = self.inputs()
+        images = None if input_size(val) == opened.input_size else self.images_at(opened.input_size)
+        size = f"{opened.input_size[0]}x{opened.input_size[1]}"
+        print(f"scoring {opened.weights_sha256[:12]} at {size} under today's settings and code")
+        return score_generator(opened.generator, self.params, val, common, images)[1]
+
+    def images_at(self, size: tuple[int, int]) -> RawImages:
+        """The val images at ``size``, decoded from the raw tree (``prepare.input``) as prepare decodes them."""
+        from salgan.prepare import IMAGE_SUFFIXES
+
+        folder = Path(self.params.prepare.input) / "images" / "val"
+        paths = []
+        for name in self.inputs()[0].names:
+            found = [folder / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES if (folder / f"{name}{suffix}").is_file()]
+            if not found:
+                raise InputError(
+                    f"{folder / name}.*: not found; a version trained at {size[0]}x{size[1]} is scored on the "
+                    f"raw val images (prepare.input) resized to its own size, and this one is missing"
+                )
+            paths.append(found[0])
+        return RawImages(paths, size, self.params.prepare.max_pixels)
+
+    def floor(self) -> dict[str, float]:
+        if self._floor is None:
+            from salgan.evaluate import centre_bias_scores
+
+            self._floor = centre_bias_scores(self.params, *self.inputs())
+        return self._floor
+
+
+class RawImages:
+    """Images decoded and resized to ``size`` (W, H) as the prepare stage does, a slice at a time."""
+
+    def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int):
+        self.paths, self.size, self.max_pixels = paths, size, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: slice):
+        import numpy as np
+
+        from salgan.prepare import load_image
+
+        return np.stack([load_image(path, self.size, max_pixels=self.max_pixels)[0] for path in self.paths[index]])
+
+
+def salgan_pyfunc_only(folder: Path) -> None:
+    """MLmodel's only flavour is salgan's pyfunc (``loader_module: salgan.serving``): what
+    ``mlflow.pyfunc.load_model("models:/salgan@champion")`` then runs is the installed salgan, nothing the
+    model brings (a pickle, another loader)."""
+    import yaml
+
+    from salgan.predict import ModelError
+
+    try:
+        meta = yaml.safe_load((folder / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelError(f"{folder}: unreadable MLmodel ({exc})") from None
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    loader = (flavors or {}).get("python_function", {}).get("loader_module") if isinstance(flavors, dict) else None
+    if loader != "salgan.serving" or set(flavors) != {"python_function"}:
+        named = sorted(flavors) if isinstance(flavors, dict) else flavors
+        raise ModelError(
+            f"{folder}: MLmodel's pyfunc loader is {loader!r} with flavours {named}; salgan's models have only "
+            "the python_function flavour with loader_module salgan.serving"
+        )
+
+
+def gate(
+    params: Params,
+    metric: str = "nss",
+    min_delta: float = 0.0,
+    name: str | None = None,
+    version: str | int | None = None,
+    floor: bool = True,
+) -> dict:
+    """:func:`salgan.tracking.registry.promote` of ``version`` (default: the challenger) against the champion,
+    both opened here and valued under today's fingerprint (``train.data``, the settings, the code), under
+    the registry's lock (:mod:`salgan.tracking.lock`)."""
     from mlflow import MlflowClient
 
-    from salgan.layout import split_version
+    from salgan.tracking.lock import registry_lock
+    from salgan.tracking.registry import check_min_delta
     from salgan.tracking.store import configure
 
-    client = MlflowClient(configure(params))
+    metric, min_delta = check_metric(metric), check_min_delta(min_delta)  # before anything is loaded
+    uri = configure(params)
+    client = MlflowClient(uri)
     name = name or params.mlflow.model_name
-    if not (Path(params.train.data) / "val").is_dir():
-        return promote(client, name, metric, min_delta)
-    return promote(client, name, metric, min_delta, split_version(params.train.data, "val"), _rescorer(params, name))
+    return promote(
+        client, name, Judge(params, name), metric, min_delta, version, floor, lock=lambda: registry_lock(uri)
+    )
 
 
-def _rescorer(params: Params, name: str) -> Rescore:
-    """Score a registered version on the current val split with the evaluate stage's code."""
-    inputs: list = []
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of the metrics evaluate scores; else :class:`ConfigError` (exit status 2)."""
+    from salgan.metrics import METRIC_NAMES
 
-    def rescore(version: str) -> dict[str, float]:
-        from salgan.evaluate import score_generator, scoring_inputs
-        from salgan.predict import load_model
+    if metric not in METRIC_NAMES:
+        raise ConfigError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
+    return metric
 
-        if not inputs:
-            inputs.extend(scoring_inputs(params))  # the val arrays and IG baseline, loaded once
-        generator, _ = load_model(f"models:/{name}/{version}", params, None)
-        print(f"scoring version {version} of {name} on the current val split")
-        return score_generator(generator, params, *inputs)[1]
 
-    return rescore
+def _min_delta(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``salgan registry list|promote`` (exit statuses: salgan/cli.py)."""
+    """``salgan registry list|promote`` (exit statuses: salgan/cli.py; a refused version: 1)."""
     from salgan.cli import command_parser, run_command
 
     parser = command_parser(
@@ -61,13 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--name", help="registered model name (default: mlflow.model_name)")
     promoting = sub.add_parser(
         "promote",
-        help="move the champion alias to the challenger when it is better on a metric, both measured on the "
-        "current val split (train.data; a version scored on older data is scored again)",
+        help="move the champion alias to a version when it beats the champion on a metric, both opened with "
+        "salgan's loader and valued under today's data, settings and code (train.data; a version scored under "
+        "another fingerprint is scored again)",
     )
     promoting.add_argument("--name", help="registered model name (default: mlflow.model_name)")
-    promoting.add_argument("--metric", default="nss", help="metric tag to compare (default: nss; kld: lower wins)")
+    promoting.add_argument("--version", type=int, help="the version to promote (default: the challenger alias's)")
+    promoting.add_argument("--metric", default="nss", help="metric to compare (default: nss; kld: lower wins)")
     promoting.add_argument(
-        "--min-delta", type=float, default=0.0, help="required improvement, strictly exceeded (default: 0)"
+        "--min-delta", type=_min_delta, default=0.0, help="required improvement, strictly exceeded (default: 0)"
+    )
+    promoting.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="let a first champion through even if it does not beat the centre-bias baseline",
     )
     args = parser.parse_args(argv)
 
@@ -81,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or params.mlflow.model_name
         if args.command == "list":
             print(list_versions(MlflowClient(configure(params)), name))
-        else:
-            print(describe(gate(params, args.metric, args.min_delta, name)))
-        return 0
+            return 0
+        result = gate(params, args.metric, args.min_delta, name, args.version, floor=not args.no_floor)
+        print(describe(result))
+        return 1 if result["decision"] == "refused" else 0
 
     return run_command("registry", work)
 

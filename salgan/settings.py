@@ -41,6 +41,9 @@ class Section(BaseModel):
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
+# Marks a setting that changes a validation score (``Field(json_schema_extra=SCORES)``): the promotion gate's
+# fingerprint holds every such setting (:func:`scoring_keys`), so a new one cannot be left out of it.
+SCORES = {"scores": True}
 
 
 class DownloadParams(Section):
@@ -139,10 +142,11 @@ class EvaluateParams(Section):
 
     output: str = "reports"
     batch_size: PositiveInt = 16
-    n_splits: PositiveInt = 100  # AUC-Borji / sAUC resampling
-    sauc_other_images: PositiveInt = 10  # sAUC negatives: fixations of this many other images
-    center_bias_sigma: float = Field(default=0.25, gt=0)  # centre-bias baseline, in units of the image diagonal
-    ig_baseline_sigma: float = Field(default=0.05, gt=0)  # blur of the training-fixation density for IG
+    n_splits: PositiveInt = Field(default=100, json_schema_extra=SCORES)  # AUC-Borji / sAUC resampling
+    sauc_other_images: PositiveInt = Field(default=10, json_schema_extra=SCORES)  # sAUC negatives: of this many images
+    # the centre-bias baseline (the first champion's floor), in units of the image diagonal
+    center_bias_sigma: float = Field(default=0.25, gt=0, json_schema_extra=SCORES)
+    ig_baseline_sigma: float = Field(default=0.05, gt=0, json_schema_extra=SCORES)  # blur of the IG baseline density
     grid_images: PositiveInt = 6
 
 
@@ -151,7 +155,7 @@ class PredictParams(Section):
 
     output: str = "outputs/test_maps"
     batch_size: PositiveInt = 16
-    blur_size: int = Field(default=5, ge=0)  # Gaussian blur kernel after the bicubic resize; 0 disables it
+    blur_size: int = Field(default=5, ge=0, json_schema_extra=SCORES)  # Gaussian blur after the resize; 0: none
     max_pixels: PositiveInt = 50_000_000  # salgan predict's inputs declaring more pixels are skipped, named
 
     @field_validator("blur_size")
@@ -301,6 +305,16 @@ def nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         section, _, name = key.partition(".")
         nested.setdefault(section, {})[name] = value
     return nested
+
+
+def scoring_keys() -> list[str]:
+    """``section.key`` of every setting marked :data:`SCORES`, in schema order."""
+    keys = []
+    for section, field in Params.model_fields.items():
+        for name, info in field.annotation.model_fields.items():
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("scores"):
+                keys.append(f"{section}.{name}")
+    return keys
 
 
 def validate_section(section: type[Section], values: Mapping, prefix: str = "") -> Section:

@@ -256,10 +256,15 @@ def evaluate(models: Models, split: PreparedSplit, info: DistInfo, params: Param
 
 def epoch_batches(sampler: DistributedSampler, epoch: int, per_rank: int, device: torch.device) -> list:
     """This rank's index batches; rank r of W takes every W-th index of one seeded global permutation,
-    so a global batch holds the same images whatever the world size."""
+    so a global batch holds the same images whatever the world size.
+
+    Every world size runs N // (per_rank * W) batches, the full global batches of one process: the
+    sampler pads its permutation to a multiple of W with repeated indices, and that padded tail is dropped
+    as one process drops its partial last batch (no duplicate image, no extra step shifting the G/D
+    alternation)."""
     sampler.set_epoch(epoch)
     order = torch.tensor(list(sampler), dtype=torch.long)
-    full = len(order) // per_rank * per_rank  # drop the last partial batch: equal batches on every rank
+    full = len(sampler.dataset) // (per_rank * sampler.num_replicas) * per_rank
     return [chunk.to(device) for chunk in order[:full].split(per_rank)]
 
 
@@ -280,17 +285,28 @@ def snapshot(models: Models, split: PreparedSplit, index: int) -> torch.Tensor:
 # --- checkpoints and outputs ----------------------------------------------------------------------------
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
+    """The random streams training draws from: the CPU's and, on a GPU, the current device's (the batch
+    order has its own seeded generator, see :func:`epoch_batches`)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what :func:`_rng_state` saved on whatever this machine has: the CUDA state only onto the
+    current GPU, and not at all on a CPU. A checkpoint from before this format holds one state per GPU
+    of the machine it was made on (a list); the current device's is taken when there is one."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if device.type != "cuda" or saved is None:
+        return
+    if isinstance(saved, list | tuple):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        saved = saved[index] if index < len(saved) else None
+    if saved is not None:
+        torch.cuda.set_rng_state(saved, device)
 
 
 def resumable_state(path: Path, wanted: dict[str, str], log) -> dict | None:
@@ -322,7 +338,7 @@ def restore(models: Models, state: dict) -> None:
     models.discriminator.load_state_dict(state["discriminator"])
     models.opt_g.load_state_dict(state["opt_g"])
     models.opt_d.load_state_dict(state["opt_d"])
-    _set_rng_state(state["rng"])
+    _set_rng_state(state["rng"], next(models.generator.parameters()).device)
 
 
 def write_outputs(out: ModelFiles, history: list[dict], snapshots: list[torch.Tensor]) -> None:
@@ -478,7 +494,7 @@ def _end_of_epoch(models, made_from, params, history, snapshots, out, tracker) -
         "epoch": epoch,
         "history": history,
         "snapshots": snapshots,
-        "rng": _rng_state(),
+        "rng": _rng_state(next(models.generator.parameters()).device),
         "identity": made_from,
         "config": to_record(params),
     }

@@ -405,7 +405,7 @@ def test_sigterm_ends_the_stage_and_all_its_children(harness, tmp_path):
 FAKE_GATE = """
 import flows.retrain as retrain
 
-def fake_promotion(params, metric, min_delta):
+def fake_promotion(params, metric, min_delta, floor):
     return {{"decision": "promoted", "reason": "fake gate", "challenger": {{"version": "{tag}", "value": 1.5}},
             "champion": {{"version": "0", "value": 1.0}}}}
 
@@ -465,3 +465,61 @@ def test_the_workspace_lock_is_reentrant_in_a_thread_and_excludes_other_processe
         assert subprocess.run([sys.executable, "-c", probe, str(lock_file)]).returncode == 3
         assert json.loads((tmp_path / ".dvc" / "tmp" / "salgan-workspace.owner").read_text())["pid"] == os.getpid()
     assert subprocess.run([sys.executable, "-c", probe, str(lock_file)]).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry's lock on a server store: a Prefect global concurrency limit
+
+LOCK_HOLDER = """
+import json, sys, time
+from pathlib import Path
+
+from salgan.tracking.lock import registry_lock
+
+me = sys.argv[1]
+Path(me + ".ready").touch()
+while not (Path("a.ready").exists() and Path("b.ready").exists()):  # both ask for the lock at once
+    time.sleep(0.02)
+with registry_lock("http://user:secret@mlflow.example:5000") as held:
+    start = time.time()
+    time.sleep(1.0)
+    end = time.time()
+print(json.dumps({"held": held, "start": start, "end": end}))
+"""
+
+
+def test_the_registry_lock_of_a_server_store_is_one_prefect_limit_for_every_process(harness, tmp_path):
+    """Two processes (two machines' gates) on one MLflow server and one Prefect server hold the registry's
+    lock one after the other; without a Prefect API there is no lock, and the gate says so."""
+    from prefect.client.orchestration import get_client
+
+    from salgan.tracking.lock import limit_name
+
+    name = limit_name("http://user:secret@mlflow.example:5000")
+    assert name == limit_name("http://other:login@mlflow.example:5000")  # credentials are not the key
+    env = {**os.environ, "PREFECT_API_URL": harness, "PYTHONPATH": str(REPO)}
+    holders = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOCK_HOLDER, me], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+        )
+        for me in ("a", "b")
+    ]
+    try:
+        held = [json.loads(holder.communicate(timeout=120)[0].strip().splitlines()[-1]) for holder in holders]
+        assert [h["held"] for h in held] == [f"Prefect global concurrency limit {name}"] * 2
+        first, second = sorted(held, key=lambda h: h["start"])
+        assert first["end"] <= second["start"], f"both held the registry lock at once: {held}"
+        with get_client(sync_client=True) as client:
+            assert client.read_global_concurrency_limit_by_name(name).limit == 1
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(name)
+
+    alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
+    code = (
+        "from salgan.tracking.lock import registry_lock\n"
+        "with registry_lock('http://mlflow.example:5000') as held:\n    print(held)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=alone, capture_output=True, text=True)
+    assert done.stdout.strip() == "none (no Prefect API): re-checked only"
+    assert "no registry-wide lock for http://mlflow.example:5000 outside Prefect" in done.stderr

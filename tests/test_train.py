@@ -438,3 +438,78 @@ def test_epoch_batches_are_a_fixed_partition_of_one_permutation():
     batches = epoch_batches(sampler, 0, 8, torch.device("cpu"))
     assert [len(b) for b in batches] == [8, 8]
     assert len(set(torch.cat(batches).tolist())) == 16
+
+
+def test_w_processes_take_the_global_batches_and_steps_of_one_for_any_n():
+    """N=15 images, global batch 4: one process runs 3 batches and drops 3 images. Two ranks of 2 each
+    (the sampler pads 15 to 16 with a repeated index) must run the same 3 global batches, not a 4th holding
+    the padding's duplicate that would shift the G/D alternation."""
+    from torch.utils.data import DistributedSampler
+
+    for n in (15, 16, 17, 23):
+        for epoch in range(3):
+            one = epoch_batches(DistributedSampler(range(n), num_replicas=1, rank=0, seed=0), epoch, 4, CPU.device)
+            ranks = [
+                epoch_batches(DistributedSampler(range(n), num_replicas=2, rank=r, seed=0), epoch, 2, CPU.device)
+                for r in (0, 1)
+            ]
+            assert len(one) == n // 4 and [len(r) for r in ranks] == [n // 4] * 2
+            for k, batch in enumerate(one):
+                global_batch = torch.cat([ranks[0][k], ranks[1][k]])
+                assert sorted(global_batch.tolist()) == sorted(batch.tolist()), (n, epoch, k)
+                assert len(set(global_batch.tolist())) == 4
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_on_15_images_match_one_process_step_for_step(tmp_path):
+    """15 images, batch 4: 3 steps an epoch for one process and for two, so the same weights and the same
+    number of optimiser steps on each network."""
+    settings = {"epochs": 2, "bce_epochs": 1, "batch_size": 4, "reset_optimizer_at_adversarial": False}
+    one = tiny_params(tmp_path / "one", nproc=1, **settings)
+    two = tiny_params(tmp_path / "two", nproc=2, **settings)
+    for params in (one, two):
+        write_prepared(Path(params.train.data), n_train=15)
+    with on_one_cpu():
+        run(one)
+    assert run_module(write_params(two, tmp_path / "two.yaml")).wait(timeout=300) == 0
+    states = [checkpoint.load(tmp_path / name / "models" / CHECKPOINT_FILE) for name in ("one", "two")]
+    # G: 3 BCE steps, then D, G, D in the adversarial epoch (a 4th batch would have added a G step).
+    for network, expected in (("opt_g", {4}), ("opt_d", {2})):
+        for state in states:
+            assert {int(s["step"]) for s in state[network]["state"].values()} == expected, network
+    w1 = weights(tmp_path / "one" / "models" / GENERATOR_FILE)
+    w2 = weights(tmp_path / "two" / "models" / GENERATOR_FILE)
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpoint_with_two_gpus_random_states_resumes_on_a_machine_without_any(tmp_path, capsys):
+    """The checkpoint of a 2-GPU machine (one CUDA random state per device, as it used to be saved) is
+    restored on this CPU-only machine: a finished run restores it, then puts back the generator DVC removed."""
+    params = tiny_params(tmp_path, epochs=2, bce_epochs=1)
+    run(params)
+    out = tmp_path / "models"
+    state = checkpoint.load(out / CHECKPOINT_FILE)
+    assert set(state["rng"]) == {"torch"}  # on a CPU only the CPU's stream is saved
+    state["rng"]["cuda"] = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    checkpoint.save_atomic(state, out / CHECKPOINT_FILE)
+    trained = weights(out / GENERATOR_FILE)
+    (out / GENERATOR_FILE).unlink()
+    assert run(params) == 0
+    assert "outputs restored from the checkpoint" in capsys.readouterr().out
+    assert same_weights(weights(out / GENERATOR_FILE), trained)
+    assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() != 1, reason="needs exactly one visible GPU")
+def test_a_checkpoint_with_two_gpus_random_states_resumes_on_one_gpu(tmp_path):
+    """Resuming restores only the current device's CUDA state: two saved states on one GPU are no error
+    (a finished run restores its checkpoint too, before it finds nothing to do)."""
+    params = tiny_params(tmp_path, epochs=1, bce_epochs=1, device="cuda")
+    run(params)
+    state = checkpoint.load(tmp_path / "models" / CHECKPOINT_FILE)
+    first = torch.cuda.get_rng_state(0)
+    state["rng"]["cuda"] = [first, torch.zeros_like(first)]
+    checkpoint.save_atomic(state, tmp_path / "models" / CHECKPOINT_FILE)
+    assert run(params) == 0
+    assert torch.equal(torch.cuda.get_rng_state(0), first)

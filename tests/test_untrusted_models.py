@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from salgan import predict
-from salgan.layout import split_version
 from salgan.models import EncoderWeightsError, Generator, load_encoder_weights
 from salgan.registry import gate
+from salgan.tracking.models import record_evaluation
 from salgan.tracking.store import configure
 from tests.conftest import write_prepared
 
@@ -92,17 +92,61 @@ def test_a_crafted_model_in_the_registry_is_refused_by_the_loader_predict_and_th
     with pytest.raises(predict.ModelError):
         predict.load_model("models:/salgan/1", predict.Params(), None)
 
-    # The gate scores the champion again on today's val split (its data_version is old): it loads the
-    # crafted version through the same loader, and refuses it with the alias left where it was.
-    write_prepared(tmp_path / "prepared", n_train=2, n_val=4)
-    today = split_version(tmp_path / "prepared", "val")
-    challenger = client.create_model_version("salgan", source=model.as_uri(), tags={"data_version": today, "nss": "1"})
-    client.set_registered_model_alias("salgan", "challenger", challenger.version)
+    # The gate opens the champion with the same loader before comparing anything with it: refused, the alias
+    # left where it was, nothing of it run.
     params = predict.Params()
-    params.train.data = str(tmp_path / "prepared")
-    with pytest.raises(predict.ModelError, match="not a SalGAN generator state_dict"):
-        gate(params)
+    params.train.data = str(write_prepared(tmp_path / "prepared", n_train=2, n_val=4))
+    params.mlflow.tracking_uri, params.evaluate.n_splits, params.prepare.size = uri, 5, [64, 48]
+    torch.manual_seed(0)
+    torch.save(Generator(width=0.0625).state_dict(), tmp_path / "generator.pt")
+    challenger = record_evaluation(params, {"nss": 1.0}, {}, [], tmp_path / "generator.pt")
+    result = gate(params)
+    assert result["decision"] == "refused" and result["challenger"]["version"] == challenger
+    assert "the champion cannot be opened" in result["reason"]
+    assert "not a SalGAN generator state_dict" in result["reason"]
     assert client.get_model_version_by_alias("salgan", "champion").version == version.version
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "weights,reason",
+    [
+        ("pickled", "not a SalGAN generator state_dict (UnpicklingError"),
+        ("salgan's", "MLmodel's pyfunc loader is 'mlflow.pytorch'"),  # salgan predict alone would read it
+    ],
+)
+def test_a_pickled_pyfunc_with_flattering_tags_is_never_promoted_and_runs_nothing(
+    tmp_path, monkeypatch, capsys, weights, reason
+):
+    """A version whose tags say it was scored under today's fingerprint, with a flattering number, but
+    whose model is MLflow's pickled pytorch pyfunc (loading it with mlflow.pyfunc would run its code)."""
+    from salgan import registry
+    from salgan.layout import sha256_file
+    from salgan.tracking.fingerprint import FINGERPRINT_TAG, encode, fingerprint, today
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    marker = tmp_path / "marker"
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = predict.Params()
+    params.train.data = str(write_prepared(tmp_path / "data" / "prepared", n_train=2, n_val=4))
+    model = write_model(tmp_path / "model", marker, ours=True)
+    if weights == "salgan's":
+        torch.save(Generator(width=0.0625).state_dict(), model / "extra_files" / "generator.pt")
+    sha = sha256_file(model / "extra_files" / "generator.pt")
+    recorded = fingerprint(today(params), (64, 48), sha)
+    tags = {"data_version": recorded["val"], "nss": "99", "weights_sha256": sha, FINGERPRINT_TAG: encode(recorded)}
+    client = MlflowClient(uri)
+    client.create_registered_model("salgan")
+    version = client.create_model_version("salgan", source=model.as_uri(), tags=tags).version
+    client.set_registered_model_alias("salgan", "challenger", version)
+
+    result = gate(params, floor=False)
+    assert result["decision"] == "refused" and reason in result["reason"] and "never promoted" in result["reason"]
+    assert registry.main(["promote", "--no-floor"]) == 1
+    assert f"refused version {version}:" in capsys.readouterr().out
+    assert client.get_registered_model("salgan").aliases == {"challenger": version}  # no champion
     assert not marker.exists()
 
 

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from salgan.layout import DATA_VERSION_TAG, LOGGED_WEIGHTS, MODEL_KIND, sha256_file
 from salgan.settings import Params, PredictParams
+from salgan.tracking.fingerprint import FINGERPRINT_TAG, encode
 from salgan.tracking.registry import CHALLENGER, WEIGHTS_TAG, logged_model_id, register, version_with_weights
 from salgan.tracking.runs import continue_run, git_commit, is_number
 from salgan.tracking.store import TRACKING_ERRORS, configure, tracking_uri, warn_unavailable
@@ -31,14 +32,18 @@ def record_evaluation(
     artifacts: list[Path],
     generator_path: Path,
     data_version: str | None = None,
+    fingerprint: dict | None = None,
 ) -> str | None:
     """Log the evaluation to the pipeline's run and register the generator as the ``challenger``.
 
     The run gets the baselines' metrics and the report files; the generator's logged model gets the val
     metrics (``val_<metric>``, linked to both the run and the model); the registered version gets its
-    weights' hash, the val split's ``data_version``, the run and the git commit as tags. When the same
-    weights are registered already (evaluate rerun on other data, or with other scoring settings), that
-    version is reused. Returns the version, or None (after one warning) when MLflow is unreachable.
+    weights' hash, the val split's ``data_version``, the scoring ``fingerprint`` the metrics were taken
+    under (:mod:`salgan.tracking.fingerprint`), the run and the git commit as tags. When the same weights are
+    registered already (evaluate rerun on other data, or with other scoring settings), that version is
+    reused: its fingerprint is removed before the new metrics are logged and set after, so that no reader
+    pairs the new numbers with the old fingerprint. Returns the version, or None (after one warning) when
+    MLflow is unreachable.
     """
     uri, name = tracking_uri(params), params.mlflow.model_name
     try:
@@ -62,8 +67,12 @@ def record_evaluation(
             if model_id is None:
                 info = log_generator(generator_path, params.prepare.size, options=params.predict)
                 model_id, model_uri, existing = info.model_id, info.model_uri, None
+            elif FINGERPRINT_TAG in existing.tags:
+                client.delete_model_version_tag(name, existing.version, FINGERPRINT_TAG)
             mlflow.log_metrics({f"val_{k}": float(v) for k, v in metrics.items() if is_number(v)}, model_id=model_id)
             tags = {"run_id": run.info.run_id}
+            if fingerprint:
+                tags[FINGERPRINT_TAG] = encode(fingerprint)
             if data_version:
                 tags[DATA_VERSION_TAG] = data_version
                 mlflow.set_tag(DATA_VERSION_TAG, data_version)

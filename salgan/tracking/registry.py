@@ -2,26 +2,33 @@
 
 Registration (:func:`register`): evaluation registers its generator as a version of ``mlflow.model_name``
 with alias ``challenger``, tagged with the sha256 of its weights, the version of the val split it was
-scored on (``data_version``), the run and the git commit; its metrics are linked to its logged model
-(MLflow 3), not stored as tags. When a version with the same weights exists, it is reused (its tags and
-metrics updated, the alias moved) instead of a duplicate being made.
+scored on (``data_version``), the scoring fingerprint (:mod:`salgan.tracking.fingerprint`), the run and the git
+commit; its metrics are linked to its logged model (MLflow 3), not stored as tags. When a version with the
+same weights exists, it is reused (its tags and metrics updated, the alias moved) instead of a duplicate
+being made.
 
 The alias policy, in one place (:data:`CHAMPION`, :data:`CHALLENGER`, :data:`PREVIOUS`): the gate
-(:func:`promote`, :func:`gate`) moves ``champion`` to the challenger only when it beats the champion on one
-metric by more than a margin, both measured on the same data: a side measured on another val split than
-the current one is scored again on it with the evaluate stage's code. ``champion`` is only ever re-pointed,
-never deleted, so ``models:/salgan@champion`` keeps resolving; the replaced champion keeps
-``previous_champion`` for a rollback.
+(:func:`promote`; :func:`salgan.registry.gate` wires it to the data) moves ``champion`` to a version only
+when it beats the champion on one metric by more than a margin, both valued under today's scoring
+fingerprint by versions the gate itself opened, and only if ``champion`` did not move meanwhile (a
+compare-and-set under the registry's lock, :mod:`salgan.tracking.lock`). The first champion must beat the
+centre-bias baseline. ``champion`` is only ever re-pointed, never deleted, so ``models:/salgan@champion``
+keeps resolving; the replaced champion keeps ``previous_champion`` for a rollback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from salgan.errors import InputError
+from salgan.errors import ConfigError, InputError
 from salgan.layout import DATA_VERSION_TAG
+from salgan.tracking.fingerprint import FINGERPRINT_TAG, decode, differences, fingerprint
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -31,12 +38,10 @@ CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 WEIGHTS_TAG = "weights_sha256"
 LOWER_IS_BETTER = {"kld"}
 LIST_METRICS = ("nss", "cc", "auc_judd", "auc_shuffled", "sim", "kld", "information_gain")
-# A registered version's number -> its metrics on the current val split.
-Rescore = Callable[[str], dict[str, float]]
 
 
 class PromotionError(InputError):
-    """Promotion cannot decide: no challenger, a version lacks the metric, or the data differ."""
+    """Promotion cannot decide: no such version, or the champion kept moving."""
 
 
 # --- registration ---------------------------------------------------------------------------------------
@@ -96,15 +101,35 @@ def version_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, fl
     return numbers
 
 
-def metric_value(client: MlflowClient, version: ModelVersion, metric: str) -> float:
-    metrics = version_metrics(client, version)
-    if metric not in metrics:
-        known = ", ".join(sorted(metrics)) or "none"
-        raise PromotionError(f"version {version.version} has no metric {metric!r} (it has: {known})")
-    return metrics[metric]
-
-
 # --- the promotion gate ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Opened:
+    """A version as the gate loaded it: the generator, its input size (W, H) and its weights' sha256."""
+
+    generator: Any
+    input_size: tuple[int, int]
+    weights_sha256: str
+
+
+class Judge(Protocol):
+    """What the gate needs from today's data, settings and code (:class:`salgan.registry.Judge`)."""
+
+    common: dict  # today's fingerprint fields that do not depend on the model (salgan.tracking.fingerprint.today)
+
+    def open(self, version: ModelVersion) -> Opened:
+        """Load a version through salgan's own loader; raises :class:`Unloadable` with the reason."""
+
+    def score(self, opened: Opened) -> dict[str, float]:
+        """The version's metrics under today's settings and code, at its own input size."""
+
+    def floor(self) -> dict[str, float]:
+        """The centre-bias baseline's metrics today: the bar the first champion must clear."""
+
+
+class Unloadable(InputError):
+    """A version the gate cannot open with salgan's loader: it is never promoted."""
 
 
 def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -118,98 +143,201 @@ def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
         raise
 
 
-def _side(
-    client: MlflowClient, version: ModelVersion, metric: str, data_version: str | None, rescore: Rescore | None
-) -> dict:
-    """A version's metrics on the current val split: its recorded ones when measured there, else a new score."""
-    measured_on = version.tags.get(DATA_VERSION_TAG)
-    side = {"version": str(version.version), "data_version": measured_on, "rescored": False}
-    if data_version is None or measured_on == data_version:
-        return side | {"value": metric_value(client, version, metric), "metrics": version_metrics(client, version)}
-    if rescore is None:
-        raise PromotionError(
-            f"version {version.version} was scored on val data {measured_on or '(unrecorded)'}, the current "
-            f"val split is {data_version}; run the gate where the prepared data is, to score it again"
-        )
-    metrics = rescore(str(version.version))
-    if metric not in metrics:
-        raise PromotionError(f"version {version.version}: scoring gave no {metric!r} (it gave {sorted(metrics)})")
-    return side | {"value": float(metrics[metric]), "metrics": metrics, "data_version": data_version, "rescored": True}
+def recorded_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
+    """The val metrics evaluate logged on the version's logged model (never its tags: anyone who can tag a
+    version could write a number there)."""
+    model_id = logged_model_id(version)
+    if not model_id:
+        return {}
+    latest: dict[str, float] = {}
+    for metric in sorted(client.get_logged_model(model_id).metrics or [], key=lambda m: (m.timestamp, m.step)):
+        if metric.key.startswith("val_"):
+            latest[metric.key.removeprefix("val_")] = float(metric.value)
+    return latest
+
+
+def _side(client: MlflowClient, version: ModelVersion, metric: str, judge: Judge) -> dict:
+    """A version opened and valued under today's fingerprint: its recorded numbers when they were taken
+    under exactly today's fingerprint for its weights, else a new score. ``refused`` says why it cannot be."""
+    side: dict[str, Any] = {"version": str(version.version), "rescored": False, "differs": []}
+    side["fingerprint"] = decode(version.tags.get(FINGERPRINT_TAG))
+    try:
+        opened = judge.open(version)
+    except Unloadable as exc:
+        return side | {"refused": str(exc)}
+    tagged = version.tags.get(WEIGHTS_TAG)
+    if tagged != opened.weights_sha256:
+        return side | {
+            "refused": f"version {version.version}'s weights hash to {opened.weights_sha256[:12]}, its "
+            f"{WEIGHTS_TAG} tag says {(tagged or 'nothing')[:12]}"
+        }
+    current = fingerprint(judge.common, opened.input_size, opened.weights_sha256)
+    differs = differences(side["fingerprint"], current)
+    metrics = {} if differs else recorded_metrics(client, version)
+    if not differs and metric not in metrics:
+        differs = [f"no recorded {metric}"]
+    if differs:
+        metrics = judge.score(opened)
+    side |= {"input_size": list(opened.input_size), "differs": differs, "rescored": bool(differs)}
+    return side | {"value": float(metrics[metric]), "metrics": metrics, "data_version": current["val"]}
+
+
+def check_min_delta(min_delta: float) -> float:
+    """``min_delta`` as a float if it is finite and >= 0; else :class:`ConfigError` (exit status 2)."""
+    try:
+        value = float(min_delta)
+    except (TypeError, ValueError):
+        raise ConfigError(f"min_delta must be a number, got {min_delta!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"min_delta must be finite and >= 0, got {min_delta!r}")
+    return value
+
+
+def candidate_version(client: MlflowClient, name: str, version: str | int | None) -> ModelVersion:
+    """Version ``version`` of ``name``, or the one the ``challenger`` alias names when it is None."""
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        found = _by_alias(client, name, CHALLENGER)
+        if found is None:
+            raise PromotionError(
+                f"registered model {name!r} has no {CHALLENGER!r} version; "
+                "run the evaluate stage (dvc repro) to register one"
+            )
+        return found
+    if not str(version).isdigit():
+        raise ConfigError(f"version must be a version number, got {version!r}")
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise PromotionError(f"registered model {name!r} has no version {version}") from None
+
+
+def _decide(result: dict, champion: dict | None, judge: Judge, floor: bool) -> dict:
+    """The decision on the sides as valued: ``promoted`` (to be applied), ``kept`` or ``refused``."""
+    metric, min_delta, new = result["metric"], result["min_delta"], result["challenger"]
+    sign = 1.0 if result["higher_is_better"] else -1.0
+    if champion is None:
+        if not floor:
+            return result | {"decision": "promoted", "reason": "no champion yet (no floor asked)"}
+        bar = float(judge.floor()[metric])
+        delta = sign * (new["value"] - bar)
+        result = result | {"floor": {"center_bias": bar, "delta": delta}}
+        if delta <= min_delta:
+            return result | {
+                "decision": "kept",
+                "reason": f"no champion yet, and its {metric} {new['value']:.4f} does not beat the centre-bias "
+                f"baseline {bar:.4f} by more than {min_delta:g} (the floor for a first champion; --no-floor "
+                "skips it)",
+            }
+        return result | {"decision": "promoted", "reason": "no champion yet"}
+    result = result | {"champion": champion}
+    if "refused" in champion:
+        return result | {
+            "decision": "refused",
+            "reason": f"the champion cannot be opened, so nothing is compared: {champion['refused']}; point the "
+            f"{CHAMPION} alias at a loadable version",
+        }
+    delta = sign * (new["value"] - champion["value"])  # positive: challenger better
+    result |= {"delta": delta}
+    if champion["version"] == new["version"]:
+        return result | {"decision": "kept", "reason": "the challenger already is the champion"}
+    if delta <= min_delta:
+        return result | {"decision": "kept", "reason": f"improvement {delta:+.4g} is not above {min_delta:g}"}
+    return result | {"decision": "promoted", "reason": f"improvement {delta:+.4g} is above {min_delta:g}"}
 
 
 def promote(
     client: MlflowClient,
     name: str,
+    judge: Judge,
     metric: str = "nss",
     min_delta: float = 0.0,
-    data_version: str | None = None,
-    rescore: Rescore | None = None,
+    version: str | int | None = None,
+    floor: bool = True,
+    lock: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    attempts: int = 5,
 ) -> dict:
-    """Move ``champion`` to the ``challenger`` version if it beats the champion on ``metric`` by more than
-    ``min_delta`` (lower is better for kld, higher for every other metric); the first model becomes
-    champion.
+    """Move ``champion`` to ``version`` (default: the ``challenger`` alias's) if it beats the champion on
+    ``metric`` by more than ``min_delta`` (lower is better for kld, higher for every other metric).
 
-    Both sides are compared on the val split whose version is ``data_version`` (the current one): a side
-    measured on other data is scored again with ``rescore``. Without ``data_version`` the tags are compared
-    as they are, provided both were measured on the same data.
+    Both versions are opened with ``judge`` (salgan's weights-only loader; one that cannot be opened is
+    never promoted) and valued under today's scoring fingerprint: a recorded number is used only when its
+    fingerprint equals today's for those weights, otherwise the version is scored again at its own input
+    size. With no champion yet, the version must beat the centre-bias baseline by more than ``min_delta``
+    (``floor``). The decision is applied under ``lock`` and only if ``champion`` still names the version it
+    was compared with; otherwise the gate compares again (up to ``attempts`` times). The replaced champion
+    gets ``previous_champion``.
 
-    Returns the decision: ``{"decision": "promoted" | "kept", "reason", "metric", "higher_is_better",
-    "min_delta", "data_version", "challenger": {"version", "value", "metrics", "data_version", "rescored"},
-    "champion": {...} | None, "delta"}``. Raises :class:`PromotionError` when there is no challenger, a
-    metric is missing, or the two sides cannot be put on the same data.
+    Returns ``{"decision": "promoted" | "kept" | "refused", "reason", "metric", "higher_is_better",
+    "min_delta", "today", "data_version", "challenger": side, "champion": side | None, "delta", "floor",
+    "lock"}``, a side being ``{"version", "value", "metrics", "fingerprint" (recorded), "differs",
+    "rescored", "input_size", "data_version"}`` or ``{"version", "refused", ...}``. Raises
+    :class:`PromotionError` (no such version) or :class:`ConfigError` (a bad min_delta).
     """
-    challenger = _by_alias(client, name, CHALLENGER)
-    if challenger is None:
-        raise PromotionError(
-            f"registered model {name!r} has no {CHALLENGER!r} version; "
-            "run the evaluate stage (dvc repro) to register one"
-        )
-    higher = metric not in LOWER_IS_BETTER
-    new = _side(client, challenger, metric, data_version, rescore)
-    champion = _by_alias(client, name, CHAMPION)
+    min_delta = check_min_delta(min_delta)
+    target = candidate_version(client, name, version)
+    sides: dict[str, dict] = {}
+
+    def side(found: ModelVersion) -> dict:
+        if str(found.version) not in sides:
+            sides[str(found.version)] = _side(client, found, metric, judge)
+        return sides[str(found.version)]
+
+    new = side(target)
     result = {
         "metric": metric,
-        "higher_is_better": higher,
+        "higher_is_better": metric not in LOWER_IS_BETTER,
         "min_delta": min_delta,
-        "data_version": data_version or new["data_version"],
+        "today": judge.common,
+        "data_version": judge.common.get("val"),
         "challenger": new,
         "champion": None,
         "delta": None,
+        "floor": None,
     }
-    if champion is None:
-        client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        return result | {"decision": "promoted", "reason": "no champion yet"}
-    same = str(champion.version) == str(challenger.version)
-    old = new if same else _side(client, champion, metric, data_version, rescore)
-    if old["data_version"] != new["data_version"]:
-        raise PromotionError(
-            f"challenger v{new['version']} was scored on val data {new['data_version']}, champion "
-            f"v{old['version']} on {old['data_version']}: not comparable without the current data"
-        )
-    delta = new["value"] - old["value"] if higher else old["value"] - new["value"]  # positive: challenger better
-    result |= {"champion": old, "delta": delta}
-    if old is new:
-        return result | {"decision": "kept", "reason": "the challenger already is the champion"}
-    if delta <= min_delta:
-        return result | {"decision": "kept", "reason": f"improvement {delta:+.4g} is not above {min_delta:g}"}
-    # The new alias first: champion always resolves; the old version stays reachable for a rollback.
-    client.set_registered_model_alias(name, CHAMPION, challenger.version)
-    client.set_registered_model_alias(name, PREVIOUS, champion.version)
-    return result | {"decision": "promoted", "reason": f"improvement {delta:+.4g} is above {min_delta:g}"}
+    if "refused" in new:
+        return result | {"decision": "refused", "reason": f"{new['refused']}; it is never promoted"}
+    for _ in range(attempts):
+        found = _by_alias(client, name, CHAMPION)
+        decided = _decide(result, None if found is None else side(found), judge, floor)
+        if decided["decision"] != "promoted":
+            return decided
+        with lock() as held:
+            now = _by_alias(client, name, CHAMPION)
+            if _number(now) == _number(found):
+                # The new alias first: champion always resolves; the old version stays reachable for a rollback.
+                client.set_registered_model_alias(name, CHAMPION, target.version)
+                if found is not None:
+                    client.set_registered_model_alias(name, PREVIOUS, found.version)
+                return decided | {"lock": held}
+        print(f"the {CHAMPION} alias moved from v{_number(found)} to v{_number(now)} meanwhile; comparing again")
+    raise PromotionError(
+        f"the {CHAMPION} alias of {name!r} moved {attempts} times while the gate compared; run it again"
+    )
+
+
+def _number(version: ModelVersion | None) -> str | None:
+    return None if version is None else str(version.version)
 
 
 def describe(result: dict) -> str:
     """One line of decision and numbers, e.g. ``promoted version 3 to champion: nss 2.10 vs 1.95 ...``."""
-    metric, new = result["metric"], result["challenger"]
-    old = result["champion"]
+    metric, new, old = result["metric"], result["challenger"], result["champion"]
+    if result["decision"] == "refused":
+        return f"refused version {new['version']}: {result['reason']}"
     direction = "higher" if result["higher_is_better"] else "lower"
-    numbers = f"{metric} {new['value']:.4f} (challenger v{new['version']})"
+    numbers = f"{metric} {new['value']:.4f} (challenger v{new['version']}{', scored again' if new['rescored'] else ''})"
     if old is not None:
         numbers += f" vs {old['value']:.4f} (champion v{old['version']}{', scored again' if old['rescored'] else ''})"
+    elif result.get("floor"):
+        numbers += f" vs {result['floor']['center_bias']:.4f} (centre-bias baseline)"
     if result.get("data_version"):
         numbers += f" on val data {result['data_version']}"
     if result["decision"] == "promoted":
         head = f"promoted version {new['version']} to {CHAMPION}"
+    elif old is None:
+        head = f"did not promote version {new['version']} ({CHAMPION} stays unset)"
     else:
         head = f"kept version {old['version']} as {CHAMPION}"
     return f"{head}: {numbers}, {direction} is better; {result['reason']}"
