@@ -60,10 +60,11 @@ def redact_text(text: str) -> str:
 
 
 def _redact_match(found: str) -> str:
-    """A URL found in prose: a closing parenthesis that opened before it is the prose's, kept outside."""
+    """A URL found in prose: the punctuation after it, and a closing parenthesis that opened before it, are
+    the prose's, kept outside."""
     tail = ""
-    while found.endswith(")") and found.count(")") > found.count("("):
-        found, tail = found[:-1], ")" + tail
+    while found[-1] in ".,;:!" or (found.endswith(")") and found.count(")") > found.count("(")):
+        found, tail = found[:-1], found[-1] + tail
     return redact_url(found) + tail
 
 
