@@ -86,7 +86,8 @@ def bounded_mat_bytes(path: Path, limit: int) -> io.BytesIO | Path:
         raise FixationFileError(f"{refused}; refused before loading")
     with open(path, "rb") as handle:
         data = handle.read(limit + 1)
-    if len(data) < 128 or data[126:128] not in (b"IM", b"MI") or scipy.io.matlab.matfile_version(path)[0] != 1:
+    # scipy's matfile_version: v4 has a zero in its first 4 bytes; v5 (1) and v7.3 (2) a version at 124
+    if len(data) < 128 or 0 in data[:4] or data[126:128] not in (b"IM", b"MI") or data[124 + (data[126] == 73)] != 1:
         return path  # not MAT v5: read as stored (v4 holds no compressed data) or refused by loadmat
     order = "<" if data[126:128] == b"IM" else ">"
     parts, total, position = [data[:128]], 128, 128
@@ -142,6 +143,7 @@ class _MatWalk:
 
     def __init__(self, data: bytes, order: str, path: Path):
         self.data, self.order, self.path = data, order, path
+        self.pair = struct.Struct(order + "II")
 
     def variables(self) -> None:
         position = 128
@@ -156,7 +158,7 @@ class _MatWalk:
     def _u4s(self, position: int) -> tuple[int, int]:
         if position + 8 > len(self.data):
             self._fail("truncated MAT file (an element runs past its end)")
-        return struct.unpack(self.order + "II", self.data[position : position + 8])
+        return self.pair.unpack_from(self.data, position)
 
     def _element(self, position: int) -> tuple[int, bytes, int]:
         """(type, data, next position) of a data element, small (4 bytes in the tag) or full (padded to 8)."""
