@@ -98,12 +98,18 @@ def checked_workdir(workdir: str) -> str:
 
 def checked_overrides(overrides: dict[str, Any] | None, workdir: str | Path) -> dict[str, Any] | None:
     """A flow's ``overrides`` parameter (anyone who reaches the Prefect API can set it) validated against
-    the schema and the workspace's params.yaml before anything runs; raises naming the key and reason."""
+    the schema and the workspace's params.yaml before anything runs, and held to each setting's trust class
+    (salgan/trust.py: knobs within range, places inside the workspace, no hosts unless the worker's operator
+    allows the key in ``SALGAN_FLOW_ALLOWED_KEYS``, limits only lowered); raises naming the key and reason."""
     if not overrides:
         return None
     from salgan.settings import load_params, validate_overrides
+    from salgan.trust import check_untrusted
 
-    return validate_overrides(overrides, load_params(Path(workdir) / "params.yaml", require_all=False))
+    base = load_params(Path(workdir) / "params.yaml", require_all=False)
+    checked = validate_overrides(overrides, base)
+    check_untrusted(checked, base, workdir)
+    return checked
 
 
 # ---------------------------------------------------------------------------------------------------------

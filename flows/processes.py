@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from salgan.layout import FLOW_RUN_ENV
+from salgan.urls import redact_text
 
 STDERR_TAIL_LINES = 25
 # Seconds a stage gets to exit after SIGTERM before the whole tree is SIGKILLed; below the runner's
@@ -38,7 +39,7 @@ class StageFailed(RuntimeError):
         else:
             how = f"failed with exit code {returncode}"
         tail = "\n".join(self.stderr_tail) or "(no stderr output)"
-        super().__init__(f"stage {stage!r} {how} ({' '.join(command)}); last stderr lines:\n{tail}")
+        super().__init__(redact_text(f"stage {stage!r} {how} ({' '.join(command)}); last stderr lines:\n{tail}"))
 
 
 def _stage_env() -> dict[str, str]:
@@ -56,9 +57,10 @@ def _stage_env() -> dict[str, str]:
 
 
 def _pump(stream, sink, tail: collections.deque | None = None) -> None:
-    """Forward each line of ``stream`` to ``sink``, keeping the last lines in ``tail``."""
+    """Forward each line of ``stream`` to ``sink``, keeping the last lines in ``tail``; secrets redacted
+    (a stage may quote a signed URL, and the flow's log is kept on the Prefect server)."""
     for raw in stream:
-        line = raw.rstrip()
+        line = redact_text(raw.rstrip())
         if not line:
             continue
         if tail is not None:
@@ -112,7 +114,7 @@ def run_streaming(command: Sequence[str], cwd: str | Path, label: str, logger) -
     signalling this process; the ``finally`` ends it on any exception, including Prefect's
     ``TerminationSignal`` (a worker cancelling the run sends SIGTERM) and ``KeyboardInterrupt``.
     """
-    logger.info("[%s] $ %s", label, " ".join(command))
+    logger.info("[%s] $ %s", label, redact_text(" ".join(command)))  # -S download.source=<a signed URL>
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     proc = subprocess.Popen(
         list(command),

@@ -27,7 +27,8 @@ from typing import NamedTuple
 from salgan.metrics import TABLE_I
 from salgan.models import ENCODERS
 from salgan.models.encoders import WIDTH_ENCODERS
-from salgan.settings import ConfigError, Params, flatten, nest, override_args, params_from_dict
+from salgan.settings import ConfigError, Params, flatten, nest, override_args, params_from_dict, read_yaml
+from salgan.urls import redact_text
 
 ARMS = ("imagenet-gan", "imagenet-bce", "random-gan", "random-bce")  # the seed paper's, on VGG16
 INITS = ("imagenet", "random")
@@ -94,15 +95,21 @@ def arm_overrides(arm: str, profile: dict[str, object], base: Params) -> dict[st
     return overrides
 
 
-def load_profile(path: str | None) -> dict[str, object]:
-    """A partial params file flattened to ``section.key`` overrides, validated like params.yaml."""
+def load_profile(path: str | None, params_file: str = "params.yaml") -> dict[str, object]:
+    """A partial params file flattened to ``section.key`` overrides, validated like params.yaml.
+
+    A profile from outside the checkout (the current directory, links followed) is untrusted, as a flow's
+    overrides are: each setting is held to its trust class against ``params_file`` (salgan/trust.py)."""
     if path is None:
         return {}
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_yaml(Path(path).read_text()) or {}
     try:
         params_from_dict(data)
+        if Path.cwd().resolve() not in Path(path).resolve().parents:
+            from salgan.settings import load_params, validate_overrides
+            from salgan.trust import check_untrusted
+
+            check_untrusted(validate_overrides(data), load_params(params_file, require_all=False), Path.cwd())
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
     return flatten(data)
@@ -117,13 +124,12 @@ def base_params(params_file: str, profile: dict[str, object]) -> tuple[Params, s
     """The settings every arm starts from: ``params_file`` as committed at HEAD (the workspace copy may
     hold the last experiment's values), else as it is on disk, with the profile applied; and where the
     file came from."""
-    import yaml
 
     committed = subprocess.run(["git", "show", f"HEAD:./{params_file}"], capture_output=True, text=True, check=False)
     if committed.returncode == 0:
-        data, source = yaml.safe_load(committed.stdout) or {}, f"{params_file} at HEAD"
+        data, source = read_yaml(committed.stdout) or {}, f"{params_file} at HEAD"
     else:
-        data, source = yaml.safe_load(Path(params_file).read_text()) or {}, f"{params_file} (not committed)"
+        data, source = read_yaml(Path(params_file).read_text()) or {}, f"{params_file} (not committed)"
     try:
         return params_from_dict(nest(flatten(data) | profile)), source
     except ConfigError as error:
@@ -133,7 +139,7 @@ def base_params(params_file: str, profile: dict[str, object]) -> tuple[Params, s
 def run_arms(args: argparse.Namespace) -> int:
     """Each arm as a DVC experiment; their MLflow runs are grouped under one parent run (not for
     ``--queue``, whose runs start later, nor ``--dry-run``)."""
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, args.params)
     base, source = base_params(args.params, profile)
     print(f"ablation base: {source}" + (f" with {args.profile}" if args.profile else ""), flush=True)
     commands = [exp_run_command(args.prefix + arm, arm_overrides(arm, profile, base), args.queue) for arm in args.arms]
@@ -147,7 +153,7 @@ def run_arms(args: argparse.Namespace) -> int:
 
 def _run_all(arms: list[str], commands: list[list[str]], dry_run: bool) -> int:
     for arm, command in zip(arms, commands, strict=True):
-        print("$ " + " ".join(command), flush=True)
+        print("$ " + redact_text(" ".join(command)), flush=True)  # a profile may set a signed source
         if not dry_run and subprocess.call(command) != 0:
             print(f"salgan ablation: arm {arm} failed", file=sys.stderr)
             return 1

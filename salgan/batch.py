@@ -12,9 +12,11 @@ the reason). The decoding, prediction and encoding are ``salgan predict``'s own 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +45,17 @@ class Item:
     read: Callable[[], bytes]
 
 
+def name_problem(stem: str) -> str | None:
+    """Why ``stem`` (an output name: a key relative to its input prefix, without suffix) may not name a
+    file under an output, or None: an absolute name, or a ``..``, ``.`` or empty component (``a//b``) would
+    write outside it, or somewhere other than the key says."""
+    if not stem or stem.startswith("/"):
+        return f"the key's name {stem!r} is empty or absolute; refused"
+    if any(part in ("", ".", "..") for part in stem.split("/")):
+        return f"the key's name {stem!r} has a '..', '.' or empty path component; refused"
+    return None
+
+
 def model_identity(generator: torch.nn.Module) -> str:
     """sha256 over the generator's state_dict (names and bytes, in order): the same weights, the same id,
     whichever file or registry version they came from."""
@@ -64,8 +77,10 @@ def s3_items(client, url: str) -> Iterator[Item]:
         for entry in page.get("Contents", []):
             key = PurePosixPath(entry["Key"])
             if key.suffix.lower() in IMAGE_SUFFIXES:
-                stem = str(key.relative_to(start).with_suffix("")) if start else str(key.with_suffix(""))
-                yield Item(f"s3://{bucket}/{key}", stem, _object_reader(client, bucket, str(key)))
+                # From the key as written (PurePosixPath folds "a//b" and keeps ".."): name_problem judges it.
+                raw = entry["Key"][len(start) :]
+                stem = raw[: len(raw) - len(key.suffix)]
+                yield Item(f"s3://{bucket}/{entry['Key']}", stem, _object_reader(client, bucket, entry["Key"]))
 
 
 def _object_reader(client, bucket: str, key: str) -> Callable[[], bytes]:
@@ -112,7 +127,9 @@ class S3Output:
 
 
 class LocalOutput:
-    """Maps under a local folder (S3 inputs, local output); a rerun writes them again."""
+    """Maps under a local folder (S3 inputs, local output); a rerun writes them again. Every write stays
+    inside the folder: its name is checked (:func:`name_problem`), its folder must resolve inside the
+    output, links followed, and the file itself is opened without following a link."""
 
     def __init__(self, folder: Path):
         self.folder, self.url = folder, str(folder)
@@ -121,9 +138,23 @@ class LocalOutput:
         return False
 
     def write(self, name: str, data: bytes, content_type: str, identity: str) -> str:
+        problem = name_problem(name)
+        if problem:
+            raise ValueError(problem)
         path = self.folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        root = self.folder.resolve()
+        if path.parent.resolve() != root and root not in path.parent.resolve().parents:
+            raise ValueError(f"{path}: its folder resolves to {path.parent.resolve()}, outside the output {root}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError as exc:
+            raise ValueError(
+                f"{path}: cannot be written ({exc.strerror}; a link planted there is not followed)"
+            ) from None
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         return str(path)
 
 
@@ -139,7 +170,7 @@ def run(
 ) -> dict:
     """Predict every item in batches into ``output``; returns (and writes as ``manifest.json``) the manifest."""
     from salgan.cli import progress
-    from salgan.inference import default_device, predict_batches
+    from salgan.inference import default_device
     from salgan.predict import decode_image, encoded, save_map, save_overlay
 
     device = device or default_device()
@@ -148,21 +179,30 @@ def run(
     manifest = {"model": model_uri, "model_sha256": identity, "written": [], "skipped": [], "failed": []}
     started = time.time()
 
+    def write(item: Item, full, saliency) -> None:
+        if with_overlay:
+            heat = encoded(save_overlay, full, saliency)
+            output.write(f"{item.stem}_overlay.jpg", heat, "image/jpeg", identity)
+        manifest["written"].append(output.write(f"{item.stem}.png", encoded(save_map, saliency), "image/png", identity))
+
     def flush(batch: list[tuple[Item, tuple]]) -> None:
-        images = np.stack([decoded[0] for _, decoded in batch])
-        sizes = np.array([decoded[1] for _, decoded in batch], dtype=np.int64)
-        maps = predict_batches(generator, images, sizes, len(batch), options.blur_size, device)
-        for (item, (_, _, full)), saliency in zip(batch, maps, strict=True):
-            if with_overlay:
-                heat = encoded(save_overlay, full, saliency)
-                output.write(f"{item.stem}_overlay.jpg", heat, "image/jpeg", identity)
-            written = output.write(f"{item.stem}.png", encoded(save_map, saliency), "image/png", identity)
-            manifest["written"].append(written)
+        for (item, (_, _, full)), outcome in zip(batch, predict_each(generator, batch, options, device), strict=True):
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                write(item, full, outcome)
+            except Exception as exc:  # noqa: BLE001 -- one item's failure is its own, named in the manifest
+                manifest["failed"].append({"input": item.label, "reason": _reason(exc)})
             bar.update(1)
 
-    with progress(unit="image", desc="predict") as bar:
+    with progress(unit="image", desc="predict") as bar, _manifest_written(output, manifest, identity, started):
         batch: list[tuple[Item, tuple]] = []
         for item in items:
+            problem = name_problem(item.stem)
+            if problem:
+                manifest["failed"].append({"input": item.label, "reason": problem})
+                bar.update(1)
+                continue
             if output.has(f"{item.stem}.png", identity):
                 manifest["skipped"].append(item.label)
                 bar.update(1)
@@ -179,9 +219,40 @@ def run(
                 batch = []
         if batch:
             flush(batch)
-    manifest["seconds"] = round(time.time() - started, 3)
-    output.write(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), "application/json", identity)
     return manifest
+
+
+@contextlib.contextmanager
+def _manifest_written(output, manifest: dict, identity: str, started: float) -> Iterator[None]:
+    """Write ``manifest.json`` when the run ends, also when it stops early (what was written is named)."""
+    try:
+        yield
+    finally:
+        manifest["seconds"] = round(time.time() - started, 3)
+        output.write(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), "application/json", identity)
+
+
+def predict_each(generator, batch: list[tuple[object, tuple]], options: PredictParams, device) -> list:
+    """A map per decoded item of ``batch`` (``(item, (array, (rows, cols), full))``), or the exception that
+    item alone raised: the batch is predicted whole, and if that fails, item by item, so that one item
+    never fails the others."""
+    from salgan.inference import predict_batches
+
+    def run(part):
+        images = np.stack([decoded[0] for _, decoded in part])
+        sizes = np.array([decoded[1] for _, decoded in part], dtype=np.int64)
+        return list(predict_batches(generator, images, sizes, len(part), options.blur_size, device))
+
+    try:
+        return run(batch)
+    except Exception:  # noqa: BLE001 -- find which item it was: the others still get their maps
+        outcomes: list = []
+        for one in batch:
+            try:
+                outcomes += run([one])
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append(exc)
+        return outcomes
 
 
 def _reason(exc: Exception) -> str:

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Iterable
 
 from salgan.errors import ConfigError, InputError
-from salgan.urls import redact_text
+from salgan.urls import RedactingFilter, redact_text
 
 EXIT_INPUT, EXIT_SETTINGS, EXIT_FAILURE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -99,6 +99,9 @@ def setup_logging(name: str) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format=f"{name}: %(message)s")
     logging.getLogger("salgan").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:  # log lines quote URLs too (a download's retries)
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def show_progress() -> bool:

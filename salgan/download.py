@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import stat
@@ -26,6 +27,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from salgan import fetch
@@ -180,7 +182,9 @@ def _is_tree(folder: Path) -> bool:
 
 def _from_tree(source: Path, stage: Path) -> dict:
     """Copy the SALICON files of an extracted tree (other files are left behind). A symlink whose target
-    lies outside the tree is refused, as an archive's would be: it could copy any file into data/raw."""
+    lies outside the tree is refused, as an archive's would be: it could copy any file into data/raw. Each
+    file is checked as it is copied (:func:`_copy_inside`), so one swapped for a link after the listing is
+    refused too."""
     copied, root = 0, source.resolve()
     for kind, ext in EXTENSIONS.items():
         for split in SPLITS:
@@ -196,11 +200,43 @@ def _from_tree(source: Path, stage: Path) -> dict:
                     continue
                 if file.is_symlink() and root not in file.resolve().parents:
                     raise DownloadError(f"{file}: a link out of the tree {source} (to {file.resolve()}); refused")
-                if file.is_file():  # a regular file (or a link to one inside the tree): FIFOs and devices are not
-                    shutil.copy2(file, target / file.name)
-                    copied += 1
+                copied += _copy_inside(file, root, target / file.name, source)
     log.info("copied %d files from %s", copied, source)
     return {}
+
+
+def _copy_inside(file: Path, root: Path, target: Path, source: Path) -> bool:
+    """Copy ``file`` to ``target`` when, as opened, it is a regular file inside ``root`` (a link to one inside
+    the tree is fine); FIFOs and devices are skipped (False). The check is made on the open file, its type by
+    ``fstat`` and its real path from the kernel, so a link swapped in after any earlier look changes nothing."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: a FIFO must not block
+    except OSError as exc:
+        raise DownloadError(f"{file}: cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        real = _opened_path(fd, file, info)
+        if root not in real.parents:
+            raise DownloadError(f"{file}: a link out of the tree {source} (to {real}); refused")
+        with open(target, "wb") as sink:
+            shutil.copyfileobj(handle, sink, fetch.CHUNK_SIZE)
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))  # as copy2 kept them
+    return True
+
+
+def _opened_path(fd: int, name: Path, info: os.stat_result) -> Path:
+    """The real path of the file open at ``fd``: the kernel's (``/proc/self/fd``), else ``name`` resolved,
+    provided it is still the same file (device and inode)."""
+    proc = Path(f"/proc/self/fd/{fd}")
+    if proc.is_symlink():
+        return Path(os.readlink(proc))
+    real = name.resolve()
+    now = os.stat(real)
+    if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+        raise DownloadError(f"{name}: changed while it was being copied; refused")
+    return real
 
 
 # --- getting the zips ---------------------------------------------------------------------------
@@ -417,22 +453,35 @@ def _md5_sidecar(read, name: str) -> dict[str, str]:
 # --- safe extraction ----------------------------------------------------------------------------
 
 
-def limits_of(params: DownloadParams) -> tuple[int, float]:
-    """(largest uncompressed entry in bytes, largest compression ratio) an archive may hold."""
-    return params.max_entry_bytes, params.max_compression_ratio
+class ArchiveLimits(NamedTuple):
+    """What one archive may inflate to (``download.*`` settings of the same names)."""
+
+    max_entry_bytes: int = 256 << 20  # one entry, uncompressed
+    max_compression_ratio: float = 200.0  # one entry (above RATIO_FLOOR), and the archive as a whole
+    max_archive_bytes: int = 16 << 30  # all extracted entries together
+    max_archive_entries: int = 100_000  # entries in the central directory
+
+
+RATIO_FLOOR = 1 << 20  # smaller entries may compress well (a blank map); the archive's total may not
+
+
+def limits_of(params: DownloadParams) -> ArchiveLimits:
+    """The archive limits of the ``download`` settings."""
+    return ArchiveLimits(*(getattr(params, name) for name in ArchiveLimits._fields))
 
 
 def extract_archive(
-    path: Path, kind: str, stage: Path, progress: bool = False, limits: tuple[int, float] = (256 << 20, 200.0)
+    path: Path, kind: str, stage: Path, progress: bool = False, limits: ArchiveLimits = ArchiveLimits()
 ) -> int:
     """Extract the SALICON files of one zip into ``stage/<kind>/<split>/``; return how many.
 
-    Every entry is checked before anything is written: an absolute path, a ``..`` component, a symlink,
-    or an entry over the ``limits`` (uncompressed bytes, compression ratio: a zip bomb) refuses the whole
-    archive; the bytes actually written are counted too, so an entry lying about its size is stopped at
-    the limit. Files go to a folder chosen from their SALICON name
-    (``COCO_val2014_...`` -> val), so the zip's own folder nesting does not matter; other entries
-    (``__MACOSX/``, read-me files) are skipped.
+    Every entry is checked before anything is written: an absolute path, a ``..`` component or a symlink
+    refuses the whole archive, and so does anything over the ``limits``: too many entries, one entry too
+    large or compressed too well (a zip bomb), or the entries to extract too large together or compressed
+    too well together (many small entries, each under the ratio floor: a bomb too). The bytes actually
+    written are counted against the same limits, so an archive lying about its sizes is stopped there.
+    Files go to a folder chosen from their SALICON name (``COCO_val2014_...`` -> val), so the zip's own
+    folder nesting does not matter; other entries (``__MACOSX/``, read-me files) are skipped.
     """
     from salgan.cli import progress as bar_for
 
@@ -442,23 +491,37 @@ def extract_archive(
         raise ArchiveError(f"{path}: not a readable zip archive (truncated or corrupt download?): {exc}") from None
     with archive:
         entries = archive.infolist()
+        if len(entries) > limits.max_archive_entries:
+            raise ArchiveError(
+                f"{path}: {len(entries)} entries, over download.max_archive_entries {limits.max_archive_entries}; "
+                "nothing was extracted"
+            )
         for entry in entries:
             _check_entry(path, entry, limits)
-        written = 0
-        for entry in bar_for(entries, enabled=progress, desc=f"extract {path.name}", unit="file"):
-            target = _target(entry, kind, stage)
-            if target is None:
-                continue
+        wanted = [(entry, target) for entry in entries if (target := _target(entry, kind, stage)) is not None]
+        _check_totals(path, [entry for entry, _ in wanted], limits)
+        written, inflated, compressed = 0, 0, 0
+        for entry, target in bar_for(wanted, enabled=progress, desc=f"extract {path.name}", unit="file"):
             if target.exists():
                 raise ArchiveError(f"{path}: entry {entry.filename!r} duplicates {target.name}")
             target.parent.mkdir(parents=True, exist_ok=True)
+            budget, limit = limits.max_entry_bytes, f"download.max_entry_bytes {limits.max_entry_bytes}"
+            if limits.max_archive_bytes - inflated < budget:
+                budget = limits.max_archive_bytes - inflated
+                limit = f"download.max_archive_bytes {limits.max_archive_bytes} with the entries before it"
             try:
                 with archive.open(entry) as source, open(target, "wb") as sink:
-                    _copy_bounded(source, sink, limits[0], f"{path}: entry {entry.filename!r}")
+                    inflated += _copy_bounded(source, sink, budget, f"{path}: entry {entry.filename!r}", limit)
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
                 raise ArchiveError(
                     f"{path}: entry {entry.filename!r} cannot be extracted (corrupt archive?): {exc}"
                 ) from None
+            compressed += entry.compress_size
+            if inflated > RATIO_FLOOR and inflated > limits.max_compression_ratio * max(compressed, 1):
+                raise ArchiveError(
+                    f"{path}: its entries inflated {inflated / max(compressed, 1):.0f}:1 together, over "
+                    f"download.max_compression_ratio {limits.max_compression_ratio:g} (a zip bomb?); nothing was kept"
+                )
             written += 1
     if not written:
         ext = EXTENSIONS[kind]
@@ -467,10 +530,10 @@ def extract_archive(
     return written
 
 
-def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: tuple[int, float]) -> None:
+def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
     """Refuse an entry that could land outside the target folder, or inflate past the limits."""
     name = entry.filename.replace("\\", "/")
-    max_bytes, max_ratio = limits
+    max_bytes, max_ratio = limits.max_entry_bytes, limits.max_compression_ratio
     reason = None
     if name.startswith("/") or re.match(r"[A-Za-z]:", name):
         reason = "an absolute path"
@@ -480,21 +543,42 @@ def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: tuple[int, float]) 
         reason = "a symbolic link"
     elif entry.file_size > max_bytes:
         reason = f"{entry.file_size} bytes uncompressed, over download.max_entry_bytes {max_bytes}"
-    elif entry.file_size > max_ratio * max(entry.compress_size, 1) and entry.file_size > 1 << 20:
+    elif entry.file_size > max_ratio * max(entry.compress_size, 1) and entry.file_size > RATIO_FLOOR:
         ratio = entry.file_size / max(entry.compress_size, 1)
         reason = f"compressed {ratio:.0f}:1, over download.max_compression_ratio {max_ratio:g} (a zip bomb?)"
     if reason:
         raise ArchiveError(f"{path}: refusing entry {entry.filename!r}: {reason}; nothing was extracted")
 
 
-def _copy_bounded(source, sink, max_bytes: int, what: str) -> None:
-    """Copy at most ``max_bytes``: an entry whose header understates its size is stopped there."""
+def _check_totals(path: Path, entries: list[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
+    """Refuse an archive whose entries to extract are too large together or compressed too well together:
+    each may be under the ratio floor (300 entries of 1 MiB of zeros), their sum is not."""
+    total = sum(entry.file_size for entry in entries)
+    packed = max(sum(entry.compress_size for entry in entries), 1)
+    if total > limits.max_archive_bytes:
+        raise ArchiveError(
+            f"{path}: its entries inflate to {total} bytes together, over download.max_archive_bytes "
+            f"{limits.max_archive_bytes}; nothing was extracted"
+        )
+    if total > RATIO_FLOOR and total > limits.max_compression_ratio * packed:
+        raise ArchiveError(
+            f"{path}: its {len(entries)} entries are compressed {total / packed:.0f}:1 together, over "
+            f"download.max_compression_ratio {limits.max_compression_ratio:g} (a zip bomb of small entries?); "
+            "nothing was extracted"
+        )
+
+
+def _copy_bounded(source, sink, max_bytes: int, what: str, limit: str | None = None) -> int:
+    """Copy at most ``max_bytes`` and return how many were copied: an entry whose header understates its
+    size is stopped there (``limit`` names the setting: the entry's, or what is left of the archive's)."""
     copied = 0
     while block := source.read(fetch.CHUNK_SIZE):
         copied += len(block)
         if copied > max_bytes:
-            raise ArchiveError(f"{what} inflates past download.max_entry_bytes {max_bytes}; nothing was kept")
+            limit = limit or f"download.max_entry_bytes {max_bytes}"
+            raise ArchiveError(f"{what} inflates past {limit}; nothing was kept")
         sink.write(block)
+    return copied
 
 
 def _target(entry: zipfile.ZipInfo, kind: str, stage: Path) -> Path | None:

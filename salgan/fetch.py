@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from salgan.errors import InputError
-from salgan.layout import file_digests, write_atomic
+from salgan.layout import atomic_file, file_digests
 from salgan.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,13 @@ def md5sum(path: str | Path) -> str:
 
 
 class _Partial:
-    """``<dest>.part`` and its ``.part.json`` note of origin and validator."""
+    """``<dest>.part`` and its ``.part.json`` note of origin and validator.
+
+    The note names the origin redacted (a signed URL's query is a secret; the same object signed anew
+    resumes, and its validator still guards against changed bytes) and is readable by its owner only."""
 
     def __init__(self, dest: Path, origin: str):
-        self.dest, self.origin = dest, origin
+        self.dest, self.origin = dest, redact_url(origin)
         self.path = dest.with_name(dest.name + ".part")
         self.meta = dest.with_name(dest.name + ".part.json")
 
@@ -71,7 +74,9 @@ class _Partial:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)  # a link planted there goes, not the file it points to
         _open_partial(self.path).close()
-        write_atomic(self.meta, json.dumps({"origin": self.origin, "validator": validator}))
+        with atomic_file(self.meta, "w") as note:
+            os.fchmod(note.fileno(), 0o600)
+            note.write(json.dumps({"origin": self.origin, "validator": validator}))
 
     def finish(self) -> Path:
         os.replace(self.path, self.dest)
@@ -123,7 +128,7 @@ def _with_retries(attempt: Callable[[], bool], part: _Partial, retries: int, wha
                 return part.finish()
             reason = "incomplete transfer"
         except _Interrupted as exc:
-            reason = str(exc)
+            reason = redact_text(str(exc))  # requests quotes "/path?X-Amz-Signature=..." on its own
     raise FetchError(
         f"{what}: download failed after {retries + 1} attempt(s): {reason}. "
         f"The {part.size()} bytes received are kept in {part.path}; run again to resume."

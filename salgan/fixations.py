@@ -12,6 +12,8 @@ the parsing below accepts every variant rather than trusting one.
 
 from __future__ import annotations
 
+import io
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -42,16 +44,19 @@ def load_fixations_mat(path: str | Path, max_fixations: int = 100_000) -> Fixati
     """Read a SALICON fixation file.
 
     ``coords`` is int32 (K, 2), the 0-based (row, col) of every fixation of every observer in file order.
-    A file that would decompress to more than a bound derived from ``max_fixations`` (``.mat`` files are
-    zlib-compressed: a few hundred KB can hold gigabytes) or holds more fixations than ``max_fixations``
-    is refused before it can exhaust memory. Raises :class:`FixationFileError` naming ``path``.
+    ``.mat`` files are zlib-compressed (a few hundred KB can hold gigabytes): what scipy reads is never more
+    than a bound derived from ``max_fixations`` (:func:`bounded_mat_bytes`), and a file holding more
+    fixations than ``max_fixations`` is refused. Raises :class:`FixationFileError` naming ``path``.
     """
     path = Path(path)
-    _check_decompressed_size(path, max(MIN_MAT_BYTES, max_fixations * BYTES_PER_FIXATION))
+    limit = max(MIN_MAT_BYTES, max_fixations * BYTES_PER_FIXATION)
     try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
+        source = bounded_mat_bytes(path, limit)
+        mat = scipy.io.loadmat(source, squeeze_me=False, struct_as_record=True)
     except FileNotFoundError:
         raise FixationFileError(f"{path}: no such fixation file") from None
+    except FixationFileError:
+        raise
     # loadmat raises many types for damaged input (ValueError, TypeError, MatReadError, and
     # NotImplementedError for v7.3/HDF5 files); all of them mean "not a usable SALICON file".
     except Exception as exc:  # noqa: BLE001
@@ -62,52 +67,165 @@ def load_fixations_mat(path: str | Path, max_fixations: int = 100_000) -> Fixati
     return parsed
 
 
-def _check_decompressed_size(path: Path, limit: int) -> None:
-    """Refuse a MAT v5 file whose compressed variables inflate past ``limit`` bytes, without inflating
-    more than that: the 128-byte header, then (type, size) tagged elements, type 15 being zlib data."""
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(128)
-            if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
-                return  # not MAT v5: loadmat gives the error
-            order = "<" if header[126:128] == b"IM" else ">"
-            total = 0
-            while tag := handle.read(8):
-                if len(tag) < 8:
-                    return
-                kind, size = struct.unpack(order + "II", tag)
-                if kind != MI_COMPRESSED:
-                    total += size
-                    handle.seek(size + (-size % 8), 1)
-                else:
-                    total += _inflated_size(handle, size, limit - total)
-                if total > limit:
-                    raise FixationFileError(
-                        f"{path}: decompresses to more than {limit} bytes (prepare.max_fixations allows "
-                        f"{limit // BYTES_PER_FIXATION}); refused before loading"
-                    )
-    except FileNotFoundError:
-        raise FixationFileError(f"{path}: no such fixation file") from None
+def bounded_mat_bytes(path: Path, limit: int) -> io.BytesIO | Path:
+    """What scipy may read of ``path``: at most ``limit`` bytes, decompressed here, never by scipy.
+
+    A MAT v5 file is a 128-byte header and top-level elements, each an 8-byte tag (type, size) and ``size``
+    bytes, the next element following at once (scipy's ``read_var_header``: no padding at this level); a
+    type-15 element holds a zlib stream of one variable. Each is inflated through ``decompressobj`` with
+    ``max_length``, so a bomb stops at the limit, and the file is handed to scipy rebuilt with every variable
+    uncompressed. Its variables are then walked as scipy reads them (:class:`_MatWalk`) so that no array
+    scipy allocates from declared dimensions (cells, structs, chars) can outgrow the bytes present. Files
+    of other versions (v4, read as stored; v7.3, refused by scipy) are returned as their path.
+    """
+    refused = (
+        f"{path}: decompresses to more than {limit} bytes (prepare.max_fixations allows {limit // BYTES_PER_FIXATION})"
+    )
+    size = path.stat().st_size  # FileNotFoundError: named by the caller
+    if size > limit:
+        raise FixationFileError(f"{refused}; refused before loading")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    # scipy's matfile_version: v4 has a zero in its first 4 bytes; v5 (1) and v7.3 (2) a version at 124
+    if len(data) < 128 or 0 in data[:4] or data[126:128] not in (b"IM", b"MI") or data[124 + (data[126] == 73)] != 1:
+        return path  # not MAT v5: read as stored (v4 holds no compressed data) or refused by loadmat
+    order = "<" if data[126:128] == b"IM" else ">"
+    parts, total, position = [data[:128]], 128, 128
+    while position < len(data):
+        if position + 8 > len(data):
+            raise FixationFileError(f"{path}: truncated MAT file (an element tag at byte {position} is cut off)")
+        kind, count = struct.unpack(order + "II", data[position : position + 8])
+        body = data[position + 8 : position + 8 + count]
+        if kind == MI_COMPRESSED:
+            try:
+                element = _inflate(body, limit - total + 1)
+            except zlib.error as exc:
+                raise FixationFileError(
+                    f"{path}: a compressed variable at byte {position} is damaged ({exc})"
+                ) from None
+            if total + len(element) > limit:
+                raise FixationFileError(f"{refused}; refused before loading")
+            if len(element) < 8:
+                raise FixationFileError(f"{path}: a compressed variable at byte {position} holds no element")
+            # Its size as inflated: scipy then reads exactly what the stream held, and the next element after it.
+            element[4:8] = struct.pack(order + "I", len(element) - 8)
+        else:
+            element = data[position : position + 8 + count]
+        total += len(element)
+        if total > limit:
+            raise FixationFileError(f"{refused}; refused before loading")
+        parts.append(element)
+        position += 8 + count
+    rebuilt = b"".join(parts)
+    _MatWalk(rebuilt, order, path).variables()
+    return io.BytesIO(rebuilt)
 
 
-def _inflated_size(handle, size: int, budget: int) -> int:
-    """Bytes one zlib element inflates to, counted up to ``budget + 1`` (never more held in memory)."""
-    inflater, produced, left = zlib.decompressobj(), 0, size
-    try:
-        while left > 0 and produced <= budget:
-            chunk = handle.read(min(left, 1 << 16))
-            if not chunk:
-                break
-            left -= len(chunk)
-            data = inflater.decompress(chunk, max(1, budget + 1 - produced))
-            produced += len(data)
-            while inflater.unconsumed_tail and produced <= budget:
-                data = inflater.decompress(inflater.unconsumed_tail, max(1, budget + 1 - produced))
-                produced += len(data)
-    except zlib.error:
-        return produced  # damaged: loadmat will name the problem
-    handle.seek(left, 1)
-    return produced
+def _inflate(compressed: bytes, most: int) -> bytearray:
+    """At most ``most`` bytes of a zlib stream, inflated a megabyte at a time (never more held)."""
+    inflater, out, pending = zlib.decompressobj(), bytearray(), compressed
+    while pending and len(out) < most and not inflater.eof:
+        out += inflater.decompress(pending, min(1 << 20, most - len(out)))
+        pending = inflater.unconsumed_tail
+    return out
+
+
+class _MatWalk:
+    """The variables of an uncompressed MAT v5 file walked in scipy's order (``_mio5_utils.pyx``:
+    ``read_header``, ``array_from_header``, ``read_element``), checking before scipy allocates: a cell or
+    struct array of N elements needs N tagged elements (8 bytes each at least) still in the file, a
+    fieldless struct or empty char array the same; deep nesting and MATLAB classes that fixation files never
+    hold (functions, opaque objects) are refused."""
+
+    MAX_DEPTH = 16
+    NUMERIC = range(6, 16)  # mxDOUBLE_CLASS .. mxUINT64_CLASS
+    CELL, STRUCT, OBJECT, CHAR, SPARSE = 1, 2, 3, 4, 5
+
+    def __init__(self, data: bytes, order: str, path: Path):
+        self.data, self.order, self.path = data, order, path
+        self.pair = struct.Struct(order + "II")
+
+    def variables(self) -> None:
+        position = 128
+        while position < len(self.data):
+            count = self._u4s(position)[1]
+            self._matrix(position, 0)
+            position += 8 + count
+
+    def _fail(self, reason: str):
+        raise FixationFileError(f"{self.path}: {reason}; refused before loading")
+
+    def _u4s(self, position: int) -> tuple[int, int]:
+        if position + 8 > len(self.data):
+            self._fail("truncated MAT file (an element runs past its end)")
+        return self.pair.unpack_from(self.data, position)
+
+    def _element(self, position: int) -> tuple[int, bytes, int]:
+        """(type, data, next position) of a data element, small (4 bytes in the tag) or full (padded to 8)."""
+        kind, count = self._u4s(position)
+        if kind >> 16:  # small data element: the byte count in the upper half of the type
+            small = kind >> 16
+            if small > 4:
+                self._fail("a small data element declares more than 4 bytes")
+            return kind & 0xFFFF, self.data[position + 4 : position + 4 + small], position + 8
+        end = position + 8 + count
+        if end > len(self.data):
+            self._fail(f"an element at byte {position} declares {count} bytes, more than the file holds")
+        return kind, self.data[position + 8 : end], end + (-count % 8)
+
+    def _matrix(self, position: int, depth: int) -> int:
+        """Walk one miMATRIX element; returns where scipy reads next."""
+        if depth > self.MAX_DEPTH:
+            self._fail(f"variables nested more than {self.MAX_DEPTH} deep")
+        kind, count = self._u4s(position)
+        if kind != 14:  # miMATRIX
+            self._fail(f"expected a matrix element at byte {position}, found type {kind}")
+        if count == 0:
+            return position + 8
+        flags = self._u4s(position + 16)[0]
+        mclass, is_complex = flags & 0xFF, flags >> 11 & 1
+        _, dims_data, position = self._element(position + 24)
+        dims = struct.unpack(f"{self.order}{len(dims_data) // 4}i", dims_data[: len(dims_data) // 4 * 4])
+        if any(d < 0 for d in dims):
+            self._fail(f"negative dimensions {list(dims)}")
+        _, _, position = self._element(position)  # the name
+        length = math.prod(dims)
+        if mclass in self.NUMERIC:
+            for _ in range(1 + is_complex):
+                position = self._element(position)[2]
+        elif mclass == self.SPARSE:
+            for _ in range(3 + is_complex):
+                position = self._element(position)[2]
+        elif mclass == self.CHAR:
+            _, text, position = self._element(position)
+            if not text:  # scipy fills an empty char array's declared size with spaces
+                self._room(length, position)
+        elif mclass == self.CELL:
+            self._room(length, position)
+            for _ in range(length):
+                position = self._matrix(position, depth + 1)
+        elif mclass in (self.STRUCT, self.OBJECT):
+            if mclass == self.OBJECT:
+                position = self._element(position)[2]  # the class name
+            _, name_length, position = self._element(position)
+            _, names, position = self._element(position)
+            width = struct.unpack(self.order + "i", name_length[:4])[0] if len(name_length) >= 4 else 0
+            if width <= 0:
+                self._fail("a struct's field-name length is not positive")
+            fields = len(names) // width
+            self._room(length * max(fields, 1), position)
+            for _ in range(length * fields):
+                position = self._matrix(position, depth + 1)
+        else:
+            self._fail(f"MATLAB class {mclass} (a function or opaque object) has no place in a fixation file")
+        return position
+
+    def _room(self, elements: int, position: int) -> None:
+        """``elements`` tagged elements must still fit in the file: scipy allocates them before reading."""
+        if elements * 8 > len(self.data) - position:
+            self._fail(
+                f"an array declares {elements} elements, more than the {len(self.data) - position} bytes left hold"
+            )
 
 
 def fixations_from_mat(mat: dict[str, Any], source: str | Path = "<mat>") -> FixationFile:

@@ -21,12 +21,21 @@ def default_device() -> torch.device:
 
 
 def postprocess(maps: torch.Tensor, size: tuple[int, int], blur_size: int = 5) -> torch.Tensor:
-    """(N, 1, h, w) maps in [0, 1] -> (N, H, W) at ``size`` = (H, W): bicubic, Gaussian blur, clip."""
+    """(N, 1, h, w) maps in [0, 1] -> (N, H, W) at ``size`` = (H, W): bicubic, Gaussian blur, clip.
+
+    The blur's reflect padding needs a kernel half narrower than the map, so a map smaller than the kernel
+    (a 2x2 image) gets the largest odd kernel that fits (none at 1x1), with that size's sigma."""
     out = F.interpolate(maps.float(), size=size, mode="bicubic", align_corners=False)
+    blur_size = fitting_blur(blur_size, size)
     if blur_size > 1:
         sigma = 0.3 * ((blur_size - 1) * 0.5 - 1) + 0.8
         out = gaussian_blur(out, blur_size, sigma)
     return out.clamp_(0, 1)[:, 0]
+
+
+def fitting_blur(blur_size: int, size: tuple[int, int]) -> int:
+    """``blur_size``, shrunk to the largest odd size whose half-width (the padding) is below both sides."""
+    return min(blur_size, 2 * min(size) - 1)
 
 
 def gaussian_blur(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:

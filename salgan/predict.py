@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from salgan.batch import is_s3
+from salgan.batch import is_s3, predict_each
 from salgan.cpus import usable_cpus
 from salgan.errors import InputError
 from salgan.inference import default_device, predict_batches, to_uint8
@@ -143,22 +143,22 @@ def _from_mlflow_dir(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | Non
     ``extra_files/generator.pt``, read with ``torch.load(weights_only=True)``. Anything else is refused
     with the reason.
     """
-    import yaml
-
     from salgan.models import generator_from_state_dict
 
-    try:
-        meta = yaml.safe_load((path / "MLmodel").read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelError(f"{path}: unreadable MLmodel ({exc})") from None
-    metadata = (meta or {}).get("metadata") if isinstance(meta, dict) else None
+    meta = _read_mlmodel(path)
+    metadata = meta.get("metadata")
     if not isinstance(metadata, dict) or metadata.get("kind") != MODEL_KIND:
         raise ModelError(f"{path}: not a SalGAN model logged by salgan (MLmodel metadata.kind is not {MODEL_KIND!r})")
     flavors = meta.get("flavors") or {}
-    if any(isinstance(f, dict) and f.get("code") for f in flavors.values()):
+    if not isinstance(flavors, dict) or not all(isinstance(f, dict) for f in flavors.values()):
+        raise ModelError(f"{path}: MLmodel's flavors is not a mapping of flavor settings")
+    if any(f.get("code") for f in flavors.values()):
         raise ModelError(f"{path}: the model names code paths; salgan runs no code from a model")
     weights = path / LOGGED_WEIGHTS
-    if weights.is_symlink() or not weights.is_file():
+    linked = [p for p in (weights.parent, weights) if p.is_symlink()]
+    if linked:  # the folder as well as the file: either could point anywhere
+        raise ModelError(f"{path}: {linked[0].relative_to(path)} is a link; salgan reads only the model's own files")
+    if not weights.is_file():
         raise ModelError(f"{path}: no {LOGGED_WEIGHTS} (salgan logs the generator's weights there)")
     try:
         generator = generator_from_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -167,6 +167,30 @@ def _from_mlflow_dir(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | Non
     size = metadata.get("input_size")
     valid = isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
     return generator.eval(), (size[0], size[1]) if valid else None
+
+
+MAX_MLMODEL_BYTES = 1 << 20  # salgan's MLmodel is about 1 KB
+
+
+def _read_mlmodel(path: Path) -> dict:
+    """MLmodel of the model folder ``path`` as plain YAML: a regular file of at most ``MAX_MLMODEL_BYTES``,
+    without YAML anchors or aliases (MLflow writes none; nested aliases expand exponentially, a "billion
+    laughs"), holding a mapping. Raises :class:`ModelError` naming the reason."""
+    import yaml
+
+    file = path / "MLmodel"
+    try:
+        if file.is_symlink() or file.stat().st_size > MAX_MLMODEL_BYTES:
+            raise ModelError(f"{path}: MLmodel is a link or larger than {MAX_MLMODEL_BYTES} bytes; not salgan's")
+        text = file.read_text()
+        if any(isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) for event in yaml.parse(text)):
+            raise ModelError(f"{path}: MLmodel uses YAML anchors or aliases, which salgan's never does; refused")
+        meta = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelError(f"{path}: unreadable MLmodel ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: MLmodel is not a mapping (got {type(meta).__name__})")
+    return meta
 
 
 # --- inputs ----------------------------------------------------------------------------------------------
@@ -378,14 +402,13 @@ def predict_files(
                 except ValueError as exc:
                     errors.append(f"{job.path}: {exc}")
                     bar.update(1)
-            if not batch:
-                continue
-            images = np.stack([item.array for item in batch])
-            sizes = np.array([item.original_size for item in batch], dtype=np.int64)
-            maps = predict_batches(generator, images, sizes, len(batch), options.blur_size, device)
-            for item, saliency in zip(batch, maps, strict=True):
-                write_results(item, saliency, stage, with_overlay)
-                written += 1
+            decoded = [(item, (item.array, item.original_size, item.full)) for item in batch]
+            for item, outcome in zip(batch, predict_each(generator, decoded, options, device), strict=True):
+                if isinstance(outcome, Exception):  # this input alone: the others of its batch are written
+                    errors.append(f"{item.job.path}: {type(outcome).__name__}: {outcome}")
+                else:
+                    write_results(item, outcome, stage, with_overlay)
+                    written += 1
                 bar.update(1)
     return written, errors
 

@@ -16,6 +16,7 @@ stage has succeeded, so a failed run leaves the previous output intact.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import multiprocessing
@@ -372,7 +373,7 @@ def _prepare_split(
     folder.mkdir(parents=True)
     n, (width, height) = len(samples), size
     with_maps = split in LABELLED_SPLITS
-    full_size = _peek_size(samples) if split in FULL_MAP_SPLITS else None
+    full_size = _peek_size(samples, limits["max_pixels"]) if split in FULL_MAP_SPLITS else None
     files = SplitFiles(folder)
     _allocate(files.images, (n, height, width, 3))
     if with_maps:
@@ -403,12 +404,16 @@ def _prepare_split(
     return counts, skipped
 
 
-def _peek_size(samples: Sequence[Sample]) -> tuple[int, int]:
-    """(rows, cols) of the first image whose header reads: the size ``maps_full`` is allocated with."""
+def _peek_size(samples: Sequence[Sample], max_pixels: int) -> tuple[int, int]:
+    """(rows, cols) that ``maps_full`` is allocated with: the most common size among the headers that read
+    and declare at most ``max_pixels`` (the first such on a tie). Not the first image's: with ``skip_bad``
+    one odd or oversized image there would make every other image the odd one out, and drop the split."""
+    sizes: collections.Counter[tuple[int, int]] = collections.Counter()
     for sample in samples:
-        with contextlib.suppress(Exception), Image.open(sample.image) as img:
-            return img.height, img.width
-    return SALICON_SIZE  # every image is unreadable: each will be reported on its own
+        with contextlib.suppress(Exception), _quiet_bombs(), Image.open(sample.image) as img:
+            if img.width * img.height <= max_pixels:
+                sizes[(img.height, img.width)] += 1
+    return sizes.most_common(1)[0][0] if sizes else SALICON_SIZE  # none reads: each is reported on its own
 
 
 def _allocate(path: Path, shape: tuple[int, ...]) -> None:

@@ -5,6 +5,10 @@ its pyfunc loader (:func:`_load_pyfunc`, named by MLmodel's ``loader_module``). 
 the generator's weights (a plain state_dict, read with ``weights_only=True``) and its settings as JSON;
 the code that runs is this installed package, never a pickle or code shipped in the model folder.
 
+A request holds at most ``SALGAN_SERVE_MAX_ROWS`` rows (256) and ``SALGAN_SERVE_MAX_REQUEST_PIXELS`` pixels
+in all its images (25 million; an overlay row counts twice), read from each image's header before any is
+decoded; a larger request is answered 413 with the reason, a malformed one 400.
+
 Input, a DataFrame (MLflow's ``dataframe_split`` or ``dataframe_records`` over HTTP): a column ``image``
 of encoded image bytes (JPEG, PNG, WebP, TIFF, BMP, in any mode; base64 strings in JSON) and an optional
 boolean column ``overlay``. Output, one row per input row: ``saliency``, the map at the image's own size
@@ -29,6 +33,10 @@ from salgan.layout import LOGGED_WEIGHTS
 
 SETTINGS_FILE = "extra_files/serving.json"
 MAX_PIXELS_ENV = "SALGAN_SERVE_MAX_PIXELS"  # overrides the logged predict.max_pixels where the model serves
+# What one request may hold, read where the model serves: rows, and pixels of all its images together (an
+# overlay row counts twice: it keeps the image and draws over it). Beyond them: 413 with the reason.
+MAX_ROWS_ENV, DEFAULT_MAX_ROWS = "SALGAN_SERVE_MAX_ROWS", 256
+MAX_REQUEST_PIXELS_ENV, DEFAULT_MAX_REQUEST_PIXELS = "SALGAN_SERVE_MAX_REQUEST_PIXELS", 25_000_000
 
 
 def signature():
@@ -89,7 +97,10 @@ def _load_pyfunc(data_path: str, model_config=None) -> SaliencyService:
     state = torch.load(folder.parent / LOGGED_WEIGHTS, map_location="cpu", weights_only=True)
     max_pixels = int(os.environ.get(MAX_PIXELS_ENV) or settings["max_pixels"])
     size = (int(settings["input_size"][0]), int(settings["input_size"][1]))
-    return SaliencyService(generator_from_state_dict(state).eval(), size, int(settings["blur_size"]), max_pixels)
+    service = SaliencyService(generator_from_state_dict(state).eval(), size, int(settings["blur_size"]), max_pixels)
+    service.max_rows = int(os.environ.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
+    service.max_request_pixels = int(os.environ.get(MAX_REQUEST_PIXELS_ENV) or DEFAULT_MAX_REQUEST_PIXELS)
+    return service
 
 
 class SaliencyService:
@@ -103,6 +114,7 @@ class SaliencyService:
         self.generator = generator.to(self.device).eval()
         self.size, self.blur_size, self.max_pixels = size, blur_size, max_pixels
         self.batch_size = 16
+        self.max_rows, self.max_request_pixels = DEFAULT_MAX_ROWS, DEFAULT_MAX_REQUEST_PIXELS
 
     def get_raw_model(self):
         """The generator itself (``PyFuncModel.get_raw_model()``): a torch module taking (N, 3, H, W) RGB in
@@ -112,33 +124,65 @@ class SaliencyService:
     def predict(self, model_input, params=None):
         import pandas as pd
 
-        from salgan.inference import predict_batches
+        from salgan.batch import predict_each
         from salgan.predict import decode_image, encoded, save_map, save_overlay
+        from salgan.settings import PredictParams
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "image" not in frame.columns:
             _refuse(f"expected a column 'image' of encoded image bytes, got columns {list(frame.columns)}")
-        wanted = frame["overlay"].tolist() if "overlay" in frame.columns else [False] * len(frame)
+        if len(frame) > self.max_rows:
+            _refuse(f"{len(frame)} rows, more than {MAX_ROWS_ENV} {self.max_rows} in one request", 413)
+        wanted = (
+            [value is True for value in frame["overlay"].tolist()]
+            if "overlay" in frame.columns
+            else [False] * len(frame)
+        )
         results = [{"saliency": "", "overlay": "", "error": ""} for _ in range(len(frame))]
-        decoded = {}
-        for row, (value, with_overlay) in enumerate(zip(frame["image"].tolist(), wanted, strict=True)):
+        encoded_rows = {}
+        for row, value in enumerate(frame["image"].tolist()):
             try:
-                decoded[row] = decode_image(
-                    io.BytesIO(_image_bytes(value)), self.size, with_overlay is True, self.max_pixels
-                )
+                encoded_rows[row] = _image_bytes(value)
             except ValueError as exc:
                 results[row]["error"] = f"row {row}: {exc}"
-        rows = list(decoded)
+        self._check_request_pixels(encoded_rows, wanted)
+        decoded = {}
+        for row, data in encoded_rows.items():
+            try:
+                decoded[row] = decode_image(io.BytesIO(data), self.size, wanted[row], self.max_pixels)
+            except ValueError as exc:
+                results[row]["error"] = f"row {row}: {exc}"
+        rows, options = list(decoded), PredictParams(batch_size=self.batch_size, blur_size=self.blur_size)
         for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
-            images = np.stack([decoded[row][0] for row in batch])
-            sizes = np.array([decoded[row][1] for row in batch], dtype=np.int64)
-            maps = predict_batches(self.generator, images, sizes, len(batch), self.blur_size, self.device)
-            for row, saliency in zip(batch, maps, strict=True):
-                results[row]["saliency"] = _base64(encoded(save_map, saliency))
-                if decoded[row][2] is not None:
-                    results[row]["overlay"] = _base64(encoded(save_overlay, decoded[row][2], saliency))
+            batch = [(row, decoded[row]) for row in rows[start : start + self.batch_size]]
+            outcomes = predict_each(self.generator, batch, options, self.device)
+            for (row, (_, _, full)), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Exception):  # this row alone fails; the others keep their maps
+                    results[row]["error"] = f"row {row}: {type(outcome).__name__}: {outcome}"
+                    continue
+                results[row]["saliency"] = _base64(encoded(save_map, outcome))
+                if full is not None:
+                    results[row]["overlay"] = _base64(encoded(save_overlay, full, outcome))
         return pd.DataFrame(results, columns=["saliency", "overlay", "error"])
+
+    def _check_request_pixels(self, encoded_rows: dict[int, bytes], wanted: list[bool]) -> None:
+        """Refuse (413) a request whose images declare more pixels together than the request may hold, from
+        their headers (nothing decoded); a row whose header does not read is left to fail alone."""
+        from PIL import Image
+
+        total = 0
+        for row, data in encoded_rows.items():
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    total += img.width * img.height * (2 if wanted[row] else 1)
+            except Exception:  # noqa: BLE001 -- named in its own row when decoded
+                continue
+        if total > self.max_request_pixels:
+            _refuse(
+                f"the request's images declare {total} pixels together (overlay rows count twice), more than "
+                f"{MAX_REQUEST_PIXELS_ENV} {self.max_request_pixels}; send fewer or smaller images",
+                413,
+            )
 
 
 def _image_bytes(value) -> bytes:
@@ -157,9 +201,14 @@ def _base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _refuse(reason: str):
-    """A request the model cannot serve at all: MLflow answers it with 400 and this reason."""
+def _refuse(reason: str, status: int = 400):
+    """A request the model cannot serve at all: MLflow answers it with ``status`` (400, or 413 for a request
+    too large) and this reason."""
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_EXHAUSTED
 
-    raise MlflowException(reason, error_code=INVALID_PARAMETER_VALUE)
+    class Refused(MlflowException):
+        def get_http_status_code(self) -> int:
+            return status
+
+    raise Refused(reason, error_code=INVALID_PARAMETER_VALUE if status == 400 else RESOURCE_EXHAUSTED)

@@ -16,6 +16,7 @@ DESIGN.md).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from salgan.errors import ConfigError
-from salgan.urls import redact_text
+from salgan.urls import redact_text, remember_secrets
 
 __all__ = ["ConfigError", "Params", "load_params", "override_args", "params_from_dict", "validate_overrides"]
 
@@ -41,24 +42,47 @@ class Section(BaseModel):
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
-# Marks a setting that changes a validation score (``Field(json_schema_extra=SCORES)``): the promotion gate's
-# fingerprint holds every such setting (:func:`scoring_keys`), so a new one cannot be left out of it.
-SCORES = {"scores": True}
+
+# Trust classes (README's Security, DESIGN's Trust boundaries): what a flow or deployment parameter, or an
+# ablation profile from outside the checkout, may do to a setting; salgan/trust.py enforces them.
+KNOB = "knob"  # a training or scoring setting: may be set within its range
+PLACE = "place"  # a path the stages read or write: must resolve inside the workspace
+HOST = "host"  # a server, store, registry name or file from elsewhere: only where the operator allows the key
+LIMIT = "limit"  # a bound on what an input may cost: may be lowered, never raised
+TRUST_CLASSES = (KNOB, PLACE, HOST, LIMIT)
+MAX_BATCH = 4096  # batch sizes: far above any GPU's, far below what exhausts a host
+MAX_SAMPLE_IMAGES = 100_000  # per split of the generated sample: 10x SALICON's train split
+MAX_WORKERS = 256  # prepare.workers, processes
+MAX_NPROC = 64  # train.nproc, processes per node
+
+
+def trust(kind: str, safe_values: tuple[str, ...] = (), scores: bool = False) -> Any:
+    """A field's trust class, as ``Annotated[type, trust(KNOB)]`` (in its JSON schema as ``trust``). A
+    host's ``safe_values`` name no host (``model.encoder_weights: none``) and are set as knobs. ``scores``
+    marks a setting that changes a validation score: the promotion gate's fingerprint holds every such
+    setting (:func:`scoring_keys`), so a new one cannot be left out of it."""
+    return Field(json_schema_extra={"trust": kind, "safe_values": list(safe_values), "scores": scores})
 
 
 class DownloadParams(Section):
     """Where the raw SALICON tree comes from (REFERENCE §2) and where it lands."""
 
-    source: str = "sample"  # sample | salicon | s3://bucket/prefix | https://host/prefix | a local directory
-    fixations_edition: Literal["2015", "2017"] = "2017"
-    output: str = "data/raw"
-    cache_dir: str = "data/downloads"
-    sample_train: PositiveInt = 240
-    sample_val: PositiveInt = 48
-    sample_test: PositiveInt = 24
-    sample_seed: int = 0
-    max_entry_bytes: PositiveInt = 256 << 20  # an archive entry inflating past this is refused (SALICON's: < 1 MB)
-    max_compression_ratio: float = Field(default=200.0, gt=1)  # a larger ratio is a zip bomb, not a JPEG or PNG
+    # sample | salicon | s3://bucket/prefix | https://host/prefix | a local directory
+    source: Annotated[str, trust(HOST, ("sample", "salicon"))] = "sample"
+    fixations_edition: Annotated[Literal["2015", "2017"], trust(KNOB)] = "2017"
+    output: Annotated[str, trust(PLACE)] = "data/raw"
+    cache_dir: Annotated[str, trust(HOST)] = "data/downloads"  # may be shared by checkouts
+    sample_train: Annotated[PositiveInt, trust(KNOB)] = Field(default=240, le=MAX_SAMPLE_IMAGES)
+    sample_val: Annotated[PositiveInt, trust(KNOB)] = Field(default=48, le=MAX_SAMPLE_IMAGES)
+    sample_test: Annotated[PositiveInt, trust(KNOB)] = Field(default=24, le=MAX_SAMPLE_IMAGES)
+    sample_seed: Annotated[int, trust(KNOB)] = 0
+    # an archive entry inflating past this is refused (SALICON's: < 1 MB)
+    max_entry_bytes: Annotated[PositiveInt, trust(LIMIT)] = 256 << 20
+    # a larger ratio, of one entry or of a whole archive, is a zip bomb, not JPEGs or PNGs
+    max_compression_ratio: Annotated[float, trust(LIMIT)] = Field(default=200.0, gt=1)
+    # all the entries of one archive together (SALICON's largest, images.zip, holds 3 GB)
+    max_archive_bytes: Annotated[PositiveInt, trust(LIMIT)] = 16 << 30
+    max_archive_entries: Annotated[PositiveInt, trust(LIMIT)] = 100_000  # SALICON's largest: 20,000 files
 
     @field_validator("source")
     @classmethod
@@ -77,13 +101,16 @@ class DownloadParams(Section):
 class PrepareParams(Section):
     """Resizing of images and maps into arrays that train without decoding."""
 
-    input: str = "data/raw"
-    output: str = "data/prepared"
-    size: list[int] = Field(default=[128, 96], min_length=2, max_length=2)  # W x H; the paper uses 256x192
-    skip_bad: bool = False
-    workers: int = Field(default=0, ge=0)  # 0: one process per core
-    max_pixels: PositiveInt = 50_000_000  # an image or map declaring more is refused (SALICON's are 0.3 MP)
-    max_fixations: PositiveInt = 100_000  # per fixation file, all observers (SALICON has a few hundred)
+    input: Annotated[str, trust(PLACE)] = "data/raw"
+    output: Annotated[str, trust(PLACE)] = "data/prepared"
+    # W x H; the paper uses 256x192
+    size: Annotated[list[int], trust(KNOB)] = Field(default=[128, 96], min_length=2, max_length=2)
+    skip_bad: Annotated[bool, trust(KNOB)] = False
+    workers: Annotated[int, trust(KNOB)] = Field(default=0, ge=0, le=MAX_WORKERS)  # 0: one per core
+    # an image or map declaring more is refused (SALICON's are 0.3 MP)
+    max_pixels: Annotated[PositiveInt, trust(LIMIT)] = 50_000_000
+    # per fixation file, all observers (SALICON has a few hundred)
+    max_fixations: Annotated[PositiveInt, trust(LIMIT)] = 100_000
 
     @field_validator("size")
     @classmethod
@@ -97,66 +124,85 @@ class ModelParams(Section):
     """SalGAN generator and discriminator (Pan et al. 2017, REFERENCE §1)."""
 
     # vgg16: the paper; the others (torchvision builders, skip decoder) are README's "Encoders and losses"
-    encoder: Literal["vgg16", "resnet18", "resnet50", "mobilenet_v3_large"] = "vgg16"
-    encoder_weights: str = "none"  # imagenet | none | path to a state_dict of torchvision's model.encoder
-    freeze_blocks: int = Field(default=0, ge=0, le=5)  # encoder stages frozen from the input side; the paper: 3
-    width: float = Field(default=0.125, gt=0, le=2)  # channel multiplier (vgg16, mobilenet_v3_large); 1.0: as published
-    discriminator_first_pool: Literal[2, 4] = 4  # 4 in the original code, 2 in the paper's table
-    discriminator_weight_norm: bool = True  # weight norm on conv3_1/conv3_2 as the original code; not in the paper
+    encoder: Annotated[Literal["vgg16", "resnet18", "resnet50", "mobilenet_v3_large"], trust(KNOB)] = "vgg16"
+    # imagenet | none | path to a state_dict of torchvision's model.encoder
+    encoder_weights: Annotated[str, trust(HOST, ("imagenet", "none"))] = "none"
+    # encoder stages frozen from the input side; the paper: 3
+    freeze_blocks: Annotated[int, trust(KNOB)] = Field(default=0, ge=0, le=5)
+    # channel multiplier (vgg16, mobilenet_v3_large); 1.0: as published
+    width: Annotated[float, trust(KNOB)] = Field(default=0.125, gt=0, le=2)
+    discriminator_first_pool: Annotated[Literal[2, 4], trust(KNOB)] = 4  # 4 in the original code, 2 in the paper's
+    # weight norm on conv3_1/conv3_2 as the original code; not in the paper
+    discriminator_weight_norm: Annotated[bool, trust(KNOB)] = True
 
 
 class TrainParams(Section):
     """BCE pre-training then adversarial training (seed paper Eqs. 1-3)."""
 
-    data: str = "data/prepared"
-    output: str = "models"
-    epochs: PositiveInt = 30
-    bce_epochs: int = Field(default=10, ge=0)
-    batch_size: PositiveInt = 16  # global batch, split across processes
-    lr_generator: float = Field(default=3e-3, gt=0)  # the paper's 3e-4 suits ImageNet features
-    lr_discriminator: float = Field(default=3e-4, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)  # the paper's L2 (the original computes it, never adds it)
-    decay_biases: bool = False  # false: weights only, as Lasagne's l2 regularisation
-    adagrad_epsilon: float = Field(default=1e-6, ge=0)  # Lasagne's: lr g / sqrt(sum g^2 + eps); 0: PyTorch's form
-    alpha: float = Field(default=0.05, ge=0)  # weight of the content loss; 1/20 in the original code
-    adversarial_schedule: Literal["alternate", "both"] = "alternate"  # alternate: one batch to D, the next to G
-    reset_optimizer_at_adversarial: bool = True  # a fresh G optimiser for the adversarial phase, as the original
-    discriminator_loss: Literal["mean", "sum"] = "mean"  # mean of the real and fake BCE (original) or their sum
-    content_downsample: PositiveInt = 4  # BCE on maps average-pooled 4x4 (paper Table 2)
+    data: Annotated[str, trust(PLACE)] = "data/prepared"
+    output: Annotated[str, trust(PLACE)] = "models"
+    epochs: Annotated[PositiveInt, trust(KNOB)] = 30
+    bce_epochs: Annotated[int, trust(KNOB)] = Field(default=10, ge=0)
+    batch_size: Annotated[PositiveInt, trust(KNOB)] = Field(default=16, le=MAX_BATCH)  # global, split across processes
+    # the paper's 3e-4 suits ImageNet features
+    lr_generator: Annotated[float, trust(KNOB)] = Field(default=3e-3, gt=0)
+    lr_discriminator: Annotated[float, trust(KNOB)] = Field(default=3e-4, gt=0)
+    # the paper's L2 (the original computes it, never adds it)
+    weight_decay: Annotated[float, trust(KNOB)] = Field(default=1e-4, ge=0)
+    decay_biases: Annotated[bool, trust(KNOB)] = False  # false: weights only, as Lasagne's l2 regularisation
+    # Lasagne's: lr g / sqrt(sum g^2 + eps); 0: PyTorch's form
+    adagrad_epsilon: Annotated[float, trust(KNOB)] = Field(default=1e-6, ge=0)
+    # weight of the content loss; 1/20 in the original code
+    alpha: Annotated[float, trust(KNOB)] = Field(default=0.05, ge=0)
+    # alternate: one batch to D, the next to G
+    adversarial_schedule: Annotated[Literal["alternate", "both"], trust(KNOB)] = "alternate"
+    # a fresh G optimiser for the adversarial phase, as the original
+    reset_optimizer_at_adversarial: Annotated[bool, trust(KNOB)] = True
+    # mean of the real and fake BCE (original) or their sum
+    discriminator_loss: Annotated[Literal["mean", "sum"], trust(KNOB)] = "mean"
+    content_downsample: Annotated[PositiveInt, trust(KNOB)] = 4  # BCE on maps average-pooled 4x4 (paper Table 2)
     # bce (the paper) or a weighted sum of metric terms, e.g. {kld: 1.0, cc: -0.2, nss: -0.1} (SAM's loss)
-    content_loss: Literal["bce"] | dict[Literal["bce", "kld", "cc", "nss"], float] = "bce"
-    seed: int = 0
-    nproc: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"  # auto: every visible GPU, 1 on CPU
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    snapshot_image: int = Field(default=0, ge=0)  # index of the val image saved every epoch (seed paper Fig. 3)
-    compile: bool = False  # torch.compile the models (checkpoint keys unchanged)
+    content_loss: Annotated[Literal["bce"] | dict[Literal["bce", "kld", "cc", "nss"], float], trust(KNOB)] = "bce"
+    seed: Annotated[int, trust(KNOB)] = 0
+    # auto: every visible GPU, 1 on CPU
+    nproc: Annotated[Annotated[int, Field(ge=1, le=MAX_NPROC)] | Literal["auto"], trust(KNOB)] = "auto"
+    device: Annotated[Literal["auto", "cpu", "cuda"], trust(KNOB)] = "auto"
+    # index of the val image saved every epoch (seed paper Fig. 3)
+    snapshot_image: Annotated[int, trust(KNOB)] = Field(default=0, ge=0)
+    compile: Annotated[bool, trust(KNOB)] = False  # torch.compile the models (checkpoint keys unchanged)
     # Where the prepared train and val splits live while training: on the device (batches sliced there), or
     # in pinned host memory with each batch copied over while the previous one computes (stream). auto:
     # the device when both splits fit data_budget_gb, else stream.
-    data_placement: Literal["auto", "device", "stream"] = "auto"
-    data_budget_gb: float | None = Field(default=None, gt=0)  # null: half the free memory torch reports
+    data_placement: Annotated[Literal["auto", "device", "stream"], trust(KNOB)] = "auto"
+    # null: half the free memory torch reports
+    data_budget_gb: Annotated[float | None, trust(KNOB)] = Field(default=None, gt=0)
 
 
 class EvaluateParams(Section):
     """Validation scoring at the original resolution (REFERENCE §3)."""
 
-    output: str = "reports"
-    batch_size: PositiveInt = 16
-    n_splits: PositiveInt = Field(default=100, json_schema_extra=SCORES)  # AUC-Borji / sAUC resampling
-    sauc_other_images: PositiveInt = Field(default=10, json_schema_extra=SCORES)  # sAUC negatives: of this many images
+    output: Annotated[str, trust(PLACE)] = "reports"
+    batch_size: Annotated[PositiveInt, trust(KNOB)] = Field(default=16, le=MAX_BATCH)
+    # AUC-Borji / sAUC resampling
+    n_splits: Annotated[PositiveInt, trust(KNOB, scores=True)] = Field(default=100, le=10_000)
+    # sAUC negatives: fixations of this many other images
+    sauc_other_images: Annotated[PositiveInt, trust(KNOB, scores=True)] = Field(default=10, le=1000)
     # the centre-bias baseline (the first champion's floor), in units of the image diagonal
-    center_bias_sigma: float = Field(default=0.25, gt=0, json_schema_extra=SCORES)
-    ig_baseline_sigma: float = Field(default=0.05, gt=0, json_schema_extra=SCORES)  # blur of the IG baseline density
-    grid_images: PositiveInt = 6
+    center_bias_sigma: Annotated[float, trust(KNOB, scores=True)] = Field(default=0.25, gt=0)
+    # blur of the training-fixation density for IG
+    ig_baseline_sigma: Annotated[float, trust(KNOB, scores=True)] = Field(default=0.05, gt=0)
+    grid_images: Annotated[PositiveInt, trust(KNOB)] = Field(default=6, le=100)
 
 
 class PredictParams(Section):
     """Test-split prediction at the original resolution, as the original scripts/utils.py."""
 
-    output: str = "outputs/test_maps"
-    batch_size: PositiveInt = 16
-    blur_size: int = Field(default=5, ge=0, json_schema_extra=SCORES)  # Gaussian blur after the resize; 0: none
-    max_pixels: PositiveInt = 50_000_000  # salgan predict's inputs declaring more pixels are skipped, named
+    output: Annotated[str, trust(PLACE)] = "outputs/test_maps"
+    batch_size: Annotated[PositiveInt, trust(KNOB)] = Field(default=16, le=MAX_BATCH)
+    # Gaussian blur kernel after the bicubic resize; 0 disables it; shrunk to fit a smaller map
+    blur_size: Annotated[int, trust(KNOB, scores=True)] = Field(default=5, ge=0, le=99)
+    # salgan predict's inputs declaring more pixels are skipped, named
+    max_pixels: Annotated[PositiveInt, trust(LIMIT)] = 50_000_000
 
     @field_validator("blur_size")
     @classmethod
@@ -169,18 +215,19 @@ class PredictParams(Section):
 class PackageParams(Section):
     """Submission archive for the SALICON challenge server."""
 
-    format: Literal["2017", "2015"] = "2017"
-    algorithm: str = Field(default="salgan", pattern=f"^{ALGORITHM_NAME}$")  # letters, digits, _ - .
-    output: str = "outputs/submission"  # a folder: the archive and manifest.json beside it
+    format: Annotated[Literal["2017", "2015"], trust(KNOB)] = "2017"
+    # letters, digits, _ - .
+    algorithm: Annotated[str, trust(KNOB)] = Field(default="salgan", pattern=f"^{ALGORITHM_NAME}$")
+    output: Annotated[str, trust(PLACE)] = "outputs/submission"  # a folder: the archive and manifest.json beside it
 
 
 class MlflowParams(Section):
     """Tracking and registry; MLFLOW_TRACKING_URI overrides the embedded sqlite default."""
 
-    enabled: bool = True
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = "salgan"
-    model_name: str = "salgan"
+    enabled: Annotated[bool, trust(HOST)] = True
+    tracking_uri: Annotated[str, trust(HOST)] = "sqlite:///mlflow.db"
+    experiment: Annotated[str, trust(HOST)] = "salgan"
+    model_name: Annotated[str, trust(HOST)] = "salgan"
 
 
 class Params(Section):
@@ -238,9 +285,42 @@ def params_from_dict(data: Mapping | None) -> Params:
     """Validated :class:`Params` from a plain mapping; missing keys take their defaults (code and tests
     build settings this way; files go through :func:`load_params`, which wants every key)."""
     try:
-        return Params.model_validate(dict(data or {}))
+        params = Params.model_validate(dict(data or {}))
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    for url in (params.download.source, params.mlflow.tracking_uri):
+        remember_secrets(url)  # a signed source's signature is redacted from every later message and record
+    return params
+
+
+# params.yaml is read as DVC reads and writes it (ruamel, YAML 1.2): after `dvc exp run -S` it may hold
+# floats without a dot (1e-06) and plain strings that YAML 1.1 takes for other types (yes, off, 12:30). With
+# PyYAML's YAML 1.1 rules a float setting would refuse its own file and a string would turn into a bool
+# or an int; so booleans are true/false only, numbers have no base 60, and exponents need no dot.
+_YAML_1_2_SCALARS = (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^[-+]?(?:0b[0-1_]+|0[0-7_]+|0|[1-9][0-9_]*|0x[0-9a-fA-F_]+)$", "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+0123456789.",
+    ),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """``text`` read as params.yaml is everywhere: safe, with YAML 1.2's booleans and numbers (above)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {
+            first: [(tag, rule) for tag, rule in rules if tag.rsplit(":", 1)[-1] not in ("bool", "int", "float")]
+            for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+
+    for tag, rule, first in _YAML_1_2_SCALARS:
+        Loader.add_implicit_resolver(tag, re.compile(rule), list(first))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 -- a SafeLoader subclass
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE, require_all: bool = True) -> Params:
@@ -253,7 +333,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE, require_all: bool = True
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such params file") from None
     except yaml.YAMLError as exc:
@@ -308,7 +388,7 @@ def nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def scoring_keys() -> list[str]:
-    """``section.key`` of every setting marked :data:`SCORES`, in schema order."""
+    """``section.key`` of every setting marked ``scores`` (:func:`trust`), in schema order."""
     keys = []
     for section, field in Params.model_fields.items():
         for name, info in field.annotation.model_fields.items():
@@ -428,6 +508,8 @@ def _check_plain(key: str, value: Any) -> None:
                 f"override {key}: {value!r} holds characters DVC would read as override syntax (quotes, "
                 "backslashes, $ for interpolation) or control characters; set such a value in params.yaml"
             )
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"override {key}: expected a finite number, got {value!r}")
     elif value is not None and not isinstance(value, bool | int | float):
         raise ConfigError(f"override {key}: expected a number, a bool, a string or a list, got {value!r}")
 
@@ -441,6 +523,10 @@ def override_args(overrides: Mapping[str, Any] | None) -> list[str]:
 
 
 def _encode(value: Any) -> str:
+    """``value`` in the override grammar of DVC (Hydra), read back as exactly ``value``: null for None,
+    floats in repr's shortest exact form, strings quoted."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
@@ -460,7 +546,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"-S expects KEY=VALUE, got {text!r}")
     try:
-        value = yaml.safe_load(raw)
+        value = read_yaml(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"-S {text!r}: the value is not valid YAML ({exc})") from None
     return key.strip(), value

@@ -2,6 +2,7 @@
 one batch in memory at a time, a manifest, reruns that skip what the same model wrote; and the Prefect
 flow `salgan-batch-predict` that runs it with the registry's champion."""
 
+import io
 import json
 from pathlib import Path
 
@@ -123,6 +124,91 @@ def test_one_batch_at_a_time_from_a_paged_listing(s3, tmp_path):  # noqa: F811
     assert reads == [0, 0, 0, 1, 1, 1, 2]  # the 4th image is read after the first batch ran
     assert pages == [0, 0, 1, 2]  # and each page is listed then too: the listing is never gathered first
     assert Image.open(client.get_object(Bucket=BUCKET, Key="paged/out/sub/6.png")["Body"]).size == (40, 36)
+
+
+def test_keys_that_would_escape_a_local_output_are_refused_each_and_a_tiny_image_gets_its_map(s3, tmp_path, capsys):  # noqa: F811
+    """S3 keys are names, not paths: ``..``, ``.`` or empty components would put a map outside (or elsewhere
+    in) the local output. Each is refused alone and named in the manifest; the other images, a 1x1 PNG
+    among them, get their maps; nothing is written outside the output."""
+    client = s3["client"]
+    rng = np.random.default_rng(0)
+    good, tiny = io.BytesIO(), io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(good, "PNG")
+    Image.fromarray(np.full((1, 1, 3), 200, dtype=np.uint8)).save(tiny, "PNG")
+    escaping = ["esc/in/../../../escaped.png", "esc/in/sub/../../../escaped2.png", "esc/in//rooted.png"]
+    escaping += ["esc/in/./dot.png"]
+    for key in escaping + ["esc/in/a/good.png", "esc/in/b.png"]:
+        client.put_object(Bucket=BUCKET, Key=key, Body=good.getvalue())
+    client.put_object(Bucket=BUCKET, Key="esc/in/tiny.png", Body=tiny.getvalue())
+    listed = [e["Key"] for e in client.list_objects_v2(Bucket=BUCKET, Prefix="esc/in/")["Contents"]]
+    assert set(escaping) <= set(listed)  # the store keeps them as written
+    root = tmp_path / "deep" / "er"
+    output = root / "maps"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    argv = ["--model", str(weights_file(tmp_path, 0)), "--size", "64x48", "--output", str(output)]
+    assert predict.main([*argv, f"s3://{BUCKET}/esc/in"]) == 1
+    err = capsys.readouterr().err
+    manifest = json.loads((output / "manifest.json").read_text())
+    failed = {f["input"]: f["reason"] for f in manifest["failed"]}
+    assert set(failed) == {f"s3://{BUCKET}/{key}" for key in escaping}
+    assert failed[f"s3://{BUCKET}/esc/in/../../../escaped.png"] == (
+        "the key's name '../../../escaped' has a '..', '.' or empty path component; refused"
+    )
+    assert failed[f"s3://{BUCKET}/esc/in//rooted.png"] == "the key's name '/rooted' is empty or absolute; refused"
+    assert "'./dot' has a '..', '.' or empty path component" in failed[f"s3://{BUCKET}/esc/in/./dot.png"]
+    assert all(f"s3://{BUCKET}/{key}" in err for key in escaping)
+    assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()) == [
+        "a/good.png", "b.png", "manifest.json", "tiny.png",
+    ]  # fmt: skip
+    assert Image.open(output / "tiny.png").size == (1, 1)
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if not p.is_relative_to(output))
+    assert [p for p in after if p not in before] == [Path("deep"), Path("deep/er"), Path("generator0.pt")]
+
+
+def test_every_local_write_stays_inside_the_output(tmp_path):
+    output = batch.LocalOutput(tmp_path / "maps")
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "maps" / "linked").symlink_to(tmp_path / "elsewhere")
+    for name, reason in (("../x.png", "path component"), ("/etc/x.png", "absolute"), ("a//b.png", "empty path")):
+        with pytest.raises(ValueError, match=reason):
+            output.write(name, b"map", "image/png", "id")
+    with pytest.raises(ValueError, match="outside the output"):
+        output.write("linked/x.png", b"map", "image/png", "id")
+    (tmp_path / "maps" / "planted.png").symlink_to(tmp_path / "elsewhere" / "victim.png")
+    with pytest.raises(ValueError, match="a link planted there is not followed"):
+        output.write("planted.png", b"map", "image/png", "id")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert output.write("sub/ok.png", b"map", "image/png", "id") == str(tmp_path / "maps" / "sub" / "ok.png")
+
+
+def test_one_item_whose_prediction_fails_fails_alone_and_the_manifest_is_written(tmp_path):
+    """A batch whose prediction raises is predicted again item by item: only the item that fails alone
+    is named; the others get their maps, and the manifest is written."""
+    generator = Generator(width=0.0625)
+    poison = 7  # the image whose prediction fails: a model that refuses one input's values
+
+    def refuse(module, inputs):
+        if (inputs[0] * 255).round().eq(poison).all(dim=(1, 2, 3)).any():
+            raise RuntimeError("this input breaks the model")
+
+    generator.encoder.register_forward_pre_hook(refuse)
+    generator.mean.zero_()
+    generator.std.fill_(1.0)
+    items = []
+    for name, value in (("a", 100), ("bad", poison), ("c", 50)):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((48, 64, 3), value, dtype=np.uint8)).save(buffer, "PNG")
+        items.append(batch.Item(name, name, lambda data=buffer.getvalue(): data))
+    output = batch.open_output(str(tmp_path / "maps"), None)
+    manifest = batch.run(
+        generator, (64, 48), iter(items), output, PredictParams(batch_size=3), device=torch.device("cpu")
+    )
+    assert [f["input"] for f in manifest["failed"]] == ["bad"] and "this input breaks" in manifest["failed"][0][
+        "reason"
+    ]
+    assert sorted(Path(p).name for p in manifest["written"]) == ["a.png", "c.png"]
+    assert json.loads((tmp_path / "maps" / "manifest.json").read_text())["failed"] == manifest["failed"]
 
 
 @pytest.mark.parametrize(

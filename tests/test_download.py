@@ -254,6 +254,58 @@ def test_an_entry_that_understates_its_size_is_stopped_at_the_limit(tmp_path):
     assert len(sink.getvalue()) <= 1000
 
 
+def _many_small_zero_maps(archive: zipfile.ZipFile) -> None:
+    """The issue's archive: 300 entries of 1 MiB of zeros, each under the per-entry ratio floor (350 KB)."""
+    for i in range(300):
+        name = f"train/COCO_train2014_{900000 + i:012d}.png"
+        archive.writestr(name, bytes(1 << 20), compress_type=zipfile.ZIP_DEFLATED)
+
+
+def test_an_archive_of_many_small_bombs_is_refused_as_a_whole(tmp_path, zips, existing):
+    folder = _with_entry(zips, tmp_path / "many", _many_small_zero_maps)
+    assert (folder / "maps.zip").stat().st_size < 1 << 20  # 300 MiB inside
+    with pytest.raises(ArchiveError, match=r"maps.zip: its 3\d\d entries are compressed \d+:1 together, over download"):
+        download.run(_params(tmp_path, folder), progress=False)
+    _assert_untouched(tmp_path, existing)
+    assert not list(tmp_path.glob(".raw.*/maps/train/*.png"))  # nothing of it extracted
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"max_archive_entries": 5}, r"images.zip: 9 entries, over download.max_archive_entries 5"),
+        ({"max_archive_bytes": 50_000}, r"images.zip: its entries inflate to \d+ bytes together, over download.max_"),
+    ],
+)
+def test_an_archive_over_its_entry_count_or_total_size_is_refused(tmp_path, zips, existing, limits, reason):
+    with pytest.raises(ArchiveError, match=reason):
+        download.run(_params(tmp_path, _copy_zips(zips, tmp_path / "zips"), **limits), progress=False)
+    _assert_untouched(tmp_path, existing)
+
+
+def test_salicons_real_archives_are_well_inside_the_default_limits():
+    """REFERENCE §2: 20,000 images in images.zip (3 GB); maps and fixations 15,000 files each."""
+    limits = download.limits_of(DownloadParams())
+    assert limits.max_archive_entries >= 4 * 20_000 and limits.max_archive_bytes >= 4 * 3_000_000_000
+
+
+def test_a_tree_file_swapped_for_a_link_after_the_check_is_refused_while_copying(tmp_path, tree, existing, monkeypatch):
+    """The link check is made on the file as it is opened: a file that looked regular when the folder was
+    listed (here: every look before the copy is told "no link") and is a link when copied is refused."""
+    copy = tmp_path / "swapped"
+    shutil.copytree(tree, copy)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for data/raw")
+    victim = sorted((copy / "maps" / "train").glob("*.png"))[0]
+    victim.unlink()
+    victim.symlink_to(secret)
+    monkeypatch.setattr(Path, "is_symlink", lambda self: False)  # what a look before the swap saw
+    with pytest.raises(DownloadError, match=re.escape(f"{victim.name}: a link out of the tree {copy} (to {secret})")):
+        download.run(_params(tmp_path, copy), progress=False)
+    monkeypatch.undo()
+    _assert_untouched(tmp_path, existing)
+
+
 def test_a_tree_source_with_a_link_out_of_the_tree_is_refused(tmp_path, tree, existing):
     copy = tmp_path / "linked"
     shutil.copytree(tree, copy)

@@ -51,6 +51,9 @@ def event(what):
 event("start")
 print(f"{name}: working on stdout", flush=True)
 print(f"{name}: a note on stderr", file=sys.stderr, flush=True)
+if behaviour.get("echo_source"):  # as requests' errors quote a signed URL, and its path?query alone
+    source = yaml.safe_load(Path("params.yaml").read_text())["download"]["source"]
+    print(f"{name}: fetching {source}; retrying /images.zip?{source.partition('?')[2]}", file=sys.stderr, flush=True)
 if behaviour.get("fail"):
     print(f"{name}: boom, the stage broke", file=sys.stderr)
     sys.exit(3)
@@ -319,6 +322,90 @@ def test_an_override_that_dvc_would_read_as_syntax_is_refused_before_anything_ru
             state.result()
     assert {name: (project / name).read_text() for name in before} == before
     assert not (project / "marker").exists() and not (project / "out").exists() and events(project) == []
+
+
+@pytest.mark.parametrize(
+    "overrides,reason",
+    [
+        ({"predict.output": "VICTIM"}, "override predict.output: .* outside the workspace"),
+        ({"predict.output": "linked"}, "override predict.output: 'linked' resolves to .*victim, outside the workspace"),
+        ({"train.output": "stage.py"}, r"override train.output: 'stage.py' holds files of the checkout itself"),
+        (
+            {"mlflow.tracking_uri": "http://collector.example:5000"},
+            r"override mlflow.tracking_uri: .*\(trust class host",
+        ),
+        ({"mlflow.model_name": "another-teams-model"}, r"override mlflow.model_name: .*\(trust class host"),
+        ({"download.source": "http://169.254.169.254/latest/meta-data/"}, r"override download.source: .*\(trust class"),
+        ({"model.encoder_weights": "/etc/passwd"}, r"override model.encoder_weights: '/etc/passwd' names a server"),
+        ({"prepare.max_pixels": 50_000_000 * 10**6}, "override prepare.max_pixels: .* raises the workspace's limit"),
+        ({"download.max_compression_ratio": 2e8}, "override download.max_compression_ratio: .* raises the"),
+        ({"prepare.workers": 10**6}, "override prepare.workers: input should be less than or equal to 256"),
+        ({"download.sample_train": 10**9}, "override download.sample_train: input should be less than or equal"),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
+)
+def test_overrides_beyond_their_trust_class_are_refused_and_nothing_anywhere_changes(
+    harness, tmp_path, overrides, reason
+):
+    """The second probe's overrides (places outside, hosts, raised limits, absurd sizes): each is refused by
+    both flows before anything runs, naming the key and the reason; the workspace and a folder outside it
+    (which predict.output would have emptied and filled) are as they were."""
+    from flows.pipeline import salgan_pipeline
+    from flows.retrain import salgan_retrain
+    from salgan.settings import ConfigError
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    project = make_project(tmp_path / "p")
+    (project / "linked").symlink_to(victim)
+    overrides = {key: str(victim) if value == "VICTIM" else value for key, value in overrides.items()}
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file() and ".git" not in p.parts}
+    for flow in (salgan_pipeline, salgan_retrain):
+        state = flow(overrides=overrides, workdir=str(project), return_state=True)
+        assert state.is_failed()
+        with pytest.raises(ConfigError, match=reason):
+            state.result()
+    after = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file() and ".git" not in p.parts}
+    assert after == before and events(project) == []
+
+
+def test_a_signed_source_the_operator_allows_never_reaches_the_flow_logs_or_the_workspace(
+    harness, tmp_path, monkeypatch
+):
+    """With ``download.source`` allowed by the worker's operator, a signed mirror URL (a parenthesis in its
+    path) runs; neither the logged command line, nor the stages' output quoting the URL and its bare
+    ``path?query``, nor a failure's message holds the signature; params.yaml alone holds the setting."""
+    from flows.pipeline import salgan_pipeline
+    from flows.processes import StageFailed
+
+    monkeypatch.setenv("SALGAN_FLOW_ALLOWED_KEYS", "download.source")
+    secrets = ("5ecretSignature0123", "AKIDSECRETEXAMPLE")
+    signed = f"https://mirror.example/sal(icon)/v2?X-Amz-Credential={secrets[1]}&X-Amz-Signature={secrets[0]}"
+    project = make_project(tmp_path / "p", behaviour={"download": {"echo_source": True}})
+    state = salgan_pipeline(overrides={"download.source": signed}, workdir=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    assert yaml.safe_load((project / "params.yaml").read_text())["download"]["source"] == signed  # the setting
+    (project / "behaviour.json").write_text(json.dumps({"train": {"echo_source": True, "fail": True}}))
+    failed = salgan_pipeline(
+        overrides={"download.source": signed, "train.epochs": 2}, workdir=str(project), return_state=True
+    )
+    with pytest.raises(StageFailed) as failure:
+        failed.result()
+    assert "fetching https://mirror.example/sal(icon)/v2; retrying /images.zip" in str(failure.value)
+    logs = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("retrying /images.zip" in line for line in logs):
+        logs = _flow_logs(state.state_details.flow_run_id)
+        time.sleep(0.5)
+    logs += _flow_logs(failed.state_details.flow_run_id)
+    assert any("download.source='https://mirror.example/sal(icon)/v2'" in line for line in logs), logs
+    assert any("fetching https://mirror.example/sal(icon)/v2; retrying /images.zip" in line for line in logs)
+    written = [p for p in project.rglob("*") if p.is_file() and not {".git", ".dvc"} & set(p.parts)]
+    for secret in secrets:
+        assert not any(secret in line for line in logs), secret
+        assert secret not in str(failure.value) and secret not in str(failed.message)
+        assert [p.name for p in written if secret.encode() in p.read_bytes()] == ["params.yaml"]
 
 
 def test_a_workdir_outside_the_checkout_and_the_listed_folders_is_refused(harness, tmp_path, monkeypatch):

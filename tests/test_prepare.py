@@ -348,6 +348,23 @@ def test_val_images_must_share_one_size(tmp_path: Path, raw: dict, capsys) -> No
     assert name in capsys.readouterr().err
 
 
+def test_with_skip_bad_one_oversized_first_val_image_drops_only_itself(tmp_path: Path, raw: dict) -> None:
+    """The val maps at full size are allocated with one size for the split: taken from the first image's
+    header, an oversized (or odd) first image made every other image the odd one out, dropping the split."""
+    from tests.test_limits import png_declaring
+
+    names = sorted(n for n in raw if "val" in n)
+    first = tmp_path / "raw" / "images" / "val" / f"{names[0]}.jpg"
+    first.unlink()
+    png_declaring(first, 13000, 13000)  # a PNG named .jpg: Pillow reads its header all the same
+    assert run_stage(tmp_path, workers=1, skip_bad=True, max_pixels=1_000_000) == 0
+    report = json.loads((tmp_path / "prepared" / "report.json").read_text())
+    assert [s["name"] for s in report["skipped"]] == [names[0]]
+    assert "declares 13000x13000 pixels, more than prepare.max_pixels 1000000" in report["skipped"][0]["reason"]
+    assert json.loads((tmp_path / "prepared" / "val" / "names.json").read_text()) == names[1:]
+    assert np.load(tmp_path / "prepared" / "val" / "maps_full.npy").shape == (len(names) - 1, H0, W0)
+
+
 def test_failed_run_keeps_the_previous_output(tmp_path: Path, raw: dict) -> None:
     assert run_stage(tmp_path, workers=1) == 0
     before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "prepared").rglob("*") if p.is_file()}

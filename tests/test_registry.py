@@ -209,7 +209,7 @@ def test_cli_promote_and_list(params, capsys):
 
 
 def test_every_scoring_setting_is_in_the_fingerprint_and_changes_it(params):
-    """The settings part is derived from the schema's SCORES marks; each marked setting moves the
+    """The settings part is derived from the schema's scores marks; each marked setting moves the
     fingerprint, and the marked settings are those the scoring code reads (a new one read there must be
     marked, or this fails)."""
     import inspect

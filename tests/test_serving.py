@@ -170,3 +170,55 @@ def test_a_malformed_request_gets_a_4xx_with_the_reason_never_a_500(server, body
     status, text = _post(server, body)
     assert 400 <= status < 500, (status, text)
     assert reason in text.lower() and "Traceback" not in text
+
+
+def _png(width: int, height: int, value: int = 120) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), value, dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_one_pixel_row_gets_its_map_beside_the_others(champion, monkeypatch):
+    uri, _, images, sizes = champion
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/salgan/1")
+    frame = pd.DataFrame({"image": [(images / "photo.jpg").read_bytes(), _png(1, 1), _png(3, 2)]})
+    result = model.predict(frame)
+    assert list(result.error) == ["", "", ""]
+    assert [_decoded(text).size for text in result.saliency] == [sizes["photo"], (1, 1), (3, 2)]
+
+
+def test_a_request_over_its_row_or_pixel_limit_is_refused_whole_with_413_and_the_reason(champion, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from salgan.serving import MAX_REQUEST_PIXELS_ENV, MAX_ROWS_ENV
+
+    uri, _, images, _ = champion
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv(MAX_ROWS_ENV, "3")
+    monkeypatch.setenv(MAX_REQUEST_PIXELS_ENV, "20000")  # read when the model loads, as MAX_PIXELS_ENV
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/salgan/1")
+    with pytest.raises(MlflowException, match=f"4 rows, more than {MAX_ROWS_ENV} 3 in one request") as rows:
+        model.predict(pd.DataFrame({"image": [_png(2, 2)] * 4}))
+    assert rows.value.get_http_status_code() == 413
+    photo = (images / "photo.jpg").read_bytes()  # 100x80: 8000 pixels, 16000 with an overlay
+    assert model.predict(pd.DataFrame({"image": [photo, photo]})).error.tolist() == ["", ""]  # 16000 pixels
+    with pytest.raises(MlflowException, match=r"declare 24000 pixels together \(overlay rows count twice\)") as big:
+        model.predict(pd.DataFrame({"image": [photo, photo], "overlay": [True, False]}))
+    assert big.value.get_http_status_code() == 413 and MAX_REQUEST_PIXELS_ENV in big.value.message
+
+
+@pytest.mark.slow
+def test_the_server_answers_413_to_too_many_rows_or_pixels_at_once(server, tmp_path):
+    """The issue's requests: 10,000 tiny rows (a 504 after 60 s before), one 7000x7000 PNG with overlay
+    (4.8 GB before): each answered at once with 413 and the reason, before any image is decoded."""
+    from tests.test_limits import png_declaring
+
+    tiny = base64.b64encode(_png(4, 4)).decode()
+    status, text = _post(server, json.dumps({"dataframe_split": {"columns": ["image"], "data": [[tiny]] * 10_000}}))
+    assert status == 413 and "10000 rows, more than SALGAN_SERVE_MAX_ROWS 256" in text, (status, text[:300])
+    rows = [[base64.b64encode(png_declaring(tmp_path / "big.png", 7000, 7000).read_bytes()).decode(), True]]
+    status, text = _post(server, json.dumps({"dataframe_split": {"columns": ["image", "overlay"], "data": rows}}))
+    assert status == 413 and "declare 98000000 pixels together" in text, (status, text[:300])

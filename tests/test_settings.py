@@ -8,6 +8,7 @@ from salgan.settings import (
     Params,
     flatten,
     load_params,
+    nest,
     override_args,
     params_from_dict,
     parse_override,
@@ -161,3 +162,150 @@ def test_parse_override_reads_the_value_as_yaml():
     assert parse_override("download.source=s3://b/p") == ("download.source", "s3://b/p")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("train.epochs")
+
+
+# --- trust classes and the round trip of every override -------------------------------------------------
+
+
+def test_every_setting_has_a_trust_class_and_the_hosts_places_and_limits_are_the_issues():
+    """Every field of the schema says what an untrusted override may do to it (salgan/trust.py)."""
+    from salgan.settings import TRUST_CLASSES
+    from salgan.trust import field_trust
+
+    trust = field_trust()
+    assert set(trust) == set(flatten(to_dict(Params())))  # every key, no other
+    missing = sorted(key for key, extra in trust.items() if extra.get("trust") not in TRUST_CLASSES)
+    assert missing == [], f"settings without a trust class: {missing}"
+    kinds = {kind: sorted(k for k, extra in trust.items() if extra["trust"] == kind) for kind in TRUST_CLASSES}
+    assert kinds["host"] == [
+        "download.cache_dir", "download.source", "mlflow.enabled", "mlflow.experiment", "mlflow.model_name",
+        "mlflow.tracking_uri", "model.encoder_weights",
+    ]  # fmt: skip
+    assert kinds["limit"] == [
+        "download.max_archive_bytes", "download.max_archive_entries", "download.max_compression_ratio",
+        "download.max_entry_bytes", "predict.max_pixels", "prepare.max_fixations", "prepare.max_pixels",
+    ]  # fmt: skip
+    assert kinds["place"] == [
+        "download.output", "evaluate.output", "package.output", "predict.output", "prepare.input",
+        "prepare.output", "train.data", "train.output",
+    ]  # fmt: skip
+    assert trust["model.encoder_weights"]["safe_values"] == ["imagenet", "none"]
+
+
+@pytest.mark.parametrize(
+    "key,absurd",
+    [
+        ("prepare.workers", 10**6),
+        ("download.sample_train", 10**9),
+        ("download.sample_test", 100_001),
+        ("train.batch_size", 10**7),
+        ("evaluate.batch_size", 4097),
+        ("predict.batch_size", 10**6),
+        ("train.nproc", 10_000),
+        ("predict.blur_size", 100_001),
+    ],
+)
+def test_sizes_that_cost_memory_or_processes_have_upper_bounds(key, absurd):
+    with pytest.raises(ConfigError, match=rf"override {key}: input should be less than or equal to"):
+        validate_overrides({key: absurd})
+    with pytest.raises(ConfigError, match=rf"^{key}: input should be less than or equal to"):
+        params_from_dict(nest({key: absurd}))
+
+
+# YAML 1.1 readings that DVC writes plain (yes, 12:30), and strings YAML or DVC's grammar read as other types
+SPECIAL_STRINGS = ["yes", "off", "On", "12:30", "null", "true", "1e5", "2017", "0x1F", "1_000", "-", "~", "#x"]
+
+
+def _random_string(rng, alphabet: str = "abcXYZ019/._-:=,+~%#@ []{}()") -> str:
+    while True:
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))).strip()
+        text = rng.choice([text, text, rng.choice([s for s in SPECIAL_STRINGS if set(s) <= set(alphabet)])])
+        if text and "://" not in text:
+            return text
+
+
+def random_settings(rng) -> dict:
+    """A valid value for every key of params.yaml, drawn at random from its type and range (and a few
+    values YAML or DVC's grammar could misread), then fixed up to keep the rules between keys."""
+    import typing
+
+    values = {}
+    for key in flatten(to_dict(Params())):
+        section, name = key.split(".")
+        info = Params.model_fields[section].annotation.model_fields[name]
+        bounds = {
+            a: getattr(m, a) for m in info.metadata for a in ("ge", "gt", "le") if getattr(m, a, None) is not None
+        }
+        annotation = info.annotation
+        if typing.get_origin(annotation) is typing.Literal:
+            value = rng.choice(typing.get_args(annotation))
+        elif annotation is bool:
+            value = rng.random() < 0.5
+        elif annotation is int:
+            low = bounds.get("ge", -(10**12) if name.endswith("seed") else 0)
+            value = rng.randint(low, bounds.get("le", 10**10))
+        elif annotation is float:
+            value = min(
+                rng.choice([10 ** rng.uniform(-9, 12), rng.uniform(0, 3), 1e-06, 1e16, 0.1]), bounds.get("le", 1e300)
+            )
+            value = max(value, bounds.get("gt", 0) + 1e-9) if "gt" in bounds else value
+        elif annotation is str:
+            value = _random_string(rng, "abcXYZ019_.-") if name == "algorithm" else _random_string(rng)
+        elif key == "prepare.size":
+            value = [32 * rng.randint(1, 16), 32 * rng.randint(1, 16)]
+        elif key == "train.content_loss":
+            names = rng.sample(["bce", "kld", "cc", "nss"], rng.randint(1, 4))
+            value = rng.choice(["bce", {n: rng.choice([1.0, -0.2, 2.5e-07, 3]) * 1.0 for n in names}])
+        elif key == "train.nproc":
+            value = rng.choice(["auto", rng.randint(1, 64)])
+        elif key == "train.data_budget_gb":
+            value = rng.choice([None, 10 ** rng.uniform(-3, 3)])
+        else:
+            raise AssertionError(f"no generator for {key} ({annotation}); add one")
+        values[key] = value
+    if rng.random() < 0.5:
+        values["model.encoder_weights"] = rng.choice(["none", "imagenet"])
+    if values["model.encoder_weights"] == "none":
+        values["model.freeze_blocks"] = 0
+    if values["model.encoder_weights"] == "imagenet" or values["model.encoder"] not in ("vgg16", "mobilenet_v3_large"):
+        values["model.width"] = 1.0
+    values["predict.blur_size"] = rng.choice([0, 1, 3, 5, 99])
+    values["train.bce_epochs"] = min(values["train.bce_epochs"], values["train.epochs"])
+    params_from_dict(nest(values))  # valid, or the generator above is wrong
+    return values
+
+
+def test_every_value_of_every_key_round_trips_through_dvc_exp_run_s_into_params_yaml(tmp_path):
+    """What `dvc exp run -S` writes into params.yaml (DVC's own apply_overrides, as the flows' and the
+    ablation's `dvc exp run` calls it) reads back as exactly the values that were set: None as null, floats
+    without a dot (1e-06), strings YAML 1.1 would take for a bool or a number (yes, 12:30), lists, mappings."""
+    import random
+    import shutil
+
+    from dvc.utils.hydra import apply_overrides
+
+    for seed in range(40):
+        values = random_settings(random.Random(seed))
+        path = tmp_path / f"params{seed}.yaml"
+        shutil.copy("params.yaml", path)
+        apply_overrides(path, override_args(values)[1::2])  # the arguments after each -S
+        back = flatten(to_dict(load_params(path)))
+        assert back == values, (seed, {k: (values[k], back[k]) for k in values if back[k] != values[k]})
+
+
+def test_a_null_override_is_written_as_null_and_read_back_as_none(tmp_path):
+    """The issue's `-S train.data_budget_gb=null`: written as the string None before, breaking params.yaml."""
+    import shutil
+
+    from dvc.utils.hydra import apply_overrides
+
+    key, value = parse_override("train.data_budget_gb=null")
+    assert (key, value) == ("train.data_budget_gb", None)
+    assert override_args({key: value}) == ["-S", "train.data_budget_gb=null"]
+    path = tmp_path / "params.yaml"
+    shutil.copy("params.yaml", path)
+    apply_overrides(path, ["train.data_budget_gb=2.5"])
+    apply_overrides(path, override_args({key: value})[1::2])
+    assert load_params(path).train.data_budget_gb is None
+    with pytest.raises(ConfigError, match="override train.alpha: expected a finite number, got nan"):
+        override_args({"train.alpha": float("nan")})

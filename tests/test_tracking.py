@@ -106,6 +106,31 @@ def test_a_signed_source_reaches_no_record_with_its_signature(trained):
         assert "0123signature4567" not in place and "AKIDEXAMPLE" not in place
 
 
+def test_a_signed_source_with_a_parenthesis_leaves_no_secret_in_any_file_of_the_store(tmp_path, monkeypatch, capsys):
+    """The second probe: a ``(`` in the URL's path ended the old pattern before the query, and the signature
+    reached the MLflow params, the params.yaml artifact and checkpoint.pt. Every file the run writes (the
+    sqlite store, its artifacts, the models folder) and every message is searched for it."""
+    secrets = (b"parenSignature987", b"AKIDPAREN0123")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    params = tracked_params(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", epochs=1, bce_epochs=1)
+    params.download.source = (
+        "https://data.example/sal(icon)/v1?X-Amz-Credential=AKIDPAREN0123&X-Amz-Signature=parenSignature987"
+    )
+    assert run(params) == 0
+    run_id = json.loads((tmp_path / "models" / RUN_FILE).read_text())["run_id"]
+    assert MlflowClient(params.mlflow.tracking_uri).get_run(run_id).data.params["download.source"] == (
+        "https://data.example/sal(icon)/v1"
+    )
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in files) and any(p.name == "checkpoint.pt" for p in files)
+    out, err = capsys.readouterr()
+    for secret in secrets:
+        assert [p for p in files if secret in p.read_bytes()] == []
+        assert secret.decode() not in out + err
+
+
 def test_resumed_training_continues_the_recorded_run(trained):
     params, root, uri = trained
     run_id = json.loads((root / "models" / RUN_FILE).read_text())["run_id"]

@@ -148,28 +148,52 @@ def _encode(architecture: dict) -> torch.Tensor:
 
 def architecture_of(state_dict: dict[str, torch.Tensor]) -> dict:
     """``{"encoder": ..., "width": ...}`` of a generator state_dict: its ``architecture`` entry, or for one
-    saved before there was a choice of encoder, VGG16 with the width of conv1_1 (64 * width filters)."""
+    saved before there was a choice of encoder, VGG16 with the width of conv1_1 (64 * width filters).
+    Either way checked against the encoders salgan builds and ``MAX_WIDTH`` before anything is built."""
     if "architecture" in state_dict:
         try:
             found = json.loads(bytes(state_dict["architecture"].tolist()).decode())
             architecture = {"encoder": str(found["encoder"]), "width": float(found["width"])}
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ValueError("not a SalGAN generator state_dict: unreadable 'architecture' entry") from None
-        # Checked before anything is built: a crafted entry must not name another network or a huge width.
-        if architecture["encoder"] not in ENCODERS or not 0 < architecture["width"] <= MAX_WIDTH:
-            raise ValueError(f"not a SalGAN generator state_dict: architecture {architecture} is not one salgan builds")
-        return architecture
-    try:
-        return {"encoder": "vgg16", "width": state_dict["encoder.0.weight"].shape[0] / 64}
-    except (KeyError, AttributeError, IndexError):
-        raise ValueError("not a SalGAN generator state_dict: no 'architecture' nor 'encoder.0.weight'") from None
+    else:
+        try:
+            architecture = {"encoder": "vgg16", "width": int(state_dict["encoder.0.weight"].shape[0]) / 64}
+        except (KeyError, AttributeError, IndexError, TypeError):
+            raise ValueError("not a SalGAN generator state_dict: no 'architecture' nor 'encoder.0.weight'") from None
+    # A crafted entry or tensor shape must not name another network or a huge width.
+    if architecture["encoder"] not in ENCODERS or not 0 < architecture["width"] <= MAX_WIDTH:
+        raise ValueError(f"not a SalGAN generator state_dict: architecture {architecture} is not one salgan builds")
+    return architecture
+
+
+def checked_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
+    """:func:`architecture_of`, and every tensor of ``state_dict`` with the name and shape the generator of
+    that architecture has: compared against one built on the meta device (no memory), before any generator
+    is built. The one check behind every way of building a generator from weights."""
+    architecture = architecture_of(state_dict)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Generator(**architecture).state_dict().items() if k != "architecture"}
+    given = {k: v for k, v in state_dict.items() if k != "architecture"}
+    missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    if missing or extra:
+        which = f"lacks {missing[0]}" if missing else f"has an unexpected entry {extra[0]!r}"
+        raise ValueError(f"not a SalGAN generator state_dict: {which} ({architecture})")
+    for key, shape in expected.items():
+        found = tuple(given[key].shape) if isinstance(given[key], torch.Tensor) else None
+        if found != shape:
+            raise ValueError(
+                f"not a SalGAN generator state_dict: {key} has shape {found}, {architecture} needs {shape}"
+            )
+    return architecture
 
 
 def generator_from_state_dict(state_dict: dict[str, torch.Tensor]) -> Generator:
-    """The generator a state_dict was saved from, built from the architecture it records, weights loaded
-    (strictly: a missing or extra tensor is an error)."""
-    architecture = architecture_of(state_dict)
-    generator = Generator(**architecture)
+    """The generator a state_dict was saved from, built from the architecture it records once every tensor's
+    shape fits it (:func:`checked_architecture`), weights loaded strictly."""
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"not a SalGAN generator state_dict: a {type(state_dict).__name__}")
+    generator = Generator(**checked_architecture(state_dict))
     state = dict(state_dict)
     state.setdefault("architecture", generator.architecture)
     generator.load_state_dict(state)

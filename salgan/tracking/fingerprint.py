@@ -7,7 +7,7 @@ its scores (``reports/metrics.json`` and the registered version's :data:`FINGERP
 gate uses a recorded number only when the recorded fingerprint equals today's for that version
 (:func:`differences` is empty) and otherwise scores the version again.
 
-The settings part is derived from the schema: every setting marked ``SCORES`` in :mod:`salgan.settings`
+The settings part is derived from the schema: every setting marked ``scores`` in :mod:`salgan.settings`
 (:func:`salgan.settings.scoring_keys`), so a new scoring setting enters the fingerprint when it is marked.
 The code part is :func:`salgan.layout.code_version` of :data:`salgan.layout.SCORING_CODE`.
 """
