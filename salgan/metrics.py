@@ -233,7 +233,8 @@ class PreparedMap:
         if raw.dtype.kind == "f" and not resizing:
             # A sum is finite only if every term is (a non-finite one may also be an overflow): the sum,
             # needed anyway, spares a pass over the map to check it.
-            self.total = float(self.values.sum())
+            with np.errstate(over="ignore"):
+                self.total = float(self.values.sum())
             if not math.isfinite(self.total) and not np.isfinite(self.values).all():
                 _not_finite(name)
         # Min and max are read from the array as given when it holds small integers (an 8-bit map: an
