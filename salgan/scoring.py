@@ -3,9 +3,10 @@
 ``score_split`` takes N predicted maps, the ground-truth maps at the original resolution and the
 fixations as stored by ``prepare`` (docs/data-layout.md: ``coords`` (M, 2) 0-based (row, col) at the
 original resolution, ``offsets`` (N + 1)), and returns one row of eight metrics per image plus their
-means. Per image, the prediction is resized once (bilinear, :func:`salgan.metrics.resize_map`) and its
-sort, normalisations and density are shared by all metrics (:func:`salgan.metrics.image_metrics`), which
-keeps a 5,000-image SALICON-val scoring to minutes on two cores.
+means. Per image, the prediction is resized once (bilinear, :func:`salgan.metrics.resize_map`) and all
+eight metrics share their passes over it (:func:`salgan.metrics.image_metrics`, about 7 ms of one core at
+640x480); images are scored by a pool of processes, one per usable CPU, while this process reads the maps
+in order.
 
 Conventions (the report must state them):
 
@@ -28,10 +29,10 @@ import contextlib
 import csv
 import json
 import multiprocessing
+import multiprocessing.connection
 import threading
-from collections import deque
+import traceback
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,10 +183,11 @@ def score_split(
         seed: non-negative integer; see the module docstring for the per-image streams.
         progress: show a tqdm bar (only when stderr is a terminal).
         names: optional N image names, copied into the rows.
-        workers: processes scoring at once; None: one per usable CPU (:func:`salgan.cpus.usable_cpus`);
-            1: this process alone. This process reads the maps in order (``predictions`` may compute
-            them batch by batch, see ``salgan.inference.BatchedPredictions``) and hands them to the
-            workers in chunks, a few chunks ahead at most. The rows are the same whatever the count.
+        workers: processes scoring at once; None: one per usable CPU (:func:`salgan.cpus.usable_cpus`),
+            at most one per 8 images; 1: this process alone. This process reads the maps in order
+            (``predictions`` may compute them batch by batch, see ``salgan.inference.BatchedPredictions``)
+            and hands each image to a free worker, so at most ``workers`` images are in flight. The rows
+            are the same whatever the count.
 
     Returns:
         ``(rows, means)``: ``rows[i]`` = {"index": i, "name": names[i] (only with ``names``),
@@ -213,32 +215,27 @@ def score_split(
         sauc_other_images=int(sauc_other_images),
         seed=int(seed),
     )
-    chunks = _chunks(predictions, gt_maps, names, n_images)
-    n_workers = min(workers or usable_cpus(), -(-n_images // _CHUNK))
+    # A worker costs a fork and a pipe; below 8 images each it would cost more than it saves.
+    n_workers = max(1, min(workers or usable_cpus(), n_images // 8))
     from salgan.cli import progress as bar_for
 
     rows: list[dict[str, Any]] = []
     with bar_for(total=n_images, enabled=progress, desc="scoring", unit="img") as bar:
         if n_workers <= 1:
             buffers = np.empty((2, shape[0] * shape[1]))
-            for chunk in chunks:
-                rows += _score_chunk(chunk, split, buffers)
-                bar.update(len(chunk))
+            for image in _images(predictions, gt_maps, names, n_images):
+                rows.append(_score_row(split, *image, buffers))
+                bar.update(1)
         else:
-            with _pool(n_workers, split) as pool:
-                pending: deque[Future] = deque()
-                for chunk in chunks:
-                    pending.append(pool.submit(_score_chunk, chunk))
-                    if len(pending) > 2 * n_workers:  # bounded read-ahead: memory for a few chunks of maps
-                        rows += _collect(pending.popleft(), bar)
-                while pending:
-                    rows += _collect(pending.popleft(), bar)
+            with _Workers(n_workers, split) as pool:
+                for image in _images(predictions, gt_maps, names, n_images):
+                    rows += pool.submit(*image)
+                    bar.update(len(rows) - bar.n)
+                rows += pool.drain()
+                bar.update(len(rows) - bar.n)
+            rows.sort(key=lambda row: row["index"])
     means = {key: float(np.mean([row[key] for row in rows])) for key in METRIC_NAMES}
     return rows, means
-
-
-# Images per task handed to a worker: enough to amortise the hand-over, few enough to keep them all busy.
-_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -254,85 +251,137 @@ class _Split:
     seed: int
 
 
-def _chunks(predictions, gt_maps, names, n_images: int) -> Iterator[list[tuple[int, str | None, Any, np.ndarray]]]:
-    """(index, name or None, prediction, ground truth) of each image, in order, ``_CHUNK`` at a time."""
-    for start in range(0, n_images, _CHUNK):
-        chunk = []
-        for i in range(start, min(start + _CHUNK, n_images)):
-            name = None if names is None else str(names[i])
-            chunk.append((i, name, predictions[i], np.asarray(gt_maps[i])))
-        yield chunk
+def _images(predictions, gt_maps, names, n_images: int) -> Iterator[tuple[int, str | None, np.ndarray, np.ndarray]]:
+    """(index, name or None, prediction, ground truth) of each image, in order."""
+    for i in range(n_images):
+        yield i, None if names is None else str(names[i]), np.asarray(predictions[i]), np.asarray(gt_maps[i])
 
 
-def _score_chunk(chunk: list, split: _Split | None = None, buffers: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """The rows of a chunk of images; in a pool worker, with the split and buffers of :func:`_init_worker`.
-
-    ``buffers``: two float64 rows of the maps' size that hold each image's prediction and ground truth in
-    turn (fresh multi-megabyte arrays per image cost their page faults every time)."""
-    if split is None:
-        split, buffers = _WORKER["split"], _WORKER["buffers"]
-    rows = []
-    for i, name, prediction, gt in chunk:
-        try:
-            scores = _score_image(split, i, prediction, gt, buffers)
-        except ValueError as error:
-            label = f"image {i}" + (f" ({name})" if name is not None else "")
-            raise ValueError(f"{label}: {error}") from error
-        rows.append({"index": i} | ({} if name is None else {"name": name}) | scores)
-    return rows
-
-
-def _score_image(split: _Split, i: int, prediction, gt: np.ndarray, buffers: np.ndarray) -> dict[str, Any]:
+def _score_row(split: _Split, i: int, name: str | None, prediction, gt, buffers: np.ndarray) -> dict[str, Any]:
+    """Image i's row. ``buffers``: two float64 rows of the maps' size that hold its prediction and ground
+    truth (reused from image to image: fresh multi-megabyte arrays cost their page faults every time)."""
     start, stop = split.offsets[i], split.offsets[i + 1]
-    fix = Fixations.from_flat_indices(split.flat[start:stop], split.shape, "fixations")
-    scores = image_metrics(
-        PreparedMap(prediction, "prediction", shape=split.shape, buffer=buffers[0]),
-        fix,
-        PreparedMap(gt, "ground-truth map", buffer=buffers[1]),
-        _sauc_negatives(i, split.flat, split.offsets, split.sauc_other_images),
-        split.log2_baseline,
-        n_splits=split.n_splits,
-        borji_seed=[split.seed, i, 0],
-        shuffled_seed=[split.seed, i, 1],
-    )
-    return {"n_fixations": int(stop - start)} | scores
+    try:
+        fix = Fixations.from_flat_indices(split.flat[start:stop], split.shape, "fixations")
+        scores = image_metrics(
+            PreparedMap(prediction, "prediction", shape=split.shape, buffer=buffers[0]),
+            fix,
+            PreparedMap(gt, "ground-truth map", buffer=buffers[1]),
+            _sauc_negatives(i, split.flat, split.offsets, split.sauc_other_images),
+            split.log2_baseline,
+            n_splits=split.n_splits,
+            borji_seed=[split.seed, i, 0],
+            shuffled_seed=[split.seed, i, 1],
+        )
+    except ValueError as error:
+        label = f"image {i}" + (f" ({name})" if name is not None else "")
+        raise ValueError(f"{label}: {error}") from error
+    return {"index": i} | ({} if name is None else {"name": name}) | {"n_fixations": int(stop - start)} | scores
 
 
-def _collect(future: Future, bar) -> list[dict[str, Any]]:
-    rows = future.result()
-    bar.update(len(rows))
-    return rows
+class _Workers:
+    """Scoring processes fed through pipes, one image at a time to whichever is free.
+
+    Each image's two maps travel as raw bytes, written straight from their arrays and read into a buffer
+    the worker keeps: no pickling of the maps and no fresh pages on either side. (Through a
+    ``ProcessPoolExecutor``, pickling them in its feeder thread and unpickling them cost 3 ms and 2 ms of
+    CPU per 640x480 image here, most of it page faults, against 7 ms for the scoring itself.) Started as
+    ``salgan.prepare``'s pool is: fork while this process runs one Python thread, else the forkserver.
+    """
+
+    def __init__(self, workers: int, split: _Split):
+        import salgan.prepare  # noqa: F401 -- the workers' _die_with_parent: imported once here, not per fork
+
+        methods = multiprocessing.get_all_start_methods()
+        if "fork" in methods and threading.active_count() == 1:
+            context = multiprocessing.get_context("fork")
+        elif "forkserver" in methods:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["salgan.scoring", "salgan.prepare"])
+        else:
+            context = multiprocessing.get_context("spawn")
+        self.split, self.processes, self.idle, self.busy = split, [], [], {}
+        for _ in range(workers):
+            here, there = context.Pipe()
+            process = context.Process(target=_work, args=(there, split), daemon=True)
+            process.start()
+            there.close()
+            self.processes.append(process)
+            self.idle.append(here)
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def submit(self, i: int, name: str | None, prediction: np.ndarray, gt: np.ndarray) -> list[dict[str, Any]]:
+        """Hand image i to a free worker (waiting for one if none is); returns the rows finished meanwhile."""
+        if any(a.dtype.kind not in "biuf" for a in (prediction, gt)):
+            return [_score_row(self.split, i, name, prediction, gt, np.empty((2, 0)))]  # raises, named
+        done = self._wait() if not self.idle else []
+        connection = self.idle.pop()
+        maps = [np.ascontiguousarray(prediction), np.ascontiguousarray(gt)]
+        connection.send((i, name, [(a.dtype.str, a.shape) for a in maps]))
+        for a in maps:
+            connection.send_bytes(a.reshape(-1).view(np.uint8))  # flat bytes of the array's own memory
+        self.busy[connection] = i
+        return done
+
+    def drain(self) -> list[dict[str, Any]]:
+        rows = []
+        while self.busy:
+            rows += self._wait()
+        return rows
+
+    def _wait(self) -> list[dict[str, Any]]:
+        rows = []
+        for connection in multiprocessing.connection.wait(list(self.busy)):
+            i = self.busy.pop(connection)
+            try:
+                kind, payload = connection.recv()
+            except EOFError:
+                raise RuntimeError(f"the worker scoring image {i} stopped (killed, or out of memory?)") from None
+            self.idle.append(connection)
+            if kind == "error":
+                raise ValueError(payload)
+            if kind == "crash":
+                raise RuntimeError(f"the worker scoring image {i} failed:\n{payload}")
+            rows.append(payload)
+        return rows
+
+    def __exit__(self, *exc) -> None:
+        for connection in self.idle:
+            with contextlib.suppress(OSError):
+                connection.send(None)
+        for process in self.processes:
+            process.join(timeout=0 if self.busy else 10)  # a worker still busy is stopped, not awaited
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        for connection in self.idle + list(self.busy):
+            connection.close()
 
 
-# A pool worker's split and map buffers, set by its initializer.
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(split: _Split) -> None:
+def _work(connection, split: _Split) -> None:
+    """A worker's loop: receive an image's header and maps, answer its row (or its error)."""
     from salgan.prepare import _die_with_parent
 
     _die_with_parent()
-    _WORKER["split"] = split
-    _WORKER["buffers"] = np.empty((2, split.shape[0] * split.shape[1]))
-
-
-@contextlib.contextmanager
-def _pool(workers: int, split: _Split) -> Iterator[ProcessPoolExecutor]:
-    """Worker processes that each hold ``split``; started as ``salgan.prepare``'s pool is (fork while
-    this process runs one Python thread, else the forkserver), for the same reasons."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        context = multiprocessing.get_context("fork")
-    elif "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["salgan.scoring"])
-    else:
-        context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(split,))
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    buffers = np.empty((2, split.shape[0] * split.shape[1]))
+    received = [bytearray(), bytearray()]
+    while (header := connection.recv()) is not None:
+        i, name, layouts = header
+        maps = []
+        for k, (dtype, shape) in enumerate(layouts):
+            count = int(np.prod(shape))
+            if len(received[k]) < count * np.dtype(dtype).itemsize:
+                received[k] = bytearray(count * np.dtype(dtype).itemsize)
+            connection.recv_bytes_into(received[k])
+            maps.append(np.frombuffer(received[k], dtype=dtype, count=count).reshape(shape))
+        try:
+            connection.send(("row", _score_row(split, i, name, maps[0], maps[1], buffers)))
+        except ValueError as error:
+            connection.send(("error", str(error)))
+        except Exception:  # noqa: BLE001 -- reported to the parent, which raises it
+            connection.send(("crash", traceback.format_exc()))
 
 
 def write_scores(

@@ -180,9 +180,8 @@ def test_worker_pool_gives_the_rows_of_one_process(monkeypatch):
     predictions, gts, coords, offsets = random_split(21)  # three chunks of 8
     baseline = fixation_density_baseline(coords, offsets, SHAPE, sigma=5)
     names = [f"img{i}" for i in range(21)]
-    pools = []
-    real_pool = scoring._pool
-    monkeypatch.setattr(scoring, "_pool", lambda workers, split: pools.append(workers) or real_pool(workers, split))
+    pools, real = [], scoring._Workers
+    monkeypatch.setattr(scoring, "_Workers", lambda workers, split: pools.append(workers) or real(workers, split))
     ordered = InOrder(predictions)
     one = score_split(predictions, gts, coords, offsets, baseline, n_splits=20, progress=False, names=names, workers=1)
     two = score_split(ordered, gts, coords, offsets, baseline, n_splits=20, progress=False, names=names, workers=2)
