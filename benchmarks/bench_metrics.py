@@ -157,7 +157,7 @@ def split_mode(args) -> int:
     seconds = time_score_split(predictions, gt, coords, offsets, baseline, args.splits, args.workers)
     per_image = seconds / n_images
     singles = time_single_metrics(predictions, gt, coords, offsets, baseline, args.splits, min(n_images, 20))
-    workers = args.workers or usable_cpus()
+    workers = max(1, min(args.workers or usable_cpus(), n_images // 8))  # as score_split sizes its pool
 
     print(
         f"{n_images} images, GT and predictions {GT_SHAPE[1]}x{GT_SHAPE[0]}, "
