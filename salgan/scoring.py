@@ -319,9 +319,12 @@ class _Workers:
         done = self._wait() if not self.idle else []
         connection = self.idle.pop()
         maps = [np.ascontiguousarray(prediction), np.ascontiguousarray(gt)]
-        connection.send((i, name, [(a.dtype.str, a.shape) for a in maps]))
-        for a in maps:
-            connection.send_bytes(a.reshape(-1).view(np.uint8))  # flat bytes of the array's own memory
+        try:
+            connection.send((i, name, [(a.dtype.str, a.shape) for a in maps]))
+            for a in maps:
+                connection.send_bytes(a.reshape(-1).view(np.uint8))  # flat bytes of the array's own memory
+        except OSError:  # a broken pipe: the worker is gone
+            raise RuntimeError(f"the worker handed image {i} stopped (killed, or out of memory?)") from None
         self.busy[connection] = i
         return done
 
@@ -337,7 +340,7 @@ class _Workers:
             i = self.busy.pop(connection)
             try:
                 kind, payload = connection.recv()
-            except EOFError:
+            except (EOFError, OSError):
                 raise RuntimeError(f"the worker scoring image {i} stopped (killed, or out of memory?)") from None
             self.idle.append(connection)
             if kind == "error":
@@ -362,9 +365,12 @@ class _Workers:
 
 def _work(connection, split: _Split) -> None:
     """A worker's loop: receive an image's header and maps, answer its row (or its error)."""
+    import signal
+
     from salgan.prepare import _die_with_parent
 
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     buffers = np.empty((2, split.shape[0] * split.shape[1]))
     received = [bytearray(), bytearray()]
     while (header := connection.recv()) is not None:
