@@ -395,9 +395,9 @@ def _scratch(n_pixels: int) -> np.ndarray:
 
 
 def _input_row(shape: Sequence[int], k: int) -> np.ndarray | None:
-    """Scratch row ``k`` of the two that hold a public function's input maps (None for a malformed shape,
-    which the map's validation then reports)."""
-    if len(shape) != 2 or shape[0] * shape[1] == 0:
+    """Scratch row ``k`` of the two that hold a public function's input maps; None (a map of its own) for
+    a malformed shape, which the map's validation then reports, or a map too large to keep buffers for."""
+    if len(shape) != 2 or not 0 < shape[0] * shape[1] <= _SCRATCH_KEEP_PIXELS:
         return None
     return _scratch(int(shape[0]) * int(shape[1]))[_INPUT_ROWS[k]]
 
