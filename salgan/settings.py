@@ -5,7 +5,7 @@ reads its own section (:class:`Params` ``.download``, ``.prepare``, ...). Loadin
 keys, ill-typed values, values out of range and missing keys, with the file, the key and the reason
 (``params.yaml: train.batch_size: expected an integer, got 'big'``); the rules that tie keys together
 are here too (:meth:`Params.check_rules`). The defaults below are the offline default that params.yaml
-holds (a test keeps the two equal); the paper's values are in profiles/salicon-gpu.yaml and README.md.
+holds (a test keeps the two equal); the paper's values are in profiles/salicon-gpu.yaml and docs/model.md.
 
 The same schema checks every override, whichever way it arrives (``-S key=value`` on a command line, a
 Prefect flow's ``overrides`` parameter, an ablation arm): :func:`validate_overrides` accepts only known
@@ -43,7 +43,7 @@ class Section(BaseModel):
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
-# Trust classes (README's Security, DESIGN's Trust boundaries): what a flow or deployment parameter, or an
+# Trust classes (docs/security.md, DESIGN's Trust boundaries): what a flow or deployment parameter, or an
 # ablation profile from outside the checkout, may do to a setting; salgan/trust.py enforces them.
 KNOB = "knob"  # a training or scoring setting: may be set within its range
 PLACE = "place"  # a path the stages read or write: must resolve inside the workspace
@@ -123,7 +123,7 @@ class PrepareParams(Section):
 class ModelParams(Section):
     """SalGAN generator and discriminator (Pan et al. 2017, REFERENCE §1)."""
 
-    # vgg16: the paper; the others (torchvision builders, skip decoder) are README's "Encoders and losses"
+    # vgg16: the paper; the others (torchvision builders, skip decoder) are docs/model.md's "Encoders and losses"
     encoder: Annotated[Literal["vgg16", "resnet18", "resnet50", "mobilenet_v3_large"], trust(KNOB)] = "vgg16"
     # imagenet | none | path to a state_dict of torchvision's model.encoder
     encoder_weights: Annotated[str, trust(HOST, ("imagenet", "none"))] = "none"
