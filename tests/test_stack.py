@@ -415,11 +415,13 @@ def test_worker_killed_mid_training_crashes_the_run_and_a_rerun_resumes_to_the_s
     import psutil
     import torch
 
-    overrides = {**TINY_REAL, "train.epochs": 20, "train.seed": 31}
+    epochs = 8  # killed after its third epoch: checkpoints behind it, epochs ahead of it
+    overrides = {**TINY_REAL, "train.epochs": epochs, "train.seed": 31}
     params = json.dumps({"overrides": overrides, "refresh": "none", "floor": False})
     run_id = _trigger(stack, checkout, overrides)
     logged = len(stack.log("prefect-worker"))
-    _wait(lambda: "epoch 5/20" in stack.log("prefect-worker")[logged:], 300, "training to reach epoch 5", step=0.2)
+    reached = f"epoch 3/{epochs}"
+    _wait(lambda: reached in stack.log("prefect-worker")[logged:], 300, "training to reach epoch 3", step=0.2)
 
     # The worker dies with everything below it, as when its machine or container goes.
     worker = psutil.Process(int(stack.pids()["prefect-worker"]))
@@ -447,7 +449,7 @@ def test_worker_killed_mid_training_crashes_the_run_and_a_rerun_resumes_to_the_s
     assert "resuming from" in stack.log("prefect-worker")[logged:]
 
     # The same settings trained without interruption, in a folder of their own.
-    reference = _fault_params(checkout, "uninterrupted", 20)
+    reference = _fault_params(checkout, "uninterrupted", epochs)
     subprocess.run(
         [str(BIN / "salgan"), "train", "--params", str(reference)], cwd=checkout, env=stack.client, check=True,
         capture_output=True, timeout=600,
