@@ -55,15 +55,40 @@ def scoring_inputs(params: Params) -> tuple[SplitArrays, dict]:
     """The val split and the keyword arguments every score of it shares."""
     data = Path(params.train.data)
     val = read_split(data, "val", "maps", "maps_full", "fixations", stream=True)
-    shape = tuple(int(s) for s in val.maps_full.shape[1:])
     common = {
         "fixations": val.coords,
         "offsets": val.offsets,
-        "baseline_map": ig_baseline(data, shape, params.evaluate.ig_baseline_sigma),
+        "baseline_map": ig_baseline(data, reference_shape(val), params.evaluate.ig_baseline_sigma),
         "n_splits": params.evaluate.n_splits,
         "sauc_other_images": params.evaluate.sauc_other_images,
+        "sizes": val.original_sizes,  # each image is scored at its own size (MIT1003's vary)
     }
     return val, common
+
+
+def reference_shape(val: SplitArrays) -> tuple[int, int]:
+    """(rows, cols) the IG baseline is built at: the val images' most common original size (SALICON's only
+    one, 480x640); the metrics resize it to each image's own size."""
+    import collections
+
+    sizes = collections.Counter(tuple(int(v) for v in size) for size in val.original_sizes)
+    return sizes.most_common(1)[0][0]
+
+
+class CentreMaps:
+    """The centre-bias map of each val image at its own size (one map per distinct size, computed once)."""
+
+    def __init__(self, sizes, sigma_fraction: float):
+        self.sizes, self.sigma, self._maps = sizes, sigma_fraction, {}
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        shape = tuple(int(v) for v in self.sizes[index])
+        if shape not in self._maps:
+            self._maps[shape] = center_bias_map(shape, self.sigma)
+        return self._maps[shape]
 
 
 def score_generator(generator, params: Params, val: SplitArrays | None = None, common: dict | None = None, images=None):
@@ -90,8 +115,8 @@ def score_generator(generator, params: Params, val: SplitArrays | None = None, c
 
 def centre_bias_scores(params: Params, val: SplitArrays, common: dict) -> dict[str, float]:
     """The centre-bias baseline's means: the bar a model must clear (the first champion's floor)."""
-    center = center_bias_map(val.maps_full.shape[1:], params.evaluate.center_bias_sigma)
-    return score_split([center] * len(val), val.maps_full, progress=False, **common)[1]
+    centre = CentreMaps(val.original_sizes, params.evaluate.center_bias_sigma)
+    return score_split(centre, val.maps_full, progress=False, **common)[1]
 
 
 def input_size(val: SplitArrays) -> tuple[int, int]:

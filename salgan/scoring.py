@@ -13,8 +13,9 @@ Conventions (the report must state them):
   fixations.
 * sAUC negatives for image i: the union of the fixation locations of the ``sauc_other_images`` images
   that follow it cyclically in split order, i+1, ..., i+k (mod N); deterministic, and effectively random
-  images because split order is sorted COCO ids. All images share one resolution (SALICON val is
-  480x640), so no rescaling is needed.
+  images because split order is sorted COCO ids. Where the images differ in size (MIT1003, your own data),
+  the other images' fixations are first moved to image i's size, pixel centres aligned (as pysaliency's
+  shuffled baseline rescales other stimuli's fixations); SALICON's share one size and need none.
 * Random streams: AUC-Borji of image i uses ``numpy.random.default_rng([seed, i, 0])`` and sAUC
   ``default_rng([seed, i, 1])``, so a row does not depend on which other images are scored and can be
   reproduced alone with the public metric functions.
@@ -124,6 +125,52 @@ def _sauc_negatives(i: int, flat: np.ndarray, offsets: np.ndarray, k: int) -> np
     return np.unique(np.concatenate(parts))
 
 
+class _Geometry:
+    """Per image: its (rows, cols), its fixations and its sAUC negatives as flat indices there, and the
+    information-gain baseline's log2 density at that size. One size for all (SALICON): computed once, as
+    before; mixed sizes: the other images' fixations moved to image i's size (:func:`_rescale_coords`) and
+    the baseline resized once per size."""
+
+    def __init__(self, gt_maps, coords: np.ndarray, offsets: np.ndarray, baseline_map, sizes, k: int):
+        self.coords, self.offsets, self.baseline_map, self.k = coords, offsets, baseline_map, k
+        if sizes is None:
+            sizes = getattr(gt_maps, "sizes", None)  # salgan.layout.FlatMaps
+        if sizes is None:
+            shape = np.shape(gt_maps[0])
+            if len(shape) != 2:
+                raise ValueError(f"gt_maps: expected (N, H0, W0) maps, got maps of shape {shape}")
+            uniform = len(np.shape(gt_maps)) == 3 if hasattr(gt_maps, "shape") else False
+            sizes = [shape] * len(gt_maps) if uniform else [np.shape(m) for m in gt_maps]
+        self.sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        self.uniform = bool((self.sizes == self.sizes[0]).all())
+        self._baselines: dict[tuple[int, int], np.ndarray] = {}
+        if self.uniform:
+            self.flat = _flat_indices(coords, tuple(int(v) for v in self.sizes[0]))
+
+    def baseline(self, shape: tuple[int, int]) -> np.ndarray:
+        if shape not in self._baselines:
+            self._baselines[shape] = PreparedMap(self.baseline_map, "baseline_map", shape=shape).log2_density
+        return self._baselines[shape]
+
+    def __call__(self, i: int) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
+        offs, shape = self.offsets, (int(self.sizes[i][0]), int(self.sizes[i][1]))
+        if self.uniform:
+            return (
+                shape,
+                self.flat[offs[i] : offs[i + 1]],
+                _sauc_negatives(i, self.flat, offs, self.k),
+                self.baseline(shape),
+            )
+        own = _flat_indices(self.coords[offs[i] : offs[i + 1]], shape)
+        parts = []
+        for j in _other_images(i, offs.size - 1, self.k):
+            theirs = self.coords[offs[j] : offs[j + 1]]
+            moved = _rescale_coords(theirs, np.array([0, len(theirs)]), self.sizes[j : j + 1], shape)
+            parts.append(_flat_indices(moved, shape))
+        negatives = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        return shape, own, negatives, self.baseline(shape)
+
+
 def _validate_split(predictions, gt_maps, offsets, names, n_splits, sauc_other_images, seed) -> int:
     n_images = len(gt_maps)
     if len(predictions) != n_images:
@@ -154,8 +201,9 @@ def score_split(
     seed: int = 0,
     progress: bool = True,
     names: Sequence[str] | None = None,
+    sizes: Any | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Score N predicted saliency maps with all eight metrics.
+    """Score N predicted saliency maps with all eight metrics, each at its ground truth's resolution.
 
     Args:
         predictions: N real 2-D maps of any size (a list or an (N, h, w) array); each is resized
@@ -171,6 +219,8 @@ def score_split(
         seed: non-negative integer; see the module docstring for the per-image streams.
         progress: show a tqdm bar (only when stderr is a terminal).
         names: optional N image names, copied into the rows.
+        sizes: optional (N, 2) (rows, cols) of the ground-truth maps, which may differ (the prepared
+            ``original_sizes``); without it they are read from ``gt_maps``.
 
     Returns:
         ``(rows, means)``: ``rows[i]`` = {"index": i, "name": names[i] (only with ``names``),
@@ -184,11 +234,7 @@ def score_split(
     coords, offs = np.asarray(fixations), np.asarray(offsets)
     n_images = _validate_split(predictions, gt_maps, offs, names, n_splits, sauc_other_images, seed)
     _check_offsets(coords, offs, n_images)
-    shape = tuple(np.shape(gt_maps[0]))
-    if len(shape) != 2:
-        raise ValueError(f"gt_maps: expected (N, H0, W0) maps, got maps of shape {shape}")
-    flat = _flat_indices(coords, shape)
-    log2_baseline = PreparedMap(baseline_map, "baseline_map", shape=shape).log2_density
+    geometry = _Geometry(gt_maps, coords, offs, baseline_map, sizes, int(sauc_other_images))
 
     rows = []
     from salgan.cli import progress as bar_for
@@ -196,12 +242,13 @@ def score_split(
     for i in bar_for(range(n_images), enabled=progress, desc="scoring", unit="img"):
         label = f"image {i}" + (f" ({names[i]})" if names is not None else "")
         try:
-            fix = Fixations.from_flat_indices(flat[offs[i] : offs[i + 1]], shape, "fixations")
+            shape, own, negatives, log2_baseline = geometry(i)
+            fix = Fixations.from_flat_indices(own, shape, "fixations")
             scores = image_metrics(
                 PreparedMap(predictions[i], "prediction", shape=shape),
                 fix,
                 PreparedMap(gt_maps[i], "ground-truth map"),
-                _sauc_negatives(i, flat, offs, int(sauc_other_images)),
+                negatives,
                 log2_baseline,
                 n_splits=int(n_splits),
                 borji_seed=[seed, i, 0],
