@@ -301,6 +301,18 @@ def prepared_dataset(data: str | Path) -> str:
     return str(report.get("dataset") or "salicon") if isinstance(report, dict) else "salicon"
 
 
+def no_test_split(data: str | Path) -> str | None:
+    """What predict and package say when the prepared data has no test split (MIT1003 without
+    ``download.test_source``, your own data without test images); None when it has one."""
+    data = Path(data)
+    if (data / "test").is_dir() or not (data / "val").is_dir():
+        return None  # a test split, or no prepared data at all (the stage then names what is missing)
+    return (
+        f"{data}: the {prepared_dataset(data)} data has no test split, so there is nothing to predict or package; "
+        "set download.test_source to a folder, zip or URL of test images (mit300: the MIT/Tuebingen benchmark's)"
+    )
+
+
 def raw_image_paths(data: str | Path, raw: str | Path, split: str, names: Sequence[str]) -> list[Path]:
     """The raw image of each of ``names`` of a prepared ``split``: as recorded by prepare
     (``report.json``'s ``sources``, paths relative to the raw tree) for the datasets of this package; for
