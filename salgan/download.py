@@ -642,12 +642,21 @@ def run_dataset(params: DownloadParams, progress: bool = True) -> dict:
             record["test_source"]["archives"] = _fetch_into(
                 params, params.test_source, test_kind, None, _test_layout, target, progress
             )
-        records, problems = datasets.dataset_records(params.dataset, stage, datasets.Limits())
+        source = redact_url(params.source)
+
+        def named(text: str) -> str:  # files as they are in the source's layout, not the staging folder's
+            return text.replace(f"{stage}/", "").replace(str(stage), source)
+
+        try:
+            records, problems = datasets.dataset_records(params.dataset, stage, datasets.Limits())
+        except datasets.DatasetError as exc:
+            raise LayoutError(f"{source}: {named(str(exc))}; the output was left as it was") from None
         if problems:
-            listed = "\n  ".join(f"{file}: {reason}" for _, file, reason in problems[:5])
+            listed = "\n  ".join(named(f"{file}: {reason}") for _, file, reason in problems[:5])
             more = f"\n  (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise LayoutError(
-                f"the new {module.RELEASE} tree is incomplete, so the output was left as it was:\n  {listed}{more}"
+                f"the new {module.RELEASE} tree from {source} is incomplete, so the output was "
+                f"left as it was:\n  {listed}{more}"
             )
         labelled, test = sum(r.fixations is not None for r in records), sum(r.split == "test" for r in records)
         record["counts"] = {"labelled": labelled, "test": test}

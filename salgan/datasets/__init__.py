@@ -259,13 +259,10 @@ def assign_splits(names: Iterable[str], val_fraction: float, seed: int) -> dict[
 
 
 def split_records(records: Sequence[Record], val_fraction: float, seed: int) -> dict[str, list[Record]]:
-    """Records by split, each sorted by name: the dataset's own splits where it fixes them; labelled
-    records without one get a seeded val split (:func:`assign_splits`), unless the dataset fixes a val split."""
-    fixed = [r for r in records if r.split is not None]
+    """Records by split, each sorted by name: the dataset's own splits where it fixes them (a CSV's split
+    column); the others are split between train and val by :func:`assign_splits` (``val_fraction`` of them)."""
     free = [r for r in records if r.split is None]
-    drawn: dict[str, str] = {}
-    if free and not any(r.split == "val" for r in fixed):
-        drawn = assign_splits([r.name for r in free], val_fraction, seed)
+    drawn = assign_splits([r.name for r in free], val_fraction, seed) if len(free) > 1 else {}
     by_split: dict[str, list[Record]] = {split: [] for split in SPLITS}
     for record in records:
         split = record.split or drawn.get(record.name, "train")
