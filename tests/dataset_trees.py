@@ -48,7 +48,8 @@ def scene(rng: np.random.Generator, width: int, height: int) -> Scene:
     """The sample's 640x480 scene, rotated to portrait when ``height > width``, resized to ``width`` x
     ``height``; its fixations moved with it (pixel centres aligned)."""
     shapes = sample.random_shapes(rng)
-    pixels = sample.render_image(rng, shapes)
+    with sample._single_threaded_blas():  # BLAS threads busy-wait on these small products: 2.4x slower
+        pixels = sample.render_image(rng, shapes)
     gaze = sample.simulate_observers(rng, shapes)
     xy = np.concatenate([observer["fixations"] for observer in gaze]).astype(np.float64) - 1.0  # 0-based
     if height > width:  # np.rot90: pixel (r, c) of a 480x640 image goes to (639 - c, r)
@@ -58,6 +59,18 @@ def scene(rng: np.random.Generator, width: int, height: int) -> Scene:
     image = np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR))
     scaled = (xy + 0.5) * np.array([width / cols, height / rows]) - 0.5
     return Scene(image, np.clip(scaled, 0, [width - 1, height - 1]))
+
+
+def square_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
+    """A quickly learnt scene (tests/conftest.py's ``write_prepared``): dark noise with one bright square,
+    away from the centre half of the time, which 12-20 fixations land in."""
+    image = rng.integers(0, 90, size=(height, width, 3), dtype=np.uint8)
+    side = max(4, min(width, height) // 4)
+    x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+    image[y0 : y0 + side, x0 : x0 + side] = (240, 200, 40)
+    count = int(rng.integers(12, 21))
+    xy = rng.uniform([x0, y0], [x0 + side - 1, y0 + side - 1], size=(count, 2))
+    return Scene(image, xy)
 
 
 def continuous_map(scene: Scene, sigma: float = 4.0) -> np.ndarray:
@@ -82,15 +95,15 @@ def save_jpeg(array: np.ndarray, path: Path, quality: int = 90) -> None:
     Image.fromarray(array).save(path, "JPEG", quality=quality)
 
 
-def write_mit1003(root: Path, count: int, seed: int = 0, sizes=MIXED_SIZES) -> dict[str, Scene]:
+def write_mit1003(root: Path, count: int, seed: int = 0, sizes=MIXED_SIZES, make=scene) -> dict[str, Scene]:
     """``ALLSTIMULI/<name>.jpeg`` and ``ALLFIXATIONMAPS/<name>_fixMap.jpg`` / ``<name>_fixPts.jpg`` (the
-    points JPEG-compressed at quality 75, as Judd's are JPEGs)."""
+    points JPEG-compressed at quality 75, as Judd's are JPEGs); ``make`` draws the scenes."""
     rng = np.random.default_rng(seed)
     scenes = {}
     for i in range(count):
         name = f"i{1000 + i}_{['street', 'indoor', 'face', 'sky'][i % 4]}"
         width, height = sizes[i % len(sizes)]
-        made = scenes[name] = scene(rng, width, height)
+        made = scenes[name] = make(rng, width, height)
         save_jpeg(made.image, root / "ALLSTIMULI" / f"{name}.jpeg")
         save_jpeg(continuous_map(made), root / "ALLFIXATIONMAPS" / f"{name}_fixMap.jpg")
         save_jpeg(points_image(made), root / "ALLFIXATIONMAPS" / f"{name}_fixPts.jpg", quality=75)

@@ -322,3 +322,167 @@ def test_sources_that_name_no_release_of_the_dataset_are_refused_with_the_key(tm
     other = settings(tmp_path, "mit1003", tmp_path / "src")
     with pytest.raises(PrepareError, match=r"holds fixations_csv \(its SOURCE.json\) but download.dataset is mit1003"):
         prepare.prepare(other.prepare, progress=False, download=other.download)
+
+
+# --- scoring images of mixed sizes ---------------------------------------------------------------------
+
+
+def test_mixed_sizes_are_scored_each_at_its_own_resolution_as_the_public_metrics_score_them(tmp_path):
+    """score_split on three ground truths of three sizes (a flat maps_full read back through read_split)
+    equals the public metric functions called per image, the sAUC negatives being the other images'
+    fixations moved to this image's size by hand."""
+    from salgan import metrics
+    from salgan.scoring import score_split
+
+    rng = np.random.default_rng(7)
+    sizes = [(30, 40), (40, 30), (24, 50)]
+    gts = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in sizes]
+    predictions = [rng.random((s[0] // 2, s[1] // 2)) for s in sizes]  # resized by the scorer
+    coords = [np.stack([rng.integers(0, s[0], 9), rng.integers(0, s[1], 9)], axis=1) for s in sizes]
+    folder = tmp_path / "val"
+    folder.mkdir()
+    np.save(folder / "maps_full.npy", np.concatenate([g.ravel() for g in gts]))
+    np.save(folder / "original_sizes.npy", np.array(sizes, dtype=np.int32))
+    np.save(folder / "images.npy", np.zeros((3, 8, 8, 3), np.uint8))
+    (folder / "names.json").write_text(json.dumps(["a", "b", "c"]))
+    val = read_split(tmp_path, "val", "maps_full", stream=True)
+    assert [m.shape for m in val.maps_full] == sizes and all(
+        (m == g).all() for m, g in zip(val.maps_full, gts, strict=True)
+    )
+    flat = np.concatenate(coords).astype(np.int32)
+    offsets = np.array([0, 9, 18, 27])
+    baseline = rng.random((30, 40)) + 0.1
+    rows, _ = score_split(
+        predictions, val.maps_full, flat, offsets, baseline, n_splits=7, sauc_other_images=2, progress=False,
+        sizes=val.original_sizes,
+    )  # fmt: skip
+    for i, shape in enumerate(sizes):
+        fixation_map = metrics.fixation_map_from_coords(coords[i], shape)
+        others = np.zeros(shape)
+        for j in ((i + 1) % 3, (i + 2) % 3):
+            moved = np.floor((coords[j] + 0.5) * np.array(shape) / np.array(sizes[j])).astype(int)
+            others[moved[:, 0], moved[:, 1]] = 1
+        assert rows[i]["nss"] == pytest.approx(metrics.nss(predictions[i], fixation_map))
+        assert rows[i]["cc"] == pytest.approx(metrics.cc(predictions[i], gts[i]))
+        assert rows[i]["kld"] == pytest.approx(metrics.kld(predictions[i], gts[i]))
+        assert rows[i]["auc_judd"] == pytest.approx(metrics.auc_judd(predictions[i], fixation_map))
+        assert rows[i]["auc_shuffled"] == pytest.approx(
+            metrics.auc_shuffled(predictions[i], fixation_map, others, n_splits=7, seed=[0, i, 1])
+        )
+        assert rows[i]["information_gain"] == pytest.approx(
+            metrics.information_gain(predictions[i], fixation_map, baseline)
+        )
+
+
+def test_a_model_trained_on_a_mit1003_tree_beats_the_centre_bias(tmp_path):
+    """48 MIT1003-format images of four sizes, each with one bright square the observers look at: a
+    1/16-width SalGAN trained 8 epochs beats the centre-bias Gaussian, both scored at each image's size."""
+    from salgan.evaluate import centre_bias_scores, score_generator, scoring_inputs
+    from salgan.models import load_generator
+    from salgan.train import run
+
+    trees.write_mit1003(tmp_path / "src", 48, make=trees.square_scene)
+    params = settings(
+        tmp_path,
+        "mit1003",
+        tmp_path / "src",
+        model={"width": 0.0625},
+        train={"data": str(tmp_path / "prepared"), "output": str(tmp_path / "models"), "epochs": 8}
+        | {"bce_epochs": 8, "batch_size": 8, "device": "cpu", "nproc": 1},
+        evaluate={"n_splits": 10},
+        mlflow={"enabled": False},
+    )
+    download_and_prepare(params)
+    run(params)
+    val, common = scoring_inputs(params)
+    assert len({tuple(s) for s in val.original_sizes}) > 1
+    _, means, _ = score_generator(load_generator(tmp_path / "models" / "generator.pt"), params, val, common)
+    centre = centre_bias_scores(params, val, common)
+    assert means["nss"] > centre["nss"] + 0.5 and means["cc"] > centre["cc"] and means["auc_judd"] > centre["auc_judd"]
+
+
+# --- the MIT/Tuebingen archive ---------------------------------------------------------------------------
+
+
+def write_maps(folder: Path, sizes: dict[str, tuple[int, int]]) -> dict[str, Path]:
+    files = {}
+    for name, (width, height) in sizes.items():
+        path = folder / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((height, width), 7, np.uint8)).save(path)
+        files[f"{name}.png"] = path
+    return files
+
+
+def test_the_benchmark_archive_is_validated_before_it_is_written_and_reads_back(tmp_path):
+    from salgan import benchmark
+
+    sizes = {"Action/001": (192, 108), "Art/001": (192, 108), "i1": (40, 30)}
+    files = write_maps(tmp_path / "maps", sizes)
+    archive = tmp_path / "ok.zip"
+    benchmark.write_archive(archive, files, sizes)
+    assert benchmark.read_archive(archive, sizes) == sizes
+    with zipfile.ZipFile(archive) as opened:
+        assert sorted(opened.namelist()) == ["Action/001.png", "Art/001.png", "i1.png"]
+
+    def opener(path: Path):
+        return lambda: path.open("rb")
+
+    members = {entry: opener(path) for entry, path in files.items()}
+    wrong = tmp_path / "wrong.png"
+    Image.fromarray(np.zeros((30, 41), np.uint8)).save(wrong)
+    rgb = tmp_path / "rgb.png"
+    Image.new("RGB", (192, 108)).save(rgb)
+    broken = members | {"i1.png": opener(wrong), "Art/001.png": opener(rgb), "extra/x9.png": opener(wrong)}
+    broken |= {"__MACOSX/._i1.png": opener(wrong)}  # skipped, as the benchmark skips it
+    del broken["Action/001.png"]
+    with pytest.raises(benchmark.ArchiveProblem) as failure:
+        benchmark.validate_members(broken, sizes)
+    message = str(failure.value)
+    assert "1 test images without a map: Action/001" in message
+    assert "i1.png is 41x30, its image 40x30" in message
+    assert "Art/001.png is a PNG in mode RGB, expected an 8-bit grey PNG" in message
+    assert "1 entries matching no test image: extra/x9.png" in message
+    # two entries whose names both end with a stimulus's name: the benchmark could not tell them apart
+    with pytest.raises(benchmark.ArchiveProblem, match=r"several entries match: i1 \(i1.png, old/i1.png\)"):
+        benchmark.validate_members(members | {"old/i1.png": opener(files["i1.png"])}, sizes)
+    # nothing is written when the validator refuses
+    with pytest.raises(benchmark.ArchiveProblem):
+        benchmark.write_archive(tmp_path / "never.zip", {**files, "i1.png": wrong}, sizes)
+    assert not (tmp_path / "never.zip").exists()
+
+
+def test_package_refuses_maps_the_benchmark_would_refuse_and_says_when_there_is_no_test_split(tmp_path):
+    from salgan.package import PackageError, package
+    from tests.conftest import write_prepared
+
+    data = write_prepared(tmp_path / "prepared")  # test split: 4 images of 640x480
+    model = tmp_path / "generator.pt"
+    model.write_bytes(b"weights")
+    params = params_from_dict(
+        {
+            "train": {"data": str(data)},
+            "package": {"format": "mit-tuebingen", "output": str(tmp_path / "submission")},
+        }
+    )
+    names = json.loads((data / "test" / "names.json").read_text())
+    write_maps(tmp_path / "maps", {name: (640, 480) for name in names[:3]} | {names[3]: (64, 48)})
+    with pytest.raises(PackageError, match=rf"{names[3]}.png is 64x48, its image 640x480"):
+        package(params, tmp_path / "maps", model)
+    assert not (tmp_path / "submission").exists()
+    write_maps(tmp_path / "maps", {names[3]: (640, 480)})
+    manifest = package(params, tmp_path / "maps", model)
+    assert manifest["counts"] == {"test": 4} and manifest["archive"] == "saliency_maps.zip"
+    assert not (tmp_path / "submission" / "config.yaml").exists()  # SALICON's test split is not a benchmark's
+    # the SALICON formats are for SALICON's test split only
+    (data / "report.json").write_text(json.dumps({"dataset": "mit1003"}))
+    with pytest.raises(PackageError, match="package.format 2017 is the SALICON challenge's; the mit1003 test split"):
+        package(params.model_copy(update={"package": params.package.model_copy(update={"format": "2017"})}),
+                tmp_path / "maps", model)  # fmt: skip
+    # no test split: a manifest that says so, and no archive
+    import shutil
+
+    shutil.rmtree(data / "test")
+    manifest = package(params, tmp_path / "maps", model)
+    assert manifest["archive"] is None and "has no test split" in manifest["note"]
+    assert sorted(p.name for p in (tmp_path / "submission").iterdir()) == ["manifest.json"]
