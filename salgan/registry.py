@@ -82,6 +82,13 @@ class Judge:
         """The val images at ``size``, decoded from the raw tree (``prepare.input``) as prepare decodes them."""
         return val_images_at(self.params, self.inputs()[0].names, size)
 
+    def floor(self) -> dict[str, float]:
+        if self._floor is None:
+            from salgan.evaluate import centre_bias_scores
+
+            self._floor = centre_bias_scores(self.params, *self.inputs())
+        return self._floor
+
 
 def val_images_at(params: Params, names: list[str], size: tuple[int, int]) -> RawImages:
     """The val images ``names`` at ``size`` (W, H), decoded from the raw tree (``prepare.input``) as prepare
@@ -96,13 +103,6 @@ def val_images_at(params: Params, names: list[str], size: tuple[int, int]) -> Ra
             "to its own size"
         ) from None
     return RawImages(paths, size, params.prepare.max_pixels)
-
-    def floor(self) -> dict[str, float]:
-        if self._floor is None:
-            from salgan.evaluate import centre_bias_scores
-
-            self._floor = centre_bias_scores(self.params, *self.inputs())
-        return self._floor
 
 
 class RawImages:

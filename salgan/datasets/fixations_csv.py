@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from salgan.datasets import (
+    TEST_FOLDER,
     DatasetError,
     FixationSource,
     Limits,
@@ -76,7 +77,11 @@ def records(root: Path, limits: Limits = Limits()) -> tuple[list[Record], list[P
         raise DatasetError(f"{table}: no such file; a fixations_csv dataset is a folder with {CSV_FILE} and the images")
     points: dict[str, list[tuple[float, float]]] = {}
     splits: dict[str, str | None] = {}
-    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and is_image(p.name)}
+    files = {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and is_image(p.name) and p.relative_to(root).parts[0] != TEST_FOLDER  # download.test_source's
+    }
     with open(table, newline="", encoding="utf-8-sig") as handle:
         rows = csv.reader(handle)
         header = [column.strip().lower() for column in next(rows, [])]
