@@ -1,4 +1,5 @@
-"""The ``download`` stage: the raw SALICON tree in data/raw, from the release, a mirror, or the sample.
+"""The ``download`` stage: the raw SALICON tree in data/raw, from the release, a mirror, or the sample; or
+another dataset's tree in its own layout (``download.dataset``, salgan/datasets/, docs/datasets.md).
 
 Reads ``params.download`` (salgan/config.py). Whatever the source, the output has SALICON's layout
 (docs/data-layout.md, REFERENCE §2) and a ``SOURCE.json`` saying where it came from, with checksums.
@@ -116,6 +117,11 @@ Zips are looked for as images.zip (or image.zip, stimuli.zip), fixations_<editio
 fixations.zip) and maps.zip. Published md5s are checked (none is published for maps.zip); so is a
 mirror's checksums.json ({"images.zip": "<md5>", ...} or {"images.zip": {"md5": "<md5>"}, ...}) or
 <name>.md5 sidecar. Nothing in download.output is replaced unless the new tree is complete and verified.
+
+download.dataset (default salicon) picks the layout: mit1003, cat2000 or fixations_csv come from their
+release (download.source mit1003 or cat2000), a folder of the zips or the tree, a .zip, or an s3:// or
+https:// prefix or .zip URL; download.test_source adds test images (mit300, a folder, zip or URL).
+See docs/datasets.md.
 """
 
 

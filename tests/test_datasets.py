@@ -21,6 +21,7 @@ from salgan.layout import FlatMaps, read_split
 from salgan.prepare import PrepareError
 from salgan.settings import params_from_dict
 from tests import dataset_trees as trees
+from tests.test_s3 import s3  # noqa: F401 -- the fixture: moto's S3 server, for one test
 
 
 def settings(tmp_path: Path, dataset: str, source, **sections):
@@ -486,3 +487,23 @@ def test_package_refuses_maps_the_benchmark_would_refuse_and_says_when_there_is_
     manifest = package(params, tmp_path / "maps", model)
     assert manifest["archive"] is None and "has no test split" in manifest["note"]
     assert sorted(p.name for p in (tmp_path / "submission").iterdir()) == ["manifest.json"]
+
+
+def test_a_dataset_from_s3_one_zip_or_the_release_zips_under_a_prefix(cat2000, s3, tmp_path):  # noqa: F811
+    """CAT2000 through moto's S3 server: one zip by its URL; the release's own zips under a prefix are held
+    to the md5 pysaliency publishes, which the test's zips do not have."""
+    source, _ = cat2000
+    archive = tmp_path / "cat2000.zip"
+    with zipfile.ZipFile(archive, "w") as opened:
+        for path in sorted((source / "src").rglob("*")):
+            if path.is_file():
+                opened.write(path, "CAT2000/" + path.relative_to(source / "src").as_posix())
+    s3["client"].upload_file(str(archive), "salgan", "datasets/cat2000.zip")
+    params = settings(tmp_path, "cat2000", "s3://salgan/datasets/cat2000.zip")
+    record = download.run(params.download, progress=False)
+    assert record["counts"] == {"labelled": 15, "test": 6} and record["type"] == "s3"
+    assert (tmp_path / "cache" / "cat2000" / "cat2000.zip").is_file()  # resumable, in the dataset's cache
+    prefix = settings(tmp_path, "cat2000", "s3://salgan/datasets")
+    s3["client"].upload_file(str(archive), "salgan", "datasets/trainSet.zip")
+    with pytest.raises(download.ChecksumError, match="differs from the published 56ad5c77e6c8f72ed9ef2901628d6e48"):
+        download.run(prefix.download, progress=False)
