@@ -1,8 +1,9 @@
 """One reader per raw layout, behind one small interface (DESIGN.md: salgan/datasets/).
 
-A raw dataset is what the download stage leaves in ``data/raw``. Its reader turns it into :class:`Record`\\ s,
-one per image: a unique ``name`` (the image's path below its split's folder, without suffix, ``/``-separated:
-``i05june05_static_street_boston_p1010764``, ``Action/001``), the image file, the continuous ground-truth
+A raw dataset is what the download stage leaves in ``data/raw``. Its reader turns it into records
+(:class:`Record`), one per image: a unique ``name`` (the image's path below its split's folder, without
+suffix, ``/``-separated: ``i05june05_static_street_boston_p1010764``, ``Action/001``), the image file, the
+continuous ground-truth
 map where the dataset has one, and where the fixations come from (:class:`FixationSource`; none for a test
 image). The prepare stage decodes the image, reads the fixations as 0-based (row, col) at the image's own
 resolution (:func:`read_fixations`), takes or makes the map, and writes the arrays of docs/data-layout.md;
