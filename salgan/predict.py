@@ -428,7 +428,9 @@ def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: collections.deque = collections.deque()
         for name, saliency in progress(pairs, total=len(names), unit="image", desc=f"predict {split}"):
-            pending.append(pool.submit(Image.fromarray(to_uint8(saliency), mode="L").save, folder / f"{name}.png"))
+            target = folder / f"{name}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)  # CAT2000's names hold their category: Action/001
+            pending.append(pool.submit(Image.fromarray(to_uint8(saliency), mode="L").save, target))
             if len(pending) > 4 * workers:
                 pending.popleft().result()
         for future in pending:
@@ -438,10 +440,14 @@ def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder:
 
 def run_stage(params: Params) -> list[Path]:
     """The DVC stage: maps for the prepared test split, swapped into predict.output when complete."""
+    from salgan.datasets import no_test_split
     from salgan.models import load_generator
 
-    generator = load_generator(ModelFiles(Path(params.train.output)).generator)
     output = Path(params.predict.output)
+    if no_test_split(params.train.data):
+        with atomic_directory(output):  # an empty folder: DVC's output exists, and no old map stays in it
+            return []
+    generator = load_generator(ModelFiles(Path(params.train.output)).generator)
     with atomic_directory(output) as tmp:  # the folder is swapped in only when every map is written
         names = write_split_maps(generator, Path(params.train.data), "test", tmp, params)
     return [output / f"{name}.png" for name in names]
@@ -510,8 +516,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stage_main(params: Params) -> int:
+    from salgan.datasets import no_test_split
+
     files = run_stage(params)
-    print(f"wrote {len(files)} maps to {params.predict.output}")
+    print(no_test_split(params.train.data) or f"wrote {len(files)} maps to {params.predict.output}")
     if tracking_enabled(params):
         from salgan.tracking.runs import record_prediction
 

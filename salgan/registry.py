@@ -80,19 +80,7 @@ class Judge:
 
     def images_at(self, size: tuple[int, int]) -> RawImages:
         """The val images at ``size``, decoded from the raw tree (``prepare.input``) as prepare decodes them."""
-        from salgan.prepare import IMAGE_SUFFIXES
-
-        folder = Path(self.params.prepare.input) / "images" / "val"
-        paths = []
-        for name in self.inputs()[0].names:
-            found = [folder / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES if (folder / f"{name}{suffix}").is_file()]
-            if not found:
-                raise InputError(
-                    f"{folder / name}.*: not found; a version trained at {size[0]}x{size[1]} is scored on the "
-                    f"raw val images (prepare.input) resized to its own size, and this one is missing"
-                )
-            paths.append(found[0])
-        return RawImages(paths, size, self.params.prepare.max_pixels)
+        return val_images_at(self.params, self.inputs()[0].names, size)
 
     def floor(self) -> dict[str, float]:
         if self._floor is None:
@@ -100,6 +88,21 @@ class Judge:
 
             self._floor = centre_bias_scores(self.params, *self.inputs())
         return self._floor
+
+
+def val_images_at(params: Params, names: list[str], size: tuple[int, int]) -> RawImages:
+    """The val images ``names`` at ``size`` (W, H), decoded from the raw tree (``prepare.input``) as prepare
+    decodes them: for a model trained at another size than the prepared data's."""
+    from salgan.datasets import DatasetError, raw_image_paths
+
+    try:
+        paths = raw_image_paths(params.train.data, params.prepare.input, "val", names)
+    except DatasetError as exc:
+        raise InputError(
+            f"{exc}; a model trained at {size[0]}x{size[1]} is scored on the raw val images (prepare.input) resized "
+            "to its own size"
+        ) from None
+    return RawImages(paths, size, params.prepare.max_pixels)
 
 
 class RawImages:

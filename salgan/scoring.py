@@ -14,8 +14,9 @@ Conventions (the report must state them):
   fixations.
 * sAUC negatives for image i: the union of the fixation locations of the ``sauc_other_images`` images
   that follow it cyclically in split order, i+1, ..., i+k (mod N); deterministic, and effectively random
-  images because split order is sorted COCO ids. All images share one resolution (SALICON val is
-  480x640), so no rescaling is needed.
+  images because split order is sorted COCO ids. Where the images differ in size (MIT1003, your own data),
+  the other images' fixations are first moved to image i's size, pixel centres aligned (as pysaliency's
+  shuffled baseline rescales other stimuli's fixations); SALICON's share one size and need none.
 * Random streams: AUC-Borji of image i uses ``numpy.random.default_rng([seed, i, 0])`` and sAUC
   ``default_rng([seed, i, 1])``, so a row does not depend on which other images are scored and can be
   reproduced alone with the public metric functions.
@@ -135,6 +136,52 @@ def _sauc_negatives(i: int, flat: np.ndarray, offsets: np.ndarray, k: int) -> np
     return parts[np.concatenate(([True], parts[1:] != parts[:-1]))]
 
 
+class _Geometry:
+    """Per image: its (rows, cols), its fixations and its sAUC negatives as flat indices there, and the
+    information-gain baseline's log2 density at that size. One size for all (SALICON): computed once, as
+    before; mixed sizes: the other images' fixations moved to image i's size (:func:`_rescale_coords`) and
+    the baseline resized once per size."""
+
+    def __init__(self, gt_maps, coords: np.ndarray, offsets: np.ndarray, baseline_map, sizes, k: int):
+        self.coords, self.offsets, self.baseline_map, self.k = coords, offsets, baseline_map, k
+        if sizes is None:
+            sizes = getattr(gt_maps, "sizes", None)  # salgan.layout.FlatMaps
+        if sizes is None:
+            shape = np.shape(gt_maps[0])
+            if len(shape) != 2:
+                raise ValueError(f"gt_maps: expected (N, H0, W0) maps, got maps of shape {shape}")
+            uniform = len(np.shape(gt_maps)) == 3 if hasattr(gt_maps, "shape") else False
+            sizes = [shape] * len(gt_maps) if uniform else [np.shape(m) for m in gt_maps]
+        self.sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        self.uniform = bool((self.sizes == self.sizes[0]).all())
+        self._baselines: dict[tuple[int, int], np.ndarray] = {}
+        if self.uniform:
+            self.flat = _flat_indices(coords, tuple(int(v) for v in self.sizes[0]))
+
+    def baseline(self, shape: tuple[int, int]) -> np.ndarray:
+        if shape not in self._baselines:
+            self._baselines[shape] = PreparedMap(self.baseline_map, "baseline_map", shape=shape).log2_density
+        return self._baselines[shape]
+
+    def __call__(self, i: int) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
+        offs, shape = self.offsets, (int(self.sizes[i][0]), int(self.sizes[i][1]))
+        if self.uniform:
+            return (
+                shape,
+                self.flat[offs[i] : offs[i + 1]],
+                _sauc_negatives(i, self.flat, offs, self.k),
+                self.baseline(shape),
+            )
+        own = _flat_indices(self.coords[offs[i] : offs[i + 1]], shape)
+        parts = []
+        for j in _other_images(i, offs.size - 1, self.k):
+            theirs = self.coords[offs[j] : offs[j + 1]]
+            moved = _rescale_coords(theirs, np.array([0, len(theirs)]), self.sizes[j : j + 1], shape)
+            parts.append(_flat_indices(moved, shape))
+        negatives = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        return shape, own, negatives, self.baseline(shape)
+
+
 def _validate_split(predictions, gt_maps, offsets, names, n_splits, sauc_other_images, seed) -> int:
     n_images = len(gt_maps)
     if len(predictions) != n_images:
@@ -166,8 +213,9 @@ def score_split(
     progress: bool = True,
     names: Sequence[str] | None = None,
     workers: int | None = None,
+    sizes: Any | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Score N predicted saliency maps with all eight metrics.
+    """Score N predicted saliency maps with all eight metrics, each at its ground truth's resolution.
 
     Args:
         predictions: N real 2-D maps of any size (a list or an (N, h, w) array); each is resized
@@ -188,6 +236,8 @@ def score_split(
             (``predictions`` may compute them batch by batch, see ``salgan.inference.BatchedPredictions``)
             and hands each image to a free worker, so at most ``workers`` images are in flight. The rows
             are the same whatever the count.
+        sizes: optional (N, 2) (rows, cols) of the ground-truth maps, which may differ (the prepared
+            ``original_sizes``); without it they are read from ``gt_maps``.
 
     Returns:
         ``(rows, means)``: ``rows[i]`` = {"index": i, "name": names[i] (only with ``names``),
@@ -203,16 +253,9 @@ def score_split(
     _check_offsets(coords, offs, n_images)
     if workers is not None and (int(workers) != workers or workers < 1):
         raise ValueError(f"workers must be a positive integer or None, got {workers}")
-    shape = tuple(np.shape(gt_maps[0]))
-    if len(shape) != 2:
-        raise ValueError(f"gt_maps: expected (N, H0, W0) maps, got maps of shape {shape}")
     split = _Split(
-        flat=_flat_indices(coords, shape),
-        offsets=offs,
-        log2_baseline=PreparedMap(baseline_map, "baseline_map", shape=shape).log2_density,
-        shape=shape,
+        geometry=_Geometry(gt_maps, coords, offs, baseline_map, sizes, int(sauc_other_images)),
         n_splits=int(n_splits),
-        sauc_other_images=int(sauc_other_images),
         seed=int(seed),
     )
     # A worker costs a fork and a pipe; below 8 images each it would cost more than it saves.
@@ -222,7 +265,7 @@ def score_split(
     rows: list[dict[str, Any]] = []
     with bar_for(total=n_images, enabled=progress, desc="scoring", unit="img") as bar:
         if n_workers <= 1:
-            buffers = np.empty((2, shape[0] * shape[1]))
+            buffers: dict[int, np.ndarray] = {}
             for image in _images(predictions, gt_maps, names, n_images):
                 rows.append(_score_row(split, *image, buffers))
                 bar.update(1)
@@ -242,12 +285,8 @@ def score_split(
 class _Split:
     """What scoring any image of a split needs besides its own maps (sent once to each worker)."""
 
-    flat: np.ndarray  # flat indices of all fixations at the ground truth's shape
-    offsets: np.ndarray
-    log2_baseline: np.ndarray
-    shape: tuple[int, int]
+    geometry: _Geometry  # each image's size, fixations, sAUC negatives and IG baseline
     n_splits: int
-    sauc_other_images: int
     seed: int
 
 
@@ -257,18 +296,26 @@ def _images(predictions, gt_maps, names, n_images: int) -> Iterator[tuple[int, s
         yield i, None if names is None else str(names[i]), np.asarray(predictions[i]), np.asarray(gt_maps[i])
 
 
-def _score_row(split: _Split, i: int, name: str | None, prediction, gt, buffers: np.ndarray) -> dict[str, Any]:
-    """Image i's row. ``buffers``: two float64 rows of the maps' size that hold its prediction and ground
-    truth (reused from image to image: fresh multi-megabyte arrays cost their page faults every time)."""
-    start, stop = split.offsets[i], split.offsets[i + 1]
+def _score_row(
+    split: _Split, i: int, name: str | None, prediction, gt, buffers: dict[int, np.ndarray]
+) -> dict[str, Any]:
+    """Image i's row. ``buffers``: two float64 rows of the image's pixel count (keyed by it) that hold its
+    prediction and ground truth, reused from image to image: fresh multi-megabyte arrays cost their page
+    faults every time."""
+    start, stop = split.geometry.offsets[i], split.geometry.offsets[i + 1]
     try:
-        fix = Fixations.from_flat_indices(split.flat[start:stop], split.shape, "fixations")
+        shape, own, negatives, log2_baseline = split.geometry(i)
+        pixels = shape[0] * shape[1]
+        if pixels not in buffers:  # one size kept: mixed sizes (MIT1003) must not pile up buffers
+            buffers.clear()
+            buffers[pixels] = np.empty((2, pixels))
+        rows = buffers[pixels]
         scores = image_metrics(
-            PreparedMap(prediction, "prediction", shape=split.shape, buffer=buffers[0]),
-            fix,
-            PreparedMap(gt, "ground-truth map", buffer=buffers[1]),
-            _sauc_negatives(i, split.flat, split.offsets, split.sauc_other_images),
-            split.log2_baseline,
+            PreparedMap(prediction, "prediction", shape=shape, buffer=rows[0]),
+            Fixations.from_flat_indices(own, shape, "fixations"),
+            PreparedMap(gt, "ground-truth map", buffer=rows[1]),
+            negatives,
+            log2_baseline,
             n_splits=split.n_splits,
             borji_seed=[split.seed, i, 0],
             shuffled_seed=[split.seed, i, 1],
@@ -315,7 +362,7 @@ class _Workers:
     def submit(self, i: int, name: str | None, prediction: np.ndarray, gt: np.ndarray) -> list[dict[str, Any]]:
         """Hand image i to a free worker (waiting for one if none is); returns the rows finished meanwhile."""
         if any(a.dtype.kind not in "biuf" for a in (prediction, gt)):
-            return [_score_row(self.split, i, name, prediction, gt, np.empty((2, 0)))]  # raises, named
+            return [_score_row(self.split, i, name, prediction, gt, {})]  # raises, named
         done = self._wait() if not self.idle else []
         connection = self.idle.pop()
         maps = [np.ascontiguousarray(prediction), np.ascontiguousarray(gt)]
@@ -371,7 +418,7 @@ def _work(connection, split: _Split) -> None:
 
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
-    buffers = np.empty((2, split.shape[0] * split.shape[1]))
+    buffers: dict[int, np.ndarray] = {}
     received = [bytearray(), bytearray()]
     while (header := connection.recv()) is not None:
         i, name, layouts = header
