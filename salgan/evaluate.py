@@ -134,7 +134,9 @@ def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, 
         f"{model.freeze_blocks} stages frozen",
         "input": f"{params.prepare.size[0]}x{params.prepare.size[1]}",
         "schedule": f"{train.epochs} epochs, {train.bce_epochs} BCE-only, then {train.adversarial_schedule} G/D",
-        "optimiser": f"AdaGrad, lr G {train.lr_generator} D {train.lr_discriminator}, batch {train.batch_size}",
+        "optimiser": f"AdaGrad, lr G {train.lr_generator} D {train.lr_discriminator}, batch {train.batch_size}"
+        f"; BCE phase {train.bce_optimizer}; {train.d_steps_per_g} D step(s) per G step, "
+        f"G warm-up {train.g_warmup_steps} steps",
         "losses": f"alpha {train.alpha}, content {describe_content_loss(train.content_loss, train.content_downsample)}"
         f", D loss {train.discriminator_loss}",
     }
@@ -142,7 +144,7 @@ def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, 
         "examples": ("Val examples: best, median and worst by NSS (seed paper Fig. 4)", reports.examples),
         "progression": ("One val image's map, epoch by epoch (seed paper Fig. 3)", reports.progression),
         "animation": ("The same, animated", reports.progression_gif),
-        "losses": ("Losses per epoch", reports.losses),
+        "losses": ("Losses per epoch; beside them, the discriminator on held-out val pairs", reports.losses),
     }
     write_atomic(reports.page, report_page(metrics, TABLE_I, settings, figures))
 

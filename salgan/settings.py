@@ -100,6 +100,9 @@ class ModelParams(Section):
     width: float = Field(default=0.125, gt=0, le=2)  # channel multiplier (vgg16, mobilenet_v3_large); 1.0: as published
     discriminator_first_pool: Literal[2, 4] = 4  # 4 in the original code, 2 in the paper's table
     discriminator_weight_norm: bool = True  # weight norm on conv3_1/conv3_2 as the original code; not in the paper
+    discriminator_weight_norm_gain: Literal["fixed", "trainable"] = "fixed"  # fixed: g = 1 as the original
+    discriminator_image: Literal["raw", "normalised"] = "raw"  # raw: 0-255 as the original; or ImageNet mean/std
+    decoder_init: Literal["glorot", "he"] = "glorot"  # VGG16 decoder: Glorot-uniform as the original (Lasagne's)
 
 
 class TrainParams(Section):
@@ -118,6 +121,12 @@ class TrainParams(Section):
     alpha: float = Field(default=0.05, ge=0)  # weight of the content loss; 1/20 in the original code
     adversarial_schedule: Literal["alternate", "both"] = "alternate"  # alternate: one batch to D, the next to G
     reset_optimizer_at_adversarial: bool = True  # a fresh G optimiser for the adversarial phase, as the original
+    bce_optimizer: Literal["adagrad", "nesterov"] = "adagrad"  # BCE phase: AdaGrad (paper) | the original's Nesterov
+    lr_bce: float | None = Field(default=None, gt=0)  # the BCE phase's learning rate; null: lr_generator
+    bce_momentum: float = Field(default=0.5, ge=0, lt=1)  # Nesterov momentum (0.5 in the original's BCE script)
+    d_steps_per_g: PositiveInt = 1  # D updates per G update (1 in the original)
+    g_warmup_steps: int = Field(default=0, ge=0)  # the adversarial G lr rises linearly over this many G updates
+    diagnostics_images: PositiveInt = 32  # the first N val images: D's accuracy etc. each adversarial epoch
     discriminator_loss: Literal["mean", "sum"] = "mean"  # mean of the real and fake BCE (original) or their sum
     content_downsample: PositiveInt = 4  # BCE on maps average-pooled 4x4 (paper Table 2)
     # bce (the paper) or a weighted sum of metric terms, e.g. {kld: 1.0, cc: -0.2, nss: -0.1} (SAM's loss)
@@ -213,6 +222,12 @@ class Params(Section):
         if model.freeze_blocks and model.encoder_weights == "none":
             raise _RuleError(
                 "model.freeze_blocks", "freezing needs pretrained encoder weights, encoder_weights is none"
+            )
+        if train.bce_optimizer == "nesterov" and not train.reset_optimizer_at_adversarial:
+            raise _RuleError(
+                "train.reset_optimizer_at_adversarial",
+                "the adversarial phase's AdaGrad cannot carry on the state of a Nesterov BCE phase "
+                "(train.bce_optimizer nesterov); expected true",
             )
         if train.bce_epochs > train.epochs:
             raise _RuleError("train.bce_epochs", f"must not exceed train.epochs {train.epochs}, got {train.bce_epochs}")
