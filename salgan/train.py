@@ -267,24 +267,24 @@ def train_one_epoch(
         if not adversarial:
             content = g_loss = content_step(models, images, targets, params, fixations)
             g_n = one
-            totals += torch.stack([g_loss * g_n, g_n, d_loss, d_n, content, one]).double()
-            continue
-        g_turn, g_update = adversarial_turn(first_step + i, params)
-        lr = cfg.lr_generator * warmup_factor(g_update, cfg.g_warmup_steps)
-        if cfg.adversarial_schedule == "both":
-            with autocast(device):
-                logits = models.g_step(images, return_logits=True)  # one generator forward serves every step
-            for _ in range(cfg.d_steps_per_g):
-                d_loss = d_loss + discriminator_step(models, images, targets, params, logits, fixations)[0]
-            d_n = one * cfg.d_steps_per_g
-            g_loss, content = generator_step(models, images, targets, params, logits, fixations, lr)
-            g_n = one
-        elif g_turn:
-            g_loss, content = generator_step(models, images, targets, params, fixations=fixations, lr=lr)
-            g_n = one
         else:
-            d_loss, content = discriminator_step(models, images, targets, params, fixations=fixations)
-            d_n = one
+            g_turn, g_update = adversarial_turn(first_step + i, params)
+            lr = cfg.lr_generator * warmup_factor(g_update, cfg.g_warmup_steps)
+            if cfg.adversarial_schedule == "both":
+                with autocast(device):
+                    logits = models.g_step(images, return_logits=True)  # one generator forward serves every step
+                for _ in range(cfg.d_steps_per_g):
+                    d_loss = d_loss + discriminator_step(models, images, targets, params, logits, fixations)[0]
+                d_n = one * cfg.d_steps_per_g
+                g_loss, content = generator_step(models, images, targets, params, logits, fixations, lr)
+                g_n = one
+            elif g_turn:
+                g_loss, content = generator_step(models, images, targets, params, fixations=fixations, lr=lr)
+                g_n = one
+            else:
+                d_loss, content = discriminator_step(models, images, targets, params, fixations=fixations)
+                d_n = one
+        # d_loss holds the sum over this batch's D updates (zero without one)
         totals += torch.stack([g_loss * g_n, g_n, d_loss, d_n, content, one]).double()
     g_sum, g_count, d_sum, d_count, content_sum, count = all_reduce_sum(totals).tolist()  # one host sync
     # d_loss is null in BCE epochs: every record carries every plotted key (DVC's plots need them all).
