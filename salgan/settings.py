@@ -101,8 +101,8 @@ class ModelParams(Section):
     discriminator_first_pool: Literal[2, 4] = 4  # 4 in the original code, 2 in the paper's table
     discriminator_weight_norm: bool = True  # weight norm on conv3_1/conv3_2 as the original code; not in the paper
     discriminator_weight_norm_gain: Literal["fixed", "trainable"] = "fixed"  # fixed: g = 1 as the original
-    discriminator_image: Literal["raw", "normalised"] = "raw"  # raw: 0-255 as the original; or ImageNet mean/std
-    decoder_init: Literal["glorot", "he"] = "glorot"  # VGG16 decoder: Glorot-uniform as the original (Lasagne's)
+    discriminator_image: Literal["raw", "normalised"] = "normalised"  # raw: 0-255, the original; or ImageNet mean/std
+    decoder_init: Literal["glorot", "he"] = "he"  # VGG16 decoder: glorot, the original (Lasagne's default); or He
 
 
 class TrainParams(Section):
@@ -110,23 +110,25 @@ class TrainParams(Section):
 
     data: str = "data/prepared"
     output: str = "models"
-    epochs: PositiveInt = 30
+    epochs: PositiveInt = 16
     bce_epochs: int = Field(default=10, ge=0)
-    batch_size: PositiveInt = 16  # global batch, split across processes
-    lr_generator: float = Field(default=3e-3, gt=0)  # the paper's 3e-4 suits ImageNet features
-    lr_discriminator: float = Field(default=3e-4, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)  # the paper's L2 (the original computes it, never adds it)
+    batch_size: PositiveInt = 8  # global batch, split across processes
+    lr_generator: float = Field(default=3e-4, gt=0)  # the adversarial phase's (and the BCE phase's without lr_bce)
+    lr_discriminator: float = Field(default=5e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)  # the paper's L2 1e-4; the original computes it, never adds it
     decay_biases: bool = False  # false: weights only, as Lasagne's l2 regularisation
     adagrad_epsilon: float = Field(default=1e-6, ge=0)  # Lasagne's: lr g / sqrt(sum g^2 + eps); 0: PyTorch's form
     alpha: float = Field(default=0.05, ge=0)  # weight of the content loss; 1/20 in the original code
-    adversarial_schedule: Literal["alternate", "both"] = "alternate"  # alternate: one batch to D, the next to G
+    adversarial_schedule: Literal["alternate", "both"] = (
+        "both"  # alternate (the original): one batch to D, the next to G
+    )
     reset_optimizer_at_adversarial: bool = True  # a fresh G optimiser for the adversarial phase, as the original
     bce_optimizer: Literal["adagrad", "nesterov"] = "adagrad"  # BCE phase: AdaGrad (paper) | the original's Nesterov
-    lr_bce: float | None = Field(default=None, gt=0)  # the BCE phase's learning rate; null: lr_generator
+    lr_bce: float | None = Field(default=3e-3, gt=0)  # the BCE phase's learning rate; null: lr_generator
     bce_momentum: float = Field(default=0.5, ge=0, lt=1)  # Nesterov momentum (0.5 in the original's BCE script)
-    d_steps_per_g: PositiveInt = 1  # D updates per G update (1 in the original)
+    d_steps_per_g: PositiveInt = 4  # D updates per G update (1 in the original)
     g_warmup_steps: int = Field(default=0, ge=0)  # the adversarial G lr rises linearly over this many G updates
-    diagnostics_images: PositiveInt = 32  # the first N val images: D's accuracy etc. each adversarial epoch
+    diagnostics_images: PositiveInt = 64  # the first N val images: D's accuracy etc. each adversarial epoch
     discriminator_loss: Literal["mean", "sum"] = "mean"  # mean of the real and fake BCE (original) or their sum
     content_downsample: PositiveInt = 4  # BCE on maps average-pooled 4x4 (paper Table 2)
     # bce (the paper) or a weighted sum of metric terms, e.g. {kld: 1.0, cc: -0.2, nss: -0.1} (SAM's loss)

@@ -131,7 +131,7 @@ def test_d_steps_per_g_gives_the_discriminator_that_many_updates_per_generator_u
 
 
 def test_the_alternation_with_several_d_steps_carries_over_epochs():
-    params = params_from_dict({"train": {"d_steps_per_g": 2}})
+    params = params_from_dict({"train": {"d_steps_per_g": 2, "adversarial_schedule": "alternate"}})
     turns = [adversarial_turn(step, params) for step in range(7)]
     assert turns == [(False, 0), (False, 0), (True, 0), (False, 1), (False, 1), (True, 1), (False, 2)]
     both = params_from_dict({"train": {"d_steps_per_g": 2, "adversarial_schedule": "both"}})
