@@ -18,7 +18,11 @@ matter.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +52,9 @@ PINNED = (
     "model.width",
     "train.bce_epochs",
     "train.content_loss",
+    "train.seed",
 )
+SEED_SUFFIX = re.compile(r"-seed(\d+)$")  # ARM-seedK: the K-th seed of an arm run with --seeds
 COLUMNS = ("auc_judd", "auc_borji", "auc_shuffled", "cc", "nss", "kld", "sim", "information_gain")
 COST_COLUMNS = {"params_m": "params (M)", "gflops": "GFLOPs", "train_images_per_s": "train img/s"}
 
@@ -92,7 +98,18 @@ def arm_overrides(arm: str, profile: dict[str, object], base: Params) -> dict[st
     overrides["model.width"] = base.model.width if encoder in WIDTH_ENCODERS and not imagenet else 1.0
     overrides["train.bce_epochs"] = base.train.bce_epochs if adversarial else base.train.epochs
     overrides["train.content_loss"] = content
+    overrides["train.seed"] = base.train.seed
     return overrides
+
+
+def seeded_runs(arm: str, seeds: int, profile: dict[str, object], base: Params) -> list[tuple[str, dict]]:
+    """``(experiment suffix, overrides)`` per seed: the arm's own name for one seed, else ``ARM-seedK`` with
+    ``train.seed`` the base's + K, K = 0 .. seeds - 1 (``train.seed`` seeds both the initial weights and
+    the order of the training batches)."""
+    overrides = arm_overrides(arm, profile, base)
+    if seeds == 1:
+        return [(arm, overrides)]
+    return [(f"{arm}-seed{k}", overrides | {"train.seed": base.train.seed + k}) for k in range(seeds)]
 
 
 def load_profile(path: str | None, params_file: str = "params.yaml") -> dict[str, object]:
@@ -142,13 +159,16 @@ def run_arms(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, args.params)
     base, source = base_params(args.params, profile)
     print(f"ablation base: {source}" + (f" with {args.profile}" if args.profile else ""), flush=True)
-    commands = [exp_run_command(args.prefix + arm, arm_overrides(arm, profile, base), args.queue) for arm in args.arms]
+    runs = [run for arm in args.arms for run in seeded_runs(arm, args.seeds, profile, base)]
+    names = [name for name, _ in runs]
+    commands = [exp_run_command(args.prefix + name, overrides, args.queue) for name, overrides in runs]
     if args.dry_run or args.queue:
-        return _run_all(args.arms, commands, args.dry_run)
+        return _run_all(names, commands, args.dry_run)
     from salgan.tracking.runs import parent_run
 
-    with parent_run(base, f"ablation {args.prefix}{','.join(args.arms)}", {"ablation.arms": ",".join(args.arms)}):
-        return _run_all(args.arms, commands, dry_run=False)
+    tags = {"ablation.arms": ",".join(args.arms), "ablation.seeds": str(args.seeds)}
+    with parent_run(base, f"ablation {args.prefix}{','.join(args.arms)}", tags):
+        return _run_all(names, commands, dry_run=False)
 
 
 def _run_all(arms: list[str], commands: list[list[str]], dry_run: bool) -> int:
@@ -163,17 +183,33 @@ def _run_all(arms: list[str], commands: list[list[str]], dry_run: bool) -> int:
 def experiment_metrics(exp_show: list[dict]) -> dict[str, dict[str, float]]:
     """``{experiment name: metrics}`` from ``dvc exp show --json`` (the workspace and every experiment): the
     :data:`COLUMNS` and the model's cost (:data:`COST_COLUMNS`, reports/metrics.json's ``cost``)."""
-    found: dict[str, dict[str, float]] = {}
+    return {name: values for name, (values, _, _) in _experiments(exp_show).items()}
+
+
+def experiment_sources(exp_show: list[dict]) -> dict[str, tuple[str | None, str]]:
+    """``{experiment name: (git revision, its per-image scores' path)}``; the revision is None for the
+    workspace. The per-image file is ``per_image.csv`` beside the metrics file (``evaluate.output``)."""
+    return {name: (rev, path) for name, (_, rev, path) in _experiments(exp_show).items()}
+
+
+def _experiments(exp_show: list[dict]) -> dict[str, tuple[dict[str, float], str | None, str]]:
+    found: dict[str, tuple[dict[str, float], str | None, str]] = {}
 
     def collect(entry: dict, fallback: str) -> None:
         name = entry.get("name") or fallback
         data = entry.get("data") or {}
-        for metrics in (data.get("metrics") or {}).values():
+        for file, metrics in (data.get("metrics") or {}).items():
             values = metrics.get("data") or {}
             if any(key in values for key in COLUMNS):
                 cost = values.get("cost") or {}
-                found[name] = {key: values[key] for key in COLUMNS if key in values}
-                found[name] |= {key: cost[key] for key in COST_COLUMNS if cost.get(key) is not None}
+                row = {key: values[key] for key in COLUMNS if key in values}
+                row |= {key: cost[key] for key in COST_COLUMNS if cost.get(key) is not None}
+                rev = entry.get("rev")
+                found[name] = (
+                    row,
+                    None if rev in (None, "workspace") else rev,
+                    str(Path(file).parent / "per_image.csv"),
+                )
 
     for baseline in exp_show:
         collect(baseline, baseline.get("rev", "workspace"))
@@ -183,21 +219,123 @@ def experiment_metrics(exp_show: list[dict]) -> dict[str, dict[str, float]]:
     return found
 
 
-def format_table(ours: dict[str, dict[str, float]]) -> str:
-    rows = {**{f"ours: {k}": v for k, v in ours.items()}, **{f"published: {k}": v for k, v in TABLE_I.items()}}
+def arm_groups(names: list[str]) -> dict[str, list[str]]:
+    """Experiment names grouped by arm: ``random-gan-seed0``, ``random-gan-seed1`` -> ``random-gan``, in
+    seed order; a name without the suffix is a group of its own."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(SEED_SUFFIX.sub("", name), []).append(name)
+    return {arm: sorted(members, key=_seed_number) for arm, members in groups.items()}
+
+
+def _seed_number(name: str) -> int:
+    match = SEED_SUFFIX.search(name)
+    return int(match[1]) if match else -1
+
+
+def summarise(ours: dict[str, dict[str, float]], groups: dict[str, list[str]]):
+    """Per arm, the mean and the standard deviation (n - 1; absent for one seed) of each value over its seeds."""
+    means, spreads = {}, {}
+    for arm, members in groups.items():
+        keys = [key for key in (*COLUMNS, *COST_COLUMNS) if all(key in ours[name] for name in members)]
+        means[arm] = {key: statistics.fmean(ours[name][key] for name in members) for key in keys}
+        if len(members) > 1:
+            spreads[arm] = {
+                key: statistics.stdev(ours[name][key] for name in members) for key in COLUMNS if key in keys
+            }
+    return means, spreads
+
+
+def format_table(
+    ours: dict[str, dict[str, float]], spreads: dict[str, dict[str, float]] | None = None, seeds: dict | None = None
+) -> str:
+    """Our arms beside the seed paper's Table I; an arm with several seeds shows ``mean+-std`` and ``xN``."""
+    spreads, seeds = spreads or {}, seeds or {}
+    label = {k: f"ours: {k}" + (f" x{seeds[k]}" if seeds.get(k, 1) > 1 else "") for k in ours}
+    rows = {**{label[k]: (v, spreads.get(k, {})) for k, v in ours.items()}}
+    rows |= {f"published: {k}": (v, {}) for k, v in TABLE_I.items()}
     width = max(len(name) for name in rows) + 2
     headers = {**{c: c for c in COLUMNS}, **COST_COLUMNS}
-    cell = {c: max(12, len(header)) + 2 for c, header in headers.items()}
+    wide = 6 if spreads else 0  # room for +-0.000
+    cell = {c: max(12, len(header)) + 2 + (wide if c in COLUMNS else 0) for c, header in headers.items()}
     lines = [f"{'model':<{width}}" + "".join(f"{header:>{cell[c]}}" for c, header in headers.items())]
-    for name, values in rows.items():
-        cells = "".join(f"{values[c]:>{cell[c]}.3f}" if c in values else f"{'-':>{cell[c]}}" for c in COLUMNS)
+    for name, (values, spread) in rows.items():
+        cells = "".join(
+            f"{_cell(values[c], spread.get(c)):>{cell[c]}}" if c in values else f"{'-':>{cell[c]}}" for c in COLUMNS
+        )
         cells += "".join(f"{values[c]:>{cell[c]}.1f}" if c in values else f"{'-':>{cell[c]}}" for c in COST_COLUMNS)
         lines.append(f"{name:<{width}}{cells}")
     lines.append(
-        "(published: SALICON test set; ours: the validation split of the data the pipeline ran on. GFLOPs: one "
-        "forward pass of a 256x192 image; train img/s: measured on the machine that trained the arm)"
+        "(published: SALICON test set; ours: the validation split of the data the pipeline ran on"
+        + ("; xN: mean+-std over N seeds" if spreads else "")
+        + ". GFLOPs: one forward pass of a 256x192 image; train img/s: measured on the machine that trained the arm)"
     )
     return "\n".join(lines)
+
+
+def _cell(value: float, spread: float | None) -> str:
+    return f"{value:.3f}" if spread is None else f"{value:.3f}+-{spread:.3f}"
+
+
+def read_per_image(rev: str | None, path: str) -> dict[str, dict[str, float]]:
+    """``{image name: {metric: score}}`` from an experiment's per-image scores: the workspace's file, or the
+    version of ``path`` that experiment ``rev`` produced, read from DVC's cache (``dvc.api``)."""
+    if rev is None:
+        text = Path(path).read_text()
+    else:
+        import dvc.api
+
+        text = dvc.api.read(path, rev=rev)
+    rows = csv.DictReader(io.StringIO(text))
+    return {row.get("name") or row["index"]: {c: float(row[c]) for c in COLUMNS if row.get(c)} for row in rows}
+
+
+def arm_differences(
+    groups: dict[str, list[str]], scores: dict[str, dict[str, dict[str, float]]], reference: str
+) -> dict[str, dict[str, object]]:
+    """Per arm other than ``reference``, per metric, the paired bootstrap interval of (arm - reference) over
+    the images both scored and the seeds of each (:func:`salgan.bootstrap.paired_bootstrap`)."""
+    from salgan.bootstrap import paired_bootstrap
+
+    def matrix(arm: str, images: list[str], metric: str):
+        return [[scores[name][image][metric] for image in images] for name in groups[arm]]
+
+    found = {}
+    for arm in groups:
+        if arm == reference:
+            continue
+        images = sorted(set.intersection(*(set(scores[name]) for name in groups[arm] + groups[reference])))
+        if not images:
+            continue
+        metrics = [c for c in COLUMNS if all(c in scores[n][images[0]] for n in groups[arm] + groups[reference])]
+        found[arm] = {"images": len(images)}
+        found[arm] |= {c: paired_bootstrap(matrix(arm, images, c), matrix(reference, images, c)) for c in metrics}
+    return found
+
+
+def format_differences(differences: dict[str, dict[str, object]], reference: str, seeds: dict[str, int]) -> str:
+    """Rows: metrics; columns: arms; each cell the difference to ``reference`` and its 95% interval, ``*``
+    where the interval excludes zero."""
+    if not differences:
+        return ""
+    arms = list(differences)
+    cells = {arm: {c: _interval(v) for c, v in differences[arm].items() if c != "images"} for arm in arms}
+    width = {arm: max(len(arm), *(len(text) for text in cells[arm].values())) + 2 for arm in arms}
+    images = sorted({differences[arm]["images"] for arm in arms})
+    lines = [
+        f"difference to {reference} (x{seeds[reference]}): mean and paired bootstrap 95% interval over "
+        f"{'/'.join(map(str, images))} val images and the seeds; * the interval excludes 0",
+        f"{'metric':<18}" + "".join(f"{arm:>{width[arm]}}" for arm in arms),
+    ]
+    for metric in COLUMNS:
+        if any(metric in cells[arm] for arm in arms):
+            lines.append(f"{metric:<18}" + "".join(f"{cells[arm].get(metric, '-'):>{width[arm]}}" for arm in arms))
+    return "\n".join(lines)
+
+
+def _interval(value) -> str:
+    mark = "*" if value.excludes_zero else " "
+    return f"{value.difference:+.3f} [{value.low:+.3f}, {value.high:+.3f}]{mark}"
 
 
 def show(args: argparse.Namespace) -> int:
@@ -205,11 +343,54 @@ def show(args: argparse.Namespace) -> int:
     if result.returncode != 0:
         print(f"salgan ablation: dvc exp show failed: {result.stderr.strip()}", file=sys.stderr)
         return 1
-    ours = experiment_metrics(json.loads(result.stdout))
+    shown = json.loads(result.stdout)
+    ours, sources = experiment_metrics(shown), experiment_sources(shown)
     if args.prefix:
         ours = {k: v for k, v in ours.items() if k.startswith(args.prefix) or k == "workspace"}
-    print(format_table(ours))
+    groups = arm_groups(list(ours))
+    means, spreads = summarise(ours, groups)
+    seeds = {arm: len(members) for arm, members in groups.items()}
+    print(format_table(means, spreads, seeds))
+    arms = [arm for arm in groups if arm != "workspace"]
+    reference = _reference(args.reference, arms, args.prefix)
+    if reference is None:
+        return 0
+    scores = {}
+    for arm in arms:
+        for name in groups[arm]:
+            try:
+                scores[name] = read_per_image(*sources[name])
+            except Exception as error:  # noqa: BLE001 -- gone from the cache, another machine's run: say so, go on
+                print(f"{name}: per-image scores unavailable ({type(error).__name__}: {error}); no interval for it")
+    usable = {arm: groups[arm] for arm in arms if all(name in scores for name in groups[arm])}
+    if reference not in usable:
+        return 0
+    print()
+    print(format_differences(arm_differences(usable, scores, reference), reference, seeds))
     return 0
+
+
+def _reference(wanted: str | None, arms: list[str], prefix: str) -> str | None:
+    """The arm the others are compared with: ``--reference`` (with or without the prefix), else the first of
+    the seed paper's arms present (SalGAN itself first), else the first arm; None with fewer than two."""
+    if len(arms) < 2:
+        return None
+    if wanted:
+        for name in (wanted, prefix + wanted):
+            if name in arms:
+                return name
+        raise ConfigError(f"--reference {wanted}: no such arm among {', '.join(arms)}")
+    return next((prefix + arm for arm in ARMS if prefix + arm in arms), arms[0])
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _arm_name(text: str) -> str:
@@ -244,10 +425,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(OBJECTIVES)} (metric: KLD - 0.2 CC - 0.1 NSS), e.g. resnet50-imagenet-gan",
     )
     run.add_argument("--prefix", default="", help="prefix for the experiment names")
+    run.add_argument(
+        "--seeds",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run each arm N times, as ARM-seedK with train.seed the base's + K (another initialisation and "
+        "data order); `salgan ablation show` then gives mean+-std and intervals",
+    )
     run.add_argument("--queue", action="store_true", help="queue the runs (start them with `dvc queue start`)")
     run.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")
-    show_parser = sub.add_parser("show", help="metrics of the workspace and experiments beside Table I")
+    show_parser = sub.add_parser(
+        "show",
+        help="metrics of the workspace and experiments beside Table I: mean+-std over each arm's seeds, and each "
+        "arm's difference to a reference arm with its paired bootstrap 95%% interval over the val images",
+    )
     show_parser.add_argument("--prefix", default="", help="only experiments whose name starts with this")
+    show_parser.add_argument(
+        "--reference", help="the arm the others are compared with (default: imagenet-gan if present, else the first)"
+    )
     args = parser.parse_args(argv)
     return run_command("ablation", lambda: run_arms(args) if args.command == "run" else show(args))
 

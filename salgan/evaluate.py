@@ -186,18 +186,22 @@ def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, 
     model, train = params.model, params.train
     settings = {
         "encoder": f"{model.encoder}, weights {model.encoder_weights}, width {model.width}, "
-        f"{model.freeze_blocks} stages frozen",
+        f"{model.freeze_blocks} stages frozen, decoder init {model.decoder_init}",
         "input": f"{params.prepare.size[0]}x{params.prepare.size[1]}",
         "schedule": f"{train.epochs} epochs, {train.bce_epochs} BCE-only, then {train.adversarial_schedule} G/D",
-        "optimiser": f"AdaGrad, lr G {train.lr_generator} D {train.lr_discriminator}, batch {train.batch_size}",
+        "optimiser": f"AdaGrad, lr G {train.lr_generator} D {train.lr_discriminator}, batch {train.batch_size}"
+        f"; BCE phase {train.bce_optimizer} lr {train.lr_bce or train.lr_generator}; "
+        f"{train.d_steps_per_g} D step(s) per G step, "
+        f"G warm-up {train.g_warmup_steps} steps",
         "losses": f"alpha {train.alpha}, content {describe_content_loss(train.content_loss, train.content_downsample)}"
         f", D loss {train.discriminator_loss}",
+        "discriminator": f"image {model.discriminator_image}, weight-norm gain {model.discriminator_weight_norm_gain}",
     }
     figures = {
         "examples": ("Val examples: best, median and worst by NSS (seed paper Fig. 4)", reports.examples),
         "progression": ("One val image's map, epoch by epoch (seed paper Fig. 3)", reports.progression),
         "animation": ("The same, animated", reports.progression_gif),
-        "losses": ("Losses per epoch", reports.losses),
+        "losses": ("Losses per epoch; beside them, the discriminator on held-out val pairs", reports.losses),
     }
     write_atomic(reports.page, report_page(metrics, TABLE_I, settings, figures))
 

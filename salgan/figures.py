@@ -6,7 +6,8 @@
 - :func:`progression`: its Fig. 3, the chosen val image's map epoch by epoch, as one grid with the epoch on
   each panel and as an animated GIF.
 - :func:`loss_curves`: G, D, content and validation content losses over the epochs, the adversarial phase
-  shaded.
+  shaded; beside them, once the adversarial phase has begun, the discriminator's diagnostics on the
+  held-out batch (salgan/gan_diagnostics.py): accuracy against chance, mean D(real) and D(fake), dead units.
 - :func:`report_page`: ``reports/report.html``, one self-contained page (images embedded, no network): the
   run's settings, the eight metrics beside the centre bias, the ceiling and the seed paper's Table I, and the
   three figures.
@@ -27,6 +28,12 @@ import numpy as np
 from salgan.metrics import METRIC_NAMES
 
 LOSSES = ("g_loss", "content_loss", "d_loss", "val_content_loss")
+DIAGNOSTICS = {
+    "d_accuracy": "D accuracy",
+    "d_real": "mean D(real)",
+    "d_fake": "mean D(fake)",
+    "d_dead_units": "dead D units",
+}
 PANEL_INCHES = 2.2
 
 
@@ -116,23 +123,45 @@ def progression(snapshots: Sequence[Path], png: Path, gif: Path, columns: int = 
 
 
 def loss_curves(history: list[dict], path: Path) -> None:
-    """The losses per epoch (``models/history.json``), the adversarial epochs shaded."""
+    """:func:`loss_figure` saved at ``path``."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 3.6))
+    figure = loss_figure(history)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def loss_figure(history: list[dict]):
+    """The losses per epoch (``models/history.json``), the adversarial epochs shaded; with a second panel
+    beside them, the discriminator's held-out diagnostics, when the history has any (:data:`DIAGNOSTICS`)."""
+    plt = _pyplot()
+    diagnosed = any(r.get(key) is not None for r in history for key in DIAGNOSTICS)
+    figure, axes = plt.subplots(1, 2 if diagnosed else 1, figsize=(12 if diagnosed else 7, 3.6), squeeze=False)
+    losses = axes[0][0]
+    _curves(losses, history, {key: key for key in LOSSES})
+    losses.set_ylabel("loss")
+    losses.set_title("Losses", fontsize=10)
+    if diagnosed:
+        gan = axes[0][1]
+        gan.axhline(0.5, color="0.5", linestyle=":", linewidth=1, label="chance (accuracy 0.5)")
+        _curves(gan, history, DIAGNOSTICS)
+        gan.set_ylim(-0.02, 1.02)
+        gan.set_ylabel("share / probability")
+        gan.set_title("Discriminator on held-out val pairs", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def _curves(axis, history: list[dict], keys: dict[str, str]) -> None:
     epochs = [record["epoch"] for record in history]
-    for key in LOSSES:
+    for key, label in keys.items():
         points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if r.get(key) is not None]
         if points:
-            axis.plot(*zip(*points, strict=True), marker=".", label=key)
+            axis.plot(*zip(*points, strict=True), marker=".", label=label)
     adversarial = [r["epoch"] for r in history if r.get("phase") == "adversarial"]
     if adversarial:
         axis.axvspan(min(adversarial) - 0.5, max(adversarial) + 0.5, color="0.92", label="adversarial phase")
     axis.set_xlabel("epoch")
-    axis.set_ylabel("loss")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 # --- the page -------------------------------------------------------------------------------------------

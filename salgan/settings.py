@@ -147,6 +147,12 @@ class ModelParams(Section):
     discriminator_first_pool: Annotated[Literal[2, 4], trust(KNOB)] = 4  # 4 in the original code, 2 in the paper's
     # weight norm on conv3_1/conv3_2 as the original code; not in the paper
     discriminator_weight_norm: Annotated[bool, trust(KNOB)] = True
+    # fixed: g = 1 as the original; trainable: PyTorch's weight norm
+    discriminator_weight_norm_gain: Annotated[Literal["fixed", "trainable"], trust(KNOB)] = "fixed"
+    # raw: 0-255, the original; or ImageNet mean/std
+    discriminator_image: Annotated[Literal["raw", "normalised"], trust(KNOB)] = "normalised"
+    # VGG16 decoder: glorot, the original (Lasagne's default); or He
+    decoder_init: Annotated[Literal["glorot", "he"], trust(KNOB)] = "he"
     # start from this generator's weights and architecture (fine-tuning): none | models:/NAME@ALIAS |
     # models:/NAME/N | runs:/ID/model | a weights file; encoder, width and encoder_weights then come from it
     init_from: Annotated[str, trust(HOST, ("none",))] = "none"
@@ -157,23 +163,35 @@ class TrainParams(Section):
 
     data: Annotated[str, trust(PLACE)] = "data/prepared"
     output: Annotated[str, trust(PLACE)] = "models"
-    epochs: Annotated[PositiveInt, trust(KNOB)] = 30
+    epochs: Annotated[PositiveInt, trust(KNOB)] = 16
     bce_epochs: Annotated[int, trust(KNOB)] = Field(default=10, ge=0)
-    batch_size: Annotated[PositiveInt, trust(KNOB)] = Field(default=16, le=MAX_BATCH)  # global, split across processes
-    # the paper's 3e-4 suits ImageNet features
-    lr_generator: Annotated[float, trust(KNOB)] = Field(default=3e-3, gt=0)
-    lr_discriminator: Annotated[float, trust(KNOB)] = Field(default=3e-4, gt=0)
-    # the paper's L2 (the original computes it, never adds it)
-    weight_decay: Annotated[float, trust(KNOB)] = Field(default=1e-4, ge=0)
+    batch_size: Annotated[PositiveInt, trust(KNOB)] = Field(default=8, le=MAX_BATCH)  # global, split across processes
+    # the adversarial phase's (and the BCE phase's without lr_bce)
+    lr_generator: Annotated[float, trust(KNOB)] = Field(default=3e-4, gt=0)
+    lr_discriminator: Annotated[float, trust(KNOB)] = Field(default=5e-3, gt=0)
+    # the paper's L2 1e-4; the original computes it, never adds it
+    weight_decay: Annotated[float, trust(KNOB)] = Field(default=0.0, ge=0)
     decay_biases: Annotated[bool, trust(KNOB)] = False  # false: weights only, as Lasagne's l2 regularisation
     # Lasagne's: lr g / sqrt(sum g^2 + eps); 0: PyTorch's form
     adagrad_epsilon: Annotated[float, trust(KNOB)] = Field(default=1e-6, ge=0)
     # weight of the content loss; 1/20 in the original code
     alpha: Annotated[float, trust(KNOB)] = Field(default=0.05, ge=0)
-    # alternate: one batch to D, the next to G
-    adversarial_schedule: Annotated[Literal["alternate", "both"], trust(KNOB)] = "alternate"
+    # both: D steps then a G step on every batch; alternate (the original): one batch to D, the next to G
+    adversarial_schedule: Annotated[Literal["alternate", "both"], trust(KNOB)] = "both"
     # a fresh G optimiser for the adversarial phase, as the original
     reset_optimizer_at_adversarial: Annotated[bool, trust(KNOB)] = True
+    # BCE phase: AdaGrad (paper) | the original's Nesterov
+    bce_optimizer: Annotated[Literal["adagrad", "nesterov"], trust(KNOB)] = "adagrad"
+    # the BCE phase's learning rate; null: lr_generator
+    lr_bce: Annotated[float | None, trust(KNOB)] = Field(default=3e-3, gt=0)
+    # Nesterov momentum (0.5 in the original's BCE script)
+    bce_momentum: Annotated[float, trust(KNOB)] = Field(default=0.5, ge=0, lt=1)
+    # D updates per G update (1 in the original)
+    d_steps_per_g: Annotated[PositiveInt, trust(KNOB)] = Field(default=4, le=64)
+    # the adversarial G lr rises linearly over this many G updates
+    g_warmup_steps: Annotated[int, trust(KNOB)] = Field(default=0, ge=0)
+    # the first N val images: D's accuracy etc. each adversarial epoch
+    diagnostics_images: Annotated[PositiveInt, trust(KNOB)] = Field(default=64, le=4096)
     # mean of the real and fake BCE (original) or their sum
     discriminator_loss: Annotated[Literal["mean", "sum"], trust(KNOB)] = "mean"
     content_downsample: Annotated[PositiveInt, trust(KNOB)] = 4  # BCE on maps average-pooled 4x4 (paper Table 2)
@@ -281,6 +299,12 @@ class Params(Section):
             raise _RuleError(
                 "model.freeze_blocks",
                 "freezing needs pretrained encoder weights (or model.init_from), encoder_weights is none",
+            )
+        if train.bce_optimizer == "nesterov" and not train.reset_optimizer_at_adversarial:
+            raise _RuleError(
+                "train.reset_optimizer_at_adversarial",
+                "the adversarial phase's AdaGrad cannot carry on the state of a Nesterov BCE phase "
+                "(train.bce_optimizer nesterov); expected true",
             )
         if train.bce_epochs > train.epochs:
             raise _RuleError("train.bce_epochs", f"must not exceed train.epochs {train.epochs}, got {train.bce_epochs}")

@@ -42,6 +42,8 @@ from salgan.distributed import (
     under_torchrun,
 )
 from salgan.finetune import InitModel
+from salgan.gan_diagnostics import KEYS as DIAGNOSTICS
+from salgan.gan_diagnostics import gan_diagnostics
 from salgan.layout import ModelFiles, code_version, json_digest, split_version, write_atomic
 from salgan.losses import ContentLoss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
@@ -90,23 +92,49 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def decay_groups(module: torch.nn.Module, params: Params) -> list[dict]:
+    """The module's trainable parameters in two groups: decayed by ``train.weight_decay`` (weights only,
+    as Lasagne's l2 regularisation, unless ``train.decay_biases``; weight norm's directions v count as
+    weights, its gains g do not) and never decayed. The original applies no decay at all: its
+    ``+ 1e-4 * l2(...)`` lines are statements of their own, never added to a loss (weight_decay 0)."""
+    decayed, plain = [], []
+    for name, parameter in module.named_parameters():
+        if parameter.requires_grad:
+            # original: v of the fixed-gain weight norm; original1: v of PyTorch's (original0 is g)
+            is_weight = name.endswith((".weight", ".original", ".original1"))
+            (decayed if is_weight or params.train.decay_biases else plain).append(parameter)
+    groups = [{"params": decayed, "weight_decay": params.train.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
 def adagrad(module: torch.nn.Module, lr: float, params: Params, device: torch.device) -> torch.optim.Adagrad:
     """AdaGrad over the module's trainable parameters as Lasagne's (the original code): the step is
     lr * g / sqrt(sum of g^2 + eps), eps = ``train.adagrad_epsilon`` (1e-6), which an initial accumulator
     of eps reproduces exactly. PyTorch's own form, lr * g / (sqrt(sum of g^2) + 1e-10), moves every weight
     by lr on its first step whatever the gradient's size, so that a rounding-level gradient flips the
-    step's sign (eps 0 selects it). Weight decay on weights only unless ``train.decay_biases``: Lasagne's
-    l2 regularisation skips biases (weight-norm gains are not decayed either)."""
-    decayed, plain = [], []
-    for name, parameter in module.named_parameters():
-        if parameter.requires_grad:
-            is_weight = name.endswith(".weight") or name.endswith(".original1")  # original1: weight norm's v
-            (decayed if is_weight or params.train.decay_biases else plain).append(parameter)
-    groups = [{"params": decayed, "weight_decay": params.train.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    step's sign (eps 0 selects it). Weight decay: :func:`decay_groups`."""
     options = {"foreach": True} if device.type == "cuda" else {}  # fused AdaGrad is CPU-only in torch 2.11
     eps = params.train.adagrad_epsilon
     stability = {"initial_accumulator_value": eps, "eps": 0.0} if eps > 0 else {"eps": 1e-10}
-    return torch.optim.Adagrad([g for g in groups if g["params"]], lr=lr, **stability, **options)
+    return torch.optim.Adagrad(decay_groups(module, params), lr=lr, **stability, **options)
+
+
+def generator_optimizer(
+    generator: torch.nn.Module, params: Params, device: torch.device, adversarial: bool
+) -> torch.optim.Optimizer:
+    """G's optimiser for a phase. Adversarial (and a run without BCE epochs): AdaGrad at
+    ``train.lr_generator``, as the original's SalGAN script. BCE pre-training (``train.bce_optimizer``):
+    ``adagrad`` as the paper says, or ``nesterov``, what the original's BCE script runs: Lasagne's
+    nesterov_momentum, momentum ``train.bce_momentum`` (0.5), learning rate 1e-3 there (``train.lr_bce``;
+    null: lr_generator), no L2. Lasagne's update (v = m v - lr g; w += m v - lr g) is PyTorch's SGD with
+    nesterov and no dampening, step for step."""
+    cfg = params.train
+    if adversarial or not cfg.bce_epochs:
+        return adagrad(generator, cfg.lr_generator, params, device)
+    lr = cfg.lr_bce if cfg.lr_bce is not None else cfg.lr_generator
+    if cfg.bce_optimizer == "nesterov":
+        return torch.optim.SGD(decay_groups(generator, params), lr=lr, momentum=cfg.bce_momentum, nesterov=True)
+    return adagrad(generator, lr, params, device)
 
 
 def build_models(params: Params, size: tuple[int, int], info: DistInfo, init: InitModel | None = None) -> Models:
@@ -117,7 +145,7 @@ def build_models(params: Params, size: tuple[int, int], info: DistInfo, init: In
     if info.device.type == "cuda":
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)
-    opt_g = adagrad(generator, params.train.lr_generator, params, info.device)
+    opt_g = generator_optimizer(generator, params, info.device, adversarial=False)
     opt_d = adagrad(discriminator, params.train.lr_discriminator, params, info.device)
     g_step, d_step = generator, discriminator
     if info.distributed:
@@ -168,12 +196,16 @@ def discriminator_step(
 
 
 def generator_step(
-    models: Models, images, targets, params: Params, logits=None, fixations=None
+    models: Models, images, targets, params: Params, logits=None, fixations=None, lr: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """2. The generator learns to fool the frozen discriminator while staying close to the ground truth
     (Eq. 2); D does not change. The raw discriminator is used so DDP does not all-reduce D gradients
-    that nobody computes. Returns (G loss, content loss)."""
+    that nobody computes. ``lr``: this update's learning rate (the warm-up's). Returns (G loss, content
+    loss)."""
     cfg = params.train
+    if lr is not None:
+        for group in models.opt_g.param_groups:
+            group["lr"] = lr
     with autocast(images.device):
         if logits is None:
             logits = models.g_step(images, return_logits=True)
@@ -193,6 +225,24 @@ def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.step()
 
 
+def warmup_factor(g_update: int, warmup_steps: int) -> float:
+    """The share of ``train.lr_generator`` for the adversarial phase's G update number ``g_update`` (from
+    0): rising linearly, 1/N, 2/N, ..., 1 over ``train.g_warmup_steps`` N updates, then 1. A fresh
+    AdaGrad's first steps move every weight by about lr whatever the gradient's size, and D's gradient
+    is still noise then: without warm-up the content fit is shaken (0.107 -> 0.53 in two steps, offline)."""
+    return min(1.0, (g_update + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def adversarial_turn(step: int, params: Params) -> tuple[bool, int]:
+    """For the adversarial phase's batch number ``step`` (from 0, across epochs): whether G updates on it
+    after D, and G's update number. ``alternate``: in each run of ``train.d_steps_per_g`` + 1 batches the
+    first go to D, the last to G (1: D, G, D, G ... as the original, D first); ``both``: every batch."""
+    if params.train.adversarial_schedule == "both":
+        return True, step
+    cycle = params.train.d_steps_per_g + 1
+    return step % cycle == cycle - 1, step // cycle
+
+
 def train_one_epoch(
     models: Models,
     split: PreparedSplit,
@@ -203,11 +253,12 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over this rank's batches; returns mean losses over the epoch and all ranks.
 
-    Adversarial schedules (``train.adversarial_schedule``): ``alternate`` gives each batch to one network,
-    D first, then G, then D... as the original code (``first_step`` numbers this epoch's first batch in
-    the adversarial phase, so the alternation carries over epochs and resumes); ``both`` runs a D step
-    then a G step on every batch from one generator forward. ``g_loss`` is the mean over G updates,
-    ``d_loss`` over D updates, ``content_loss`` over every batch.
+    Adversarial schedules (``train.adversarial_schedule``, :func:`adversarial_turn`): ``alternate`` gives
+    each batch to one network, D first, ``train.d_steps_per_g`` batches to D then one to G, as the
+    original code with 1 (``first_step`` numbers this epoch's first batch in the adversarial phase, so the
+    alternation carries over epochs and resumes); ``both`` runs ``d_steps_per_g`` D steps then a G step on
+    every batch from one generator forward. G's learning rate follows :func:`warmup_factor`. ``g_loss`` is
+    the mean over G updates, ``d_loss`` over D updates, ``content_loss`` over every batch.
     """
     cfg, device = params.train, split.device
     models.generator.train()
@@ -221,19 +272,25 @@ def train_one_epoch(
         if not adversarial:
             content = g_loss = content_step(models, images, targets, params, fixations)
             g_n = one
-        elif cfg.adversarial_schedule == "both":
-            with autocast(device):
-                logits = models.g_step(images, return_logits=True)  # one generator forward serves both steps
-            d_loss, _ = discriminator_step(models, images, targets, params, logits, fixations)
-            g_loss, content = generator_step(models, images, targets, params, logits, fixations)
-            g_n = d_n = one
-        elif (first_step + i) % 2 == 0:
-            d_loss, content = discriminator_step(models, images, targets, params, fixations=fixations)
-            d_n = one
         else:
-            g_loss, content = generator_step(models, images, targets, params, fixations=fixations)
-            g_n = one
-        totals += torch.stack([g_loss * g_n, g_n, d_loss * d_n, d_n, content, one]).double()
+            g_turn, g_update = adversarial_turn(first_step + i, params)
+            lr = cfg.lr_generator * warmup_factor(g_update, cfg.g_warmup_steps)
+            if cfg.adversarial_schedule == "both":
+                with autocast(device):
+                    logits = models.g_step(images, return_logits=True)  # one generator forward serves every step
+                for _ in range(cfg.d_steps_per_g):
+                    d_loss = d_loss + discriminator_step(models, images, targets, params, logits, fixations)[0]
+                d_n = one * cfg.d_steps_per_g
+                g_loss, content = generator_step(models, images, targets, params, logits, fixations, lr)
+                g_n = one
+            elif g_turn:
+                g_loss, content = generator_step(models, images, targets, params, fixations=fixations, lr=lr)
+                g_n = one
+            else:
+                d_loss, content = discriminator_step(models, images, targets, params, fixations=fixations)
+                d_n = one
+        # d_loss holds the sum over this batch's D updates (zero without one)
+        totals += torch.stack([g_loss * g_n, g_n, d_loss, d_n, content, one]).double()
     g_sum, g_count, d_sum, d_count, content_sum, count = all_reduce_sum(totals).tolist()  # one host sync
     # d_loss is null in BCE epochs: every record carries every plotted key (DVC's plots need them all).
     return {
@@ -275,6 +332,12 @@ def epoch_batches(sampler: DistributedSampler, epoch: int, per_rank: int, device
 
 def _progress(batches: list, adversarial: bool):
     return progress(batches, desc="adversarial" if adversarial else "bce", leave=False, unit="batch")
+
+
+def diagnostics(models: Models, probe) -> dict[str, float]:
+    """D's accuracy, mean D(real) and D(fake), and dead-unit share on the fixed held-out ``probe`` batch
+    (salgan/gan_diagnostics.py); rank 0 measures them, on the raw modules."""
+    return gan_diagnostics(models.generator, models.discriminator, probe.images, probe.maps)
 
 
 @torch.no_grad()
@@ -450,6 +513,8 @@ def _train(params: Params, info: DistInfo, log) -> int:
     state, made_from = _decide_start(params, info, log, init)
     start, history, snapshots = 0, [], []
     if state is not None:
+        if int(state["epoch"]) > cfg.bce_epochs:  # made in the adversarial phase: by its optimiser
+            models.opt_g = generator_optimizer(models.generator, params, info.device, adversarial=True)
         restore(models, state)
         start, history, snapshots = int(state["epoch"]), list(state["history"]), list(state["snapshots"])
     if start >= cfg.epochs:
@@ -476,12 +541,13 @@ def _train(params: Params, info: DistInfo, log) -> int:
         f"{info.world_size} process(es) on {info.device.type}"
     )
     snapshot_index = min(cfg.snapshot_image, len(val_split) - 1)
+    probe = val_split.take(torch.arange(min(cfg.diagnostics_images, len(val_split)), device=val_split.index_device))
     begin = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         adversarial = epoch >= cfg.bce_epochs
         if epoch == cfg.bce_epochs and cfg.reset_optimizer_at_adversarial:
             # The original code starts the adversarial phase with a fresh optimiser (it loads only weights).
-            models.opt_g = adagrad(models.generator, cfg.lr_generator, params, info.device)
+            models.opt_g = generator_optimizer(models.generator, params, info.device, adversarial=True)
         tic = time.perf_counter()
         batches = epoch_batches(sampler, epoch, per_rank, train_split.index_device)
         first_step = (epoch - cfg.bce_epochs) * len(batches) if adversarial else 0
@@ -494,6 +560,7 @@ def _train(params: Params, info: DistInfo, log) -> int:
         error = None
         if info.is_main:
             try:
+                record |= diagnostics(models, probe) if adversarial else dict.fromkeys(DIAGNOSTICS)
                 snapshots.append(snapshot(models, val_split, snapshot_index))
                 _end_of_epoch(models, made_from, params, history, snapshots, out, tracker)
                 log(_epoch_line(record, cfg.epochs, time.perf_counter() - begin))
@@ -531,7 +598,7 @@ def _end_of_epoch(models, made_from, params, history, snapshots, out, tracker) -
 def _epoch_line(record: dict, epochs: int, elapsed: float) -> str:
     losses = " ".join(
         f"{k} {record[k]:.4f}"
-        for k in ("g_loss", "content_loss", "d_loss", "val_content_loss")
+        for k in ("g_loss", "content_loss", "d_loss", "val_content_loss", "d_accuracy")
         if record.get(k) is not None
     )
     return (

@@ -135,7 +135,10 @@ def tiny_params(tmp_path: Path, **train_overrides):
         "bce_epochs": 1,
         "batch_size": 8,
         "lr_generator": 3e-3,
+        "lr_bce": None,  # the BCE phase at lr_generator too
         "lr_discriminator": 1e-3,
+        "adversarial_schedule": "alternate",  # the original's schedule: what the schedule tests count
+        "d_steps_per_g": 1,
         "device": "cpu",
         "nproc": 1,
     }

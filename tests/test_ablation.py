@@ -1,5 +1,7 @@
 import subprocess
+import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -145,3 +147,117 @@ def test_the_table_shows_each_arms_cost_from_its_metrics_file():
     assert found == {"workspace": {"nss": 2.0, "params_m": 24.5167, "gflops": 11.39, "train_images_per_s": 310.2}}
     row = next(line for line in format_table(found).splitlines() if line.startswith("ours: workspace")).split()
     assert row[-3:] == ["24.5", "11.4", "310.2"] and row[6] == "2.000"
+
+
+# --- seeds and intervals ---------------------------------------------------------------------------------
+
+
+def test_seeds_run_each_arm_under_its_own_train_seed(tmp_path, monkeypatch, capsys):
+    from salgan import ablation
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(BASE)))
+    assert ablation.main(["run", "--arms", "random-gan", "random-bce", "--seeds", "3", "--dry-run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ dvc exp run")]
+    names = [line.split("--name ")[1].split()[0] for line in commands]
+    assert names == [f"{arm}-seed{k}" for arm in ("random-gan", "random-bce") for k in range(3)]
+    assert [line.split("train.seed=")[1].split()[0] for line in commands] == ["0", "1", "2"] * 2
+    # one seed: the arm's own name, the base's seed pinned (a previous -S train.seed must not leak in)
+    assert ablation.seeded_runs("random-gan", 1, {}, BASE) == [("random-gan", arm_overrides("random-gan", {}, BASE))]
+    assert arm_overrides("random-gan", {}, BASE)["train.seed"] == BASE.train.seed
+    with pytest.raises(SystemExit) as refused:  # a usage error, exit status 2, before anything runs
+        ablation.main(["run", "--seeds", "0", "--dry-run"])
+    assert refused.value.code == 2 and "--seeds: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_seeded_experiments_group_into_arms_with_mean_and_spread():
+    from salgan.ablation import arm_groups, summarise
+
+    names = ["x-random-gan-seed1", "x-random-gan-seed0", "x-random-bce", "workspace", "x-random-gan-seed10"]
+    groups = arm_groups(names)
+    assert groups == {
+        "x-random-gan": ["x-random-gan-seed0", "x-random-gan-seed1", "x-random-gan-seed10"],
+        "x-random-bce": ["x-random-bce"],
+        "workspace": ["workspace"],
+    }
+    ours = {name: {"nss": 1.0, "cc": 0.5} for name in names}
+    ours |= {"x-random-gan-seed0": {"nss": 2.0, "cc": 0.5}, "x-random-gan-seed1": {"nss": 2.2, "cc": 0.5}}
+    ours["x-random-gan-seed10"] = {"nss": 2.4, "cc": 0.5, "params_m": 1.0}
+    means, spreads = summarise(ours, groups)
+    assert means["x-random-gan"] == pytest.approx({"nss": 2.2, "cc": 0.5})  # params_m: not in every seed
+    assert spreads["x-random-gan"] == pytest.approx({"nss": 0.2, "cc": 0.0}) and "x-random-bce" not in spreads
+    table = format_table(means, spreads, {arm: len(members) for arm, members in groups.items()})
+    row = next(line for line in table.splitlines() if line.startswith("ours: x-random-gan x3"))
+    assert "2.200+-0.200" in row.split() and "0.500+-0.000" in row.split()
+    assert "ours: x-random-bce " in table and "xN: mean+-std over N seeds" in table
+
+
+def test_arm_differences_pair_the_images_both_arms_scored():
+    from salgan.ablation import arm_differences, format_differences
+
+    rng = np.random.default_rng(0)
+    difficulty = {f"img{i}": rng.normal(2, 1) for i in range(60)}
+
+    def scores(shift):
+        return {image: {"nss": d + shift + rng.normal(0, 0.1), "cc": 0.5} for image, d in difficulty.items()}
+
+    scored = {"gan-seed0": scores(0.5), "gan-seed1": scores(0.5), "bce-seed0": scores(0.0), "bce-seed1": scores(0.0)}
+    scored["bce-seed1"]["extra"] = {"nss": 9.0, "cc": 0.5}  # scored by one experiment only: left out
+    groups = {"gan": ["gan-seed0", "gan-seed1"], "bce": ["bce-seed0", "bce-seed1"]}
+    found = arm_differences(groups, scored, "bce")
+    assert set(found) == {"gan"} and found["gan"]["images"] == 60
+    assert found["gan"]["nss"].low < 0.5 < found["gan"]["nss"].high and found["gan"]["nss"].excludes_zero
+    assert found["gan"]["cc"] == (0.0, 0.0, 0.0)
+    text = format_differences(found, "bce", {"gan": 2, "bce": 2})
+    assert "difference to bce (x2)" in text and "60 val images" in text
+    nss = next(line for line in text.splitlines() if line.startswith("nss"))
+    assert nss.rstrip().endswith("*") and nss.split()[1].startswith("+0.")
+    assert not next(line for line in text.splitlines() if line.startswith("cc ")).rstrip().endswith("*")
+
+
+SCORER = """
+import csv, json, pathlib, random, yaml
+params = yaml.safe_load(open("params.yaml"))
+rng = random.Random(params["train"]["seed"] * 1000 + int(params["arm"]["shift"] * 100))
+rows = [{"index": i, "name": f"img{i}", "nss": i % 5 + params["arm"]["shift"] + rng.gauss(0, 0.1), "cc": 0.5}
+        for i in range(40)]
+pathlib.Path("reports").mkdir(exist_ok=True)
+with open("reports/per_image.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+means = {key: sum(r[key] for r in rows) / len(rows) for key in ("nss", "cc")}
+pathlib.Path("reports/metrics.json").write_text(json.dumps(means))
+"""
+
+
+def test_show_reads_each_experiments_per_image_scores_from_dvc_and_marks_real_differences(
+    tmp_path, monkeypatch, capsys
+):
+    """A real DVC repository: two arms x two seeds as `dvc exp run` experiments, each writing its per-image
+    scores as a cached output; `salgan ablation show` reads them back per experiment revision."""
+    from salgan import ablation
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    (tmp_path / "score.py").write_text(SCORER)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"seed": 0}, "arm": {"shift": 0.0}}))
+    stage = {"cmd": f"{sys.executable} score.py", "deps": ["score.py"], "params": ["train.seed", "arm.shift"]}
+    stage |= {"outs": ["reports/per_image.csv"], "metrics": [{"reports/metrics.json": {"cache": False}}]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"score": stage}}))
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "x"]):
+        subprocess.run(command, check=True, capture_output=True)
+    for arm, shift in (("gan", 0.3), ("bce", 0.0)):
+        for seed in (0, 1):
+            overrides = ["-S", f"train.seed={seed}", "-S", f"arm.shift={shift}"]
+            subprocess.run(
+                ["dvc", "exp", "run", "--name", f"{arm}-seed{seed}", *overrides], check=True, capture_output=True
+            )
+    assert ablation.main(["show", "--reference", "bce"]) == 0
+    out = capsys.readouterr().out
+    assert "ours: gan x2" in out and "ours: bce x2" in out
+    assert "difference to bce (x2)" in out and "40 val images" in out
+    nss = next(line for line in out.splitlines() if line.startswith("nss "))
+    difference, low, high = (float(v.strip("[],*")) for v in nss.split()[1:4])
+    assert difference == pytest.approx(0.3, abs=0.05) and low < 0.3 < high and nss.rstrip().endswith("*")

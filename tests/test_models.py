@@ -12,6 +12,7 @@ from salgan.models import (
     load_generator,
 )
 from salgan.settings import ModelParams
+from tests.conftest import same_weights
 
 
 def test_generator_full_width_keeps_input_size():
@@ -254,3 +255,92 @@ def test_the_settings_offer_exactly_the_encoders_the_models_build():
     from salgan.models import ENCODERS
 
     assert typing.get_args(ModelParams.model_fields["encoder"].annotation) == ENCODERS
+
+
+# --- the original code's choices, each a setting that changes only what it names -------------------------
+
+
+def _first_layer_input(disc: Discriminator, image: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+    seen = []
+    hook = disc.features[0].register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))
+    disc(image, saliency)
+    hook.remove()
+    return seen[0]
+
+
+def test_the_discriminators_first_layer_sees_the_image_in_the_range_its_setting_names():
+    """raw: pixel values 0-255, as the original's D takes the network's raw input; normalised: ImageNet's
+    mean and std. The map reaches the layer unchanged either way."""
+    image, saliency = torch.rand(2, 3, 48, 64), torch.rand(2, 1, 48, 64)
+    raw = _first_layer_input(Discriminator((64, 48), image_input="raw"), image, saliency)
+    normalised = _first_layer_input(Discriminator((64, 48), image_input="normalised"), image, saliency)
+    torch.testing.assert_close(raw[:, :3], image * 255)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
+    torch.testing.assert_close(normalised[:, :3], (image - mean) / std)
+    assert torch.equal(raw[:, 3:], saliency) and torch.equal(normalised[:, 3:], saliency)
+
+
+def test_the_fixed_weight_norm_gain_is_one_and_no_parameter_while_trainable_gains_are():
+    """The original's WeightNormLayer (train_g=False): w = v / sqrt(1e-6 + ||v||^2) per filter, g = 1 fixed
+    and nowhere among the parameters an optimiser gets; PyTorch's weight norm adds a trainable g."""
+    torch.manual_seed(0)
+    fixed = Discriminator((64, 48), weight_norm_gain="fixed")
+    trainable = Discriminator((64, 48), weight_norm_gain="trainable")
+    names = {name for name, _ in fixed.named_parameters()}
+    assert {"features.10.parametrizations.weight.original", "features.12.parametrizations.weight.original"} <= names
+    assert not any(name.endswith("original0") for name in names)  # no g
+    assert sum(p.numel() for p in trainable.parameters()) - sum(p.numel() for p in fixed.parameters()) == 2 * 64
+    conv = fixed.features[10]
+    v = conv.parametrizations.weight.original.detach().clone()
+    norms = v.flatten(1).norm(dim=1)
+    torch.testing.assert_close(conv.weight.detach().flatten(1).norm(dim=1), norms / torch.sqrt(1e-6 + norms**2))
+    # after an update of v, each filter still has norm ~1: only the directions learn
+    optimizer = torch.optim.SGD(fixed.parameters(), lr=0.5)
+    fixed(torch.rand(2, 3, 48, 64), torch.rand(2, 1, 48, 64)).sum().backward()
+    optimizer.step()
+    after = conv.weight.detach().flatten(1).norm(dim=1)
+    assert not torch.equal(conv.parametrizations.weight.original.detach(), v)
+    torch.testing.assert_close(after, torch.ones(64), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("decoder_init", ["glorot", "he"])
+def test_decoder_init_sets_the_decoders_distribution_and_leaves_the_encoder_alone(decoder_init):
+    """glorot (Lasagne's default, the original's decoder): uniform within +-sqrt(6 / (fan_in + fan_out)),
+    zero biases; he: normal with std sqrt(2 / fan_out). The encoder starts the same under either."""
+    torch.manual_seed(0)
+    generator = Generator(width=0.25, decoder_init=decoder_init)
+    torch.manual_seed(0)
+    other = Generator(width=0.25, decoder_init="he" if decoder_init == "glorot" else "glorot")
+    assert same_weights(generator.encoder.state_dict(), other.encoder.state_dict())
+    assert not same_weights(generator.decoder.state_dict(), other.decoder.state_dict())
+    convs = [m for m in (*generator.decoder.modules(), generator.output) if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 14  # 13 decoder convolutions and the 1x1 output
+    for conv in convs:
+        fan_in, fan_out = conv.weight[0].numel(), conv.weight.shape[0] * conv.weight[0, 0].numel()
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        weight = conv.weight.detach()
+        assert torch.count_nonzero(conv.bias) == 0
+        if decoder_init == "glorot":
+            assert weight.abs().max() <= bound
+            if weight.numel() > 1000:  # enough draws to tell the distributions apart
+                assert weight.abs().max() > 0.95 * bound
+                assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+        elif weight.numel() > 1000:
+            assert weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+
+
+def test_the_settings_build_the_original_discriminator_and_decoder():
+    from salgan.models import build_discriminator
+
+    model = ModelParams(encoder_weights="none", width=0.125)
+    disc = build_discriminator(model.model_copy(update={"discriminator_image": "raw"}), (64, 48))
+    assert disc.image_input == "raw"
+    plain = build_discriminator(
+        model.model_copy(update={"discriminator_weight_norm_gain": "trainable", "discriminator_image": "normalised"}),
+        (64, 48),
+    )
+    assert plain.image_input == "normalised" and any(n.endswith("original0") for n, _ in plain.named_parameters())
+    assert build_generator(model.model_copy(update={"decoder_init": "he"})).decoder_init == "he"

@@ -235,7 +235,7 @@ def random_settings(rng) -> dict:
         section, name = key.split(".")
         info = Params.model_fields[section].annotation.model_fields[name]
         bounds = {
-            a: getattr(m, a) for m in info.metadata for a in ("ge", "gt", "le") if getattr(m, a, None) is not None
+            a: getattr(m, a) for m in info.metadata for a in ("ge", "gt", "le", "lt") if getattr(m, a, None) is not None
         }
         annotation = info.annotation
         if typing.get_origin(annotation) is typing.Literal:
@@ -250,6 +250,7 @@ def random_settings(rng) -> dict:
                 rng.choice([10 ** rng.uniform(-9, 12), rng.uniform(0, 3), 1e-06, 1e16, 0.1]), bounds.get("le", 1e300)
             )
             value = max(value, bounds.get("gt", 0) + 1e-9) if "gt" in bounds else value
+            value = min(value, bounds["lt"] * (1 - 1e-9)) if "lt" in bounds else value
         elif annotation is str:
             value = _random_string(rng, "abcXYZ019_.-") if name == "algorithm" else _random_string(rng)
         elif key == "prepare.size":
@@ -259,7 +260,7 @@ def random_settings(rng) -> dict:
             value = rng.choice(["bce", {n: rng.choice([1.0, -0.2, 2.5e-07, 3]) * 1.0 for n in names}])
         elif key == "train.nproc":
             value = rng.choice(["auto", rng.randint(1, 64)])
-        elif key == "train.data_budget_gb":
+        elif key in ("train.data_budget_gb", "train.lr_bce"):
             value = rng.choice([None, 10 ** rng.uniform(-3, 3)])
         else:
             raise AssertionError(f"no generator for {key} ({annotation}); add one")
@@ -272,6 +273,8 @@ def random_settings(rng) -> dict:
         values["model.width"] = 1.0
     values["predict.blur_size"] = rng.choice([0, 1, 3, 5, 99])
     values["train.bce_epochs"] = min(values["train.bce_epochs"], values["train.epochs"])
+    if values["train.bce_optimizer"] == "nesterov":
+        values["train.reset_optimizer_at_adversarial"] = True
     params_from_dict(nest(values))  # valid, or the generator above is wrong
     return values
 

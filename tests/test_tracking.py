@@ -86,6 +86,11 @@ def test_training_records_params_metrics_and_artifacts(trained):
     for key in ("g_loss", "content_loss", "val_content_loss", "images_per_s", "lr"):
         assert [m.step for m in client.get_metric_history(record["run_id"], key)] == [1, 2], key
     assert [m.step for m in client.get_metric_history(record["run_id"], "d_loss")] == [2]  # adversarial only
+    # the discriminator's held-out diagnostics, as history.json records them, adversarial epochs only
+    history = json.loads((root / "models" / "history.json").read_text())
+    for key in ("d_accuracy", "d_real", "d_fake", "d_dead_units"):
+        logged = client.get_metric_history(record["run_id"], key)
+        assert [(m.step, m.value) for m in logged] == [(2, pytest.approx(history[1][key]))], key
     snapshots = [f.path for f in client.list_artifacts(record["run_id"], "snapshots")]
     assert snapshots == ["snapshots/epoch_001.png", "snapshots/epoch_002.png"]
     assert "params.yaml" in [f.path for f in client.list_artifacts(record["run_id"])]

@@ -20,12 +20,15 @@ from salgan.layout import ModelFiles
 from salgan.settings import params_from_dict, to_dict
 from salgan.train import (
     adagrad,
+    adversarial_turn,
     build_models,
     discriminator_step,
     epoch_batches,
+    generator_optimizer,
     generator_step,
     run,
     train_one_epoch,
+    warmup_factor,
 )
 from tests.conftest import on_one_cpu, same_weights, tiny_params, weights, write_prepared
 
@@ -113,6 +116,107 @@ def test_alternation_starts_with_the_discriminator_and_carries_over_epochs(tmp_p
     assert (adagrad_steps(models.opt_g), adagrad_steps(models.opt_d)) == (1, 1)
 
 
+@pytest.mark.parametrize(
+    ("schedule", "d_steps", "g_updates", "d_updates"), [("alternate", 3, 1, 3), ("both", 3, 4, 12), ("both", 1, 4, 4)]
+)
+def test_d_steps_per_g_gives_the_discriminator_that_many_updates_per_generator_update(
+    tmp_path, schedule, d_steps, g_updates, d_updates
+):
+    """4 batches: alternate with 3 D steps per G step spends 3 on D and the 4th on G; both runs 3 D steps and
+    a G step on every batch."""
+    params, split, models, _, _ = models_and_batch(tmp_path, adversarial_schedule=schedule, d_steps_per_g=d_steps)
+    batches = [torch.arange(i * 8, i * 8 + 8) for i in range(4)]
+    train_one_epoch(models, split, batches, True, params, 0)
+    assert (adagrad_steps(models.opt_g), adagrad_steps(models.opt_d)) == (g_updates, d_updates)
+
+
+def test_the_alternation_with_several_d_steps_carries_over_epochs():
+    params = params_from_dict({"train": {"d_steps_per_g": 2, "adversarial_schedule": "alternate"}})
+    turns = [adversarial_turn(step, params) for step in range(7)]
+    assert turns == [(False, 0), (False, 0), (True, 0), (False, 1), (False, 1), (True, 1), (False, 2)]
+    both = params_from_dict({"train": {"d_steps_per_g": 2, "adversarial_schedule": "both"}})
+    assert [adversarial_turn(step, both) for step in range(3)] == [(True, 0), (True, 1), (True, 2)]
+
+
+def test_the_generators_warm_up_scales_its_first_adversarial_steps(tmp_path):
+    """AdaGrad's step is linear in its rate: with a warm-up of 4 G updates the first G update moves every
+    weight by a quarter of what it moves without one (same weights, same batch), the second at half rate."""
+    assert [warmup_factor(k, 4) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+    moved = {}
+    for warmup in (0, 4):
+        params, split, models, _, _ = models_and_batch(tmp_path / str(warmup), g_warmup_steps=warmup)
+        models.opt_g = generator_optimizer(models.generator, params, CPU.device, adversarial=True)
+        before = clone(models.generator)
+        train_one_epoch(models, split, [torch.arange(8)], True, params, first_step=1)  # batch 1: G's first update
+        moved[warmup] = {k: v - before[k] for k, v in clone(models.generator).items() if v.is_floating_point()}
+        rates = {group["lr"] for group in models.opt_g.param_groups}
+        assert rates == {params.train.lr_generator * (0.25 if warmup else 1)}
+        if warmup:
+            train_one_epoch(models, split, [torch.arange(8)], True, params, first_step=3)  # G's second update
+            assert {group["lr"] for group in models.opt_g.param_groups} == {params.train.lr_generator / 2}
+    assert any(step.abs().max() > 0 for step in moved[0].values())
+    for name, step in moved[0].items():
+        torch.testing.assert_close(moved[4][name], step / 4, rtol=1e-3, atol=1e-7)  # float32 rounding of w + step
+
+
+def test_the_nesterov_bce_phase_is_lasagnes_update_then_the_adversarial_phase_runs_adagrad(tmp_path):
+    """The original's BCE script: Lasagne's nesterov_momentum (v = m v - lr g; w += m v - lr g), momentum
+    0.5, its own rate, no decay; the adversarial phase then starts a fresh AdaGrad at lr_generator."""
+    params = tiny_params(tmp_path, bce_optimizer="nesterov", lr_bce=0.05, bce_momentum=0.5, weight_decay=0.0)
+    models = build_models(params, (64, 48), CPU)
+    assert type(models.opt_g) is torch.optim.SGD
+    assert {
+        (g["lr"], g["momentum"], g["nesterov"], g["dampening"], g["weight_decay"]) for g in models.opt_g.param_groups
+    } == {(0.05, 0.5, True, 0, 0.0)}
+    w = models.generator.output.weight
+    start, velocity = w.detach().clone(), torch.zeros_like(w)
+    expected = start.clone()
+    for gradient in (torch.full_like(w, 0.2), torch.full_like(w, -0.1)):
+        for parameter in models.generator.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+        w.grad = gradient.clone()
+        models.opt_g.step()
+        velocity = 0.5 * velocity - 0.05 * gradient
+        expected = expected + 0.5 * velocity - 0.05 * gradient
+    torch.testing.assert_close(w.detach(), expected)
+    adversarial = generator_optimizer(models.generator, params, CPU.device, adversarial=True)
+    assert type(adversarial) is torch.optim.Adagrad and adversarial.param_groups[0]["lr"] == params.train.lr_generator
+
+
+def test_a_nesterov_bce_phase_trains_and_resumes_into_the_adversarial_phase(tmp_path, capsys):
+    """The checkpoint of an adversarial epoch holds AdaGrad's state: a resumed run must rebuild G's optimiser
+    as AdaGrad before loading it, and end with the weights of an uninterrupted run."""
+    settings = {"bce_optimizer": "nesterov", "lr_bce": 1e-3, "epochs": 3, "bce_epochs": 1}
+    whole = tiny_params(tmp_path / "whole", **settings)
+    run(whole)
+    parts = tiny_params(tmp_path / "parts", **(settings | {"epochs": 2}))
+    run(parts)
+    state = checkpoint.load(tmp_path / "parts" / "models" / CHECKPOINT_FILE)
+    state["identity"]["settings"] = train_module.settings_version(tiny_params(tmp_path / "parts", **settings))
+    checkpoint.save_atomic(state, tmp_path / "parts" / "models" / CHECKPOINT_FILE)
+    run(tiny_params(tmp_path / "parts", **settings))
+    assert "resuming" in capsys.readouterr().out
+    assert same_weights(
+        weights(tmp_path / "whole" / "models" / GENERATOR_FILE), weights(tmp_path / "parts" / "models" / GENERATOR_FILE)
+    )
+
+
+@pytest.mark.parametrize("bce_optimizer", ["adagrad", "nesterov"])
+def test_weight_decay_zero_moves_nothing_on_a_zero_gradient(tmp_path, bce_optimizer):
+    """The original applies no decay: with weight_decay 0 a zero gradient leaves every weight where it is,
+    whichever optimiser (with 1e-4, as before, the weights shrink)."""
+    for decay, moves in ((0.0, False), (1e-4, True)):
+        params = tiny_params(tmp_path / str(decay), weight_decay=decay, bce_optimizer=bce_optimizer)
+        generator = build_models(params, (64, 48), CPU).generator
+        optimizer = generator_optimizer(generator, params, CPU.device, adversarial=False)
+        before = clone(generator)
+        for parameter in generator.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+        optimizer.step()
+        assert same_weights(clone(generator), before) is not moves
+
+
 def test_weight_decay_moves_weights_not_biases_by_adagrads_first_step(tmp_path):
     """A zero gradient plus decay wd gives g = wd * w; Lasagne's AdaGrad then moves w by lr * g / sqrt(g^2 + eps)."""
     params = tiny_params(tmp_path, weight_decay=0.01, lr_generator=0.1)
@@ -180,6 +284,27 @@ def test_training_reduces_the_content_loss(tmp_path):
     assert all(set(h) >= {"g_loss", "content_loss", "d_loss", "val_content_loss"} for h in history)
     assert [h["d_loss"] is None for h in history] == [True] * 3 + [False] * 3
     assert len(list((tmp_path / "models" / "snapshots").glob("epoch_*.png"))) == 6
+
+
+def discriminator_record(tmp_path, **train_overrides) -> list[dict]:
+    """history.json's adversarial epochs of a tiny run with D's image normalised and fixed weight-norm gain."""
+    params = to_dict(tiny_params(tmp_path, **train_overrides))
+    params["model"] |= {"discriminator_image": "normalised", "discriminator_weight_norm_gain": "fixed"}
+    run(params_from_dict(params))
+    return [h for h in json.loads((tmp_path / "models" / HISTORY_FILE).read_text()) if h["phase"] == "adversarial"]
+
+
+def test_a_discriminator_set_to_learn_beats_chance_on_held_out_pairs_and_a_frozen_one_does_not(tmp_path):
+    """The held-out diagnostics measure D, not noise: 3 D steps per G step at lr 3e-3 (60 D updates on the
+    tiny data, whose real maps are sharp squares and G's maps, after one BCE epoch, grey blurs) take D's
+    accuracy on the 8 val pairs it never trains on well above chance and pull D(real) and D(fake) apart; the
+    same run with D's rate at 1e-12 (frozen: it moves by about 1e-12 a step) stays at chance."""
+    learning = {"epochs": 6, "bce_epochs": 1, "adversarial_schedule": "both", "d_steps_per_g": 3}
+    learnt = discriminator_record(tmp_path / "learns", lr_discriminator=3e-3, **learning)
+    assert learnt[-1]["d_accuracy"] > 0.6 and learnt[-1]["d_real"] - learnt[-1]["d_fake"] > 0.1
+    frozen = discriminator_record(tmp_path / "frozen", lr_discriminator=1e-12, **(learning | {"epochs": 3}))
+    assert all(abs(h["d_accuracy"] - 0.5) <= 0.1 and abs(h["d_real"] - h["d_fake"]) < 0.01 for h in frozen)
+    assert all(h["d_dead_units"] < 0.5 for h in learnt + frozen)
 
 
 @pytest.mark.parametrize(("reset", "g_updates"), [(True, 2), (False, 4 + 2)])

@@ -41,13 +41,13 @@ class EncoderWeightsError(InputError):
     """Encoder weights could not be found or do not fit the encoder."""
 
 
-def build_generator(model_params) -> Generator:
+def build_generator(model) -> Generator:
     """Generator from ``model`` settings: encoder, width, encoder weights (imagenet | none | path), frozen
     blocks."""
-    generator = Generator(width=model_params.width, encoder=model_params.encoder)
-    if model_params.encoder_weights != "none":
-        load_encoder_weights(generator, model_params.encoder_weights)
-        generator.freeze_blocks(model_params.freeze_blocks)
+    generator = Generator(width=model.width, encoder=model.encoder, decoder_init=model.decoder_init)
+    if model.encoder_weights != "none":
+        load_encoder_weights(generator, model.encoder_weights)
+        generator.freeze_blocks(model.freeze_blocks)
     return generator
 
 
@@ -56,6 +56,8 @@ def build_discriminator(model_params, input_size: tuple[int, int]) -> Discrimina
         input_size=input_size,
         first_pool=model_params.discriminator_first_pool,
         weight_norm=model_params.discriminator_weight_norm,
+        weight_norm_gain=model_params.discriminator_weight_norm_gain,
+        image_input=model_params.discriminator_image,
     )
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from salgan.models.generator import IMAGENET_MEAN, IMAGENET_STD
 
@@ -11,18 +14,33 @@ from salgan.models.generator import IMAGENET_MEAN, IMAGENET_STD
 class Discriminator(nn.Module):
     """(image, saliency map) -> logit of "this map is a real human map for this image".
 
-    Input: RGB (N, 3, H, W) in [0, 1] and a map (N, 1, H, W) in [0, 1], concatenated into 4 channels; the
-    image is normalised with the ImageNet statistics first, as the generator's is (the original feeds
-    the discriminator the same mean-subtracted image as the generator).
+    Input: RGB (N, 3, H, W) in [0, 1] and a map (N, 1, H, W) in [0, 1], concatenated into 4 channels.
+    ``image_input`` is what D's first layer sees of the image: ``raw``, pixel values 0-255, as the original
+    (its D takes the network's raw input; the Caffe mean subtraction happens inside the generator's VGG
+    only), or ``normalised`` with ImageNet's mean and std, as the generator's encoder sees it (values of
+    about -2..2, closer to the map's 0..1).
     Layers: 1x1 conv 4->3 + ReLU; conv 32; max-pool ``first_pool`` (4 in the original code, 2 in the
     paper's table); conv 64, conv 64, max-pool 2; conv 64, conv 64, max-pool 2; FC 100 tanh; FC 2 tanh;
     FC 1. The final sigmoid is folded into the loss (BCE with logits), which is the same function and
     stays finite under bf16 autocast. With ``weight_norm`` (the original code; the paper does not mention
-    it) conv3_1 and conv3_2 are weight-normalised (Salimans & Kingma 2016): w = g v / ||v|| per filter.
+    it) conv3_1 and conv3_2 are weight-normalised (Salimans & Kingma 2016), w = g v / ||v|| per filter:
+    ``weight_norm_gain`` ``fixed`` is the original's (its WeightNormLayer has ``train_g=False``, g = 1, and
+    ||v|| = sqrt(1e-6 + sum v^2)), so each filter keeps unit norm and only its direction learns;
+    ``trainable`` is PyTorch's weight norm, g a parameter starting at ||v||.
     """
 
-    def __init__(self, input_size: tuple[int, int] = (256, 192), first_pool: int = 4, weight_norm: bool = True):
+    def __init__(
+        self,
+        input_size: tuple[int, int] = (256, 192),
+        first_pool: int = 4,
+        weight_norm: bool = True,
+        weight_norm_gain: Literal["fixed", "trainable"] = "trainable",
+        image_input: Literal["raw", "normalised"] = "normalised",
+    ):
         super().__init__()
+        if image_input not in ("raw", "normalised") or weight_norm_gain not in ("fixed", "trainable"):
+            raise ValueError(f"unknown discriminator input {image_input!r} or weight-norm gain {weight_norm_gain!r}")
+        self.image_input = image_input
         width, height = input_size
         reduction = first_pool * 4
         if width % reduction or height % reduction:
@@ -49,7 +67,10 @@ class Discriminator(nn.Module):
         self.reset_parameters()
         if weight_norm:
             for conv3 in (self.features[10], self.features[12]):  # conv3_1, conv3_2
-                nn.utils.parametrizations.weight_norm(conv3, dim=0)
+                if weight_norm_gain == "fixed":
+                    parametrize.register_parametrization(conv3, "weight", UnitNorm())
+                else:
+                    nn.utils.parametrizations.weight_norm(conv3, dim=0)
 
     def reset_parameters(self) -> None:
         """Lasagne's defaults, which the original relies on: Glorot-uniform weights, zero biases. PyTorch's
@@ -61,6 +82,16 @@ class Discriminator(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, image: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
-        image = (image - self.mean) / self.std  # centred, as the original's mean-subtracted input
+        image = image * 255.0 if self.image_input == "raw" else (image - self.mean) / self.std
         features = self.features(torch.cat([image, saliency.to(image.dtype)], dim=1))
         return self.classifier(features.flatten(1)).squeeze(1)
+
+
+class UnitNorm(nn.Module):
+    """The original's weight norm with its gain fixed at 1: each output filter v / sqrt(1e-6 + ||v||^2)
+    (Lasagne's WeightNormLayer, train_g=False). No parameter of its own: the optimiser sees only v."""
+
+    eps = 1e-6
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return v / torch.sqrt(self.eps + v.square().sum(dim=tuple(range(1, v.dim())), keepdim=True))

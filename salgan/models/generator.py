@@ -58,9 +58,11 @@ class Generator(nn.Module):
     instead, which matches Caffe's VGG16 weights only.
     """
 
-    def __init__(self, width: float = 1.0, encoder: str = "vgg16"):
+    def __init__(self, width: float = 1.0, encoder: str = "vgg16", decoder_init: str = "he"):
         super().__init__()
-        self.width, self.encoder_name = width, encoder
+        if decoder_init not in ("he", "glorot"):
+            raise ValueError(f"decoder_init: expected he or glorot, got {decoder_init!r}")
+        self.width, self.encoder_name, self.decoder_init = width, encoder, decoder_init
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # Saved with the weights, so whatever reads a generator.pt rebuilds the same network from it alone.
@@ -82,19 +84,29 @@ class Generator(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation, as torchvision initialises VGG: 26 plain ReLU convolutions under PyTorch's
-        default init shrink the signal layer by layer until a random encoder cannot learn.
+        """VGG16: the encoder He-initialised, as torchvision initialises VGG (26 plain ReLU convolutions
+        under PyTorch's default init shrink the signal layer by layer until a random encoder cannot learn;
+        the original never has a random encoder: it loads VGG16's ImageNet weights). The mirrored decoder
+        and the output convolution (``decoder_init``): ``he`` as the encoder, or ``glorot``, Lasagne's
+        default that the original's decoder starts from: Glorot-uniform weights, bounds
+        +-sqrt(6 / (fan_in + fan_out)), and zero biases.
 
-        The other encoders keep their torchvision initialisation. Their skip decoder is He-initialised
-        over its inputs (fan_in: a 1x1 projection of ResNet-50's 2048 channels initialised over its 128
-        outputs would multiply the variance by 16) and its output convolution starts small, so that the
-        first maps are near 0.5 rather than saturated: a sigmoid at exactly 0 or 1 in float32 gives the
-        KLD, CC and NSS terms no gradient (a random ResNet-50 started at logits of +-500 otherwise)."""
+        The other encoders keep their torchvision initialisation. Their skip decoder (whatever
+        ``decoder_init``: the original has none) is He-initialised over its inputs (fan_in: a 1x1
+        projection of ResNet-50's 2048 channels initialised over its 128 outputs would multiply the
+        variance by 16) and its output convolution starts small, so that the first maps are near 0.5
+        rather than saturated: a sigmoid at exactly 0 or 1 in float32 gives the KLD, CC and NSS terms no
+        gradient (a random ResNet-50 started at logits of +-500 otherwise)."""
         if self.encoder_name == "vgg16":
             for module in self.modules():
                 if isinstance(module, nn.Conv2d):
                     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                     nn.init.zeros_(module.bias)
+            if self.decoder_init == "glorot":
+                for module in (*self.decoder.modules(), self.output):
+                    if isinstance(module, nn.Conv2d):
+                        nn.init.xavier_uniform_(module.weight)
+                        nn.init.zeros_(module.bias)
             return
         for module in self.decoder.modules():
             if isinstance(module, nn.Conv2d):

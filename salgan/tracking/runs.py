@@ -41,7 +41,9 @@ from salgan.urls import redact_text, redact_url
 if TYPE_CHECKING:
     from salgan.distributed import DistInfo
 
+# The losses, the speed, and the discriminator's held-out diagnostics (salgan/gan_diagnostics.py).
 EPOCH_METRICS = ("g_loss", "content_loss", "d_loss", "val_content_loss", "images_per_s", "lr")
+EPOCH_METRICS += ("d_accuracy", "d_real", "d_fake", "d_dead_units")
 # While the server is unreachable, training tries again at most this often ($SALGAN_TRACKING_RETRY_S).
 RETRY_SECONDS = float(os.environ.get("SALGAN_TRACKING_RETRY_S", "60"))
 
