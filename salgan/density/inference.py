@@ -212,7 +212,7 @@ def answer_rows(generator, frame, decoded: dict, results: list[dict], options, d
             continue
         try:
             sizes = np.array([original_size], dtype=np.int64)
-            log_density = next(log_densities(generator, array[None], sizes, 1, device))
+            log_density = next(log_densities(generator, np.array(array[None]), sizes, 1, device))
             centre = centre_log_density(generator, tuple(original_size), CENTRE_SIGMA) if metric else None
             chosen = output_array(log_density, kind, metric, centre, options)
             results[row]["saliency"] = base64.b64encode(npy_bytes(chosen)).decode("ascii")

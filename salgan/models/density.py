@@ -32,6 +32,7 @@ OUTPUTS = ("map", "density")
 MAX_PRIOR_SIDE = 8192  # a crafted weights file must not name a huge prior
 UNIFORM_MIX = 0.01  # as salgan.evaluate's IG baseline: no pixel of the prior has probability 0
 INITIAL_BLUR_SIGMA = 2.0  # px at the model's input size
+INITIAL_OUTPUT_STD = 0.01  # the last convolution's weights at the start: the density starts near its prior
 
 
 class DensityGenerator(Generator):
@@ -68,12 +69,13 @@ class DensityGenerator(Generator):
             self.blur_log_sigma = nn.Parameter(torch.tensor(math.log(INITIAL_BLUR_SIGMA)))
 
     def reset_parameters(self) -> None:
-        """The generator's initialisation, then the last convolution at zero: an untrained density model is
-        its prior (uniform without one), as DeepGaze starts from its centre bias, and training moves it away
-        only where the images say so."""
+        """The generator's initialisation, then the last convolution's weights small (std 0.01, bias 0): an
+        untrained density model is close to its prior (uniform without one), as DeepGaze starts from its
+        centre bias. Not zero: every earlier layer's gradient passes through these weights, and AdaGrad
+        scales a small gradient up to a full step, so all layers learn from the first batch."""
         super().reset_parameters()
         last = self.output if isinstance(self.output, nn.Conv2d) else self.output[0]
-        nn.init.zeros_(last.weight)
+        nn.init.normal_(last.weight, std=INITIAL_OUTPUT_STD)
         nn.init.zeros_(last.bias)
 
     def set_log_prior(self, log_prior: torch.Tensor) -> None:
