@@ -5,7 +5,9 @@ original size, 5x5 Gaussian blur), then every image is scored with the eight met
 :mod:`salgan.metrics` against its original fixations and map. Two baselines are scored with the same
 code: a centre-bias Gaussian (the bar a model must clear) and the ground-truth map itself (the ceiling).
 Information gain is measured against the density of the training fixations (blurred, mixed 1% with a
-uniform map so that no pixel has zero probability).
+uniform map so that no pixel has zero probability). A density model (``model.output: density``) is also
+scored by its log-likelihood and information gain, and with ``evaluate.metric_maps`` on each metric's own
+map (:mod:`salgan.density.scores`).
 
 Outputs: ``reports/metrics.json`` (means, ``data_version``: the val split's version from
 :mod:`salgan.layout`, ``baselines.center_bias`` / ``baselines.ground_truth``, and ``fingerprint``: what the

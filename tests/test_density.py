@@ -267,6 +267,8 @@ def test_the_sim_map_beats_the_blurred_density_on_fresh_simulated_ground_truth()
     assert maps.expected_sim(made, fresh) == pytest.approx(mean_sim[0], rel=1e-5)
     assert mean_sim[0] > mean_sim[1] + 0.002, mean_sim  # 0.531 against 0.526
     np.testing.assert_array_equal(made, maps.metric_map(log_density, "sim", sigma=1.5, n_fixations=12, seed=1))
+    with pytest.raises(ValueError, match="the SIM map of a 1x4097 image"):  # bounded memory, whatever the input
+        maps.sim_map(np.full((1, 4097), -np.log(4097)), 1.5, 12)
 
 
 # --- the submission's validator ---------------------------------------------------------------------------

@@ -45,6 +45,9 @@ KINDS = ("density", "shuffled", "blurred", "sim")
 SIM_SAMPLES = 24  # simulated ground-truth maps to optimise against, and as many again to choose the best map by
 SIM_STEPS = 40
 SIM_STEP_SIZE = 0.3  # exponentiated-gradient step on the simplex: the gradient of SIM is a fraction in [0, 1]
+# The SIM map holds 2 x SIM_SAMPLES float32 maps of the image and a filter matrix per side: bounded, so that a
+# large request to the served model cannot take the host's memory (640x480: 59 MB; the bounds: 384 MB).
+SIM_MAX_PIXELS, SIM_MAX_SIDE = 2_000_000, 4096
 
 __all__ = ["KINDS", "MAP_OF", "blurred_map", "density_map", "metric_map", "shuffled_map", "sim_map"]
 
@@ -120,6 +123,12 @@ def sim_map(log_density: Any, sigma: float, n_fixations: int, seed: int = 0) -> 
     so the result never scores below p * G on them. Deterministic for a ``seed``.
     """
     density = density_map(log_density)
+    h, w = density.shape
+    if h * w > SIM_MAX_PIXELS or max(h, w) > SIM_MAX_SIDE:
+        raise ValueError(
+            f"the SIM map of a {h}x{w} image: more than {SIM_MAX_PIXELS} pixels or a side over {SIM_MAX_SIDE} "
+            "(its simulated ground-truth maps would not fit the memory it is allowed); use a smaller image"
+        )
     rng = np.random.default_rng([seed, 0x5117])
     train = empirical_maps(density, sigma, n_fixations, SIM_SAMPLES, rng)
     held_out = empirical_maps(density, sigma, n_fixations, SIM_SAMPLES, rng)
