@@ -53,11 +53,13 @@ def trained(tmp_path_factory):
 def test_nll_training_raises_the_log_likelihood_above_the_centre_bias(trained):
     root, _, params, metrics = trained
     centre = metrics["baselines"]["center_bias"]
-    assert metrics["log_likelihood"] > centre["log_likelihood"] + 0.02, (metrics["log_likelihood"], centre)
-    assert metrics["density_information_gain"] > 0.02
-    # both in bits per fixation over the same fixations: IG over the baseline is LL minus the baseline's LL
-    assert metrics["density_information_gain"] == pytest.approx(metrics["log_likelihood"] - centre["log_likelihood"])
-    assert centre["density_information_gain"] == 0.0
+    assert metrics["log_likelihood"] > centre["log_likelihood"] + 0.1, (metrics["log_likelihood"], centre)
+    assert metrics["density_information_gain"] > 0.02  # over the training fixations' density, a stronger bar
+    # both in bits per fixation over the same fixations and the same baseline: IGs differ as LLs do
+    assert metrics["density_information_gain"] - centre["density_information_gain"] == pytest.approx(
+        metrics["log_likelihood"] - centre["log_likelihood"]
+    )
+    assert centre["density_information_gain"] < 0  # the Gaussian explains the fixations worse than the IG baseline
     history = json.loads((root / "models" / "history.json").read_text())
     assert history[-1]["val_content_loss"] < history[0]["val_content_loss"] - 0.05  # nats per fixation
     written = json.loads((root / "reports" / "metrics.json").read_text())

@@ -6,8 +6,9 @@ density model is scored as the MIT/Tuebingen benchmark scores one:
 - ``log_likelihood`` and ``density_information_gain``: the val fixations' LL (over the uniform density)
   and IG over the centre-bias baseline, bits per fixation, averaged over all fixations (pysaliency's
   definitions, :mod:`salgan.density.metrics`), from the log-density at each image's original size. The
-  baseline is evaluate's information-gain baseline (the training fixations' density, 1% uniform), whose
-  own LL is reported beside as ``baselines.center_bias.log_likelihood`` (and its IG over itself, 0).
+  IG baseline is evaluate's (the training fixations' density, 1% uniform; its own LL is LL - IG). The
+  centre-bias Gaussian that evaluate scores beside the model gets both too, as a density
+  (``baselines.center_bias``).
 - with ``evaluate.metric_maps: true``, ``metric_maps``: each of the eight metrics scored on its own derived
   map (:mod:`salgan.density.maps`), by the same code and conventions as the plain scores (means over images).
 """
@@ -17,12 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.special import logsumexp
 
 from salgan.density.inference import BatchedLogDensities, MetricMaps, centre_log_density
 from salgan.density.maps import KINDS, MAP_OF
 from salgan.density.metrics import split_scores
 from salgan.errors import InputError
-from salgan.metrics import METRIC_NAMES
+from salgan.metrics import METRIC_NAMES, center_bias_map
 from salgan.models.density import output_of
 
 DENSITY_KEYS = ("log_likelihood", "density_information_gain")
@@ -41,7 +43,10 @@ def add_density_scores(metrics: dict, rows: list[dict], generator, params, val, 
     for row, scores in zip(rows, per_image, strict=True):
         row.update(scores)
     metrics.update(means)
-    _, centre = split_scores([log_baseline] * len(val.names), val.coords, val.offsets, log_baseline)
+    shape = tuple(int(s) for s in val.maps_full.shape[1:])
+    gaussian = np.log(center_bias_map(shape, params.evaluate.center_bias_sigma))
+    log_gaussian = gaussian - logsumexp(gaussian)  # the centre-bias baseline of evaluate, as a density
+    _, centre = split_scores([log_gaussian] * len(val.names), val.coords, val.offsets, log_baseline)
     metrics["baselines"]["center_bias"].update(centre)
     if params.evaluate.metric_maps:
         metrics["metric_maps"] = metric_map_scores(log_densities, generator, params, val, common)
