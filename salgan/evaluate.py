@@ -5,7 +5,9 @@ original size, 5x5 Gaussian blur), then every image is scored with the eight met
 :mod:`salgan.metrics` against its original fixations and map. Two baselines are scored with the same
 code: a centre-bias Gaussian (the bar a model must clear) and the ground-truth map itself (the ceiling).
 Information gain is measured against the density of the training fixations (blurred, mixed 1% with a
-uniform map so that no pixel has zero probability).
+uniform map so that no pixel has zero probability). A density model (``model.output: density``) is also
+scored by its log-likelihood and information gain, and with ``evaluate.metric_maps`` on each metric's own
+map (:mod:`salgan.density.scores`).
 
 Outputs: ``reports/metrics.json`` (means, ``data_version``: the val split's version from
 :mod:`salgan.layout`, ``baselines.center_bias`` / ``baselines.ground_truth``, and ``fingerprint``: what the
@@ -147,6 +149,9 @@ def evaluate(params: Params) -> dict:
         "fingerprint": fingerprint.fingerprint(fingerprint.today(params), input_size(val), weights),
         "datasets": dataset_tags(params),
     }
+    from salgan.density.scores import add_density_scores
+
+    add_density_scores(metrics, rows, generator, params, val, common)  # LL, IG, metric maps: density models only
 
     reports = ReportFiles(Path(cfg.output))
     reports.root.mkdir(parents=True, exist_ok=True)
@@ -213,8 +218,9 @@ def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, genera
         return None
     from salgan.tracking.models import record_evaluation
 
-    extra = ("baselines", "n_images", "data_version", "cost", "fingerprint", "datasets")
+    extra = ("baselines", "n_images", "data_version", "cost", "fingerprint", "datasets", "metric_maps")
     means = {k: v for k, v in metrics.items() if k not in extra}
+    means |= {f"metric_map_{k}": v for k, v in metrics.get("metric_maps", {}).items()}
     artifacts = [reports.metrics, reports.per_image, reports.examples, reports.progression, reports.progression_gif]
     artifacts += [reports.losses, reports.page]
     return record_evaluation(
@@ -231,12 +237,15 @@ def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, genera
 
 def summary_table(metrics: dict) -> str:
     """Model, centre bias and ceiling side by side."""
+    from salgan.density.scores import DENSITY_KEYS
     from salgan.metrics import METRIC_NAMES
 
-    columns = {"model": metrics, **metrics["baselines"]}
-    lines = [f"{'metric':<18}" + "".join(f"{name:>14}" for name in columns)]
-    for key in METRIC_NAMES:
-        lines.append(f"{key:<18}" + "".join(f"{column[key]:>14.4f}" for column in columns.values()))
+    columns = {"model": metrics, **({"metric maps": metrics["metric_maps"]} if "metric_maps" in metrics else {})}
+    columns |= metrics["baselines"]
+    lines = [f"{'metric':<26}" + "".join(f"{name:>14}" for name in columns)]
+    for key in METRIC_NAMES + tuple(k for k in DENSITY_KEYS if k in metrics):
+        cells = (f"{column[key]:>14.4f}" if key in column else f"{'-':>14}" for column in columns.values())
+        lines.append(f"{key:<26}" + "".join(cells))
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from salgan.datasets import prepared_dataset
+from salgan.errors import ConfigError
 from salgan.layout import write_atomic
 
 LINEAGE_FILE = "lineage.json"  # in train.output, beside generator.pt
@@ -73,8 +74,12 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 def initial_generator(init: InitModel, model_params) -> torch.nn.Module:
     """A generator of ``init``'s architecture holding its weights, ``model.freeze_blocks`` stages frozen."""
     from salgan.models import generator_from_state_dict
+    from salgan.models.density import DensityGenerator
 
     generator = generator_from_state_dict(init.state)
+    if isinstance(generator, DensityGenerator) != (model_params.output == "density"):
+        kind = "a density" if isinstance(generator, DensityGenerator) else "a map"
+        raise ConfigError(f"model.init_from: {init.uri} is {kind} model; set model.output to match it")
     if model_params.freeze_blocks:
         generator.freeze_blocks(model_params.freeze_blocks)
     return generator

@@ -50,7 +50,7 @@ PARENT_RUN_ENV = "SALGAN_MLFLOW_PARENT_RUN_ID"
 TRAINING_CORE = ("train.py", "losses.py", "data.py", "layout.py", "checkpoint.py", "distributed.py", "models")
 # The modules whose code decides a validation score of given weights (the promotion gate's fingerprint): the
 # generator's forward pass, the input conversion, the post-processing, the metrics and the scoring itself.
-SCORING_CODE = ("evaluate.py", "scoring.py", "metrics.py", "inference.py", "data.py", "models")
+SCORING_CODE = ("evaluate.py", "scoring.py", "metrics.py", "inference.py", "data.py", "models", "density")
 
 
 # --- the prepared data ------------------------------------------------------------------------------------

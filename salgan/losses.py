@@ -42,7 +42,7 @@ def _cell_log_mean_exp(x: torch.Tensor, cell: int) -> torch.Tensor:
 
 # MATLAB's eps, as salgan.metrics' KLD (MIT KLdiv.m).
 EPS = 2.2204e-16
-TERMS = ("bce", "kld", "cc", "nss")
+TERMS = ("bce", "kld", "cc", "nss", "nll")
 
 
 def kld_term(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -74,6 +74,23 @@ def nss_term(probs: torch.Tensor, fixations: torch.Tensor) -> torch.Tensor:
     return torch.where(_constant(probs), torch.zeros_like(score), score)
 
 
+def nll_term(log_density: torch.Tensor, fixations: torch.Tensor) -> torch.Tensor:
+    """The fixations' negative log-likelihood under the density, in nats per fixation over the batch:
+    ``-sum_i sum_x c_i(x) log p_i(x) / sum_i sum_x c_i(x)`` with ``c`` the fixation counts at the training
+    size and ``log p`` (N, 1, H, W) normalised over each image's pixels (pysaliency's ``log_likelihoods``,
+    matthias-k/pysaliency models.py, averaged per fixation and negated)."""
+    counts = fixations.float()
+    return -(counts * log_density).sum() / counts.sum().clamp_min(1)
+
+
+def map_log_density(logits: torch.Tensor) -> torch.Tensor:
+    """A map model's sigmoid map read as a density, in logs: ``log sigmoid(z) - logsumexp(log sigmoid(z))``
+    over each image's pixels (the map divided by its sum, as pysaliency's ``convert_saliency_map_to_density``
+    and the information-gain metric read a map), exact from the logits."""
+    flat = F.logsigmoid(logits.float()).flatten(-2)
+    return (flat - torch.logsumexp(flat, dim=-1, keepdim=True)).view_as(logits)
+
+
 def _constant(maps: torch.Tensor) -> torch.Tensor:
     """Per image: all values equal (compared exactly, as salgan.metrics: a rounded std may not be 0)."""
     return maps.amax(dim=(1, 2, 3)) == maps.amin(dim=(1, 2, 3))
@@ -101,29 +118,43 @@ class ContentLoss:
     """``train.content_loss``: ``bce`` (Eq. 1, the paper) or ``{term: weight}``, the weighted sum of
     batch means of ``bce`` (Eq. 1), ``kld``, ``cc`` and ``nss`` (the metrics' definitions, on the predicted
     map at the training size, in float32). SAM (Cornia et al. 2018) trains on KLD - CC - NSS with weights
-    10 : 2 : 1, i.e. ``{kld: 1.0, cc: -0.2, nss: -0.1}``: a metric to maximise takes a negative weight."""
+    10 : 2 : 1, i.e. ``{kld: 1.0, cc: -0.2, nss: -0.1}``: a metric to maximise takes a negative weight.
+    ``nll`` is the fixations' negative log-likelihood (:func:`nll_term`) under the model's density.
 
-    def __init__(self, spec: str | dict[str, float] = "bce", downsample: int = 4):
+    ``output`` (``model.output``): ``map``, the generator's output is sigmoid logits; ``density``, it is a
+    log-density (salgan/models/density.py), whose map for kld, cc and nss is the density divided by its
+    maximum (the three are blind to a map's scale) and which has no bce."""
+
+    def __init__(self, spec: str | dict[str, float] = "bce", downsample: int = 4, output: str = "map"):
         self.weights = {"bce": 1.0} if spec == "bce" else {k: float(v) for k, v in spec.items() if v}
         unknown = set(self.weights) - set(TERMS)
         if unknown:
             raise ValueError(f"unknown content-loss term {sorted(unknown)[0]!r}; known: {', '.join(TERMS)}")
-        self.downsample = downsample
+        if output == "density" and "bce" in self.weights:
+            raise ValueError("a density model has no bce content-loss term (nll, kld, cc or nss)")
+        self.downsample, self.output = downsample, output
 
     @property
     def needs_fixations(self) -> bool:
-        return "nss" in self.weights
+        return "nss" in self.weights or "nll" in self.weights
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, fixations: torch.Tensor | None = None):
-        """The loss of a batch of generator logits against its maps (and fixation counts for ``nss``)."""
+        """The loss of a batch of generator outputs (logits, or a density model's log-density) against its
+        maps (and fixation counts for ``nss`` and ``nll``)."""
         total = logits.new_zeros((), dtype=torch.float32)
-        probs = torch.sigmoid(logits.float()) if set(self.weights) - {"bce"} else None
+        probs = None
+        if set(self.weights) - {"bce", "nll"}:
+            z = logits.float()
+            probs = torch.exp(z - z.amax(dim=(-2, -1), keepdim=True)) if self.output == "density" else torch.sigmoid(z)
         for term, weight in self.weights.items():
+            if term in ("nss", "nll") and fixations is None:
+                raise ValueError(f"the {term} content-loss term needs the batch's fixation counts")
             if term == "bce":
                 value = content_loss(logits, target, self.downsample)
+            elif term == "nll":
+                log_density = logits.float() if self.output == "density" else map_log_density(logits)
+                value = nll_term(log_density, fixations)
             elif term == "nss":
-                if fixations is None:
-                    raise ValueError("the nss content-loss term needs the batch's fixation counts")
                 value = nss_term(probs, fixations.float()).mean()
             else:
                 value = (kld_term if term == "kld" else cc_term)(probs, target.float()).mean()

@@ -42,7 +42,12 @@ from salgan.layout import ModelFiles, atomic_directory, json_digest, read_split,
 if TYPE_CHECKING:
     from salgan.settings import Params
 
-ARCHIVES = {"2017": "submission.zip", "2015": "results.zip", "mit-tuebingen": "saliency_maps.zip"}
+ARCHIVES = {
+    "2017": "submission.zip",
+    "2015": "results.zip",
+    "mit-tuebingen": "saliency_maps.zip",
+    "mit-tuebingen-density": "log_densities.zip",
+}
 MANIFEST = "manifest.json"
 MAX_LISTED = 5  # problems of one kind shown in an error message; the count says how many more
 ALGORITHM_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -218,6 +223,12 @@ def package(
     manifest. For the 2015 format the val maps come from ``val_predictions`` or are predicted with
     ``model``."""
     predictions, model, fmt = Path(predictions), Path(model), params.package.format
+    if fmt == "mit-tuebingen-density":  # log-densities predicted from the model (salgan/density/submission.py)
+        from salgan.density.submission import package_density
+
+        if not model.is_file():
+            raise PackageError(f"{model}: model file not found (pass --model)")
+        return package_density(params, model)
     if fmt == "mit-tuebingen" or no_test_split(params.train.data):
         return package_benchmark(params, predictions, model)
     dataset = prepared_dataset(params.train.data)

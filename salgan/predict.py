@@ -491,7 +491,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blur", type=int, help="Gaussian blur kernel size, 0: none (default: predict.blur_size)")
     parser.add_argument("--size", type=parse_size, help="model input WxH (default: the model's own, else 256x192)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    _density_arguments(parser)
     return parser
+
+
+def _density_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--kind`` and ``--metric``: what a density model (model.output: density) writes (salgan/density/)."""
+    from salgan.density.inference import KINDS
+    from salgan.metrics import METRIC_NAMES
+
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="map",
+        help="map: 8-bit PNG saliency maps (default); log-density: <name>.npy float32 log-densities at the image's "
+        "size (density models); metric-map: <name>.npy float32 map that maximises --metric's expected score "
+        "under the density (Kuemmerer et al. 2018)",
+    )
+    parser.add_argument("--metric", choices=METRIC_NAMES, help="the metric of --kind metric-map")
+
+
+def _check_density_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.kind != "map" and not args.inputs:
+        parser.error(f"--kind {args.kind} needs INPUTS (the predict stage writes PNG maps)")
+    if (args.kind == "metric-map") != (args.metric is not None):
+        parser.error("--metric goes with --kind metric-map, and --kind metric-map needs --metric")
+    if args.kind != "map" and args.overlay:
+        parser.error(f"--overlay draws saliency maps; it does not go with --kind {args.kind}")
+    if args.kind != "map" and (is_s3(args.output or "") or any(is_s3(text) for text in args.inputs)):
+        parser.error(f"--kind {args.kind} writes to a local folder; S3 inputs and outputs take --kind map")
 
 
 def _output_location(text: str) -> str | Path:
@@ -510,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--output DIR is required with INPUTS")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
+    _check_density_arguments(parser, args)
     if not args.inputs:
         return run_command("predict", lambda: _stage_main(load_params(args.params)))
     return run_command("predict", lambda: _tool_main(args))
@@ -537,6 +566,8 @@ def _tool_main(args: argparse.Namespace) -> int:
     model = args.model or f"models:/{params.mlflow.model_name}@champion"
     generator, size = load_model(model, params, args.size)
     device = default_device() if args.device == "auto" else torch.device(args.device)
+    if args.kind != "map":
+        return _density_main(args, generator, size, options, device, params, model)
     if is_s3(args.output) or any(is_s3(text) for text in args.inputs):
         return _batch_main(args, generator, size, options, device, model)
     jobs, errors = collect(args.inputs, exclude=args.output)
@@ -545,6 +576,25 @@ def _tool_main(args: argparse.Namespace) -> int:
     for error in errors:
         print(f"salgan predict: skipped {error}", file=sys.stderr)
     print(f"wrote {written} maps to {args.output}" + (f"; {len(errors)} inputs failed" if errors else ""))
+    return 1 if errors else 0
+
+
+def _density_main(args, generator, size, options: PredictParams, device, params: Params, model: str) -> int:
+    """``--kind log-density | metric-map``: .npy files from a density model (salgan/density/inference.py)."""
+    from salgan.density.inference import predict_density_files
+    from salgan.models.density import output_of
+
+    if output_of(generator) != "density":
+        raise ModelError(f"--model {model}: --kind {args.kind} needs a density model (model.output: density)")
+    jobs, errors = collect(args.inputs, exclude=args.output)
+    written, failed = predict_density_files(
+        generator, jobs, args.output, size, args.kind, args.metric, options, params.evaluate.center_bias_sigma, device
+    )
+    errors += failed
+    for error in errors:
+        print(f"salgan predict: skipped {error}", file=sys.stderr)
+    what = "log-densities" if args.kind == "log-density" else f"{args.metric} maps"
+    print(f"wrote {written} {what} to {args.output}" + (f"; {len(errors)} inputs failed" if errors else ""))
     return 1 if errors else 0
 
 

@@ -15,6 +15,11 @@ boolean column ``overlay``. Output, one row per input row: ``saliency``, the map
 as a base64 PNG; ``overlay``, a base64 JPEG heat map over the image when asked, else empty; and
 ``error``, empty when the row succeeded, else why it did not (a row that cannot be read fails alone).
 The decoding, resizing, prediction and post-processing are ``salgan predict``'s own functions.
+
+A density model (``model.output: density``; MLmodel ``metadata.output``) answers a row with an optional
+``kind`` column of ``log-density`` with its log-density, and of ``metric-map`` (with ``metric``, one of
+salgan.metrics.METRIC_NAMES) with that metric's map (salgan/density/), in ``saliency`` as base64 ``.npy``
+bytes (float32, the image's size; ``numpy.load`` reads them); ``map`` or no kind: the PNG map as above.
 """
 
 from __future__ import annotations
@@ -45,7 +50,14 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema([ColSpec("binary", "image"), ColSpec("boolean", "overlay", required=False)])
+    inputs = Schema(
+        [
+            ColSpec("binary", "image"),
+            ColSpec("boolean", "overlay", required=False),
+            ColSpec("string", "kind", required=False),  # map | log-density | metric-map (density models)
+            ColSpec("string", "metric", required=False),
+        ]
+    )
     outputs = Schema([ColSpec("string", "saliency"), ColSpec("string", "overlay"), ColSpec("string", "error")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -62,7 +74,9 @@ def input_example():
     return pd.DataFrame({"image": [buffer.getvalue()], "overlay": [True]})
 
 
-def save_model(path, mlflow_model, generator_path, size, blur_size: int = 5, max_pixels: int = 50_000_000, **_):
+def save_model(
+    path, mlflow_model, generator_path, size, blur_size: int = 5, max_pixels: int = 50_000_000, density=None, **_
+):
     """Write the model folder: the weights at ``extra_files/generator.pt``, the serving settings, the
     signature and input example, the environment, and MLmodel with this module as the pyfunc loader."""
     import mlflow.pyfunc
@@ -75,6 +89,7 @@ def save_model(path, mlflow_model, generator_path, size, blur_size: int = 5, max
     (path / LOGGED_WEIGHTS).parent.mkdir(parents=True)
     shutil.copyfile(generator_path, path / LOGGED_WEIGHTS)
     settings = {"input_size": [int(size[0]), int(size[1])], "blur_size": blur_size, "max_pixels": max_pixels}
+    settings |= density or {}  # a density model's metric-map settings (salgan/density/inference.py)
     (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     mlflow_model.signature = signature()
     _save_example(mlflow_model, input_example(), str(path))
@@ -100,6 +115,7 @@ def _load_pyfunc(data_path: str, model_config=None) -> SaliencyService:
     service = SaliencyService(generator_from_state_dict(state).eval(), size, int(settings["blur_size"]), max_pixels)
     service.max_rows = int(os.environ.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
     service.max_request_pixels = int(os.environ.get(MAX_REQUEST_PIXELS_ENV) or DEFAULT_MAX_REQUEST_PIXELS)
+    service.density_settings = {k: settings[k] for k in ("metric_map_sigma", "sim_fixations") if k in settings}
     return service
 
 
@@ -115,6 +131,7 @@ class SaliencyService:
         self.size, self.blur_size, self.max_pixels = size, blur_size, max_pixels
         self.batch_size = 16
         self.max_rows, self.max_request_pixels = DEFAULT_MAX_ROWS, DEFAULT_MAX_REQUEST_PIXELS
+        self.density_settings: dict = {}
 
     def get_raw_model(self):
         """The generator itself (``PyFuncModel.get_raw_model()``): a torch module taking (N, 3, H, W) RGB in
@@ -152,7 +169,12 @@ class SaliencyService:
                 decoded[row] = decode_image(io.BytesIO(data), self.size, wanted[row], self.max_pixels)
             except ValueError as exc:
                 results[row]["error"] = f"row {row}: {exc}"
-        rows, options = list(decoded), PredictParams(batch_size=self.batch_size, blur_size=self.blur_size)
+        options = PredictParams(batch_size=self.batch_size, blur_size=self.blur_size, **self.density_settings)
+        if {"kind", "metric"} & set(frame.columns):  # density kinds, row by row (salgan/density/inference.py)
+            from salgan.density.inference import answer_rows
+
+            answer_rows(self.generator, frame, decoded, results, options, self.device)
+        rows = [row for row in decoded if not (results[row]["saliency"] or results[row]["error"])]
         for start in range(0, len(rows), self.batch_size):
             batch = [(row, decoded[row]) for row in rows[start : start + self.batch_size]]
             outcomes = predict_each(self.generator, batch, options, self.device)

@@ -156,6 +156,12 @@ class ModelParams(Section):
     # start from this generator's weights and architecture (fine-tuning): none | models:/NAME@ALIAS |
     # models:/NAME/N | runs:/ID/model | a weights file; encoder, width and encoder_weights then come from it
     init_from: Annotated[str, trust(HOST, ("none",))] = "none"
+    # map: the paper's sigmoid map; density: a log-density over pixels (Kümmerer et al. 2018; models/density.py)
+    output: Annotated[Literal["map", "density"], trust(KNOB)] = "map"
+    # density: the centre-bias log-prior fitted on the train fixations, blurred with this fraction of the
+    # image diagonal (as evaluate.ig_baseline_sigma); null: no prior
+    density_prior_sigma: Annotated[float | None, trust(KNOB)] = Field(default=0.05, gt=0, le=1)
+    density_blur: Annotated[bool, trust(KNOB)] = False  # density: a learned Gaussian blur of the logits
 
 
 class TrainParams(Section):
@@ -196,7 +202,10 @@ class TrainParams(Section):
     discriminator_loss: Annotated[Literal["mean", "sum"], trust(KNOB)] = "mean"
     content_downsample: Annotated[PositiveInt, trust(KNOB)] = 4  # BCE on maps average-pooled 4x4 (paper Table 2)
     # bce (the paper) or a weighted sum of metric terms, e.g. {kld: 1.0, cc: -0.2, nss: -0.1} (SAM's loss)
-    content_loss: Annotated[Literal["bce"] | dict[Literal["bce", "kld", "cc", "nss"], float], trust(KNOB)] = "bce"
+    # nll: the fixations' negative log-likelihood under the map as a density (nats per fixation)
+    content_loss: Annotated[Literal["bce"] | dict[Literal["bce", "kld", "cc", "nss", "nll"], float], trust(KNOB)] = (
+        "bce"
+    )
     seed: Annotated[int, trust(KNOB)] = 0
     # auto: every visible GPU, 1 on CPU
     nproc: Annotated[Annotated[int, Field(ge=1, le=MAX_NPROC)] | Literal["auto"], trust(KNOB)] = "auto"
@@ -226,6 +235,8 @@ class EvaluateParams(Section):
     # blur of the training-fixation density for IG
     ig_baseline_sigma: Annotated[float, trust(KNOB, scores=True)] = Field(default=0.05, gt=0)
     grid_images: Annotated[PositiveInt, trust(KNOB)] = Field(default=6, le=100)
+    # density models: also score each metric on its own derived map (Kümmerer et al. 2018)
+    metric_maps: Annotated[bool, trust(KNOB, scores=True)] = False
 
 
 class PredictParams(Section):
@@ -237,6 +248,11 @@ class PredictParams(Section):
     blur_size: Annotated[int, trust(KNOB, scores=True)] = Field(default=5, ge=0, le=99)
     # salgan predict's inputs declaring more pixels are skipped, named
     max_pixels: Annotated[PositiveInt, trust(LIMIT)] = 50_000_000
+    # metric maps of a density model: the ground-truth maps' Gaussian (px at the original size; salicon-api's
+    # 19), which the CC, KLD and SIM maps blur the density with
+    metric_map_sigma: Annotated[float, trust(KNOB, scores=True)] = Field(default=19.0, gt=0, le=1000)
+    # the SIM map: fixations per simulated ground-truth map it is optimised against
+    sim_fixations: Annotated[PositiveInt, trust(KNOB, scores=True)] = Field(default=100, le=100_000)
 
     @field_validator("blur_size")
     @classmethod
@@ -249,7 +265,9 @@ class PredictParams(Section):
 class PackageParams(Section):
     """Submission archive: the SALICON challenge server's, or the MIT/Tuebingen benchmark's."""
 
-    format: Annotated[Literal["2017", "2015", "mit-tuebingen"], trust(KNOB)] = "2017"
+    # 2017 | 2015 (SALICON) | mit-tuebingen (maps for the MIT/Tuebingen benchmark) | mit-tuebingen-density (one
+    # .npy log-density per test image; model.output density)
+    format: Annotated[Literal["2017", "2015", "mit-tuebingen", "mit-tuebingen-density"], trust(KNOB)] = "2017"
     # letters, digits, _ - .
     algorithm: Annotated[str, trust(KNOB)] = Field(default="salgan", pattern=f"^{ALGORITHM_NAME}$")
     output: Annotated[str, trust(PLACE)] = "outputs/submission"  # a folder: the archive and manifest.json beside it
@@ -308,7 +326,23 @@ class Params(Section):
             )
         if train.bce_epochs > train.epochs:
             raise _RuleError("train.bce_epochs", f"must not exceed train.epochs {train.epochs}, got {train.bce_epochs}")
+        self._check_density_rules()
         return self
+
+    def _check_density_rules(self) -> None:
+        """A density model trains without BCE (a density is no map in (0, 1) to compare pixel by pixel); metric
+        maps and the density submission need one."""
+        loss = self.train.content_loss
+        if self.model.output == "density" and (loss == "bce" or (isinstance(loss, dict) and loss.get("bce"))):
+            raise _RuleError(
+                "train.content_loss",
+                f"model.output density trains on nll, kld, cc or nss, not bce; got {loss!r} (try {{nll: 1.0}})",
+            )
+        if self.model.output != "density":
+            if self.evaluate.metric_maps:
+                raise _RuleError("evaluate.metric_maps", "metric-specific maps need model.output density")
+            if self.package.format == "mit-tuebingen-density":
+                raise _RuleError("package.format", "mit-tuebingen-density needs model.output density")
 
 
 class _RuleError(ValueError):

@@ -47,6 +47,7 @@ from salgan.gan_diagnostics import gan_diagnostics
 from salgan.layout import ModelFiles, code_version, json_digest, split_version, write_atomic
 from salgan.losses import ContentLoss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
+from salgan.models.density import saliency_of
 from salgan.settings import ConfigError, Params, load_params, to_dict, to_record
 from salgan.tracking import enabled as tracking_enabled
 
@@ -139,7 +140,8 @@ def generator_optimizer(
 
 def build_models(params: Params, size: tuple[int, int], info: DistInfo, init: InitModel | None = None) -> Models:
     torch.manual_seed(params.train.seed)  # identical initial weights on every rank
-    generator = build_generator(params.model) if init is None else finetune.initial_generator(init, params.model)
+    prior = density_prior(params, size)
+    generator = build_generator(params.model, prior) if init is None else finetune.initial_generator(init, params.model)
     generator = generator.to(info.device)
     discriminator = build_discriminator(params.model, size).to(info.device)
     if info.device.type == "cuda":
@@ -160,9 +162,19 @@ def build_models(params: Params, size: tuple[int, int], info: DistInfo, init: In
 # --- the steps (seed paper Eqs. 1-3) --------------------------------------------------------------------
 
 
+def density_prior(params: Params, size: tuple[int, int]) -> torch.Tensor | None:
+    """A density model's centre-bias log-prior at the training ``size`` (W, H), fitted on the train fixations
+    (salgan/models/density.py); None for a map model or ``model.density_prior_sigma: null``."""
+    if params.model.output != "density" or params.model.density_prior_sigma is None:
+        return None
+    from salgan.models.density import centre_log_prior
+
+    return centre_log_prior(params.train.data, size, params.model.density_prior_sigma)
+
+
 def content_of(params: Params) -> ContentLoss:
     """``train.content_loss``: BCE (Eq. 1) or a weighted sum of metric terms (salgan/losses.py)."""
-    return ContentLoss(params.train.content_loss, params.train.content_downsample)
+    return ContentLoss(params.train.content_loss, params.train.content_downsample, params.model.output)
 
 
 def content_step(models: Models, images, targets, params: Params, fixations=None) -> torch.Tensor:
@@ -188,7 +200,7 @@ def discriminator_step(
         if logits is None:
             with torch.no_grad():
                 logits = models.g_step(images, return_logits=True)
-        fake = torch.sigmoid(logits.detach()).to(targets.dtype)
+        fake = saliency_of(logits.detach(), params.model.output).to(targets.dtype)
         both = models.d_step(torch.cat([images, images]), torch.cat([targets, fake]))
     d_loss = discriminator_loss(*both.chunk(2), reduction=cfg.discriminator_loss)
     _update(models.opt_d, d_loss)
@@ -211,7 +223,7 @@ def generator_step(
             logits = models.g_step(images, return_logits=True)
         models.discriminator.requires_grad_(False)
         try:
-            fake_logits = models.discriminator(images, torch.sigmoid(logits))
+            fake_logits = models.discriminator(images, saliency_of(logits, params.model.output))
         finally:
             models.discriminator.requires_grad_(True)
     g_loss, content = generator_loss(content_of(params)(logits, targets, fixations), fake_logits, cfg.alpha)

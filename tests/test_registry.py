@@ -224,7 +224,10 @@ def test_every_scoring_setting_is_in_the_fingerprint_and_changes_it(params):
         "evaluate.sauc_other_images",
         "evaluate.center_bias_sigma",
         "evaluate.ig_baseline_sigma",
+        "evaluate.metric_maps",
         "predict.blur_size",
+        "predict.metric_map_sigma",
+        "predict.sim_fixations",
     }
     code = "".join(
         inspect.getsource(f)

@@ -65,6 +65,15 @@ def test_the_gpu_profile_gives_the_papers_settings():
         ({"train": {"content_loss": {"kld": 1.0, "auc": 2.0}}}, "train.content_loss.auc"),
         ({"train": {"content_loss": {"cc": "high"}}}, "train.content_loss.cc"),
         ({"train": {"content_loss": {"kld": 0}}}, "train.content_loss: needs at least one non-zero weight"),
+        ({"model": {"output": "density"}}, "train.content_loss: model.output density trains on nll, kld, cc or nss"),
+        (
+            {"model": {"output": "density"}, "train": {"content_loss": {"nll": 1.0, "bce": 0.5}}},
+            "train.content_loss: model.output density trains on nll, kld, cc or nss, not bce",
+        ),
+        ({"evaluate": {"metric_maps": True}}, "evaluate.metric_maps: metric-specific maps need model.output density"),
+        ({"package": {"format": "mit-tuebingen-density"}}, "package.format: mit-tuebingen-density needs model.output"),
+        ({"model": {"density_prior_sigma": 0}}, "model.density_prior_sigma: input should be greater than 0"),
+        ({"model": {"output": "probability"}}, "model.output: input should be 'map' or 'density'"),
     ],
 )
 def test_bad_keys_types_ranges_and_rules_are_named(data, message):
@@ -256,12 +265,14 @@ def random_settings(rng) -> dict:
         elif key == "prepare.size":
             value = [32 * rng.randint(1, 16), 32 * rng.randint(1, 16)]
         elif key == "train.content_loss":
-            names = rng.sample(["bce", "kld", "cc", "nss"], rng.randint(1, 4))
+            names = rng.sample(["bce", "kld", "cc", "nss", "nll"], rng.randint(1, 5))
             value = rng.choice(["bce", {n: rng.choice([1.0, -0.2, 2.5e-07, 3]) * 1.0 for n in names}])
         elif key == "train.nproc":
             value = rng.choice(["auto", rng.randint(1, 64)])
         elif key in ("train.data_budget_gb", "train.lr_bce"):
             value = rng.choice([None, 10 ** rng.uniform(-3, 3)])
+        elif key == "model.density_prior_sigma":
+            value = rng.choice([None, rng.uniform(1e-6, 1.0)])
         else:
             raise AssertionError(f"no generator for {key} ({annotation}); add one")
         values[key] = value
@@ -275,6 +286,12 @@ def random_settings(rng) -> dict:
     values["train.bce_epochs"] = min(values["train.bce_epochs"], values["train.epochs"])
     if values["train.bce_optimizer"] == "nesterov":
         values["train.reset_optimizer_at_adversarial"] = True
+    loss = values["train.content_loss"]
+    if values["model.output"] == "density" and (loss == "bce" or "bce" in loss):  # a density has no bce term
+        values["train.content_loss"] = {"nll": 1.0}
+    if values["model.output"] == "map":  # metric maps and the density submission need a density model
+        values["evaluate.metric_maps"] = False
+        values["package.format"] = rng.choice(["2017", "2015", "mit-tuebingen"])
     params_from_dict(nest(values))  # valid, or the generator above is wrong
     return values
 

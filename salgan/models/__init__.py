@@ -41,13 +41,30 @@ class EncoderWeightsError(InputError):
     """Encoder weights could not be found or do not fit the encoder."""
 
 
-def build_generator(model) -> Generator:
+def build_generator(model_params, log_prior: torch.Tensor | None = None) -> Generator:
     """Generator from ``model`` settings: encoder, width, encoder weights (imagenet | none | path), frozen
-    blocks."""
-    generator = Generator(width=model.width, encoder=model.encoder, decoder_init=model.decoder_init)
-    if model.encoder_weights != "none":
-        load_encoder_weights(generator, model.encoder_weights)
-        generator.freeze_blocks(model.freeze_blocks)
+    blocks; with ``model.output: density`` a density model (salgan/models/density.py) holding ``log_prior``,
+    the (H, W) centre-bias log-prior (None: none)."""
+    if getattr(model_params, "output", "map") == "density":
+        from salgan.models.density import DensityGenerator
+
+        prior = None if log_prior is None else list(log_prior.shape[-2:])
+        generator = DensityGenerator(
+            model_params.width,
+            model_params.encoder,
+            prior=prior,
+            blur=model_params.density_blur,
+            decoder_init=model_params.decoder_init,
+        )
+        if log_prior is not None:
+            generator.set_log_prior(log_prior)
+    else:
+        generator = Generator(
+            width=model_params.width, encoder=model_params.encoder, decoder_init=model_params.decoder_init
+        )
+    if model_params.encoder_weights != "none":
+        load_encoder_weights(generator, model_params.encoder_weights)
+        generator.freeze_blocks(model_params.freeze_blocks)
     return generator
 
 

@@ -168,6 +168,7 @@ def architecture_of(state_dict: dict[str, torch.Tensor]) -> dict:
             architecture = {"encoder": str(found["encoder"]), "width": float(found["width"])}
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ValueError("not a SalGAN generator state_dict: unreadable 'architecture' entry") from None
+        architecture |= _output_fields(found)
     else:
         try:
             architecture = {"encoder": "vgg16", "width": int(state_dict["encoder.0.weight"].shape[0]) / 64}
@@ -179,13 +180,36 @@ def architecture_of(state_dict: dict[str, torch.Tensor]) -> dict:
     return architecture
 
 
+def _output_fields(found: dict) -> dict:
+    """The output kind recorded beside encoder and width (``model.output: density``, salgan/models/density.py),
+    each field checked before anything is built; ``{}`` for a map model."""
+    from salgan.models.density import density_architecture
+
+    try:
+        return density_architecture(found)
+    except ValueError as exc:
+        raise ValueError(f"not a SalGAN generator state_dict: {exc}") from None
+
+
+def build_architecture(architecture: dict) -> Generator:
+    """The untrained generator of a checked architecture: a map model, or a density model
+    (salgan/models/density.py) when it records ``output: density``."""
+    if architecture.get("output", "map") == "density":
+        from salgan.models.density import DensityGenerator
+
+        return DensityGenerator(**architecture)
+    return Generator(**architecture)
+
+
 def checked_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
     """:func:`architecture_of`, and every tensor of ``state_dict`` with the name and shape the generator of
     that architecture has: compared against one built on the meta device (no memory), before any generator
     is built. The one check behind every way of building a generator from weights."""
     architecture = architecture_of(state_dict)
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in Generator(**architecture).state_dict().items() if k != "architecture"}
+        expected = {
+            k: tuple(v.shape) for k, v in build_architecture(architecture).state_dict().items() if k != "architecture"
+        }
     given = {k: v for k, v in state_dict.items() if k != "architecture"}
     missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
     if missing or extra:
@@ -205,7 +229,7 @@ def generator_from_state_dict(state_dict: dict[str, torch.Tensor]) -> Generator:
     shape fits it (:func:`checked_architecture`), weights loaded strictly."""
     if not isinstance(state_dict, dict):
         raise ValueError(f"not a SalGAN generator state_dict: a {type(state_dict).__name__}")
-    generator = Generator(**checked_architecture(state_dict))
+    generator = build_architecture(checked_architecture(state_dict))
     state = dict(state_dict)
     state.setdefault("architecture", generator.architecture)
     generator.load_state_dict(state)

@@ -102,16 +102,19 @@ def log_generator(
     ``mlflow.pyfunc.load_model`` and ``mlflow models serve``; its folder holds the plain state_dict as
     ``extra_files/generator.pt``, the one file salgan reads back (``torch.load(weights_only=True)``, see
     ``salgan.predict``). ``metadata.input_size`` = [W, H] tells ``salgan predict`` the training size,
-    ``metadata.encoder`` the network and ``metadata.kind`` that salgan made it. ``options``: the
-    ``predict`` settings the model serves with (blur, pixel limit).
+    ``metadata.encoder`` the network, ``metadata.output`` whether it outputs a map or a density
+    (``model.output``) and ``metadata.kind`` that salgan made it. ``options``: the ``predict`` settings the
+    model serves with (blur, pixel limit; a density model's metric-map settings).
     """
     from mlflow.models import Model
 
     from salgan import serving
     from salgan.models import load_generator
+    from salgan.models.density import output_of
 
     options = options or PredictParams()
     generator = load_generator(generator_path, map_location="cpu")
+    density = {"metric_map_sigma": options.metric_map_sigma, "sim_fixations": options.sim_fixations}
     width, height = int(size[0]), int(size[1])
     return Model.log(
         artifact_path=None,
@@ -121,11 +124,13 @@ def log_generator(
         size=(width, height),
         blur_size=options.blur_size,
         max_pixels=options.max_pixels,
+        density=density if output_of(generator) == "density" else None,
         metadata={
             "input_size": [width, height],
             "encoder": generator.encoder_name,
             "width": generator.width,
             "kind": MODEL_KIND,
+            "output": output_of(generator),  # map | density (model.output)
         },
         # MLflow would load the model again through pyfunc and check every installed package's version
         # against its requirements to validate the input example (seconds per evaluation); tests/
