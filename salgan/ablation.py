@@ -24,9 +24,8 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from salgan.encoder_table import ENCODERS, WIDTH_ENCODERS
 from salgan.metrics import TABLE_I
-from salgan.models import ENCODERS
-from salgan.models.encoders import WIDTH_ENCODERS
 from salgan.settings import ConfigError, Params, flatten, nest, override_args, params_from_dict, read_yaml
 from salgan.urls import redact_text
 

@@ -14,10 +14,8 @@ import json
 import torch
 from torch import nn
 
-from salgan.models.encoders import MULTISCALE_ENCODERS, MultiScaleEncoder, SkipDecoder
-
-ENCODERS = ("vgg16", *MULTISCALE_ENCODERS)
-MAX_WIDTH = 2.0  # model.width's upper bound
+from salgan.encoder_table import ENCODER_TABLE, ENCODERS, MAX_WIDTH
+from salgan.models.encoders import MultiScaleEncoder, SkipDecoder
 
 # VGG16 configuration "D": channels per conv, "M" for 2x2 max-pooling. pool5 is not part of SalGAN.
 VGG16_ENCODER = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -65,13 +63,14 @@ class Generator(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # Saved with the weights, so whatever reads a generator.pt rebuilds the same network from it alone.
         self.register_buffer("architecture", _encode({"encoder": encoder, "width": width}))
+        if encoder not in ENCODER_TABLE:
+            raise ValueError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
+        self.stride = ENCODER_TABLE[encoder].stride
         if encoder == "vgg16":
-            self.stride = 16
             self.encoder = _conv_stack(VGG16_ENCODER, 3, width)
             self.decoder = _conv_stack(SALGAN_DECODER, scaled(512, width), width)
             self.output = nn.Conv2d(scaled(64, width), 1, kernel_size=1)
         else:
-            self.stride = 32
             self.encoder = MultiScaleEncoder(encoder, width)
             self.decoder = SkipDecoder(self.encoder.channels, scaled(128, width))
             self.output = nn.Sequential(
