@@ -36,7 +36,8 @@ import torch
 from common import ensure_data, load_average, parse_size, resolve_device, synchronize, usable_cpus
 from PIL import Image
 
-from salgan.inference import predict_batches, to_uint8
+from salgan.imaging import to_uint8
+from salgan.inference import predict_batches
 from salgan.models import Generator
 
 

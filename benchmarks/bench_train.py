@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from salgan.data import PreparedSplit, load_split
 from salgan.distributed import DistInfo
+from salgan.imaging import RESAMPLE  # what the prepare stage uses, so both paths see the same pixels
 from salgan.losses import content_loss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.settings import Params, params_from_dict
@@ -56,7 +57,6 @@ REFERENCE_PIXELS = 256 * 192
 # Dense bf16 peak (FLOP/s) by a substring of torch.cuda.get_device_name(). H100/H200: the ~800 TFLOP/s that
 # REFERENCE.md §4 measures "here" (the SXM data sheet says 989; power and clocks keep real work below it).
 PEAK_BF16 = (("H200", 790e12), ("H100", 790e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12))
-RESAMPLE = Image.Resampling.BILINEAR  # what the prepare stage uses, so both paths see the same pixels
 
 
 # --- data -----------------------------------------------------------------------------------------------

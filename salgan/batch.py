@@ -69,7 +69,7 @@ def model_identity(generator: torch.nn.Module) -> str:
 def s3_items(client, url: str) -> Iterator[Item]:
     """The image objects under ``s3://bucket/prefix``, listed page by page (never all at once)."""
     from salgan.fetch import parse_s3_url
-    from salgan.predict import IMAGE_SUFFIXES
+    from salgan.imaging import IMAGE_SUFFIXES
 
     bucket, prefix = parse_s3_url(url)
     start = f"{prefix}/" if prefix else ""
@@ -170,8 +170,8 @@ def run(
 ) -> dict:
     """Predict every item in batches into ``output``; returns (and writes as ``manifest.json``) the manifest."""
     from salgan.cli import progress
+    from salgan.imaging import decode_rgb, encoded, save_map, save_overlay
     from salgan.inference import default_device
-    from salgan.predict import decode_image, encoded, save_map, save_overlay
 
     device = device or default_device()
     generator = generator.to(device).eval()
@@ -208,7 +208,15 @@ def run(
                 bar.update(1)
                 continue
             try:
-                decoded = decode_image(io.BytesIO(item.read()), size, with_overlay, options.max_pixels)
+                image = decode_rgb(
+                    io.BytesIO(item.read()),
+                    size,
+                    options.max_pixels,
+                    "predict.max_pixels",
+                    exif=True,
+                    keep_full=with_overlay,
+                )
+                decoded = (image.array, image.original_size, image.full)
             except Exception as exc:  # noqa: BLE001 -- an unreadable object or image fails alone, named
                 manifest["failed"].append({"input": item.label, "reason": _reason(exc)})
                 bar.update(1)

@@ -56,8 +56,7 @@ def example_grid(images, gt_maps, predictions, rows: list[dict], count: int, pat
     """
     from PIL import Image
 
-    from salgan.inference import to_uint8
-    from salgan.predict import overlay
+    from salgan.imaging import overlay, to_uint8
 
     plt = _pyplot()
     chosen = pick_rows([row["nss"] for row in rows], count)

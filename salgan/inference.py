@@ -106,8 +106,3 @@ class BatchedPredictions(Sequence):
             )  # fmt: skip
             self._start = start
         return self._maps[index - start]
-
-
-def to_uint8(saliency: np.ndarray) -> np.ndarray:
-    """[0, 1] float map -> 8-bit grey, as saved in PNGs."""
-    return np.clip(np.rint(saliency * 255.0), 0, 255).astype(np.uint8)

@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import io
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from salgan.batch import is_s3, predict_each
 from salgan.cpus import usable_cpus
 from salgan.errors import InputError
-from salgan.inference import default_device, predict_batches, to_uint8
+from salgan.imaging import IMAGE_SUFFIXES, decode_rgb, save_map, save_overlay, to_uint8
+from salgan.inference import default_device, predict_batches
 from salgan.layout import (
     LOGGED_WEIGHTS,
     MODEL_KIND,
@@ -49,10 +48,8 @@ from salgan.settings import Params, PredictParams, load_params, validate_section
 from salgan.tracking import enabled as tracking_enabled
 from salgan.urls import redact_text
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_SIZE = (256, 192)  # (W, H): the paper's input when the model does not say
 GLOB_CHARS = set("*?[")
-RESAMPLE = Image.Resampling.BILINEAR  # as the prepare stage, so inputs look like the training data
 
 
 class ModelError(InputError):
@@ -283,81 +280,13 @@ def _unique(jobs: list[Job], errors: list[str]) -> list[Job]:
     return unique
 
 
-def read_image(job: Job, size: tuple[int, int], keep_full: bool, max_pixels: int = 50_000_000) -> Loaded:
-    """:func:`decode_image` of a file."""
-    array, original_size, full = decode_image(job.path, size, keep_full, max_pixels)
-    return Loaded(job, array, original_size, full)
-
-
-def decode_image(
-    source, size: tuple[int, int], keep_full: bool, max_pixels: int = 50_000_000
-) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
-    """Decode ``source`` (a path or a binary file object), apply EXIF orientation, convert to RGB and resize
-    to ``size`` = (W, H). Returns (uint8 array at ``size``, displayed (rows, cols), the full RGB image with
-    ``keep_full`` else None): what ``salgan predict`` and the served model both feed the generator.
-
-    Raises ``ValueError`` naming the problem for anything unusable: not an image, truncated, or declaring
-    more than ``max_pixels`` pixels (``predict.max_pixels``; checked from the header, before decoding).
-    """
-    from salgan.prepare import to_rgb
-
-    declared, rgb = None, None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit, checked below
-            with Image.open(source) as img:
-                declared = (img.width, img.height)
-                if img.width * img.height <= max_pixels:
-                    img.load()  # decode now: a truncated file fails here, not half-way through a batch
-                    rgb = to_rgb(ImageOps.exif_transpose(img) or img)
-    # Pillow reports damage as OSError, SyntaxError, ValueError, EOFError, zlib/struct errors and the
-    # decompression-bomb error; whatever the type, this input is unusable.
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{type(exc).__name__}: {exc}") from None
-    if rgb is None:
-        raise ValueError(f"declares {declared[0]}x{declared[1]} pixels, more than predict.max_pixels {max_pixels}")
-    array = np.asarray(rgb.resize(size, RESAMPLE) if rgb.size != size else rgb, dtype=np.uint8)
-    return array, (rgb.height, rgb.width), np.asarray(rgb) if keep_full else None
+def read_image(job: Job, size: tuple[int, int], keep_full: bool, max_pixels: int) -> Loaded:
+    """A user's image file decoded as shown (EXIF orientation applied) for the generator."""
+    decoded = decode_rgb(job.path, size, max_pixels, "predict.max_pixels", exif=True, keep_full=keep_full)
+    return Loaded(job, decoded.array, decoded.original_size, decoded.full)
 
 
 # --- outputs ---------------------------------------------------------------------------------------------
-
-
-def jet(saliency: np.ndarray) -> np.ndarray:
-    """[0, 1] map -> uint8 RGB with a jet-like colour map (blue - cyan - yellow - red)."""
-    s = np.clip(saliency, 0.0, 1.0)[..., None]
-    centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # where red, green and blue peak
-    rgb = np.clip(1.5 - np.abs(4.0 * (s - centres)), 0.0, 1.0)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def overlay(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
-    """The heat map blended over the image, more opaque where saliency is high (seed paper Fig. 1).
-
-    The map is stretched to [0, 1] first, as saliency figures are shown: only the ranking of locations
-    matters, and a model's raw output may span a narrow range."""
-    low, high = float(saliency.min()), float(saliency.max())
-    stretched = (saliency - low) / (high - low) if high - low > 1e-6 else np.zeros_like(saliency)
-    alpha = (0.2 + 0.5 * stretched)[..., None]
-    blended = image.astype(np.float32) * (1.0 - alpha) + jet(stretched).astype(np.float32) * alpha
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-
-
-def save_map(saliency: np.ndarray, target) -> None:
-    """The map as an 8-bit grey PNG into ``target`` (a path or a binary file object)."""
-    Image.fromarray(to_uint8(saliency), mode="L").save(target, "PNG")
-
-
-def save_overlay(image: np.ndarray, saliency: np.ndarray, target) -> None:
-    """:func:`overlay` as a JPEG (quality 90) into ``target``."""
-    Image.fromarray(overlay(image, saliency), mode="RGB").save(target, "JPEG", quality=90)
-
-
-def encoded(save, *arrays) -> bytes:
-    """What :func:`save_map` or :func:`save_overlay` writes for ``arrays``, as bytes (S3 objects, HTTP)."""
-    buffer = io.BytesIO()
-    save(*arrays, buffer)
-    return buffer.getvalue()
 
 
 def write_results(loaded: Loaded, saliency: np.ndarray, folder: Path, with_overlay: bool) -> None:

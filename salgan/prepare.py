@@ -5,8 +5,7 @@ the arrays that docs/data-layout.md specifies (the contract with train, evaluate
 ``images.npy``, ``maps.npy``, ``names.json``, ``original_sizes.npy``, ``fixations.npz``,
 ``fixation_maps.npy`` and, for val, ``maps_full.npy``; plus ``report.json`` beside the split folders.
 
-Speed: JPEGs are decoded with PIL's draft mode (libjpeg scales by 1/2, 1/4 or 1/8 in the DCT, so a
-640x480 image destined for 256x192 is decoded at 320x240) and a process pool writes straight into
+Speed: JPEGs are decoded in draft mode (:func:`salgan.imaging.decode_rgb`) and a process pool writes straight into
 preallocated memory-mapped ``.npy`` files. Row i always holds the i-th name in sorted order, whatever the
 worker count, so the output is deterministic.
 
@@ -23,7 +22,6 @@ import multiprocessing
 import os
 import sys
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -31,21 +29,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from salgan.cpus import usable_cpus
 from salgan.errors import InputError
 from salgan.fixations import FixationFile, fixation_counts, load_fixations_mat
+from salgan.imaging import IMAGE_SUFFIXES, ImageError, decode_grey, decode_rgb, opened
 from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SPLITS, SplitFiles, atomic_directory, split_version_of_files
 
 if TYPE_CHECKING:
     from salgan.settings import PrepareParams
 
 FULL_MAP_SPLITS = ("val",)  # evaluate scores val at the original resolution
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SALICON_SIZE = (480, 640)  # (rows, cols), used only when no val image header can be read at all
-RESAMPLE = Image.Resampling.BILINEAR  # Pillow's BILINEAR widens its support when shrinking: antialiased
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class PrepareError(InputError):
@@ -79,8 +74,8 @@ class SplitJob:
     size: tuple[int, int]  # (W, H)
     with_maps: bool
     full_size: tuple[int, int] | None  # (rows, cols) every image must have; None: no maps_full
-    max_pixels: int = 50_000_000  # prepare.max_pixels
-    max_fixations: int = 100_000  # prepare.max_fixations
+    max_pixels: int  # prepare.max_pixels
+    max_fixations: int  # prepare.max_fixations
 
 
 @dataclass(frozen=True)
@@ -98,118 +93,28 @@ class ItemResult:
 # --- decoding -------------------------------------------------------------------------------------
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: grey, CMYK, palette, 16-bit and transparent images included.
-
-    Transparent pixels are composited over white: their stored colour is undefined (often black) and a
-    viewer shows them as background, not as dark paint.
-    """
-    if img.mode == "RGB":
-        return img
-    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
-        return _to_8bit_grey(img).convert("RGB")
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def to_grey(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit grey ('L'); 16-bit values are scaled, not clipped."""
-    if img.mode == "L":
-        return img
-    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
-        return _to_8bit_grey(img)
-    return img.convert("L")
-
-
-def _to_8bit_grey(img: Image.Image) -> Image.Image:
-    """16-bit (or 32-bit int / float) grey -> 'L'.
-
-    Pillow's own conversion clips such values at 255, which turns a 16-bit image white. 16-bit modes are
-    scaled by 255/65535; mode 'I' is treated as 16-bit when it exceeds 255 (PNG and TIFF readers use it
-    for 16-bit data); float images are taken as already on the 0-255 scale.
-    """
-    values = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16") or (img.mode == "I" and values.size and values.max() > 255):
-        values = values * (255.0 / 65535.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-
-
 def load_image(
-    path: str | Path, size: Sequence[int], draft: bool = True, max_pixels: int = 50_000_000
+    path: str | Path, size: Sequence[int], max_pixels: int, draft: bool = True
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode an image, convert it to RGB and resize it to ``size`` = (W, H).
+    """:func:`salgan.imaging.decode_rgb` of a raw image, its stored pixel grid kept (SALICON's maps and
+    fixations refer to it, not to an EXIF orientation), a JPEG decoded in draft mode with ``draft``.
 
-    Returns ``(uint8 (H, W, 3), (rows, cols) of the original)``. With ``draft`` a JPEG is decoded at the
-    smallest DCT scale that is still at least ``size`` (a no-op for other formats). EXIF orientation is
-    not applied: SALICON's maps and fixations refer to the stored pixel grid. An image declaring more than
-    ``max_pixels`` pixels is refused from its header, before it is decoded (a few KB of PNG can declare
-    gigabytes). Raises :class:`BadFileError` naming ``path``.
+    Returns ``(uint8 (H, W, 3) at size = (W, H), (rows, cols) of the original)``; raises
+    :class:`BadFileError` naming ``path``.
     """
-    width, height = int(size[0]), int(size[1])
     try:
-        with _quiet_bombs(), Image.open(path) as img:
-            _check_pixels(path, img, max_pixels)
-            original = (img.height, img.width)
-            if draft:
-                img.draft("RGB", (width, height))
-            rgb = to_rgb(img)
-            resized = rgb.resize((width, height), RESAMPLE) if rgb.size != (width, height) else rgb
-            array = np.asarray(resized, dtype=np.uint8)
-    except FileNotFoundError:
-        raise BadFileError(path, "no such file") from None
-    except BadFileError:
-        raise
-    # Pillow signals damaged input with OSError, SyntaxError, ValueError, EOFError, struct/zlib errors and
-    # DecompressionBombError; whatever the type, the file is unusable and the message must name it.
-    except Exception as exc:  # noqa: BLE001
-        raise BadFileError(path, f"cannot decode image: {type(exc).__name__}: {exc}") from None
-    return array, original
+        decoded = decode_rgb(path, size, max_pixels, "prepare.max_pixels", draft=draft)
+    except ImageError as exc:
+        raise BadFileError(path, f"cannot decode image: {exc}" if exc.damaged else str(exc)) from None
+    return decoded.array, decoded.original_size
 
 
-def load_map(path: str | Path, size: Sequence[int], max_pixels: int = 50_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a saliency map as 8-bit grey: ``(resized uint8 (H, W), original uint8 (rows, cols))``."""
-    width, height = int(size[0]), int(size[1])
+def load_map(path: str | Path, size: Sequence[int], max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A saliency map as 8-bit grey: ``(resized uint8 (H, W), original uint8 (rows, cols))``."""
     try:
-        with _quiet_bombs(), Image.open(path) as img:
-            _check_pixels(path, img, max_pixels)
-            grey = to_grey(img)
-            full = np.asarray(grey, dtype=np.uint8)
-            resized = grey.resize((width, height), RESAMPLE) if grey.size != (width, height) else grey
-            return np.asarray(resized, dtype=np.uint8), full
-    except FileNotFoundError:
-        raise BadFileError(path, "no such file") from None
-    except BadFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- see load_image
-        raise BadFileError(path, f"cannot decode map: {type(exc).__name__}: {exc}") from None
-
-
-@contextlib.contextmanager
-def _quiet_bombs():
-    """Pillow's decompression-bomb warning at open: our own limit (prepare.max_pixels) decides, by name."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        yield
-
-
-def _check_pixels(path: str | Path, img: Image.Image, max_pixels: int) -> None:
-    if img.width * img.height > max_pixels:
-        raise BadFileError(path, f"declares {img.width}x{img.height} pixels, more than prepare.max_pixels {max_pixels}")
-
-
-def resize_image(path: str | Path, size: Sequence[int]) -> np.ndarray:
-    """The stage's fast path for one image: draft-mode decode, RGB, bilinear resize to (W, H)."""
-    return load_image(path, size, draft=True)[0]
-
-
-def resize_image_naive(path: str | Path, size: Sequence[int]) -> np.ndarray:
-    """Reference path for benchmarks: full-resolution decode, then convert and resize (no draft)."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB").resize((int(size[0]), int(size[1])), RESAMPLE), dtype=np.uint8)
+        return decode_grey(path, size, max_pixels, "prepare.max_pixels")
+    except ImageError as exc:
+        raise BadFileError(path, f"cannot decode map: {exc}" if exc.damaged else str(exc)) from None
 
 
 # --- finding the samples --------------------------------------------------------------------------
@@ -280,7 +185,7 @@ def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[It
     results = []
     for index, sample in items:
         try:
-            image, original = load_image(sample.image, job.size, max_pixels=job.max_pixels)
+            image, original = load_image(sample.image, job.size, job.max_pixels)
             if job.full_size is not None and original != job.full_size:
                 raise BadFileError(
                     sample.image,
@@ -410,9 +315,8 @@ def _peek_size(samples: Sequence[Sample], max_pixels: int) -> tuple[int, int]:
     one odd or oversized image there would make every other image the odd one out, and drop the split."""
     sizes: collections.Counter[tuple[int, int]] = collections.Counter()
     for sample in samples:
-        with contextlib.suppress(Exception), _quiet_bombs(), Image.open(sample.image) as img:
-            if img.width * img.height <= max_pixels:
-                sizes[(img.height, img.width)] += 1
+        with contextlib.suppress(ImageError), opened(sample.image, max_pixels, "prepare.max_pixels") as img:
+            sizes[(img.height, img.width)] += 1
     return sizes.most_common(1)[0][0] if sizes else SALICON_SIZE  # none reads: each is reported on its own
 
 

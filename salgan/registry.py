@@ -80,7 +80,7 @@ class Judge:
 
     def images_at(self, size: tuple[int, int]) -> RawImages:
         """The val images at ``size``, decoded from the raw tree (``prepare.input``) as prepare decodes them."""
-        from salgan.prepare import IMAGE_SUFFIXES
+        from salgan.imaging import IMAGE_SUFFIXES
 
         folder = Path(self.params.prepare.input) / "images" / "val"
         paths = []
@@ -114,9 +114,12 @@ class RawImages:
     def __getitem__(self, index: slice):
         import numpy as np
 
-        from salgan.prepare import load_image
+        from salgan.imaging import decode_rgb
 
-        return np.stack([load_image(path, self.size, max_pixels=self.max_pixels)[0] for path in self.paths[index]])
+        decoded = (
+            decode_rgb(path, self.size, self.max_pixels, "prepare.max_pixels", draft=True) for path in self.paths[index]
+        )
+        return np.stack([image.array for image in decoded])
 
 
 def salgan_pyfunc_only(folder: Path) -> None:

@@ -125,7 +125,7 @@ class SaliencyService:
         import pandas as pd
 
         from salgan.batch import predict_each
-        from salgan.predict import decode_image, encoded, save_map, save_overlay
+        from salgan.imaging import decode_rgb, encoded, save_map, save_overlay
         from salgan.settings import PredictParams
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -149,7 +149,10 @@ class SaliencyService:
         decoded = {}
         for row, data in encoded_rows.items():
             try:
-                decoded[row] = decode_image(io.BytesIO(data), self.size, wanted[row], self.max_pixels)
+                image = decode_rgb(
+                    io.BytesIO(data), self.size, self.max_pixels, "predict.max_pixels", exif=True, keep_full=wanted[row]
+                )
+                decoded[row] = (image.array, image.original_size, image.full)
             except ValueError as exc:
                 results[row]["error"] = f"row {row}: {exc}"
         rows, options = list(decoded), PredictParams(batch_size=self.batch_size, blur_size=self.blur_size)

@@ -129,7 +129,7 @@ def test_evaluate_scores_exactly_the_maps_the_predict_stage_writes(evaluated, tm
     from PIL import Image
 
     from salgan.evaluate import score_generator
-    from salgan.inference import to_uint8
+    from salgan.imaging import to_uint8
     from salgan.models import load_generator
     from salgan.predict import write_split_maps
 

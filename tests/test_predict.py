@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from salgan import predict
+from salgan.imaging import jet
 from salgan.layout import sha256_file
 from salgan.models import Generator
 from salgan.settings import Params, to_dict
@@ -159,7 +160,7 @@ def test_stage_mode_writes_one_map_per_test_image(tmp_path, monkeypatch, weights
 
 
 def test_jet_runs_blue_to_red():
-    colours = predict.jet(np.array([0.0, 0.5, 1.0]))
+    colours = jet(np.array([0.0, 0.5, 1.0]))
     assert colours[0, 2] > 100 and colours[0, 0] == 0  # low: blue
     assert colours[1, 1] == 255  # middle: green-ish
     assert colours[2, 0] > 100 and colours[2, 2] == 0  # high: red

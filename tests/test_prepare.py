@@ -14,10 +14,12 @@ from PIL import Image
 
 from salgan import prepare as stage
 from salgan.fixations import FixationFileError, fixations_from_mat, load_fixations_mat
+from salgan.settings import PrepareParams
 from tests.conftest import write_params_file
 
 W0, H0 = 640, 480  # SALICON's original size
 SIZE = (64, 48)  # prepare.size used here (W, H): small keeps the tests fast
+MAX_PIXELS = PrepareParams().max_pixels
 GAZE_DTYPE = [("location", "O"), ("timestamp", "O"), ("fixations", "O")]
 
 
@@ -158,7 +160,7 @@ def test_every_mode_becomes_rgb(tmp_path: Path) -> None:
     expected = odd_inputs(tmp_path)
     for name, colour in expected.items():
         path = next(tmp_path.glob(f"{name}.*"))
-        array, original = stage.load_image(path, SIZE)
+        array, original = stage.load_image(path, SIZE, MAX_PIXELS)
         assert array.shape == (SIZE[1], SIZE[0], 3) and array.dtype == np.uint8, name
         assert original == (H0, W0)
         assert np.abs(array.astype(int) - colour).max() <= 3, (name, array[0, 0])
@@ -166,7 +168,7 @@ def test_every_mode_becomes_rgb(tmp_path: Path) -> None:
 
 def test_sixteen_bit_map_is_scaled_not_clipped(tmp_path: Path) -> None:
     Image.fromarray(np.full((H0, W0), 32896, dtype=np.uint16)).save(tmp_path / "map16.png")
-    small, full = stage.load_map(tmp_path / "map16.png", SIZE)
+    small, full = stage.load_map(tmp_path / "map16.png", SIZE, MAX_PIXELS)
     assert small.shape == (SIZE[1], SIZE[0]) and full.shape == (H0, W0)
     assert small.dtype == full.dtype == np.uint8
     assert set(np.unique(full)) == {128}
@@ -175,8 +177,9 @@ def test_sixteen_bit_map_is_scaled_not_clipped(tmp_path: Path) -> None:
 def test_fast_path_matches_naive_path(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     Image.fromarray(random_image(rng)).save(tmp_path / "a.jpg", quality=90)
-    fast = stage.resize_image(tmp_path / "a.jpg", (256, 192))
-    naive = stage.resize_image_naive(tmp_path / "a.jpg", (256, 192))
+    fast = stage.load_image(tmp_path / "a.jpg", (256, 192), MAX_PIXELS)[0]
+    with Image.open(tmp_path / "a.jpg") as img:  # full-resolution decode, then convert and resize
+        naive = np.asarray(img.convert("RGB").resize((256, 192), Image.Resampling.BILINEAR))
     assert fast.shape == naive.shape == (192, 256, 3)
     assert np.abs(fast.astype(int) - naive.astype(int)).mean() < 2.0
 
@@ -201,7 +204,7 @@ def test_prepared_arrays_follow_the_data_layout(tmp_path: Path, raw: dict) -> No
         sizes = np.load(folder / "original_sizes.npy")
         assert sizes.dtype == np.int32 and sizes.tolist() == [[H0, W0]] * n
         for i, name in enumerate(names):  # row i is name i
-            image = stage.resize_image(tmp_path / "raw" / "images" / split / f"{name}.jpg", SIZE)
+            image = stage.load_image(tmp_path / "raw" / "images" / split / f"{name}.jpg", SIZE, MAX_PIXELS)[0]
             np.testing.assert_array_equal(images[i], image)
         if split == "test":
             assert not (folder / "maps.npy").exists() and not (folder / "fixations.npz").exists()
