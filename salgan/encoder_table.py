@@ -36,6 +36,7 @@ WIDTH_ENCODERS = tuple(name for name, spec in ENCODER_TABLE.items() if spec.has_
 MIN_STRIDE = min(spec.stride for spec in ENCODER_TABLE.values())  # every input side is a multiple of it
 MAX_WIDTH = 2.0  # model.width's upper bound: a crafted weights file may not ask for a larger network
 STAGES = 5  # encoder stages, the unit of model.freeze_blocks (VGG16's five blocks)
+PAPER_INPUT_SIZE = (256, 192)  # W x H, the input of the paper and its original code; a model's when it records none
 
 
 def size_problem(encoder: str, size: tuple[int, int] | list[int]) -> str | None:

@@ -107,7 +107,7 @@ def evaluate(params: Params) -> dict:
     cfg = params.evaluate
     val, common = scoring_inputs(params)
     trained = ModelFiles(Path(params.train.output))
-    generator = load_generator(trained.generator)
+    generator = load_generator(trained.generator).generator
     rows, means, predictions = score_generator(generator, params, val, common)
     center_means = centre_bias_scores(params, val, common)
     _, ceiling = score_split(val.maps_full, val.maps_full, progress=False, **common)

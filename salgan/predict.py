@@ -33,27 +33,22 @@ from PIL import Image
 
 from salgan.batch import is_s3, predict_each
 from salgan.cpus import usable_cpus
-from salgan.errors import InputError
+from salgan.encoder_table import MIN_STRIDE, size_problem
+from salgan.errors import ConfigError
 from salgan.imaging import IMAGE_SUFFIXES, decode_rgb, save_map, save_overlay, to_uint8
 from salgan.inference import default_device, predict_batches
 from salgan.layout import (
-    LOGGED_WEIGHTS,
-    MODEL_KIND,
     ModelFiles,
     atomic_directory,
     read_split,
     staged_files,
 )
+from salgan.models import ModelError, load_generator
 from salgan.settings import Params, PredictParams, load_params, validate_section
 from salgan.tracking import enabled as tracking_enabled
 from salgan.urls import redact_text
 
-DEFAULT_SIZE = (256, 192)  # (W, H): the paper's input when the model does not say
 GLOB_CHARS = set("*?[")
-
-
-class ModelError(InputError):
-    """The --model argument cannot be loaded; the message names it."""
 
 
 @dataclass
@@ -78,116 +73,31 @@ class Loaded:
 
 
 def load_model(uri: str, params: Params, size: tuple[int, int] | None) -> tuple[torch.nn.Module, tuple[int, int]]:
-    """(generator, input size (W, H)) from any --model form; an explicit ``size`` wins over the model's."""
+    """(generator, input size (W, H)) from any --model form; an explicit ``size`` wins over the model's, and
+    must suit the model's encoder."""
     path = Path(uri).expanduser()
-    if path.is_file():
-        generator, model_size = _from_weights(path)
-    elif path.is_dir():
-        if not (path / "MLmodel").is_file():
-            raise ModelError(f"--model {uri}: a directory without an MLmodel file is not an MLflow model")
-        generator, model_size = _from_mlflow_dir(path)
+    if path.is_file() or path.is_dir():
+        try:
+            generator, model_size = load_generator(path)
+        except ModelError as exc:
+            raise ModelError(f"--model {exc}") from None
     elif ":" in uri:
         from salgan.tracking.models import fetched_model
 
         try:
             with fetched_model(uri, params) as local:
-                generator, model_size = _from_mlflow_dir(local)
+                generator, model_size = load_generator(local)
         except ModelError:
             raise
         except Exception as exc:  # MlflowException, botocore and HTTP errors alike: the URI is unusable
             raise ModelError(f"--model {uri}: cannot fetch the MLflow model: {redact_text(str(exc))}") from None
     else:
         raise ModelError(f"--model {uri}: no such file or directory, and not an MLflow URI")
-    return generator, size or model_size or DEFAULT_SIZE
-
-
-def _from_weights(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | None]:
-    """A generator state_dict, or a training checkpoint holding one (its config gives the input size)."""
-    from salgan.models import generator_from_state_dict
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights-only errors all mean: not a weights file
-        raise ModelError(f"--model {path}: not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
-    config = None
-    if isinstance(state, dict) and isinstance(state.get("generator"), dict):
-        state, config = state["generator"], state.get("config")
-    beside = ModelFiles(path.parent).checkpoint
-    if config is None and beside.is_file() and path != beside:
-        config = _checkpoint_config(beside)
-    try:
-        generator = generator_from_state_dict(state)
-    except (ValueError, RuntimeError, AttributeError, TypeError) as exc:
-        raise ModelError(f"--model {path}: not a SalGAN generator state_dict ({exc})") from None
-    size = tuple(config["prepare"]["size"]) if config else None
-    return generator.eval(), size
-
-
-def _checkpoint_config(path: Path) -> dict | None:
-    """The settings a training checkpoint was made with (train saves one beside generator.pt)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True).get("config")
-    except Exception:  # a damaged checkpoint only costs the size hint
-        return None
-
-
-def _from_mlflow_dir(path: Path) -> tuple[torch.nn.Module, tuple[int, int] | None]:
-    """The generator of an MLflow model that salgan logged, read without running anything from it.
-
-    MLflow's own loaders unpickle model files and import a model's ``code`` paths: a model from elsewhere
-    could run code. So only salgan's own format is accepted: MLmodel (read as plain YAML) says
-    ``metadata.kind: salgan-generator``, names no code paths, and the weights are the plain state_dict in
-    ``extra_files/generator.pt``, read with ``torch.load(weights_only=True)``. Anything else is refused
-    with the reason.
-    """
-    from salgan.models import generator_from_state_dict
-
-    meta = _read_mlmodel(path)
-    metadata = meta.get("metadata")
-    if not isinstance(metadata, dict) or metadata.get("kind") != MODEL_KIND:
-        raise ModelError(f"{path}: not a SalGAN model logged by salgan (MLmodel metadata.kind is not {MODEL_KIND!r})")
-    flavors = meta.get("flavors") or {}
-    if not isinstance(flavors, dict) or not all(isinstance(f, dict) for f in flavors.values()):
-        raise ModelError(f"{path}: MLmodel's flavors is not a mapping of flavor settings")
-    if any(f.get("code") for f in flavors.values()):
-        raise ModelError(f"{path}: the model names code paths; salgan runs no code from a model")
-    weights = path / LOGGED_WEIGHTS
-    linked = [p for p in (weights.parent, weights) if p.is_symlink()]
-    if linked:  # the folder as well as the file: either could point anywhere
-        raise ModelError(f"{path}: {linked[0].relative_to(path)} is a link; salgan reads only the model's own files")
-    if not weights.is_file():
-        raise ModelError(f"{path}: no {LOGGED_WEIGHTS} (salgan logs the generator's weights there)")
-    try:
-        generator = generator_from_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except Exception as exc:  # pickled code, a damaged file, another network: all refused alike
-        raise ModelError(f"{weights}: not a SalGAN generator state_dict ({type(exc).__name__}: {exc})") from None
-    size = metadata.get("input_size")
-    valid = isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
-    return generator.eval(), (size[0], size[1]) if valid else None
-
-
-MAX_MLMODEL_BYTES = 1 << 20  # salgan's MLmodel is about 1 KB
-
-
-def _read_mlmodel(path: Path) -> dict:
-    """MLmodel of the model folder ``path`` as plain YAML: a regular file of at most ``MAX_MLMODEL_BYTES``,
-    without YAML anchors or aliases (MLflow writes none; nested aliases expand exponentially, a "billion
-    laughs"), holding a mapping. Raises :class:`ModelError` naming the reason."""
-    import yaml
-
-    file = path / "MLmodel"
-    try:
-        if file.is_symlink() or file.stat().st_size > MAX_MLMODEL_BYTES:
-            raise ModelError(f"{path}: MLmodel is a link or larger than {MAX_MLMODEL_BYTES} bytes; not salgan's")
-        text = file.read_text()
-        if any(isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) for event in yaml.parse(text)):
-            raise ModelError(f"{path}: MLmodel uses YAML anchors or aliases, which salgan's never does; refused")
-        meta = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ModelError(f"{path}: unreadable MLmodel ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ModelError(f"{path}: MLmodel is not a mapping (got {type(meta).__name__})")
-    return meta
+    if size is not None:
+        problem = size_problem(generator.encoder_name, size)
+        if problem:
+            raise ConfigError(f"--size {size[0]}x{size[1]}: {problem}")
+    return generator, size or model_size
 
 
 # --- inputs ----------------------------------------------------------------------------------------------
@@ -367,9 +277,7 @@ def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder:
 
 def run_stage(params: Params) -> list[Path]:
     """The DVC stage: maps for the prepared test split, swapped into predict.output when complete."""
-    from salgan.models import load_generator
-
-    generator = load_generator(ModelFiles(Path(params.train.output)).generator)
+    generator = load_generator(ModelFiles(Path(params.train.output)).generator).generator
     output = Path(params.predict.output)
     with atomic_directory(output) as tmp:  # the folder is swapped in only when every map is written
         names = write_split_maps(generator, Path(params.train.data), "test", tmp, params)
@@ -381,8 +289,8 @@ def parse_size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WxH such as 256x192, got {text!r}") from None
-    if width <= 0 or height <= 0 or width % 16 or height % 16:
-        raise argparse.ArgumentTypeError(f"sides must be positive multiples of 16, got {text!r}")
+    if width <= 0 or height <= 0 or width % MIN_STRIDE or height % MIN_STRIDE:
+        raise argparse.ArgumentTypeError(f"sides must be positive multiples of {MIN_STRIDE}, got {text!r}")
     return width, height
 
 

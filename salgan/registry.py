@@ -43,14 +43,14 @@ class Judge:
         """The version's generator read as ``salgan predict`` reads a model (weights only, salgan's format),
         its pyfunc loader checked to be salgan's own, its weights hashed."""
         from salgan.layout import LOGGED_WEIGHTS, sha256_file
-        from salgan.predict import ModelError, load_model
+        from salgan.models import ModelError, load_generator
         from salgan.tracking.models import fetched_model
         from salgan.urls import redact_text
 
         uri = f"models:/{self.name}/{version.version}"
         try:
             with fetched_model(uri, self.params) as local:
-                generator, size = load_model(str(local), self.params, None)
+                generator, size = load_generator(local)
                 salgan_pyfunc_only(local)
                 weights = sha256_file(local / LOGGED_WEIGHTS)
         except ModelError as exc:
@@ -126,15 +126,9 @@ def salgan_pyfunc_only(folder: Path) -> None:
     """MLmodel's only flavour is salgan's pyfunc (``loader_module: salgan.serving``): what
     ``mlflow.pyfunc.load_model("models:/salgan@champion")`` then runs is the installed salgan, nothing the
     model brings (a pickle, another loader)."""
-    import yaml
+    from salgan.models.loading import ModelError, read_mlmodel
 
-    from salgan.predict import ModelError
-
-    try:
-        meta = yaml.safe_load((folder / "MLmodel").read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelError(f"{folder}: unreadable MLmodel ({exc})") from None
-    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    flavors = read_mlmodel(folder).get("flavors")
     loader = (flavors or {}).get("python_function", {}).get("loader_module") if isinstance(flavors, dict) else None
     if loader != "salgan.serving" or set(flavors) != {"python_function"}:
         named = sorted(flavors) if isinstance(flavors, dict) else flavors

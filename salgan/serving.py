@@ -88,16 +88,13 @@ def save_model(path, mlflow_model, generator_path, size, blur_size: int = 5, max
 
 def _load_pyfunc(data_path: str, model_config=None) -> SaliencyService:
     """MLflow's pyfunc loader protocol: ``data_path`` is the model's ``extra_files`` folder."""
-    import torch
+    from salgan.models import load_generator
 
-    from salgan.models import generator_from_state_dict
-
-    folder = Path(data_path)
-    settings = json.loads((folder.parent / SETTINGS_FILE).read_text())
-    state = torch.load(folder.parent / LOGGED_WEIGHTS, map_location="cpu", weights_only=True)
+    folder = Path(data_path).parent
+    settings = json.loads((folder / SETTINGS_FILE).read_text())
     max_pixels = int(os.environ.get(MAX_PIXELS_ENV) or settings["max_pixels"])
     size = (int(settings["input_size"][0]), int(settings["input_size"][1]))
-    service = SaliencyService(generator_from_state_dict(state).eval(), size, int(settings["blur_size"]), max_pixels)
+    service = SaliencyService(load_generator(folder).generator, size, int(settings["blur_size"]), max_pixels)
     service.max_rows = int(os.environ.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
     service.max_request_pixels = int(os.environ.get(MAX_REQUEST_PIXELS_ENV) or DEFAULT_MAX_REQUEST_PIXELS)
     return service

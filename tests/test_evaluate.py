@@ -135,7 +135,7 @@ def test_evaluate_scores_exactly_the_maps_the_predict_stage_writes(evaluated, tm
 
     root, _ = evaluated
     params = tiny_params(root)
-    generator = load_generator(root / "models" / "generator.pt")
+    generator = load_generator(root / "models" / "generator.pt").generator
     _, _, predictions = score_generator(generator, params)
     names = write_split_maps(generator, root / "prepared", "val", tmp_path, params)
     assert len(names) == len(predictions) == 8
@@ -153,7 +153,7 @@ def test_evaluate_streams_one_batch_of_maps_at_a_time(evaluated):
     root, metrics = evaluated
     params = tiny_params(root)
     params.evaluate.batch_size = 3
-    generator = load_generator(root / "models" / "generator.pt")
+    generator = load_generator(root / "models" / "generator.pt").generator
     batches = []
     generator.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
     val, common = scoring_inputs(params)

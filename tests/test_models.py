@@ -96,7 +96,7 @@ def test_plain_weights_file_round_trips_with_its_architecture(tmp_path):
     path = tmp_path / "generator.pt"
     torch.save(generator.state_dict(), path)
     assert architecture_of(generator.state_dict()) == {"encoder": "vgg16", "width": 0.125}
-    loaded = load_generator(path)
+    loaded = load_generator(path).generator
     x = torch.rand(1, 3, 48, 64)
     assert torch.equal(loaded(x), generator.eval()(x))
 
@@ -106,7 +106,7 @@ def test_a_generator_saved_before_the_encoder_setting_still_loads(tmp_path):
     generator = Generator(width=0.0625)
     state = {k: v for k, v in generator.state_dict().items() if k != "architecture"}
     torch.save(state, tmp_path / "old.pt")
-    loaded = load_generator(tmp_path / "old.pt")
+    loaded = load_generator(tmp_path / "old.pt").generator
     assert (loaded.encoder_name, loaded.width) == ("vgg16", 0.0625)
     x = torch.rand(1, 3, 32, 48)
     assert torch.equal(loaded(x), generator.eval()(x))
@@ -183,7 +183,7 @@ def test_each_encoder_gives_a_map_of_the_input_size_and_round_trips_through_a_we
     generator = Generator(width=width, encoder=name).eval()
     path = tmp_path / "generator.pt"
     torch.save(generator.state_dict(), path)
-    loaded = load_generator(path)  # the file alone says which network it holds
+    loaded = load_generator(path).generator  # the file alone says which network it holds
     assert (loaded.encoder_name, loaded.width) == (name, width)
     x = torch.rand(2, 3, 96, 128)
     out = loaded(x)
@@ -254,3 +254,30 @@ def test_the_settings_offer_exactly_the_encoders_the_models_build():
     from salgan.models import ENCODERS
 
     assert typing.get_args(ModelParams.model_fields["encoder"].annotation) == ENCODERS
+
+
+def test_load_generator_reads_a_state_dict_a_checkpoint_and_what_lies_beside_them(tmp_path):
+    """One loader for every weights form: the input size comes from the checkpoint's settings (its own, or
+    the one beside a generator.pt), else it is the paper's 256x192."""
+    from salgan import checkpoint
+    from salgan.models import ModelError
+
+    torch.manual_seed(0)
+    generator = Generator(width=0.0625)
+    state = generator.state_dict()
+    alone = tmp_path / "alone" / "generator.pt"
+    alone.parent.mkdir()
+    torch.save(state, alone)
+    assert load_generator(alone).input_size == (256, 192)
+    trained = tmp_path / "models"
+    trained.mkdir()
+    checkpoint.save_atomic({"generator": state, "config": {"prepare": {"size": [64, 48]}}}, trained / "checkpoint.pt")
+    torch.save(state, trained / "generator.pt")
+    for path in (trained / "checkpoint.pt", trained / "generator.pt"):
+        loaded, size = load_generator(path)
+        assert size == (64, 48) and not loaded.training
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(ModelError, match="a directory without an MLmodel file is not an MLflow model"):
+        load_generator(tmp_path / "alone")
+    with pytest.raises(ModelError, match="no such file or directory"):
+        load_generator(tmp_path / "nothing.pt")

@@ -100,7 +100,7 @@ def test_2015_results_zip_holds_val_and_test_results_as_the_coco_server_reads_th
     expected = setup["tmp"] / "expected"
     expected.mkdir()
     params = load_params(setup["tmp"] / "params.yaml")
-    write_split_maps(load_generator(setup["model"]), setup["tmp"] / "prepared", "val", expected, params)
+    write_split_maps(load_generator(setup["model"]).generator, setup["tmp"] / "prepared", "val", expected, params)
     for name, entry in zip(VAL_NAMES, val, strict=True):
         assert np.array_equal(decoded(entry), np.asarray(Image.open(expected / f"{name}.png")))
     manifest = json.loads((setup["output"] / "manifest.json").read_text())

@@ -182,6 +182,7 @@ def test_a_local_weights_file_with_pickled_code_is_refused(tmp_path):
 
 def test_a_model_salgan_logged_still_predicts(tmp_path, photo, monkeypatch):
     """The refusals above do not refuse the real thing: a model logged by salgan.tracking predicts."""
+    from salgan.models import load_generator
     from salgan.tracking.models import log_generator
 
     monkeypatch.chdir(tmp_path)
@@ -193,7 +194,7 @@ def test_a_model_salgan_logged_still_predicts(tmp_path, photo, monkeypatch):
     with mlflow.start_run(experiment_id=experiment.experiment_id):
         info = log_generator(weights, [64, 48])
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl")))
-    generator, size = predict._from_mlflow_dir(local)
+    generator, size = load_generator(local)
     assert size == (64, 48)
     expected = torch.load(weights, weights_only=True)
     assert all(torch.equal(generator.state_dict()[k], expected[k]) for k in expected)

@@ -109,7 +109,7 @@ def log_generator(
     from salgan.models import load_generator
 
     options = options or PredictParams()
-    generator = load_generator(generator_path, map_location="cpu")
+    generator = load_generator(generator_path).generator
     width, height = int(size[0]), int(size[1])
     return Model.log(
         artifact_path=None,
