@@ -14,7 +14,7 @@ status meaning
 130    interrupted
 ====== ============================================================================================
 
-Progress bars (:func:`progress`) show only on a terminal, on rank 0, and not with ``SALGAN_PROGRESS=0``.
+Progress bars are salgan/progress.py's: only on a terminal, on rank 0, and not with ``SALGAN_PROGRESS=0``.
 This file imports a subcommand's module only when it runs, so ``salgan --help`` stays fast and needs no
 optional package.
 """
@@ -26,7 +26,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from salgan.errors import ConfigError, InputError
 from salgan.urls import RedactingFilter, redact_text
@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("salgan.prepare", "resize images and maps into arrays for training"),
     "train": ("salgan.train", "train SalGAN (BCE pre-training, then adversarial); run under torchrun"),
     "evaluate": ("salgan.evaluate", "score the validation split with the full metric suite"),
-    "predict": ("salgan.predict", "saliency maps for images, from a registry model or a weights file"),
+    "predict": ("salgan.predict_tool", "saliency maps for images, from a registry model or a weights file"),
     "package": ("salgan.package", "build the SALICON challenge submission archive"),
     "registry": ("salgan.registry", "list registered models and promote the challenger to champion"),
     "track": ("salgan.tracking.replay", "log a finished run to MLflow afterwards (it was down during the run)"),
@@ -102,22 +102,6 @@ def setup_logging(name: str) -> None:
     for handler in logging.getLogger().handlers:  # log lines quote URLs too (a download's retries)
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
-
-
-def show_progress() -> bool:
-    """Progress bars on a terminal only, on rank 0 only, and never with ``SALGAN_PROGRESS=0``."""
-    return sys.stderr.isatty() and os.environ.get("RANK", "0") == "0" and os.environ.get("SALGAN_PROGRESS", "1") != "0"
-
-
-def progress(iterable: Iterable | None = None, enabled: bool = True, **options):
-    """A tqdm bar (``options`` as tqdm's) shown when ``enabled`` and :func:`show_progress` allow, on
-    stderr, without tqdm's monitor thread (a thread makes forking worker pools unsafe)."""
-    from tqdm import tqdm
-
-    class _Bar(tqdm):
-        monitor_interval = 0
-
-    return _Bar(iterable, file=sys.stderr, disable=not (enabled and show_progress()), **options)
 
 
 # --- the salgan command --------------------------------------------------------------------------------

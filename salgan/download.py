@@ -35,7 +35,7 @@ from salgan.errors import InputError
 from salgan.fetch import FetchError, md5sum
 from salgan.layout import LABELLED_SPLITS, SPLITS, atomic_directory
 from salgan.settings import ConfigError, DownloadParams, load_params
-from salgan.urls import redact_url
+from salgan.urls import is_s3_url, parse_s3_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def source_type(source: str) -> str:
     """sample | salicon | s3 | http | local; anything else is a ConfigError naming download.source."""
     if source in ("sample", "salicon"):
         return source
-    if source.startswith("s3://"):
+    if is_s3_url(source):
         return "s3"
     if source.startswith(("http://", "https://")):
         return "http"
@@ -294,7 +294,7 @@ class _Mirror:
     def __init__(self, base: str, kind: str, progress: bool):
         self.base, self.kind, self.progress = base, kind, progress
         if kind == "s3":
-            self.bucket, prefix = fetch.parse_s3_url(base)
+            self.bucket, prefix = parse_s3_url(base)
             self.prefix = prefix + "/" if prefix else ""
             self.client = fetch.s3_client()
 
@@ -483,7 +483,7 @@ def extract_archive(
     Files go to a folder chosen from their SALICON name (``COCO_val2014_...`` -> val), so the zip's own
     folder nesting does not matter; other entries (``__MACOSX/``, read-me files) are skipped.
     """
-    from salgan.cli import progress as bar_for
+    from salgan.progress import progress as bar_for
 
     try:
         archive = zipfile.ZipFile(path)

@@ -239,14 +239,14 @@ def _val_maps(params: Params, model: Path, given: str | Path | None, scratch: Pa
     """The folder of val maps: the given one, or the model's predictions written into ``scratch``."""
     if given is not None:
         return Path(given)
+    from salgan.inference import write_split_maps
     from salgan.models import load_generator
-    from salgan.predict import write_split_maps
 
     try:
         generator = load_generator(model).generator
     except Exception as exc:  # not a weights file, or not a generator: both mean no val maps
         raise PackageError(f"{model}: cannot predict the val maps with it ({type(exc).__name__}: {exc})") from None
-    write_split_maps(generator, Path(params.train.data), "val", scratch, params)
+    write_split_maps(generator, Path(params.train.data), "val", scratch, params.predict)
     return scratch
 
 

@@ -359,7 +359,7 @@ def _run_jobs(
 
 
 def _bar(total: int, desc: str, progress: bool):
-    from salgan.cli import progress as bar_for
+    from salgan.progress import progress as bar_for
 
     return bar_for(total=total, desc=desc, unit="img", enabled=progress)
 

@@ -191,7 +191,7 @@ def score_split(
     log2_baseline = PreparedMap(baseline_map, "baseline_map", shape=shape).log2_density
 
     rows = []
-    from salgan.cli import progress as bar_for
+    from salgan.progress import progress as bar_for
 
     for i in bar_for(range(n_images), enabled=progress, desc="scoring", unit="img"):
         label = f"image {i}" + (f" ({names[i]})" if names is not None else "")

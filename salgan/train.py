@@ -27,7 +27,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint
-from salgan.cli import progress
 from salgan.cpus import usable_cpus
 from salgan.data import PreparedSplit, load_split, split_bytes, stream_from_host
 from salgan.distributed import (
@@ -44,6 +43,7 @@ from salgan.distributed import (
 from salgan.layout import ModelFiles, code_version, json_digest, split_version, write_atomic
 from salgan.losses import ContentLoss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
+from salgan.progress import progress
 from salgan.settings import ConfigError, Params, load_params, to_dict, to_record
 from salgan.tracking import enabled as tracking_enabled
 

@@ -13,7 +13,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from salgan import batch, predict
+from salgan import batch, predict_tool
 from salgan.layout import sha256_file
 from salgan.models import Generator
 from salgan.settings import PredictParams
@@ -49,10 +49,10 @@ def test_maps_from_an_s3_prefix_to_an_s3_prefix_with_a_manifest_and_reruns_that_
     model = weights_file(tmp_path, 0)
     argv = ["--model", str(model), "--size", "64x48", "--output", f"s3://{BUCKET}/batch/maps", "--overlay"]
     argv += [f"s3://{BUCKET}/batch/images"]
-    assert predict.main(argv) == 1  # one input is broken: named, the others written
+    assert predict_tool.main(argv) == 1  # one input is broken: named, the others written
     assert "batch/images/broken.jpg" in capsys.readouterr().err
     local = tmp_path / "local"
-    predict.main(
+    predict_tool.main(
         ["--model", str(model), "--size", "64x48", "--output", str(local), "--overlay", str(tmp_path / "images")]
     )
     for stem, size in sizes.items():
@@ -69,13 +69,13 @@ def test_maps_from_an_s3_prefix_to_an_s3_prefix_with_a_manifest_and_reruns_that_
 
     # The same model again: nothing is predicted or written again; a missing map is written alone.
     client.delete_object(Bucket=BUCKET, Key="batch/maps/tiny.png")
-    predict.main(argv)
+    predict_tool.main(argv)
     again = json.loads(read_object(client, "batch/maps/manifest.json"))
     assert again["written"] == [f"s3://{BUCKET}/batch/maps/tiny.png"] and len(again["skipped"]) == len(sizes) - 1
     assert client.head_object(Bucket=BUCKET, Key="batch/maps/photo.png")["ETag"] == head["ETag"]
     # Another model: every map is written again, tagged with it.
     argv[1] = str(weights_file(tmp_path, 1))
-    predict.main(argv)
+    predict_tool.main(argv)
     other = json.loads(read_object(client, "batch/maps/manifest.json"))
     assert len(other["written"]) == len(sizes) and other["skipped"] == [] and other["model_sha256"] != identity
     assert (
@@ -146,7 +146,7 @@ def test_keys_that_would_escape_a_local_output_are_refused_each_and_a_tiny_image
     output = root / "maps"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     argv = ["--model", str(weights_file(tmp_path, 0)), "--size", "64x48", "--output", str(output)]
-    assert predict.main([*argv, f"s3://{BUCKET}/esc/in"]) == 1
+    assert predict_tool.main([*argv, f"s3://{BUCKET}/esc/in"]) == 1
     err = capsys.readouterr().err
     manifest = json.loads((output / "manifest.json").read_text())
     failed = {f["input"]: f["reason"] for f in manifest["failed"]}

@@ -11,7 +11,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from salgan import predict
+from salgan import predict, predict_tool
 from salgan.imaging import jet
 from salgan.layout import sha256_file
 from salgan.models import Generator
@@ -87,7 +87,7 @@ def test_predict_from_the_registry_champion(tmp_path, monkeypatch, capsys, champ
     expected = make_images(tmp_path / "in")
     out = tmp_path / "out"
     argv = ["--model", "models:/salgan@champion", "--output", str(out), "--overlay", "--batch-size", "4", "in"]
-    assert predict.main(argv) == 1
+    assert predict_tool.main(argv) == 1
     err = capsys.readouterr().err
     assert "broken.jpg" in err and err.count("skipped") == 1
     for stem, size in expected.items():
@@ -102,9 +102,9 @@ def test_predict_from_the_registry_champion(tmp_path, monkeypatch, capsys, champ
 
 def test_model_input_size_comes_from_the_mlflow_metadata(champion_store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
-    generator, size = predict.load_model("models:/salgan/1", Params(), None)
+    generator, size = predict_tool.load_model("models:/salgan/1", Params(), None)
     assert size == (64, 48) and isinstance(generator, Generator)
-    assert predict.load_model("models:/salgan/1", Params(), (128, 96))[1] == (128, 96)
+    assert predict_tool.load_model("models:/salgan/1", Params(), (128, 96))[1] == (128, 96)
 
 
 def test_weights_file_glob_and_pixel_limits(tmp_path, monkeypatch, capsys, weights):
@@ -118,7 +118,7 @@ def test_weights_file_glob_and_pixel_limits(tmp_path, monkeypatch, capsys, weigh
     for name, side in (("ok", 20), ("large", 40), ("refused", 50)):
         Image.new("RGB", (side, side), (200, 100, 50)).save(folder / f"{name}.png")
     argv = ["--model", str(weights), "--output", "out", "--size", "64x48", "--blur", "0", "pics/*.png"]
-    assert predict.main(argv) == 1
+    assert predict_tool.main(argv) == 1
     err = capsys.readouterr().err
     assert "large.png: declares 40x40 pixels, more than predict.max_pixels 1500" in err
     assert "refused.png: DecompressionBombError" in err
@@ -128,12 +128,12 @@ def test_weights_file_glob_and_pixel_limits(tmp_path, monkeypatch, capsys, weigh
 
 def test_missing_input_and_bad_model_are_reported(tmp_path, monkeypatch, capsys, weights):
     monkeypatch.chdir(tmp_path)
-    assert predict.main(["--model", str(tmp_path / "nope.pt"), "--output", "out", "x.jpg"]) == 1
+    assert predict_tool.main(["--model", str(tmp_path / "nope.pt"), "--output", "out", "x.jpg"]) == 1
     assert "nope.pt" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    assert predict.main(["--model", "junk.pt", "--output", "out", "x.jpg"]) == 1
+    assert predict_tool.main(["--model", "junk.pt", "--output", "out", "x.jpg"]) == 1
     assert "junk.pt: not a PyTorch weights file" in capsys.readouterr().err
-    assert predict.main(["--model", str(weights), "--output", "out", "missing.jpg"]) == 1
+    assert predict_tool.main(["--model", str(weights), "--output", "out", "missing.jpg"]) == 1
     assert "missing.jpg: no such file" in capsys.readouterr().err
 
 
@@ -193,7 +193,7 @@ def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save("photo.png")
 
     def champion_map(out: str) -> np.ndarray:
-        assert predict.main(["--model", "models:/salgan@champion", "--output", out, "photo.png"]) == 0
+        assert predict_tool.main(["--model", "models:/salgan@champion", "--output", out, "photo.png"]) == 0
         return np.asarray(Image.open(Path(out) / "photo.png"))
 
     first, again = champion_map("a"), champion_map("b")

@@ -18,7 +18,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from salgan import predict
+from salgan import predict_tool
 from salgan.layout import sha256_file
 from salgan.models import Generator
 from salgan.serving import MAX_PIXELS_ENV
@@ -64,7 +64,7 @@ def _decoded(text: str) -> Image.Image:
 
 
 def _predicted_by_the_cli(weights: Path, images: Path, out: Path) -> Path:
-    predict.main(["--model", str(weights), "--size", "64x48", "--output", str(out), "--overlay", str(images)])
+    predict_tool.main(["--model", str(weights), "--size", "64x48", "--output", str(out), "--overlay", str(images)])
     return out
 
 

@@ -23,7 +23,7 @@ import torch
 import yaml
 from PIL import Image
 
-from salgan import fetch, predict
+from salgan import fetch, predict_tool
 from salgan.errors import ConfigError
 from salgan.fixations import FixationFileError, load_fixations_mat
 from salgan.models import Generator
@@ -241,8 +241,8 @@ def test_real_fixation_files_still_read_as_before(tmp_path):
 def _peak_rss_of_predict(model: Path, photo: Path, out: Path) -> tuple[int, str, int]:
     """(exit status, stderr, peak RSS in MiB) of ``salgan predict`` on ``model`` in a process of its own."""
     code = (
-        "import resource, sys\nfrom salgan import predict\n"
-        f"status = predict.main(['--model', {str(model)!r}, '--output', {str(out)!r}, {str(photo)!r}])\n"
+        "import resource, sys\nfrom salgan import predict_tool\n"
+        f"status = predict_tool.main(['--model', {str(model)!r}, '--output', {str(out)!r}, {str(photo)!r}])\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)\nsys.exit(status)\n"
     )
     run = subprocess.run(
@@ -320,7 +320,7 @@ def test_a_crafted_mlmodel_is_refused_with_a_named_reason(tmp_path, mlmodel, rea
     model = _salgan_model(tmp_path / "model", mlmodel)
     photo = tmp_path / "photo.png"
     Image.fromarray(np.full((48, 64, 3), 100, dtype=np.uint8)).save(photo)
-    assert predict.main(["--model", str(model), "--output", str(tmp_path / "maps"), str(photo)]) == 1
+    assert predict_tool.main(["--model", str(model), "--output", str(tmp_path / "maps"), str(photo)]) == 1
     err = capsys.readouterr().err
     assert reason in err and str(model) in err and "Traceback" not in err
 
@@ -333,9 +333,9 @@ def test_an_extra_files_folder_that_is_a_link_is_refused(tmp_path, capsys):
     (model / "extra_files").symlink_to(elsewhere / "extra_files")
     photo = tmp_path / "photo.png"
     Image.fromarray(np.full((48, 64, 3), 100, dtype=np.uint8)).save(photo)
-    assert predict.main(["--model", str(model), "--output", str(tmp_path / "maps"), str(photo)]) == 1
+    assert predict_tool.main(["--model", str(model), "--output", str(tmp_path / "maps"), str(photo)]) == 1
     assert "extra_files is a link; salgan reads only the model's own files" in capsys.readouterr().err
-    assert predict.main(["--model", str(elsewhere), "--output", str(tmp_path / "maps"), str(photo)]) == 0
+    assert predict_tool.main(["--model", str(elsewhere), "--output", str(tmp_path / "maps"), str(photo)]) == 0
 
 
 # --- one tiny image ---------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_any_image_of_at_least_one_pixel_gets_a_map_beside_the_others(tmp_path, 
     Image.fromarray(np.full((48, 64, 3), 120, dtype=np.uint8)).save(images / "good.png")
     Image.fromarray(np.full((size[1], size[0], 3), 200, dtype=np.uint8)).save(images / "tiny.png")
     args = ["--model", str(weights), "--size", "64x48", "--batch-size", "2", "--output", str(tmp_path / "maps")]
-    assert predict.main([*args, str(images)]) == 0
+    assert predict_tool.main([*args, str(images)]) == 0
     assert Image.open(tmp_path / "maps" / "tiny.png").size == size
     assert Image.open(tmp_path / "maps" / "good.png").size == (64, 48)
 

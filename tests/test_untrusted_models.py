@@ -12,9 +12,10 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from salgan import predict
+from salgan import predict_tool
 from salgan.models import EncoderWeightsError, Generator, load_encoder_weights
 from salgan.registry import gate
+from salgan.settings import Params
 from salgan.tracking.models import record_evaluation
 from salgan.tracking.store import configure
 from tests.conftest import write_prepared
@@ -68,7 +69,7 @@ def test_a_crafted_mlflow_model_folder_is_refused_and_runs_nothing(tmp_path, pho
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default: salgan must not rely on it
     marker = tmp_path / "marker"
     model = write_model(tmp_path / "model", marker, **kind)
-    code = predict.main(["--model", str(model), "--output", str(tmp_path / "maps"), str(photo)])
+    code = predict_tool.main(["--model", str(model), "--output", str(tmp_path / "maps"), str(photo)])
     assert code == 1 and reason in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "maps").exists()
 
@@ -87,14 +88,14 @@ def test_a_crafted_model_in_the_registry_is_refused_by_the_loader_predict_and_th
     client.set_registered_model_alias("salgan", "champion", version.version)
     mlflow.set_tracking_uri(uri)
 
-    assert predict.main(["--output", str(tmp_path / "maps"), str(photo)]) == 1  # default: models:/salgan@champion
+    assert predict_tool.main(["--output", str(tmp_path / "maps"), str(photo)]) == 1  # default: models:/salgan@champion
     assert "not a SalGAN generator state_dict" in capsys.readouterr().err
-    with pytest.raises(predict.ModelError):
-        predict.load_model("models:/salgan/1", predict.Params(), None)
+    with pytest.raises(predict_tool.ModelError):
+        predict_tool.load_model("models:/salgan/1", Params(), None)
 
     # The gate opens the champion with the same loader before comparing anything with it: refused, the alias
     # left where it was, nothing of it run.
-    params = predict.Params()
+    params = Params()
     params.train.data = str(write_prepared(tmp_path / "prepared", n_train=2, n_val=4))
     params.mlflow.tracking_uri, params.evaluate.n_splits, params.prepare.size = uri, 5, [64, 48]
     torch.manual_seed(0)
@@ -129,7 +130,7 @@ def test_a_pickled_pyfunc_with_flattering_tags_is_never_promoted_and_runs_nothin
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    params = predict.Params()
+    params = Params()
     params.train.data = str(write_prepared(tmp_path / "data" / "prepared", n_train=2, n_val=4))
     model = write_model(tmp_path / "model", marker, ours=True)
     if weights == "salgan's":
@@ -152,7 +153,7 @@ def test_a_pickled_pyfunc_with_flattering_tags_is_never_promoted_and_runs_nothin
 
 def test_salgan_turns_mlflows_pickle_deserialisation_off_where_it_uses_mlflow(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default
-    params = predict.Params()
+    params = Params()
     params.mlflow.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     configure(params)
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"

@@ -117,8 +117,7 @@ def log_generator(
         flavor=serving,
         generator_path=str(generator_path),
         size=(width, height),
-        blur_size=options.blur_size,
-        max_pixels=options.max_pixels,
+        options=options,
         metadata={
             "input_size": [width, height],
             "encoder": generator.encoder_name,
