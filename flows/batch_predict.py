@@ -13,7 +13,6 @@ runs, and the command is an argument list, never a shell line.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 
@@ -22,9 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import checked_workdir, gpu_slot
 from flows.processes import run_streaming
+from salgan.urls import REGISTRY_URI, S3_LOCATION
 
-S3_LOCATION = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?")
-REGISTRY_MODEL = re.compile(r"models:/[A-Za-z0-9_.-]+(@[A-Za-z0-9_-]+|/[0-9]+)")
 DEFAULT_MODEL = "models:/salgan@champion"
 
 
@@ -33,7 +31,7 @@ def batch_predict_command(images: str, output: str, model: str = DEFAULT_MODEL, 
     for name, value, pattern, form in (
         ("images", images, S3_LOCATION, "s3://bucket/prefix"),
         ("output", output, S3_LOCATION, "s3://bucket/prefix"),
-        ("model", model, REGISTRY_MODEL, "models:/NAME@ALIAS or models:/NAME/VERSION"),
+        ("model", model, REGISTRY_URI, "models:/NAME@ALIAS or models:/NAME/VERSION"),
     ):
         if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:
             raise ValueError(f"{name} {value!r}: expected {form} (letters, digits and . _ - / only); refused")

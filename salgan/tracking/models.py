@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from salgan.tracking.fingerprint import FINGERPRINT_TAG, encode
 from salgan.tracking.registry import CHALLENGER, WEIGHTS_TAG, logged_model_id, register, version_with_weights
 from salgan.tracking.runs import continue_run, git_commit, is_number
 from salgan.tracking.store import TRACKING_ERRORS, configure, tracking_uri, warn_unavailable
-from salgan.urls import redact_url
+from salgan.urls import REGISTRY_URI, redact_url
 
 MODEL_NAME_IN_RUN = "model"
 
@@ -141,8 +140,6 @@ def download_model(model_uri: str, params: Params, dst: Path) -> Path:
 # --- the local cache of registered models -------------------------------------------------------------
 
 CACHE_ENV = "SALGAN_CACHE_DIR"
-# Only names that are safe as a folder name are cached (a name such as ".." must not steer a path).
-_REGISTRY_URI = re.compile(r"models:/(?P<name>[A-Za-z0-9_-][A-Za-z0-9_.-]*)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
 
 
 def cache_root() -> Path:
@@ -164,7 +161,7 @@ def fetched_model(model_uri: str, params: Params) -> Iterator[Path]:
     folder names.
     """
     configure(params)
-    match = _REGISTRY_URI.fullmatch(model_uri)
+    match = REGISTRY_URI.fullmatch(model_uri)  # its name is safe as a folder name
     if match is None:
         with tempfile.TemporaryDirectory(prefix="salgan-model-") as tmp:
             yield download_model(model_uri, params, Path(tmp))
