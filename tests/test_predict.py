@@ -18,6 +18,7 @@ from salgan.models import Generator
 from salgan.settings import Params, to_dict
 from salgan.tracking.models import log_generator
 from salgan.tracking.registry import register
+from salgan.urls import REGISTRY_URI
 from tests.conftest import write_params_file, write_prepared
 
 
@@ -204,7 +205,7 @@ def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias
     cached = next((tmp_path / "cache" / "models").glob("*/salgan/2/extra_files/generator.pt"))
     cached.write_bytes((tmp_path / "generator0.pt").read_bytes())  # a damaged or swapped cache entry
     assert np.array_equal(champion_map("d"), moved) and fetched[-1] == "models:/salgan/2" and len(fetched) == 3
-    assert tracked._REGISTRY_URI.fullmatch("models:/../2") is None  # a name never steers a cache path
+    assert REGISTRY_URI.fullmatch("models:/../2") is None  # a name never steers a cache path
 
 
 @pytest.mark.parametrize("size", [3, 5, 9])
