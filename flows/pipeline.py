@@ -34,7 +34,8 @@ from prefect.tasks import exponential_backoff
 
 from flows.processes import end_recorded_stage, run_streaming
 from flows.workspace import workspace_lock
-from salgan.settings import override_args
+from salgan.settings import ConfigError, load_params, override_args, parse_override, validate_overrides
+from salgan.trust import check_untrusted
 
 # Stages that occupy the machine's GPUs: training under torchrun, and full-resolution inference.
 GPU_STAGES = frozenset({"train", "predict"})
@@ -103,8 +104,6 @@ def checked_overrides(overrides: dict[str, Any] | None, workdir: str | Path) -> 
     allows the key in ``SALGAN_FLOW_ALLOWED_KEYS``, limits only lowered); raises naming the key and reason."""
     if not overrides:
         return None
-    from salgan.settings import load_params, validate_overrides
-    from salgan.trust import check_untrusted
 
     base = load_params(Path(workdir) / "params.yaml", require_all=False)
     checked = validate_overrides(overrides, base)
@@ -217,7 +216,6 @@ def add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 def parse_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict | None:
     """The ``-S`` values as a dict (None when there are none); a malformed one is a usage error."""
-    from salgan.settings import ConfigError, parse_override
 
     try:
         return dict(parse_override(item) for item in args.overrides) or None

@@ -42,6 +42,11 @@ from flows.pipeline import (
 )
 from flows.processes import end_recorded_stage, run_streaming
 from flows.workspace import workspace_lock
+from salgan.layout import ReportFiles
+from salgan.registry import check_metric, gate
+from salgan.settings import load_params
+from salgan.tracking.registry import PromotionError, check_min_delta, version_with_weights
+from salgan.urls import redact_url
 
 ARTIFACT_KEY = "salgan-retrain"
 REFRESH_MODES = ("download", "pull", "none")
@@ -66,7 +71,6 @@ def workspace_params(workdir: str | Path):
     current directory, so the prepared data and a relative sqlite or file store are resolved against it,
     not against wherever this flow process happens to run. ``MLFLOW_TRACKING_URI`` wins, as in the stages.
     """
-    from salgan.settings import load_params
 
     base = Path(workdir).resolve()
     params = load_params(base / "params.yaml")
@@ -94,8 +98,6 @@ def this_runs_version(params) -> str:
 
     from mlflow import MlflowClient
 
-    from salgan.layout import ReportFiles
-    from salgan.tracking.registry import PromotionError, version_with_weights
     from salgan.tracking.store import configure
 
     metrics = ReportFiles(Path(params.evaluate.output)).metrics
@@ -119,7 +121,6 @@ def run_promotion(params, metric: str, min_delta: float, floor: bool = True) -> 
 
     Imported here: mlflow and the scoring code are heavy, and running stages does not need them.
     """
-    from salgan.registry import gate
 
     return gate(params, metric, min_delta, version=this_runs_version(params), floor=floor)
 
@@ -127,7 +128,6 @@ def run_promotion(params, metric: str, min_delta: float, floor: bool = True) -> 
 @task(name="promotion-gate", task_run_name="promotion-gate", cache_policy=NO_CACHE)
 def promotion_gate(workdir: str, metric: str, min_delta: float, floor: bool = True) -> dict[str, Any]:
     """Compare this run's registered model with the champion on ``metric``; promote when it is better."""
-    from salgan.urls import redact_url
 
     logger = get_run_logger()
     params = workspace_params(workdir)
@@ -292,8 +292,6 @@ def salgan_retrain(
 
     Returns the gate's result (``salgan.tracking.registry.promote``).
     """
-    from salgan.registry import check_metric
-    from salgan.tracking.registry import check_min_delta
 
     if refresh not in REFRESH_MODES:
         raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")

@@ -24,9 +24,21 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from salgan.cli import command_parser, run_command
 from salgan.encoder_table import ENCODERS, WIDTH_ENCODERS
 from salgan.metrics import TABLE_I
-from salgan.settings import ConfigError, Params, flatten, nest, override_args, params_from_dict, read_yaml
+from salgan.settings import (
+    ConfigError,
+    Params,
+    flatten,
+    load_params,
+    nest,
+    override_args,
+    params_from_dict,
+    read_yaml,
+    validate_overrides,
+)
+from salgan.trust import check_untrusted
 from salgan.urls import redact_text
 
 ARMS = ("imagenet-gan", "imagenet-bce", "random-gan", "random-bce")  # the seed paper's, on VGG16
@@ -105,9 +117,6 @@ def load_profile(path: str | None, params_file: str = "params.yaml") -> dict[str
     try:
         params_from_dict(data)
         if Path.cwd().resolve() not in Path(path).resolve().parents:
-            from salgan.settings import load_params, validate_overrides
-            from salgan.trust import check_untrusted
-
             check_untrusted(validate_overrides(data), load_params(params_file, require_all=False), Path.cwd())
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
@@ -221,7 +230,6 @@ def _arm_name(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan ablation run|show`` (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "ablation",

@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("salgan.predict_tool", "saliency maps for images, from a registry model or a weights file"),
     "package": ("salgan.package", "build the SALICON challenge submission archive"),
     "registry": ("salgan.registry", "list registered models and promote the challenger to champion"),
-    "track": ("salgan.tracking.replay", "log a finished run to MLflow afterwards (it was down during the run)"),
+    "track": ("salgan.track", "log a finished run to MLflow afterwards (it was down during the run)"),
     "mirror": ("salgan.mirror", "upload the raw SALICON zips to an S3 mirror with their checksums"),
     "ablation": ("salgan.ablation", "print DVC experiments' metrics beside the seed paper's Table I"),
 }

@@ -31,9 +31,12 @@ from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from salgan import fetch
+from salgan.cli import command_parser, run_command
 from salgan.errors import InputError
 from salgan.fetch import FetchError, md5sum
 from salgan.layout import LABELLED_SPLITS, SPLITS, atomic_directory
+from salgan.progress import progress as bar_for
+from salgan.sample import generate_sample
 from salgan.settings import ConfigError, DownloadParams, load_params
 from salgan.urls import is_s3_url, parse_s3_url, redact_url
 
@@ -162,7 +165,6 @@ def source_type(source: str) -> str:
 
 
 def _from_sample(params: DownloadParams, stage: Path) -> dict:
-    from salgan.sample import generate_sample
 
     log.info(
         "generating the sample: %d train, %d val, %d test images (seed %d)",
@@ -483,7 +485,6 @@ def extract_archive(
     Files go to a folder chosen from their SALICON name (``COCO_val2014_...`` -> val), so the zip's own
     folder nesting does not matter; other entries (``__MACOSX/``, read-me files) are skipped.
     """
-    from salgan.progress import progress as bar_for
 
     try:
         archive = zipfile.ZipFile(path)
@@ -634,7 +635,6 @@ def _stems(folder: Path, ext: str) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan download [--params params.yaml]``: run the stage (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "download",

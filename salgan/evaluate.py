@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from salgan.cli import command_parser, run_command
 from salgan.errors import InputError
+from salgan.figures import example_grid, loss_curves, progression, report_page
 from salgan.inference import BatchedPredictions
 from salgan.layout import (
     ModelFiles,
@@ -35,10 +37,13 @@ from salgan.layout import (
     split_version,
     write_atomic,
 )
-from salgan.metrics import TABLE_I, center_bias_map
+from salgan.losses import describe_content_loss
+from salgan.metrics import METRIC_NAMES, TABLE_I, center_bias_map
+from salgan.models import load_generator, model_cost
 from salgan.scoring import fixation_density_baseline, score_split
 from salgan.settings import Params, load_params
 from salgan.tracking import enabled as tracking_enabled
+from salgan.tracking import fingerprint
 
 UNIFORM_MIX = 0.01
 
@@ -101,8 +106,6 @@ def input_size(val: SplitArrays) -> tuple[int, int]:
 
 def evaluate(params: Params) -> dict:
     """Score the model and the baselines; write the reports; return the metrics dict."""
-    from salgan.models import load_generator
-    from salgan.tracking import fingerprint
 
     cfg = params.evaluate
     val, common = scoring_inputs(params)
@@ -138,16 +141,12 @@ def model_costs(generator, history_path: Path) -> dict[str, float]:
     image and the training throughput (images/s, the median over the epochs of models/history.json)."""
     import statistics
 
-    from salgan.models import model_cost
-
     speeds = [r["images_per_s"] for r in json.loads(history_path.read_text()) if r.get("images_per_s")]
     return {**model_cost(generator), "train_images_per_s": statistics.median(speeds) if speeds else None}
 
 
 def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, rows, reports: ReportFiles) -> None:
     """The example grid, the training progression, the loss curves and reports/report.html holding them."""
-    from salgan.figures import example_grid, loss_curves, progression, report_page
-    from salgan.losses import describe_content_loss
 
     trained = ModelFiles(Path(params.train.output))
     snapshots = sorted(trained.snapshots.glob("epoch_*.png"))
@@ -199,7 +198,6 @@ def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, genera
 
 def summary_table(metrics: dict) -> str:
     """Model, centre bias and ceiling side by side."""
-    from salgan.metrics import METRIC_NAMES
 
     columns = {"model": metrics, **metrics["baselines"]}
     lines = [f"{'metric':<18}" + "".join(f"{name:>14}" for name in columns)]
@@ -209,7 +207,6 @@ def summary_table(metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "evaluate",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from salgan.errors import InputError
 from salgan.layout import atomic_file, file_digests
+from salgan.progress import progress as bar_for
 from salgan.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,6 @@ def _open_partial(path: Path):
 
 def _write(chunks: Iterable[bytes], part: _Partial, total: int | None, progress: bool) -> None:
     """Append ``chunks`` to the partial file with a progress bar that starts at the bytes already there."""
-    from salgan.progress import progress as bar_for
 
     with (
         _open_partial(part.path) as handle,

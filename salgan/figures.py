@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from salgan.imaging import overlay, to_uint8
 from salgan.metrics import METRIC_NAMES
 
 LOSSES = ("g_loss", "content_loss", "d_loss", "val_content_loss")
@@ -55,8 +56,6 @@ def example_grid(images, gt_maps, predictions, rows: list[dict], count: int, pat
     maps at the original size, ``rows`` the per-image scores (``name``, ``nss``, ``cc``).
     """
     from PIL import Image
-
-    from salgan.imaging import overlay, to_uint8
 
     plt = _pyplot()
     chosen = pick_rows([row["nss"] for row in rows], count)

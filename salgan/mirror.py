@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from salgan import fetch
+from salgan.cli import command_parser, run_command
 from salgan.download import CHECKSUMS_FILE, RELEASE
 from salgan.errors import InputError
 from salgan.layout import file_digests
+from salgan.progress import progress as bar_for
 from salgan.settings import load_params
 from salgan.urls import is_s3_url, parse_s3_url
 
@@ -103,8 +105,6 @@ def upload(client, item: Zip, bucket: str, key: str, part_size_mib: int, progres
     """Upload one zip (multipart above one part); False when the mirror already holds it."""
     from boto3.s3.transfer import TransferConfig
 
-    from salgan.progress import progress as bar_for
-
     head = fetch.s3_head(client, bucket, key)
     if head and head["ContentLength"] == item.size and head.get("Metadata", {}).get("md5") == item.md5:
         log.info("s3://%s/%s is up to date (md5 %s)", bucket, key, item.md5)
@@ -178,7 +178,6 @@ def default_source(params_file: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan mirror s3://bucket/prefix [--source DIR]`` (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "mirror",

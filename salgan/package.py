@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from salgan.cli import command_parser, run_command
 from salgan.errors import InputError
 from salgan.layout import ModelFiles, atomic_directory, json_digest, read_split, sha256_file
+from salgan.settings import load_params, to_dict
 
 if TYPE_CHECKING:
     from salgan.settings import Params
@@ -133,7 +135,6 @@ def image_id(name: str) -> int:
 
 def params_sha256(params: Params) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the resolved settings."""
-    from salgan.settings import to_dict
 
     return json_digest(to_dict(params))
 
@@ -255,8 +256,6 @@ def _val_maps(params: Params, model: Path, given: str | Path | None, scratch: Pa
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan package`` (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
-    from salgan.settings import load_params
 
     parser = command_parser(
         "package",

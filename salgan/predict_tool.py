@@ -27,6 +27,7 @@ from salgan import predict as stage
 from salgan.cli import command_parser, run_command
 from salgan.encoder_table import MIN_STRIDE, size_problem
 from salgan.errors import ConfigError
+from salgan.fetch import s3_client
 from salgan.imaging import Decoded, decode_rgb, save_map, save_overlay
 from salgan.inference import default_device, failure_reason, predict_images
 from salgan.inputs import Job, collect
@@ -190,7 +191,6 @@ def _tool_main(args: argparse.Namespace) -> int:
 
 def _batch_main(args, generator, size, options: PredictParams, device, model: str) -> int:
     """S3 inputs or output: salgan/batch.py, one batch in memory at a time, a manifest at the end."""
-    from salgan.fetch import s3_client  # boto3: imported only for S3
 
     client = s3_client()
     local = [text for text in args.inputs if not is_s3_url(text)]

@@ -30,11 +30,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from salgan.cli import command_parser, run_command
 from salgan.cpus import usable_cpus
 from salgan.errors import InputError
 from salgan.fixations import FixationFile, fixation_counts, load_fixations_mat
 from salgan.imaging import IMAGE_SUFFIXES, ImageError, decode_grey, decode_rgb, opened
 from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SPLITS, SplitFiles, atomic_directory, split_version_of_files
+from salgan.progress import progress as bar_for
+from salgan.settings import load_params
 
 if TYPE_CHECKING:
     from salgan.settings import PrepareParams
@@ -359,7 +362,6 @@ def _run_jobs(
 
 
 def _bar(total: int, desc: str, progress: bool):
-    from salgan.progress import progress as bar_for
 
     return bar_for(total=total, desc=desc, unit="img", enabled=progress)
 
@@ -451,8 +453,6 @@ def _save_fixation_maps(path: Path, results: list[ItemResult], shape: tuple[int,
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan prepare``: run the stage (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
-    from salgan.settings import load_params
 
     parser = command_parser(
         "prepare",

@@ -12,9 +12,16 @@ import functools
 import math
 from pathlib import Path
 
+from salgan.cli import command_parser, run_command
 from salgan.errors import ConfigError, InputError
+from salgan.imaging import IMAGE_SUFFIXES, decode_rgb
+from salgan.layout import LOGGED_WEIGHTS, sha256_file
+from salgan.metrics import METRIC_NAMES
 from salgan.settings import Params, load_params
-from salgan.tracking.registry import Opened, Unloadable, promote
+from salgan.tracking import fingerprint
+from salgan.tracking.lock import registry_lock
+from salgan.tracking.registry import Opened, Unloadable, check_min_delta, describe, list_versions, promote
+from salgan.urls import redact_text
 
 
 class Judge:
@@ -28,7 +35,6 @@ class Judge:
     @functools.cached_property
     def common(self) -> dict:
         """Today's fingerprint fields: the prepared splits' versions, the scoring settings and code."""
-        from salgan.tracking import fingerprint
 
         data = Path(self.params.train.data)
         for split in ("train", "val"):
@@ -42,10 +48,8 @@ class Judge:
     def open(self, version) -> Opened:
         """The version's generator read as ``salgan predict`` reads a model (weights only, salgan's format),
         its pyfunc loader checked to be salgan's own, its weights hashed."""
-        from salgan.layout import LOGGED_WEIGHTS, sha256_file
         from salgan.models import ModelError, load_generator
         from salgan.tracking.models import fetched_model
-        from salgan.urls import redact_text
 
         uri = f"models:/{self.name}/{version.version}"
         try:
@@ -80,7 +84,6 @@ class Judge:
 
     def images_at(self, size: tuple[int, int]) -> RawImages:
         """The val images at ``size``, decoded from the raw tree (``prepare.input``) as prepare decodes them."""
-        from salgan.imaging import IMAGE_SUFFIXES
 
         folder = Path(self.params.prepare.input) / "images" / "val"
         paths = []
@@ -113,8 +116,6 @@ class RawImages:
 
     def __getitem__(self, index: slice):
         import numpy as np
-
-        from salgan.imaging import decode_rgb
 
         decoded = (
             decode_rgb(path, self.size, self.max_pixels, "prepare.max_pixels", draft=True) for path in self.paths[index]
@@ -151,8 +152,6 @@ def gate(
     the registry's lock (:mod:`salgan.tracking.lock`)."""
     from mlflow import MlflowClient
 
-    from salgan.tracking.lock import registry_lock
-    from salgan.tracking.registry import check_min_delta
     from salgan.tracking.store import configure
 
     metric, min_delta = check_metric(metric), check_min_delta(min_delta)  # before anything is loaded
@@ -166,7 +165,6 @@ def gate(
 
 def check_metric(metric: str) -> str:
     """``metric`` if it is one of the metrics evaluate scores; else :class:`ConfigError` (exit status 2)."""
-    from salgan.metrics import METRIC_NAMES
 
     if metric not in METRIC_NAMES:
         raise ConfigError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
@@ -185,7 +183,6 @@ def _min_delta(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan registry list|promote`` (exit statuses: salgan/cli.py; a refused version: 1)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "registry",
@@ -217,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         from mlflow import MlflowClient
 
-        from salgan.tracking.registry import describe, list_versions
         from salgan.tracking.store import configure
 
         params = load_params(args.params, require_all=False) if Path(args.params).is_file() else Params()

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from salgan.metrics import METRIC_NAMES, Fixations, PreparedMap, image_metrics
+from salgan.progress import progress as bar_for
 
 __all__ = ["fixation_density_baseline", "score_split", "write_scores"]
 
@@ -191,7 +192,6 @@ def score_split(
     log2_baseline = PreparedMap(baseline_map, "baseline_map", shape=shape).log2_density
 
     rows = []
-    from salgan.progress import progress as bar_for
 
     for i in bar_for(range(n_images), enabled=progress, desc="scoring", unit="img"):
         label = f"image {i}" + (f" ({names[i]})" if names is not None else "")

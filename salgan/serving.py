@@ -33,6 +33,7 @@ import numpy as np
 from salgan.imaging import Decoded, declared_pixels, decode_rgb, encoded, save_map, save_overlay
 from salgan.inference import default_device, failure_reason, predict_images
 from salgan.layout import LOGGED_WEIGHTS
+from salgan.models import load_generator
 from salgan.settings import PredictParams
 
 SETTINGS_FILE = "extra_files/serving.json"
@@ -132,7 +133,6 @@ def _python_env() -> str:
 
 def _load_pyfunc(data_path: str, model_config=None) -> SaliencyService:
     """MLflow's pyfunc loader protocol: ``data_path`` is the model's ``extra_files`` folder."""
-    from salgan.models import load_generator
 
     folder = Path(data_path).parent
     settings = json.loads((folder / SETTINGS_FILE).read_text())

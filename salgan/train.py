@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint
+from salgan.cli import command_parser, run_command
 from salgan.cpus import usable_cpus
 from salgan.data import PreparedSplit, load_split, split_bytes, stream_from_host
 from salgan.distributed import (
@@ -523,7 +524,6 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "train",

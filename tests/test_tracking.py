@@ -267,7 +267,7 @@ def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_tw
     """``salgan track``: training and evaluation ran with MLflow unreachable; once it answers, one run with
     every epoch and one registered version appear, and a second ``salgan track`` adds nothing."""
     from salgan.evaluate import evaluate
-    from salgan.tracking.replay import replay
+    from salgan.track import replay
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from salgan.cli import command_parser, run_command
+from salgan.errors import ConfigError, InputError
+from salgan.layout import ModelFiles, ReportFiles
 from salgan.settings import Params, load_params
+from salgan.urls import redact_url
 
 
 def replay(params: Params) -> str:
@@ -23,12 +27,9 @@ def replay(params: Params) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from salgan.errors import ConfigError, InputError
     from salgan.evaluate import record_to_mlflow
-    from salgan.layout import ModelFiles, ReportFiles
     from salgan.tracking.runs import TrainingTracker, recorded_run_id
     from salgan.tracking.store import configure
-    from salgan.urls import redact_url
 
     if not params.mlflow.enabled:
         raise ConfigError("mlflow.enabled is false in the settings: nothing to log")
@@ -57,7 +58,6 @@ def replay(params: Params) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan track`` (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "track",
