@@ -20,7 +20,6 @@ Run locally on the ephemeral API server: ``python -m flows.retrain`` (``--help``
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,16 +68,17 @@ def refresh_data(mode: str, workdir: str) -> None:
 def workspace_params(workdir: str | Path):
     """params.yaml of ``workdir`` as the pipeline's stages see it: they run with ``workdir`` as their
     current directory, so the prepared data and a relative sqlite or file store are resolved against it,
-    not against wherever this flow process happens to run. ``MLFLOW_TRACKING_URI`` wins, as in the stages.
+    not against wherever this flow process happens to run. The tracking URI is the stages' own
+    (:func:`salgan.tracking.store.tracking_uri`), made absolute.
     """
+    from salgan.tracking.store import tracking_uri
 
     base = Path(workdir).resolve()
     params = load_params(base / "params.yaml")
     params.train.data = str(base / params.train.data)
     params.prepare.input = str(base / params.prepare.input)  # the raw images a version of another size needs
     params.evaluate.output = str(base / params.evaluate.output)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
-    params.mlflow.tracking_uri = absolute_store(uri, base)
+    params.mlflow.tracking_uri = absolute_store(tracking_uri(params), base)
     return params
 
 
@@ -96,9 +96,7 @@ def this_runs_version(params) -> str:
     the weights ``reports/metrics.json``'s fingerprint names (not whatever ``challenger`` names by now)."""
     import json
 
-    from mlflow import MlflowClient
-
-    from salgan.tracking.store import configure
+    from salgan.tracking.store import client
 
     metrics = ReportFiles(Path(params.evaluate.output)).metrics
     try:
@@ -107,7 +105,7 @@ def this_runs_version(params) -> str:
         raise PromotionError(
             f"{metrics}: no evaluation with a scoring fingerprint ({exc!r}); run the pipeline"
         ) from None
-    found = version_with_weights(MlflowClient(configure(params)), params.mlflow.model_name, weights)
+    found = version_with_weights(client(params), params.mlflow.model_name, weights)
     if found is None:
         raise PromotionError(
             f"the model evaluated in {metrics} (weights {weights[:12]}) is not registered; was MLflow unreachable? "
@@ -149,21 +147,19 @@ def promotion_gate(workdir: str, metric: str, min_delta: float, floor: bool = Tr
 
 def record_decision(workdir: str, run_id: str, result: dict[str, Any], metric: str) -> None:
     """The gate's decision on the retraining's parent MLflow run: tags, and both sides' compared values."""
-    from mlflow import MlflowClient
+    from salgan.tracking.store import TRACKING_ERRORS, client
 
-    from salgan.tracking.store import TRACKING_ERRORS
-
-    client = MlflowClient(workspace_params(workdir).mlflow.tracking_uri)
+    mlflow_client = client(workspace_params(workdir))
     tags = {"decision": str(result.get("decision")), "reason": str(result.get("reason"))}
     for side in ("challenger", "champion"):
         if isinstance(result.get(side), dict):
             tags[f"{side}_version"] = str(result[side]["version"])
             if result[side].get("value") is not None:
                 with contextlib.suppress(*TRACKING_ERRORS):
-                    client.log_metric(run_id, f"{side}_{metric}", float(result[side]["value"]))
+                    mlflow_client.log_metric(run_id, f"{side}_{metric}", float(result[side]["value"]))
     with contextlib.suppress(*TRACKING_ERRORS):
         for key, value in tags.items():
-            client.set_tag(run_id, key, value)
+            mlflow_client.set_tag(run_id, key, value)
 
 
 # ---------------------------------------------------------------------------------------------------------

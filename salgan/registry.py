@@ -150,22 +150,18 @@ def gate(
     """:func:`salgan.tracking.registry.promote` of ``version`` (default: the challenger) against the champion,
     both opened here and valued under today's fingerprint (``train.data``, the settings, the code), under
     the registry's lock (:mod:`salgan.tracking.lock`)."""
-    from mlflow import MlflowClient
-
-    from salgan.tracking.store import configure
+    from salgan.tracking.store import client, tracking_uri
 
     metric, min_delta = check_metric(metric), check_min_delta(min_delta)  # before anything is loaded
-    uri = configure(params)
-    client = MlflowClient(uri)
+    uri = tracking_uri(params)
     name = name or params.mlflow.model_name
     return promote(
-        client, name, Judge(params, name), metric, min_delta, version, floor, lock=lambda: registry_lock(uri)
+        client(params), name, Judge(params, name), metric, min_delta, version, floor, lock=lambda: registry_lock(uri)
     )
 
 
 def check_metric(metric: str) -> str:
     """``metric`` if it is one of the metrics evaluate scores; else :class:`ConfigError` (exit status 2)."""
-
     if metric not in METRIC_NAMES:
         raise ConfigError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
     return metric
@@ -212,14 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        from mlflow import MlflowClient
-
-        from salgan.tracking.store import configure
+        from salgan.tracking.store import client
 
         params = load_params(args.params, require_all=False) if Path(args.params).is_file() else Params()
         name = args.name or params.mlflow.model_name
         if args.command == "list":
-            print(list_versions(MlflowClient(configure(params)), name))
+            print(list_versions(client(params), name))
             return 0
         result = gate(params, args.metric, args.min_delta, name, args.version, floor=not args.no_floor)
         print(describe(result))

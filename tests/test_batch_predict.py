@@ -6,19 +6,15 @@ import io
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
-from mlflow import MlflowClient
 from PIL import Image
 
 from salgan import batch, predict_tool
-from salgan.layout import sha256_file
 from salgan.models import Generator
 from salgan.settings import PredictParams
-from salgan.tracking.models import log_generator
-from salgan.tracking.registry import register
+from tests.conftest import register_weights
 from tests.test_predict import make_images
 from tests.test_s3 import BUCKET, s3  # noqa: F401 -- the fixture: moto's server and the AWS settings
 
@@ -237,13 +233,8 @@ def test_the_batch_predict_flow_maps_a_prefix_with_the_champion(s3, harness, tmp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SALGAN_WORKDIRS", str(tmp_path))
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("batch")
     weights = weights_file(tmp_path, 2)
-    with mlflow.start_run() as run:
-        info = log_generator(weights, [64, 48])
-    version = register(MlflowClient(uri), "salgan", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id})
-    MlflowClient(uri).set_registered_model_alias("salgan", "champion", version)
+    register_weights(uri, weights, alias="champion")
     images = tmp_path / "images"
     images.mkdir()
     for name, size in (("a.jpg", (120, 90)), ("b.png", (50, 70))):

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
@@ -13,13 +12,10 @@ from PIL import Image
 
 from salgan import predict, predict_tool
 from salgan.imaging import jet
-from salgan.layout import sha256_file
 from salgan.models import Generator
 from salgan.settings import Params, to_dict
-from salgan.tracking.models import log_generator
-from salgan.tracking.registry import register
 from salgan.urls import REGISTRY_URI
-from tests.conftest import write_params_file, write_prepared
+from tests.conftest import register_weights, write_params_file, write_prepared
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +33,7 @@ def champion_store(tmp_path_factory, weights):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment("predict-test")
-        with mlflow.start_run() as run:
-            info = log_generator(weights, [64, 48])
-            version = register(
-                MlflowClient(), "salgan", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id}
-            )
-        MlflowClient().set_registered_model_alias("salgan", "champion", version)
+        register_weights(uri, weights, alias="champion")
     return uri
 
 
@@ -176,17 +164,13 @@ def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SALGAN_CACHE_DIR", str(tmp_path / "cache"))
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("cache")
     client = MlflowClient(uri)
     versions = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         path = tmp_path / f"generator{seed}.pt"
         torch.save(Generator(width=0.0625).state_dict(), path)
-        with mlflow.start_run() as run:
-            info = log_generator(path, [64, 48])
-        versions.append(register(client, "salgan", info.model_uri, sha256_file(path), {"run_id": run.info.run_id}))
+        versions.append(register_weights(uri, path))
     client.set_registered_model_alias("salgan", "champion", versions[0])
     fetched = []
     download = tracked.download_model

@@ -143,7 +143,7 @@ def test_resumed_training_continues_the_recorded_run(trained):
     assert [m.step for m in history] == [1, 2, 3]
 
 
-def test_record_evaluation_registers_a_challenger(trained):
+def test_record_evaluation_registers_a_challenger(trained, monkeypatch):
     params, root, uri = trained
     reports = root / "reports"
     reports.mkdir(exist_ok=True)
@@ -173,7 +173,7 @@ def test_record_evaluation_registers_a_challenger(trained):
     assert version_metrics(client, reused)["nss"] == 1.5 and reused.tags["data_version"] == "d2"
     assert len(client.search_model_versions("name='salgan'")) == 1
 
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     pyfunc = mlflow.pyfunc.load_model("models:/salgan@challenger")  # images in, maps out: test_serving.py
     assert pyfunc.metadata.metadata["input_size"] == [64, 48] and pyfunc.metadata.metadata["encoder"] == "vgg16"
     image = io.BytesIO()
@@ -281,7 +281,6 @@ def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_tw
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the server is back
     params.mlflow.tracking_uri = uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exported the old one
     assert int(replay(params)) == 1
     client = MlflowClient(uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "tiny"]
@@ -302,9 +301,9 @@ def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_tw
 
 
 def test_one_process_running_stages_with_two_settings_records_each_in_its_own_store(tmp_path, monkeypatch):
-    """MLflow's setters export the URI and experiment they set; salgan keeps them out of the environment,
-    so a second stage in the same process (a notebook, a flow) records to its own params' store and continues
-    the run its train recorded, whatever experiment the first one left active."""
+    """salgan sets no process-wide MLflow state (a tracking URI, an experiment, an active run): a second stage
+    in the same process (a notebook, a flow) records to its own params' store and continues the run its train
+    recorded, by its id, whatever the first one did."""
     monkeypatch.chdir(tmp_path)
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
@@ -321,12 +320,13 @@ def test_one_process_running_stages_with_two_settings_records_each_in_its_own_st
     run_file.parent.mkdir(parents=True)
     run_file.write_text(json.dumps({"run_id": recorded, "experiment_id": experiment_b, "tracking_uri": uri_b}))
 
-    with runs.continue_run(first):
-        mlflow.log_metric("stage", 1)
+    with runs.continued_run(first) as (client, run_id):
+        client.log_metric(run_id, "stage", 1)
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ
-    with runs.continue_run(second) as active:
-        mlflow.log_metric("stage", 2)
-    assert active.info.run_id == recorded
+    assert mlflow.active_run() is None and mlflow.get_tracking_uri() not in (uri_a, uri_b)
+    with runs.continued_run(second) as (client, run_id):
+        client.log_metric(run_id, "stage", 2)
+    assert run_id == recorded and client_b.get_run(recorded).info.status == "FINISHED"
 
     (run_a,) = MlflowClient(uri_a).search_runs([MlflowClient(uri_a).get_experiment_by_name("tiny").experiment_id])
     assert run_a.data.metrics == {"stage": 1}

@@ -17,7 +17,7 @@ from salgan.models import EncoderWeightsError, Generator, load_encoder_weights
 from salgan.registry import gate
 from salgan.settings import Params
 from salgan.tracking.models import record_evaluation
-from salgan.tracking.store import configure
+from salgan.tracking.store import client
 from tests.conftest import write_prepared
 
 
@@ -86,7 +86,6 @@ def test_a_crafted_model_in_the_registry_is_refused_by_the_loader_predict_and_th
     model = write_model(tmp_path / "model", marker, ours=True)
     version = client.create_model_version("salgan", source=model.as_uri(), tags={"data_version": "old"})
     client.set_registered_model_alias("salgan", "champion", version.version)
-    mlflow.set_tracking_uri(uri)
 
     assert predict_tool.main(["--output", str(tmp_path / "maps"), str(photo)]) == 1  # default: models:/salgan@champion
     assert "not a SalGAN generator state_dict" in capsys.readouterr().err
@@ -155,7 +154,7 @@ def test_salgan_turns_mlflows_pickle_deserialisation_off_where_it_uses_mlflow(tm
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default
     params = Params()
     params.mlflow.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    configure(params)
+    client(params)
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
 
 
@@ -184,17 +183,21 @@ def test_a_local_weights_file_with_pickled_code_is_refused(tmp_path):
 def test_a_model_salgan_logged_still_predicts(tmp_path, photo, monkeypatch):
     """The refusals above do not refuse the real thing: a model logged by salgan.tracking predicts."""
     from salgan.models import load_generator
+    from salgan.settings import PredictParams
     from salgan.tracking.models import log_generator
+    from salgan.tracking.store import experiment_id
 
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = mlflow.set_experiment("logged-by-salgan")  # not an experiment id left over from another test
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = MlflowClient(uri)
     torch.manual_seed(0)
     weights = tmp_path / "generator.pt"
     torch.save(Generator(width=0.0625).state_dict(), weights)
-    with mlflow.start_run(experiment_id=experiment.experiment_id):
-        info = log_generator(weights, [64, 48])
-    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl")))
+    run_id = store.create_run(experiment_id(store, "logged-by-salgan")).info.run_id
+    model_id = log_generator(store, run_id, weights, [64, 48], PredictParams())
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "dl"), tracking_uri=uri)
+    )
     generator, size = load_generator(local)
     assert size == (64, 48)
     expected = torch.load(weights, weights_only=True)

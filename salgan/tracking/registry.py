@@ -19,6 +19,7 @@ keeps resolving; the replaced champion keeps ``previous_champion`` for a rollbac
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 WEIGHTS_TAG = "weights_sha256"
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # a logged model's registered versions, as MLflow writes them
 LOWER_IS_BETTER = {"kld"}
 LIST_METRICS = ("nss", "cc", "auc_judd", "auc_shuffled", "sim", "kld", "information_gain")
 
@@ -50,21 +52,38 @@ class PromotionError(InputError):
 def register(
     client: MlflowClient,
     name: str,
-    model_uri: str,
+    model_id: str,
+    run_id: str | None,
     weights_sha256: str,
     tags: dict[str, str],
     existing: ModelVersion | None = None,
 ) -> str:
-    """``existing`` (a version with these weights) updated with ``tags``, or a new version of ``name``
-    from ``model_uri``; either way it becomes the ``challenger``. Returns the version number."""
+    """``existing`` (a version with these weights) updated with ``tags``, or a new version of ``name`` from
+    the logged model ``model_id`` (of run ``run_id``); either way it becomes the ``challenger``. Returns the
+    version number."""
+    from mlflow.exceptions import MlflowException
+
     if existing is not None:
         for key, value in tags.items():
             client.set_model_version_tag(name, existing.version, key, value)
         version = str(existing.version)
     else:
-        import mlflow
-
-        version = str(mlflow.register_model(model_uri, name, tags={**tags, WEIGHTS_TAG: weights_sha256}).version)
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        source = f"models:/{model_id}"
+        version = str(
+            client.create_model_version(
+                name, source, run_id=run_id, tags={**tags, WEIGHTS_TAG: weights_sha256}, model_id=model_id
+            ).version
+        )
+        # The logged model names its versions, as mlflow.register_model records them (the UI links the two).
+        listed = json.loads(client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG) or "[]")
+        client.set_logged_model_tags(
+            model_id, {MODEL_VERSIONS_TAG: json.dumps([*listed, {"name": name, "version": version}])}
+        )
     client.set_registered_model_alias(name, CHALLENGER, version)
     return version
 
