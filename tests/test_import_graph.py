@@ -163,3 +163,26 @@ def test_a_function_local_import_is_for_something_heavy_only():
         if local and resolve(name) and resolve(name) != module and not heavy(resolve(name))
     )
     assert not light, light
+
+
+FLUENT_STATE = {"set_tracking_uri", "set_experiment", "start_run", "end_run", "active_run", "set_registry_uri"}
+
+
+def test_mlflow_is_reached_through_the_store_alone_with_no_process_state_or_private_api():
+    """salgan/tracking/store.py builds the one client; nothing sets MLflow's process-wide state (whose
+    leaking across stages needed workarounds) or imports MLflow's private names."""
+    found = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", "")) == "MlflowClient"
+            ) and module != "salgan.tracking.store":
+                found.append(f"{module}: builds an MlflowClient")
+            if isinstance(node, ast.Attribute) and node.attr in FLUENT_STATE:
+                found.append(f"{module}: mlflow.{node.attr}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mlflow"):
+                found += [f"{module}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+                found += [f"{module}: {node.module}" for part in node.module.split(".") if part.startswith("_")]
+    assert not found, found
