@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from salgan.cli import command_parser, run_command
 from salgan.encoder_table import ENCODERS, WIDTH_ENCODERS
-from salgan.metrics import TABLE_I
+from salgan.metrics import METRIC_NAMES, TABLE_I
 from salgan.settings import (
     ConfigError,
     Params,
@@ -60,7 +60,7 @@ PINNED = (
     "train.bce_epochs",
     "train.content_loss",
 )
-COLUMNS = ("auc_judd", "auc_borji", "auc_shuffled", "cc", "nss", "kld", "sim", "information_gain")
+COLUMNS = METRIC_NAMES
 COST_COLUMNS = {"params_m": "params (M)", "gflops": "GFLOPs", "train_images_per_s": "train img/s"}
 
 

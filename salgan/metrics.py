@@ -53,9 +53,12 @@ METRIC_NAMES = (
     "sim",
     "information_gain",
 )
+# The metrics where a lower value is the better model (KLD is a divergence); higher is better for the others.
+LOWER_IS_BETTER = frozenset({"kld"})
 
 __all__ = [
     "EPS",
+    "LOWER_IS_BETTER",
     "METRIC_NAMES",
     "Fixations",
     "PreparedMap",

@@ -15,6 +15,7 @@ from salgan.ablation import (
     load_profile,
     parse_arm,
 )
+from salgan.metrics import METRIC_NAMES
 from salgan.settings import ConfigError, flatten, nest, params_from_dict, to_dict
 
 BASE = params_from_dict(
@@ -143,5 +144,7 @@ def test_the_table_shows_each_arms_cost_from_its_metrics_file():
     exp_show = [{"rev": "workspace", "data": {"metrics": {"reports/metrics.json": {"data": values}}}}]
     found = experiment_metrics(exp_show)
     assert found == {"workspace": {"nss": 2.0, "params_m": 24.5167, "gflops": 11.39, "train_images_per_s": 310.2}}
-    row = next(line for line in format_table(found).splitlines() if line.startswith("ours: workspace")).split()
-    assert row[-3:] == ["24.5", "11.4", "310.2"] and row[6] == "2.000"
+    lines = format_table(found).splitlines()
+    header, row = lines[0].split(), next(line for line in lines if line.startswith("ours: workspace")).split()
+    assert header[1:9] == list(METRIC_NAMES)  # the metrics in metrics.py's order ("ours: name" is two words)
+    assert row[-3:] == ["24.5", "11.4", "310.2"] and row[header.index("nss") + 1] == "2.000"

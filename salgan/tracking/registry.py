@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from salgan.errors import ConfigError, InputError
 from salgan.layout import DATA_VERSION_TAG
+from salgan.metrics import LOWER_IS_BETTER, METRIC_NAMES
 from salgan.tracking.fingerprint import FINGERPRINT_TAG, decode, differences, fingerprint
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 WEIGHTS_TAG = "weights_sha256"
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # a logged model's registered versions, as MLflow writes them
-LOWER_IS_BETTER = {"kld"}
-LIST_METRICS = ("nss", "cc", "auc_judd", "auc_shuffled", "sim", "kld", "information_gain")
 
 
 class PromotionError(InputError):
@@ -371,7 +370,7 @@ def list_versions(client: MlflowClient, name: str) -> str:
     aliases: dict[str, list[str]] = {}
     for alias, number in client.get_registered_model(name).aliases.items():
         aliases.setdefault(str(number), []).append(alias)
-    header = ["version", "aliases", "created", "run", "data", *LIST_METRICS]
+    header = ["version", "aliases", "created", "run", "data", *METRIC_NAMES]
     rows = [header]
     for version in versions:
         created = datetime.fromtimestamp(version.creation_timestamp / 1000, tz=timezone.utc)
@@ -383,7 +382,7 @@ def list_versions(client: MlflowClient, name: str) -> str:
                 created.strftime("%Y-%m-%d %H:%M"),
                 (version.run_id or "-")[:8],
                 version.tags.get(DATA_VERSION_TAG, "-")[:8],
-                *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in LIST_METRICS),
+                *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in METRIC_NAMES),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
