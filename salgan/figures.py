@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from salgan.imaging import overlay, to_uint8
+from salgan.layout import HISTORY_LOSSES
 from salgan.metrics import METRIC_NAMES
 
-LOSSES = ("g_loss", "content_loss", "d_loss", "val_content_loss")
 PANEL_INCHES = 2.2
 
 
@@ -118,7 +118,7 @@ def loss_curves(history: list[dict], path: Path) -> None:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 3.6))
     epochs = [record["epoch"] for record in history]
-    for key in LOSSES:
+    for key in HISTORY_LOSSES:
         points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if r.get(key) is not None]
         if points:
             axis.plot(*zip(*points, strict=True), marker=".", label=key)

@@ -212,6 +212,12 @@ class ModelFiles:
         return self.snapshots / f"epoch_{epoch:03d}.png"
 
 
+# history.json holds one record per epoch: ``epoch``, ``phase``, these losses (dvc.yaml's plot of them, the
+# report's loss curves), and the throughput and learning rate; MLflow logs every one of these numbers.
+HISTORY_LOSSES = ("g_loss", "content_loss", "d_loss", "val_content_loss")
+HISTORY_METRICS = (*HISTORY_LOSSES, "images_per_s", "lr")
+
+
 # An MLflow model that salgan logged: MLmodel's metadata.kind, and the plain weights inside the model folder
 # (the only file salgan reads back from a model: torch.load with weights_only, nothing unpickled or run).
 MODEL_KIND = "salgan-generator"

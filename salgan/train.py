@@ -41,7 +41,7 @@ from salgan.distributed import (
     resolve_nproc,
     under_torchrun,
 )
-from salgan.layout import ModelFiles, code_version, json_digest, split_version, write_atomic
+from salgan.layout import HISTORY_LOSSES, ModelFiles, code_version, json_digest, split_version, write_atomic
 from salgan.losses import ContentLoss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.progress import progress
@@ -506,11 +506,7 @@ def _end_of_epoch(models, made_from, params, history, snapshots, out, tracker) -
 
 
 def _epoch_line(record: dict, epochs: int, elapsed: float) -> str:
-    losses = " ".join(
-        f"{k} {record[k]:.4f}"
-        for k in ("g_loss", "content_loss", "d_loss", "val_content_loss")
-        if record.get(k) is not None
-    )
+    losses = " ".join(f"{k} {record[k]:.4f}" for k in HISTORY_LOSSES if record.get(k) is not None)
     return (
         f"epoch {record['epoch']}/{epochs} [{record['phase']}] {losses} "
         f"{record['images_per_s']:.1f} img/s elapsed {elapsed:.1f}s"

@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from salgan.layout import FLOW_RUN_ENV, PARENT_RUN_ENV, ModelFiles, write_atomic
+from salgan.layout import FLOW_RUN_ENV, HISTORY_METRICS, PARENT_RUN_ENV, ModelFiles, write_atomic
 from salgan.settings import Params, flatten, to_dict, to_record
 from salgan.tracking.store import TRACKING_ERRORS, client, experiment_id, tracking_uri, warn_unavailable
 from salgan.urls import redact_text, redact_url
@@ -34,7 +34,6 @@ from salgan.urls import redact_text, redact_url
 if TYPE_CHECKING:
     from salgan.distributed import DistInfo
 
-EPOCH_METRICS = ("g_loss", "content_loss", "d_loss", "val_content_loss", "images_per_s", "lr")
 # While the server is unreachable, training tries again at most this often ($SALGAN_TRACKING_RETRY_S).
 RETRY_SECONDS = float(os.environ.get("SALGAN_TRACKING_RETRY_S", "60"))
 
@@ -253,7 +252,7 @@ class TrainingTracker:
             record, snapshot = self.pending[0]
             if record is not None:
                 step, now = int(record["epoch"]), int(time.time() * 1000)
-                metrics = [Metric(k, float(record[k]), now, step) for k in EPOCH_METRICS if is_number(record.get(k))]
+                metrics = [Metric(k, float(record[k]), now, step) for k in HISTORY_METRICS if is_number(record.get(k))]
                 self.client.log_batch(self.run_id, metrics=metrics)
                 # Logged: a retry after the snapshot's upload failed (artifact store down) must not log it twice.
                 self.pending[0] = (None, snapshot)
