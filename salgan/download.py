@@ -1,7 +1,8 @@
 """The ``download`` stage: the raw SALICON tree in data/raw, from the release, a mirror, or the sample.
 
-Reads ``params.download`` (salgan/config.py). Whatever the source, the output has SALICON's layout
-(docs/data-layout.md, REFERENCE §2) and a ``SOURCE.json`` saying where it came from, with checksums.
+Reads ``params.download`` (salgan/settings.py). Whatever the source, the output has SALICON's layout
+(salgan/datasets/salicon.py, docs/data-layout.md) and a ``SOURCE.json`` saying where it came from, with
+checksums.
 
 The release is three zip files (Google Drive ids and md5s from pysaliency external_datasets/salicon.py):
 the stimuli zip holds ``images/{train,val,test}/COCO_*.jpg``; the fixations zip ``{train,val}/COCO_*.mat``;
@@ -32,9 +33,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from salgan import fetch
 from salgan.cli import command_parser, run_command
+from salgan.datasets.salicon import FILE_NAME, SUFFIXES, SaliconTree
 from salgan.errors import InputError
 from salgan.fetch import FetchError, md5sum
-from salgan.layout import LABELLED_SPLITS, SPLITS, atomic_directory
+from salgan.layout import SPLITS, atomic_directory
 from salgan.progress import progress as bar_for
 from salgan.sample import generate_sample
 from salgan.settings import ConfigError, DownloadParams, load_params
@@ -42,10 +44,8 @@ from salgan.urls import is_s3_url, parse_s3_url, redact_url
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = {"images": ".jpg", "maps": ".png", "fixations": ".mat"}
 SOURCE_FILE = "SOURCE.json"
 CHECKSUMS_FILE = "checksums.json"
-_NAME = re.compile(r"COCO_(train|val|test)2014_\d{12}\.(jpg|png|mat)")
 
 
 class DownloadError(InputError):
@@ -136,7 +136,7 @@ def run(params: DownloadParams, progress: bool = True) -> dict:
     with atomic_directory(output) as stage:
         if kind == "sample":
             record = _from_sample(params, stage)
-        elif kind == "local" and _is_tree(Path(params.source)):
+        elif kind == "local" and SaliconTree(Path(params.source)).is_tree():
             record = _from_tree(Path(params.source), stage)
         else:
             archives = _fetch_archives(params, kind, progress)
@@ -177,28 +177,23 @@ def _from_sample(params: DownloadParams, stage: Path) -> dict:
     return {"seed": params.sample_seed}
 
 
-def _is_tree(folder: Path) -> bool:
-    """An extracted tree has an images/ folder; a folder of zips does not."""
-    return (folder / "images").is_dir()
-
-
 def _from_tree(source: Path, stage: Path) -> dict:
     """Copy the SALICON files of an extracted tree (other files are left behind). A symlink whose target
     lies outside the tree is refused, as an archive's would be: it could copy any file into data/raw. Each
     file is checked as it is copied (:func:`_copy_inside`), so one swapped for a link after the listing is
     refused too."""
-    copied, root = 0, source.resolve()
-    for kind, ext in EXTENSIONS.items():
+    copied, root, tree, staged = 0, source.resolve(), SaliconTree(source), SaliconTree(stage)
+    for kind, ext in SUFFIXES.items():
         for split in SPLITS:
-            folder = source / kind / split
+            folder = tree.folder(kind, split)
             if not folder.is_dir():
                 continue
             if root not in folder.resolve().parents:
                 raise DownloadError(f"{folder}: a link out of the tree {source} (to {folder.resolve()}); refused")
-            target = stage / kind / split
+            target = staged.folder(kind, split)
             target.mkdir(parents=True, exist_ok=True)
             for file in folder.iterdir():
-                if not (_NAME.fullmatch(file.name) and file.suffix == ext):
+                if not (FILE_NAME.fullmatch(file.name) and file.suffix == ext):
                     continue
                 if file.is_symlink() and root not in file.resolve().parents:
                     raise DownloadError(f"{file}: a link out of the tree {source} (to {file.resolve()}); refused")
@@ -525,7 +520,7 @@ def extract_archive(
                 )
             written += 1
     if not written:
-        ext = EXTENSIONS[kind]
+        ext = SUFFIXES[kind]
         raise ArchiveError(f"{path}: no SALICON {kind} (COCO_<split>2014_<id>{ext}) in this archive")
     log.info("extracted %d %s from %s", written, kind, path.name)
     return written
@@ -587,10 +582,10 @@ def _target(entry: zipfile.ZipInfo, kind: str, stage: Path) -> Path | None:
     if entry.is_dir():
         return None
     base = entry.filename.replace("\\", "/").rsplit("/", 1)[-1]
-    match = _NAME.fullmatch(base)
-    if not match or "." + match.group(2) != EXTENSIONS[kind]:
+    match = FILE_NAME.fullmatch(base)
+    if not match or "." + match.group(2) != SUFFIXES[kind]:
         return None
-    return stage / kind / match.group(1) / base
+    return SaliconTree(stage).folder(kind, match.group(1)) / base
 
 
 # --- layout, staging and swapping ---------------------------------------------------------------
@@ -598,20 +593,18 @@ def _target(entry: zipfile.ZipInfo, kind: str, stage: Path) -> Path | None:
 
 def check_layout(root: Path) -> dict[str, dict[str, int]]:
     """Every split has images; train and val have a map and a fixation file per image. Returns counts."""
-    problems, counts = [], {}
+    problems, counts, tree = [], {}, SaliconTree(root)
     for split in SPLITS:
-        names = _stems(root / "images" / split, ".jpg")
+        names = _stems(tree.folder("images", split), SUFFIXES["images"])
         counts[split] = {"images": len(names)}
         if not names:
             problems.append(f"images/{split}: no images")
-        if split not in LABELLED_SPLITS:
-            continue
-        for kind in ("maps", "fixations"):
-            have = _stems(root / kind / split, EXTENSIONS[kind])
+        for kind in tree.kinds(split)[1:]:
+            have = _stems(tree.folder(kind, split), SUFFIXES[kind])
             counts[split][kind] = len(have)
             missing = sorted(names - have)
             if missing:
-                examples = ", ".join(n + EXTENSIONS[kind] for n in missing[:3])
+                examples = ", ".join(n + SUFFIXES[kind] for n in missing[:3])
                 problems.append(f"{kind}/{split}: missing for {len(missing)} of {len(names)} images ({examples} ...)")
     if problems:
         raise LayoutError("the new tree is incomplete, so the output was left as it was:\n  " + "\n  ".join(problems))
@@ -626,7 +619,7 @@ def _stems(folder: Path, ext: str) -> set[str]:
     return {
         p.name[: -len(ext)]
         for p in folder.iterdir()
-        if p.name.endswith(ext) and p.name.startswith(prefix) and _NAME.fullmatch(p.name)
+        if p.name.endswith(ext) and p.name.startswith(prefix) and FILE_NAME.fullmatch(p.name)
     }
 
 

@@ -1,6 +1,6 @@
 """The ``prepare`` stage: decode and resize SALICON into arrays that train without decoding.
 
-Reads the raw tree under ``prepare.input`` (SALICON's layout, REFERENCE §2) and writes, per split present,
+Reads the raw tree under ``prepare.input`` (SALICON's layout: salgan/datasets/salicon.py) and writes, per split present,
 the arrays that docs/data-layout.md specifies (the contract with train, evaluate and predict):
 ``images.npy``, ``maps.npy``, ``names.json``, ``original_sizes.npy``, ``fixations.npz``,
 ``fixation_maps.npy`` and, for val, ``maps_full.npy``; plus ``report.json`` beside the split folders.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -32,12 +33,15 @@ import numpy as np
 
 from salgan.cli import command_parser, run_command
 from salgan.cpus import usable_cpus
+from salgan.datasets.salicon import SUFFIXES, SaliconTree
 from salgan.errors import InputError
 from salgan.fixations import FixationFile, fixation_counts, load_fixations_mat
 from salgan.imaging import IMAGE_SUFFIXES, ImageError, decode_grey, decode_rgb, opened
-from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SPLITS, SplitFiles, atomic_directory, split_version_of_files
+from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SplitFiles, atomic_directory, split_version_of_files
 from salgan.progress import progress as bar_for
 from salgan.settings import load_params
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from salgan.settings import PrepareParams
@@ -123,20 +127,15 @@ def load_map(path: str | Path, size: Sequence[int], max_pixels: int) -> tuple[np
 # --- finding the samples --------------------------------------------------------------------------
 
 
-def present_splits(root: str | Path) -> list[str]:
-    """Splits with an ``images/{split}`` folder under ``root``, in train, val, test order."""
-    return [split for split in SPLITS if (Path(root) / "images" / split).is_dir()]
-
-
 def find_samples(root: str | Path, split: str) -> tuple[list[Sample], list[tuple[str, str, str]]]:
     """Samples of ``split`` sorted by name, and ``(name, path, reason)`` for images lacking ground truth."""
-    root = Path(root)
+    tree = SaliconTree(Path(root))
     images: dict[str, Path] = {}
-    for path in sorted((root / "images" / split).iterdir()):
+    for path in sorted(tree.folder("images", split).iterdir()):
         if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if not path.is_file():  # a pipe named like an image would block its reader forever
-            print(f"prepare: warning: {path}: not a regular file (a pipe, socket or device); skipped", file=sys.stderr)
+            log.warning("%s: not a regular file (a pipe, socket or device); skipped", path)
             continue
         if path.stem in images:
             raise PrepareError(f"{path}: same name as {images[path.stem]}; image names must be unique")
@@ -145,30 +144,27 @@ def find_samples(root: str | Path, split: str) -> tuple[list[Sample], list[tuple
         return [Sample(name, path) for name, path in sorted(images.items())], []
     samples, missing = [], []
     for name, image in sorted(images.items()):
-        map_path = root / "maps" / split / f"{name}.png"
-        fix_path = root / "fixations" / split / f"{name}.mat"
+        map_path, fix_path = tree.file("maps", split, name), tree.file("fixations", split, name)
         if not map_path.is_file():
             missing.append((name, str(image), f"no saliency map {map_path}"))
         elif not fix_path.is_file():
             missing.append((name, str(image), f"no fixation file {fix_path}"))
         else:
             samples.append(Sample(name, image, map_path, fix_path))
-    _warn_orphans(root, split, set(images))
+    _warn_orphans(tree, split, set(images))
     return samples, missing
 
 
-def _warn_orphans(root: Path, split: str, names: set[str]) -> None:
+def _warn_orphans(tree: SaliconTree, split: str, names: set[str]) -> None:
     """Maps or fixation files without an image are ignored; say so, since it hints at a broken download."""
-    for kind, suffix in (("maps", ".png"), ("fixations", ".mat")):
-        folder = root / kind / split
+    for kind in tree.kinds(split)[1:]:
+        folder = tree.folder(kind, split)
         if not folder.is_dir():
             continue
-        orphans = sorted(p.name for p in folder.glob(f"*{suffix}") if p.stem not in names)
+        orphans = sorted(p.name for p in folder.glob(f"*{SUFFIXES[kind]}") if p.stem not in names)
         if orphans:
-            print(
-                f"prepare: warning: {len(orphans)} file(s) in {folder} have no image, ignored "
-                f"(first: {', '.join(orphans[:3])})",
-                file=sys.stderr,
+            log.warning(
+                "%d file(s) in %s have no image, ignored (first: %s)", len(orphans), folder, ", ".join(orphans[:3])
             )
 
 
@@ -239,7 +235,7 @@ def prepare(params: PrepareParams, progress: bool = True) -> dict:
     Raises :class:`PrepareError` naming the file when an input is bad and ``params.skip_bad`` is false.
     """
     root, output = Path(params.input), Path(params.output)
-    splits = present_splits(root)
+    splits = SaliconTree(root).present_splits()
     if not splits:
         raise PrepareError(f"{root}: no images/train, images/val or images/test folder")
     size = (int(params.size[0]), int(params.size[1]))
@@ -263,7 +259,7 @@ def _skip(split: str, name: str, path: str, reason: str, skip_bad: bool) -> dict
     """Record a bad sample, or stop the stage when skipping is off."""
     if not skip_bad:
         raise PrepareError(f"{path}: {reason} (set prepare.skip_bad: true to skip such files)")
-    print(f"prepare: skipping {name}: {path}: {reason}", file=sys.stderr)
+    log.warning("skipping %s: %s: %s", name, path, reason)
     return {"split": split, "name": name, "file": path, "reason": reason}
 
 
@@ -304,10 +300,10 @@ def _prepare_split(
         _save_fixation_maps(files.fixation_maps, keep, (height, width))
         counts["fixations_outside"] = sum(r.outside for r in keep)
         if counts["fixations_outside"]:
-            print(
-                f"prepare: warning: {counts['fixations_outside']} {split} fixation(s) lay outside their image and "
-                "were moved to its border (counted in report.json)",
-                file=sys.stderr,
+            log.warning(
+                "%d %s fixation(s) lay outside their image and were moved to its border (counted in report.json)",
+                counts["fixations_outside"],
+                split,
             )
     return counts, skipped
 

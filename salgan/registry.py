@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from salgan.cli import command_parser, run_command
+from salgan.datasets.salicon import SaliconTree
 from salgan.errors import ConfigError, InputError
 from salgan.imaging import IMAGE_SUFFIXES, decode_rgb
 from salgan.layout import LOGGED_WEIGHTS, sha256_file
@@ -85,7 +86,7 @@ class Judge:
     def images_at(self, size: tuple[int, int]) -> RawImages:
         """The val images at ``size``, decoded from the raw tree (``prepare.input``) as prepare decodes them."""
 
-        folder = Path(self.params.prepare.input) / "images" / "val"
+        folder = SaliconTree(Path(self.params.prepare.input)).folder("images", "val")
         paths = []
         for name in self.inputs()[0].names:
             found = [folder / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES if (folder / f"{name}{suffix}").is_file()]

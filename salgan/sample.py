@@ -1,4 +1,4 @@
-"""A deterministic offline dataset in SALICON's exact layout and file formats (REFERENCE §2).
+"""A deterministic offline dataset in SALICON's exact layout and file formats (salgan/datasets/salicon.py).
 
 The pipeline must run end to end on a machine with no access to the real release, so the ``download``
 stage can generate this sample instead. It copies SALICON's layout and formats exactly
@@ -28,6 +28,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from salgan.datasets.salicon import KINDS, SUFFIXES, SaliconTree, image_name
 from salgan.layout import LABELLED_SPLITS, SPLITS
 
 WIDTH, HEIGHT = 640, 480
@@ -53,11 +54,6 @@ class Shape:
     ry: float
     kind: str  # "disc" (an ellipse) or "rect"
     colour: tuple[int, int, int]
-
-
-def image_name(split: str, image_id: int) -> str:
-    """SALICON's base name for a COCO 2014 image: ``COCO_val2014_000000000042``."""
-    return f"COCO_{split}2014_{image_id:012d}"
 
 
 def generate_sample(root: str | Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, list[str]]:
@@ -93,10 +89,9 @@ def _generate(root: Path, counts: dict[str, int], seed: int) -> dict[str, list[s
             raise ValueError(f"generate_sample: n_{split} must be >= 0, got {count}")
         rng = np.random.default_rng([seed, split_index])
         ids = np.sort(rng.choice(np.arange(1, 600_000), size=count, replace=False))
-        folders = {kind: root / kind / split for kind in ("images", "maps", "fixations")}
-        for kind, folder in folders.items():
-            if kind == "images" or split in LABELLED_SPLITS:
-                folder.mkdir(parents=True, exist_ok=True)
+        folders = {kind: SaliconTree(root).folder(kind, split) for kind in KINDS}
+        for kind in SaliconTree.kinds(split):
+            folders[kind].mkdir(parents=True, exist_ok=True)
         names[split] = []
         for image_id in ids:
             name = image_name(split, int(image_id))
@@ -109,7 +104,7 @@ def _write_one(rng: np.random.Generator, name: str, folders: dict[str, Path], wi
     """Draw one image (and its observers) and write its files."""
     shapes = random_shapes(rng)
     pixels = render_image(rng, shapes)
-    Image.fromarray(pixels).save(folders["images"] / f"{name}.jpg", quality=90)
+    Image.fromarray(pixels).save(folders["images"] / f"{name}{SUFFIXES['images']}", quality=90)
     # The test split still draws observers, so every split consumes its random stream the same way.
     gaze = simulate_observers(rng, shapes)
     if not with_ground_truth:
@@ -117,8 +112,9 @@ def _write_one(rng: np.random.Generator, name: str, folders: dict[str, Path], wi
     fixations = np.concatenate([observer["fixations"] for observer in gaze])
     saliency = saliency_map(fixations)
     # Fast zlib settings: the maps are smooth, and level 1 with run-length coding is small enough.
-    Image.fromarray(saliency).save(folders["maps"] / f"{name}.png", compress_level=1, compress_type=zlib.Z_RLE)
-    (folders["fixations"] / f"{name}.mat").write_bytes(mat_bytes(name, gaze))
+    map_file = folders["maps"] / f"{name}{SUFFIXES['maps']}"
+    Image.fromarray(saliency).save(map_file, compress_level=1, compress_type=zlib.Z_RLE)
+    (folders["fixations"] / f"{name}{SUFFIXES['fixations']}").write_bytes(mat_bytes(name, gaze))
 
 
 # --- images -------------------------------------------------------------------------------------

@@ -283,7 +283,7 @@ def test_skip_bad_lists_skipped_files_in_the_report(tmp_path: Path, raw: dict) -
     assert np.load(out / "val" / "maps_full.npy").shape[0] == 2
 
 
-def test_fixations_outside_their_image_are_counted_in_the_report_and_said(tmp_path: Path, raw: dict, capsys):
+def test_fixations_outside_their_image_are_counted_in_the_report_and_said(tmp_path: Path, raw: dict, caplog):
     name = sorted((tmp_path / "raw" / "images" / "val").iterdir())[0].stem
     observers = [np.array([[1, 1], [0, 500], [700, -3]]), np.array([[641, 10]])]  # three past the border
     write_mat(tmp_path / "raw" / "fixations" / "val" / f"{name}.mat", name, (H0, W0), observers)
@@ -291,16 +291,16 @@ def test_fixations_outside_their_image_are_counted_in_the_report_and_said(tmp_pa
     report = json.loads((tmp_path / "prepared" / "report.json").read_text())
     assert report["splits"]["val"]["fixations_outside"] == 3
     assert report["splits"]["train"]["fixations_outside"] == 0
-    assert "3 val fixation(s) lay outside their image" in capsys.readouterr().err
+    assert "3 val fixation(s) lay outside their image" in caplog.text
 
 
-def test_a_pipe_named_like_an_image_is_skipped_and_said(tmp_path: Path, raw: dict, capsys) -> None:
+def test_a_pipe_named_like_an_image_is_skipped_and_said(tmp_path: Path, raw: dict, caplog) -> None:
     import os
 
     pipe = tmp_path / "raw" / "images" / "test" / "COCO_test2014_000000000001.jpg"
     os.mkfifo(pipe)  # reading it would block the stage forever
     assert run_stage(tmp_path, workers=1) == 0
-    assert f"{pipe}: not a regular file (a pipe, socket or device); skipped" in capsys.readouterr().err
+    assert f"{pipe}: not a regular file (a pipe, socket or device); skipped" in caplog.text
     assert len(json.loads((tmp_path / "prepared" / "test" / "names.json").read_text())) == 2
 
 
