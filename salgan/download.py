@@ -28,7 +28,6 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from salgan import fetch
@@ -141,7 +140,7 @@ def run(params: DownloadParams, progress: bool = True) -> dict:
         else:
             archives = _fetch_archives(params, kind, progress)
             for archive, path, _ in archives:
-                extract_archive(path, archive.kind, stage, progress, limits_of(params))
+                extract_archive(path, archive.kind, stage, params, progress)
             record = {"archives": [info for _, _, info in archives]}
         record = {"source": redact_url(params.source), "type": kind, **record}
         record["counts"] = check_layout(stage)
@@ -450,33 +449,19 @@ def _md5_sidecar(read, name: str) -> dict[str, str]:
 # --- safe extraction ----------------------------------------------------------------------------
 
 
-class ArchiveLimits(NamedTuple):
-    """What one archive may inflate to (``download.*`` settings of the same names)."""
-
-    max_entry_bytes: int = 256 << 20  # one entry, uncompressed
-    max_compression_ratio: float = 200.0  # one entry (above RATIO_FLOOR), and the archive as a whole
-    max_archive_bytes: int = 16 << 30  # all extracted entries together
-    max_archive_entries: int = 100_000  # entries in the central directory
-
-
 RATIO_FLOOR = 1 << 20  # smaller entries may compress well (a blank map); the archive's total may not
 
 
-def limits_of(params: DownloadParams) -> ArchiveLimits:
-    """The archive limits of the ``download`` settings."""
-    return ArchiveLimits(*(getattr(params, name) for name in ArchiveLimits._fields))
-
-
-def extract_archive(
-    path: Path, kind: str, stage: Path, progress: bool = False, limits: ArchiveLimits = ArchiveLimits()
-) -> int:
+def extract_archive(path: Path, kind: str, stage: Path, limits: DownloadParams, progress: bool = False) -> int:
     """Extract the SALICON files of one zip into ``stage/<kind>/<split>/``; return how many.
 
     Every entry is checked before anything is written: an absolute path, a ``..`` component or a symlink
     refuses the whole archive, and so does anything over the ``limits``: too many entries, one entry too
     large or compressed too well (a zip bomb), or the entries to extract too large together or compressed
-    too well together (many small entries, each under the ratio floor: a bomb too). The bytes actually
-    written are counted against the same limits, so an archive lying about its sizes is stopped there.
+    too well together (many small entries, each under the ratio floor: a bomb too): the ``download`` settings
+    ``max_archive_entries``, ``max_entry_bytes``, ``max_archive_bytes`` and ``max_compression_ratio``. The
+    bytes actually written are counted against the same limits, so an archive lying about its sizes is
+    stopped there.
     Files go to a folder chosen from their SALICON name (``COCO_val2014_...`` -> val), so the zip's own
     folder nesting does not matter; other entries (``__MACOSX/``, read-me files) are skipped.
     """
@@ -526,7 +511,7 @@ def extract_archive(
     return written
 
 
-def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
+def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: DownloadParams) -> None:
     """Refuse an entry that could land outside the target folder, or inflate past the limits."""
     name = entry.filename.replace("\\", "/")
     max_bytes, max_ratio = limits.max_entry_bytes, limits.max_compression_ratio
@@ -546,7 +531,7 @@ def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: ArchiveLimits) -> N
         raise ArchiveError(f"{path}: refusing entry {entry.filename!r}: {reason}; nothing was extracted")
 
 
-def _check_totals(path: Path, entries: list[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
+def _check_totals(path: Path, entries: list[zipfile.ZipInfo], limits: DownloadParams) -> None:
     """Refuse an archive whose entries to extract are too large together or compressed too well together:
     each may be under the ratio floor (300 entries of 1 MiB of zeros), their sum is not."""
     total = sum(entry.file_size for entry in entries)

@@ -40,7 +40,7 @@ class FixationFile(NamedTuple):
     outside: int
 
 
-def load_fixations_mat(path: str | Path, max_fixations: int = 100_000) -> FixationFile:
+def load_fixations_mat(path: str | Path, max_fixations: int) -> FixationFile:
     """Read a SALICON fixation file.
 
     ``coords`` is int32 (K, 2), the 0-based (row, col) of every fixation of every observer in file order.

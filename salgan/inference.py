@@ -38,7 +38,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def postprocess(maps: torch.Tensor, size: tuple[int, int], blur_size: int = 5) -> torch.Tensor:
+def postprocess(maps: torch.Tensor, size: tuple[int, int], blur_size: int) -> torch.Tensor:
     """(N, 1, h, w) maps in [0, 1] -> (N, H, W) at ``size`` = (H, W): bicubic, Gaussian blur, clip.
 
     The blur's reflect padding needs a kernel half narrower than the map, so a map smaller than the kernel
@@ -73,8 +73,8 @@ def predict_batches(
     generator: torch.nn.Module,
     images: np.ndarray | torch.Tensor,
     original_sizes: np.ndarray,
-    batch_size: int = 16,
-    blur_size: int = 5,
+    batch_size: int,
+    blur_size: int,
     device: torch.device | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield one float32 map in [0, 1] per image, at its original (H, W), batch by batch.

@@ -285,7 +285,7 @@ def test_an_archive_over_its_entry_count_or_total_size_is_refused(tmp_path, zips
 
 def test_salicons_real_archives_are_well_inside_the_default_limits():
     """REFERENCE §2: 20,000 images in images.zip (3 GB); maps and fixations 15,000 files each."""
-    limits = download.limits_of(DownloadParams())
+    limits = DownloadParams()
     assert limits.max_archive_entries >= 4 * 20_000 and limits.max_archive_bytes >= 4 * 3_000_000_000
 
 

@@ -19,7 +19,7 @@ from tests.conftest import write_params_file
 
 W0, H0 = 640, 480  # SALICON's original size
 SIZE = (64, 48)  # prepare.size used here (W, H): small keeps the tests fast
-MAX_PIXELS = PrepareParams().max_pixels
+MAX_PIXELS, MAX_FIXATIONS = PrepareParams().max_pixels, PrepareParams().max_fixations
 GAZE_DTYPE = [("location", "O"), ("timestamp", "O"), ("fixations", "O")]
 
 
@@ -87,7 +87,7 @@ def raw(tmp_path: Path) -> dict:
 def test_fixations_are_zero_based_row_col_and_clipped_and_counted(tmp_path: Path) -> None:
     observers = [np.array([[1, 1], [640, 480], [10, 20]]), np.zeros((0, 2)), np.array([[0, 500], [700, -3]])]
     write_mat(tmp_path / "a.mat", "a", (480, 640), observers)
-    coords, resolution, outside = load_fixations_mat(tmp_path / "a.mat")
+    coords, resolution, outside = load_fixations_mat(tmp_path / "a.mat", MAX_FIXATIONS)
     assert resolution == (480, 640)
     assert coords.dtype == np.int32
     assert coords.tolist() == [[0, 0], [479, 639], [19, 9], [479, 0], [0, 639]]
@@ -111,12 +111,12 @@ def test_bad_fixation_files_name_the_file(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.mat"
     garbage.write_bytes(b"not a mat file at all" * 20)
     with pytest.raises(FixationFileError, match="garbage.mat"):
-        load_fixations_mat(garbage)
+        load_fixations_mat(garbage, MAX_FIXATIONS)
     scipy.io.savemat(tmp_path / "nogaze.mat", {"resolution": np.array([[480, 640]])})
     with pytest.raises(FixationFileError, match=r"nogaze.mat: no 'gaze'"):
-        load_fixations_mat(tmp_path / "nogaze.mat")
+        load_fixations_mat(tmp_path / "nogaze.mat", MAX_FIXATIONS)
     with pytest.raises(FixationFileError, match="missing.mat"):
-        load_fixations_mat(tmp_path / "missing.mat")
+        load_fixations_mat(tmp_path / "missing.mat", MAX_FIXATIONS)
 
 
 # --- image decoding --------------------------------------------------------------------------------

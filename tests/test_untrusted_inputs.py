@@ -27,12 +27,13 @@ from salgan import fetch, predict_tool
 from salgan.errors import ConfigError
 from salgan.fixations import FixationFileError, load_fixations_mat
 from salgan.models import Generator
-from salgan.settings import load_params, validate_overrides
+from salgan.settings import PrepareParams, load_params, validate_overrides
 from salgan.trust import ALLOWED_KEYS_ENV, check_untrusted
 from salgan.urls import forget_secrets, redact_text, remember_secrets
 from tests.conftest import write_params_file
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_FIXATIONS = PrepareParams().max_fixations
 
 
 # --- settings that name places, hosts and limits ----------------------------------------------------------
@@ -223,7 +224,7 @@ def test_a_mat_file_declaring_a_huge_cell_array_is_refused_before_scipy_allocate
     path = tmp_path / "cells.mat"
     path.write_bytes(header + struct.pack("<II", 14, len(cells)) + cells)
     with pytest.raises(FixationFileError, match="declares 1073741824 elements, more than the 0 bytes left hold"):
-        load_fixations_mat(path)
+        load_fixations_mat(path, MAX_FIXATIONS)
 
 
 def test_real_fixation_files_still_read_as_before(tmp_path):
@@ -231,7 +232,7 @@ def test_real_fixation_files_still_read_as_before(tmp_path):
 
     generate_sample(tmp_path / "raw", 2, 1, 1, 0)
     for path in sorted((tmp_path / "raw" / "fixations").rglob("*.mat")):
-        parsed = load_fixations_mat(path)
+        parsed = load_fixations_mat(path, MAX_FIXATIONS)
         assert parsed.resolution == (480, 640) and len(parsed.coords) > 0
 
 
