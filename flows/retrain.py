@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import (
     DOWNLOAD_RETRIES,
+    DVC,
     add_set_argument,
     checked_overrides,
     checked_workdir,
@@ -41,6 +42,8 @@ from flows.pipeline import (
 )
 from flows.processes import end_recorded_stage, run_streaming
 from flows.workspace import workspace_lock
+from salgan.cli import EXIT_INPUT, run_command
+from salgan.errors import ConfigError
 from salgan.layout import ReportFiles
 from salgan.registry import check_metric, gate
 from salgan.settings import load_params
@@ -58,7 +61,7 @@ def refresh_data(mode: str, workdir: str) -> None:
     if mode == "download":
         command = repro_command("download", force=True)
     elif mode == "pull":
-        command = ["dvc", "pull"]
+        command = [*DVC, "pull"]
     else:
         logger.info("refresh=none: training on the data already in the workspace")
         return
@@ -290,7 +293,7 @@ def salgan_retrain(
     """
 
     if refresh not in REFRESH_MODES:
-        raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")
+        raise ConfigError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")
     check_metric(metric)  # ConfigError, a ValueError: checked before anything runs
     check_min_delta(min_delta)
     workdir = checked_workdir(workdir)  # the parameters are checked before the refresh touches anything
@@ -341,18 +344,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flows.retrain`` (exit statuses: salgan/cli.py; a refused version: 1, as ``salgan registry
+    promote``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    state = salgan_retrain(
-        refresh=args.refresh,
-        overrides=parse_overrides(parser, args),
-        workdir=args.workdir,
-        metric=args.metric,
-        min_delta=args.min_delta,
-        floor=not args.no_floor,
-        return_state=True,
-    )
-    return 0 if state.is_completed() else 1
+    overrides = parse_overrides(parser, args)
+
+    def work() -> int:
+        result = salgan_retrain(
+            refresh=args.refresh,
+            overrides=overrides,
+            workdir=args.workdir,
+            metric=args.metric,
+            min_delta=args.min_delta,
+            floor=not args.no_floor,
+        )
+        print(decision_text(result))
+        return EXIT_INPUT if result.get("decision") == "refused" else 0
+
+    return run_command("retrain", work, prog=parser.prog)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from salgan.cli import command_parser, run_command
+from salgan.cli import EXIT_FAILURE, call, command_parser, python_tool, run_command, tool_env
 from salgan.encoder_table import ENCODERS, WIDTH_ENCODERS
+from salgan.errors import CommandFailed
 from salgan.metrics import METRIC_NAMES, TABLE_I
 from salgan.settings import (
     ConfigError,
@@ -125,7 +125,15 @@ def load_profile(path: str | None, params_file: str = "params.yaml") -> dict[str
 
 def exp_run_command(name: str, overrides: dict[str, object], queue: bool) -> list[str]:
     """``dvc exp run --name NAME`` with the overrides validated and written by :func:`salgan.settings.override_args`."""
-    return ["dvc", "exp", "run", "--name", name, *(["--queue"] if queue else []), *override_args(overrides)]
+    return [
+        *python_tool("dvc"),
+        "exp",
+        "run",
+        "--name",
+        name,
+        *(["--queue"] if queue else []),
+        *override_args(overrides),
+    ]
 
 
 def base_params(params_file: str, profile: dict[str, object]) -> tuple[Params, str]:
@@ -162,9 +170,9 @@ def run_arms(args: argparse.Namespace) -> int:
 def _run_all(arms: list[str], commands: list[list[str]], dry_run: bool) -> int:
     for arm, command in zip(arms, commands, strict=True):
         print("$ " + redact_text(" ".join(command)), flush=True)  # a profile may set a signed source
-        if not dry_run and subprocess.call(command) != 0:
-            print(f"salgan ablation: arm {arm} failed", file=sys.stderr)
-            return 1
+        status = 0 if dry_run else call(command, env=tool_env())
+        if status:
+            raise CommandFailed(f"arm {arm} failed (its dvc exp run output is above)", status)
     return 0
 
 
@@ -209,10 +217,9 @@ def format_table(ours: dict[str, dict[str, float]]) -> str:
 
 
 def show(args: argparse.Namespace) -> int:
-    result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    result = subprocess.run([*python_tool("dvc"), "exp", "show", "--json"], capture_output=True, text=True)
     if result.returncode != 0:
-        print(f"salgan ablation: dvc exp show failed: {result.stderr.strip()}", file=sys.stderr)
-        return 1
+        raise CommandFailed(f"dvc exp show failed: {result.stderr.strip()}", EXIT_FAILURE)
     ours = experiment_metrics(json.loads(result.stdout))
     if args.prefix:
         ours = {k: v for k, v in ours.items() if k.startswith(args.prefix) or k == "workspace"}

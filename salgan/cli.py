@@ -14,6 +14,11 @@ status meaning
 130    interrupted
 ====== ============================================================================================
 
+An error that knows its status carries it as ``exit_status`` (a failed stage of a flow: the status its own
+command reported). A command's failure status is also handed over to whoever started it through the
+file ``SALGAN_STATUS_FILE`` names, when set: a torchrun launcher or a flow learns why a stage failed even
+where torchrun or DVC report only that it did (:func:`handed_over_status`).
+
 Progress bars are salgan/progress.py's: only on a terminal, on rank 0, and not with ``SALGAN_PROGRESS=0``.
 This file imports a subcommand's module only when it runs, so ``salgan --help`` stays fast and needs no
 optional package.
@@ -22,16 +27,21 @@ optional package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from salgan.errors import ConfigError, InputError
 from salgan.urls import RedactingFilter, redact_text
 
 EXIT_INPUT, EXIT_SETTINGS, EXIT_FAILURE, EXIT_INTERRUPTED = 1, 2, 3, 130
+STATUS_FILE_ENV = "SALGAN_STATUS_FILE"
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -63,29 +73,85 @@ def command_parser(name: str, description: str, epilog: str | None = None) -> ar
     return parser
 
 
-def run_command(name: str, action: Callable[[], int | None]) -> int:
-    """Run a subcommand's work with the common logging, and turn its failure into a message and a status."""
+def run_command(name: str, action: Callable[[], int | None], prog: str | None = None) -> int:
+    """Run a command's work with the common logging, and turn its failure into a message and a status.
+    ``prog`` names the command in messages (default ``salgan NAME``; the flows are ``python -m flows.X``)."""
     setup_logging(name)
+    prog = prog or f"salgan {name}"
 
     def report(message: str) -> None:
-        print(f"salgan {name}: {redact_text(message)}", file=sys.stderr)  # URLs may quote secrets
+        print(f"{prog}: {redact_text(message)}", file=sys.stderr)  # URLs may quote secrets
 
     try:
-        return int(action() or 0)
-    except ConfigError as exc:
-        report(str(exc))
-        return EXIT_SETTINGS
-    except (InputError, FileNotFoundError) as exc:
-        report(_text(exc))
-        return EXIT_INPUT
+        status = int(action() or 0)
     except KeyboardInterrupt:
         report("interrupted")
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 -- the last resort: one line, the traceback on request
-        if os.environ.get("SALGAN_DEBUG") == "1":
+        status = EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 -- each kind has its status; the rest is one line, traceback on request
+        status = exit_status(exc)
+        if status == EXIT_FAILURE and os.environ.get("SALGAN_DEBUG") == "1":
             raise
-        report(f"failed: {type(exc).__name__}: {exc} (SALGAN_DEBUG=1 shows the traceback)")
-        return EXIT_FAILURE
+        if status == EXIT_FAILURE and getattr(exc, "exit_status", None) is None:
+            report(f"failed: {type(exc).__name__}: {exc} (SALGAN_DEBUG=1 shows the traceback)")
+        else:
+            report(_text(exc))
+    if status:
+        hand_over(status)
+    return status
+
+
+def exit_status(exc: BaseException) -> int:
+    """The status a failure exits with: its own ``exit_status``, else by its kind (the table above)."""
+    own = getattr(exc, "exit_status", None)
+    if isinstance(own, int):
+        return own
+    if isinstance(exc, ConfigError):
+        return EXIT_SETTINGS
+    if isinstance(exc, InputError | FileNotFoundError):
+        return EXIT_INPUT
+    return EXIT_FAILURE
+
+
+def hand_over(status: int) -> None:
+    """Append ``status`` to the file ``SALGAN_STATUS_FILE`` names, if any (a launcher reads it back)."""
+    path = os.environ.get(STATUS_FILE_ENV)
+    if path:
+        with contextlib.suppress(OSError), open(path, "a") as handle:
+            handle.write(f"{status}\n")
+
+
+def handed_over_status(path: str | os.PathLike) -> int | None:
+    """The first failure status a command handed over in ``path`` (:func:`hand_over`), or None."""
+    try:
+        lines = Path(path).read_text().split()
+    except OSError:
+        return None
+    statuses = [int(line) for line in lines if line.isdigit() and int(line)]
+    return statuses[0] if statuses else None
+
+
+def call(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``command`` (which runs salgan commands: torchrun's ranks, ``dvc exp run``'s stages) and return 0,
+    or the failure status one of them handed over (:func:`hand_over`), else :data:`EXIT_FAILURE`."""
+    with tempfile.TemporaryDirectory(prefix="salgan-status-") as scratch:
+        status_file = os.environ.get(STATUS_FILE_ENV) or str(Path(scratch) / "status")
+        if subprocess.call(command, env={**(env or os.environ), STATUS_FILE_ENV: status_file}) == 0:
+            return 0
+        return handed_over_status(status_file) or EXIT_FAILURE
+
+
+def python_tool(module: str) -> list[str]:
+    """The command line of a Python tool (``dvc``, ``torch.distributed.run``) run as a module of this very
+    interpreter, never found by name on PATH (which may hold another environment's, or none)."""
+    return [sys.executable, "-m", module]
+
+
+def tool_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with this interpreter's scripts first on PATH, for commands that
+    run further commands by name (DVC runs dvc.yaml's ``salgan ...`` and ``python -m ...``)."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def _text(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import math
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from salgan.tracking import fingerprint
 from salgan.tracking.lock import registry_lock
 from salgan.tracking.registry import Opened, Unloadable, check_min_delta, describe, list_versions, promote
 from salgan.urls import redact_text
+
+log = logging.getLogger(__name__)
 
 
 class Judge:
@@ -80,7 +83,7 @@ class Judge:
         val, common = self.inputs()
         images = None if input_size(val) == opened.input_size else self.images_at(opened.input_size)
         size = f"{opened.input_size[0]}x{opened.input_size[1]}"
-        print(f"scoring {opened.weights_sha256[:12]} at {size} under today's settings and code")
+        log.info("scoring %s at %s under today's settings and code", opened.weights_sha256[:12], size)
         return score_generator(opened.generator, self.params, val, common, images)[1]
 
     def images_at(self, size: tuple[int, int]) -> RawImages:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint
-from salgan.cli import command_parser, run_command
+from salgan.cli import call, command_parser, python_tool, run_command
 from salgan.cpus import usable_cpus
 from salgan.data import PreparedSplit, load_split, split_bytes, stream_from_host
 from salgan.distributed import (
@@ -514,9 +512,10 @@ def _epoch_line(record: dict, epochs: int, elapsed: float) -> str:
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Re-run this module under torchrun with ``nproc`` local processes."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.call([*command, "-m", "salgan.train", *argv])
+    """Re-run this module under torchrun with ``nproc`` local processes. torchrun exits 1 whatever failed;
+    the status is the one the failing process reported (salgan/cli.py: 2 for invalid settings, ...)."""
+    command = [*python_tool("torch.distributed.run"), "--standalone", f"--nproc-per-node={nproc}"]
+    return call([*command, "-m", "salgan.train", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -47,7 +48,8 @@ def test_the_base_is_params_yaml_as_committed_not_as_the_last_experiment_left_it
 def test_exp_run_command_sets_each_override_as_json():
     command = exp_run_command("x", {"prepare.size": [256, 192], "download.source": "salicon"}, queue=True)
     assert command == [
-        "dvc", "exp", "run", "--name", "x", "--queue", "-S", "prepare.size=[256,192]", "-S", "download.source='salicon'"
+        sys.executable, "-m", "dvc", "exp", "run", "--name", "x", "--queue",
+        "-S", "prepare.size=[256,192]", "-S", "download.source='salicon'",
     ]  # fmt: skip
 
 

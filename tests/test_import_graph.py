@@ -186,3 +186,15 @@ def test_mlflow_is_reached_through_the_store_alone_with_no_process_state_or_priv
                 found += [f"{module}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
                 found += [f"{module}: {node.module}" for part in node.module.split(".") if part.startswith("_")]
     assert not found, found
+
+
+def test_the_library_reports_through_logging_and_only_commands_print():
+    top = top_modules()
+    printing = sorted(
+        f"{module}:{node.lineno}"
+        for module, path in MODULES.items()
+        if module not in top
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"
+    )
+    assert not printing, printing

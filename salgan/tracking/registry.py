@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -35,6 +36,8 @@ from salgan.tracking.fingerprint import FINGERPRINT_TAG, decode, differences, fi
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 WEIGHTS_TAG = "weights_sha256"
@@ -329,7 +332,9 @@ def promote(
                 if found is not None:
                     client.set_registered_model_alias(name, PREVIOUS, found.version)
                 return decided | {"lock": held}
-        print(f"the {CHAMPION} alias moved from v{_number(found)} to v{_number(now)} meanwhile; comparing again")
+        log.info(
+            "the %s alias moved from v%s to v%s meanwhile; comparing again", CHAMPION, _number(found), _number(now)
+        )
     raise PromotionError(
         f"the {CHAMPION} alias of {name!r} moved {attempts} times while the gate compared; run it again"
     )

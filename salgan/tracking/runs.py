@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import subprocess
@@ -34,6 +35,7 @@ from salgan.urls import redact_text, redact_url
 if TYPE_CHECKING:
     from salgan.distributed import DistInfo
 
+log = logging.getLogger(__name__)
 # While the server is unreachable, training tries again at most this often ($SALGAN_TRACKING_RETRY_S).
 RETRY_SECONDS = float(os.environ.get("SALGAN_TRACKING_RETRY_S", "60"))
 
@@ -221,7 +223,7 @@ class TrainingTracker:
                 warn_unavailable(action, exc, self.uri)
         else:
             if self.failed_at is not None and self.warned:
-                print(f"MLflow at {redact_url(self.uri)} answers again; logging resumed")
+                log.info("MLflow at %s answers again; logging resumed", redact_url(self.uri))
             self.failed_at = None
 
     def _open(self) -> None:
