@@ -74,7 +74,7 @@ class Archive:
     aliases: tuple[str, ...] = ()  # other names accepted in a local folder or on a mirror
 
 
-# pysaliency external_datasets/salicon.py (REFERENCE §2); maps.zip has no published md5.
+# pysaliency external_datasets/salicon.py (docs/reference.md §2); maps.zip has no published md5.
 RELEASE: dict[str, Archive] = {
     "images": Archive(
         "images",

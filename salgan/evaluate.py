@@ -1,4 +1,4 @@
-"""Evaluate stage: score the validation split at the original resolution (REFERENCE §3).
+"""Evaluate stage: score the validation split at the original resolution (docs/reference.md §3).
 
 The generator's maps get the same post-processing as the test predictions (bicubic resize to the
 original size, 5x5 Gaussian blur), then every image is scored with the eight metrics of
@@ -192,7 +192,7 @@ def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, genera
         artifacts,
         generator_path,
         metrics["data_version"],
-        metrics.get("fingerprint"),  # absent from a metrics.json written before fingerprints: none recorded
+        metrics["fingerprint"],
     )
 
 

@@ -1,4 +1,4 @@
-"""Reading SALICON fixation files (REFERENCE §2, docs/data-layout.md).
+"""Reading SALICON fixation files (docs/reference.md §2, docs/data-layout.md).
 
 A SALICON ``.mat`` file holds ``image`` (the name), ``resolution`` = [rows, cols] and ``gaze``, a struct
 array with one entry per observer whose fields are ``location`` (raw mouse samples, N x 2), ``timestamp``

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-# MATLAB's eps, the regulariser of the MIT KLD and information-gain code (REFERENCE §3).
+# MATLAB's eps, the regulariser of the MIT KLD and information-gain code (docs/reference.md §3).
 EPS = 2.2204e-16
 
 # Published numbers on the SALICON test set (seed paper Table I), in these metric keys: the reports and the

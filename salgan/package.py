@@ -2,7 +2,7 @@
 
 ``package.output`` is a folder holding the archive and ``manifest.json`` (what the archive holds, and the
 model and settings that produced it); the archive itself holds only what the server reads. Two formats
-(REFERENCE §2), chosen by ``package.format``:
+(docs/reference.md §2), chosen by ``package.format``:
 
 - ``2017`` (CodaLab SALICON 2017, scored with the MIT benchmark code): ``submission.zip`` with one 8-bit
   grey PNG per test image at the image's original size (640x480 in SALICON), named as the image

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,31 +303,3 @@ def mat_bytes(name: str, gaze: list[dict[str, np.ndarray]]) -> bytes:
     data = bytearray(buffer.getvalue())
     data[:116] = _MAT_HEADER
     return bytes(data)
-
-
-# --- the release's zip files ---------------------------------------------------------------------
-
-
-def write_release_zips(root: str | Path, out_dir: str | Path, edition: str = "2017") -> dict[str, Path]:
-    """Pack a tree in our layout into zips laid out like the SALICON release; return kind -> path.
-
-    The release's layout (pysaliency external_datasets/salicon.py, datadings SALICON2015_write.py,
-    MSI-Net download.py): the stimuli zip holds ``images/{train,val,test}/*.jpg``; the fixations zip
-    ``{train,val}/*.mat``; the maps zip ``{train,val}/*.png``. Used to test the download stage and
-    to stand in for the release on a mirror.
-    """
-    root, out_dir = Path(root), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan = {
-        "images": ("images.zip", root / "images", "images/"),
-        "fixations": (f"fixations_{edition}.zip", root / "fixations", ""),
-        "maps": ("maps.zip", root / "maps", ""),
-    }
-    written = {}
-    for kind, (filename, folder, prefix) in plan.items():
-        path = out_dir / filename
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-            for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-                archive.write(file, prefix + file.relative_to(folder).as_posix())
-        written[kind] = path
-    return written

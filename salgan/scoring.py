@@ -24,10 +24,7 @@ Conventions (the report must state them):
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +33,7 @@ from scipy.ndimage import gaussian_filter
 from salgan.metrics import METRIC_NAMES, Fixations, PreparedMap, image_metrics
 from salgan.progress import progress as bar_for
 
-__all__ = ["fixation_density_baseline", "score_split", "write_scores"]
+__all__ = ["fixation_density_baseline", "score_split"]
 
 
 def _check_offsets(coords: np.ndarray, offsets: np.ndarray, n_images: int | None = None) -> None:
@@ -216,28 +213,3 @@ def score_split(
         rows.append(row | scores)
     means = {key: float(np.mean([row[key] for row in rows])) for key in METRIC_NAMES}
     return rows, means
-
-
-def write_scores(
-    rows: Sequence[dict[str, Any]],
-    means: dict[str, float],
-    csv_path: str | Path,
-    json_path: str | Path,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Write per-image rows as CSV and the means as JSON (parent folders are created).
-
-    The CSV has one column per row key, in the order of the first row (index, name, n_fixations, the
-    metrics); floats are written at full precision. The JSON is ``{"n_images": N, "means": {...}}``
-    plus the keys of ``extra`` (e.g. the settings used), indented, keys in insertion order.
-    """
-    csv_path, json_path = Path(csv_path), Path(json_path)
-    for path in (csv_path, json_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fieldnames = list(rows[0]) if rows else ["index", *METRIC_NAMES]
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = {"n_images": len(rows), "means": dict(means), **(extra or {})}
-    json_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -66,7 +66,7 @@ def trust(kind: str, safe_values: tuple[str, ...] = (), scores: bool = False) ->
 
 
 class DownloadParams(Section):
-    """Where the raw SALICON tree comes from (REFERENCE §2) and where it lands."""
+    """Where the raw SALICON tree comes from (docs/reference.md §2) and where it lands."""
 
     # sample | salicon | s3://bucket/prefix | https://host/prefix | a local directory
     source: Annotated[str, trust(HOST, ("sample", "salicon"))] = "sample"
@@ -124,7 +124,7 @@ class PrepareParams(Section):
 
 
 class ModelParams(Section):
-    """SalGAN generator and discriminator (Pan et al. 2017, REFERENCE §1)."""
+    """SalGAN generator and discriminator (Pan et al. 2017, docs/reference.md §1)."""
 
     # vgg16: the paper; the others (torchvision builders, skip decoder) are README's "Encoders and losses"
     encoder: Annotated[Literal[ENCODERS], trust(KNOB)] = "vgg16"  # salgan/encoder_table.py
@@ -182,7 +182,7 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    """Validation scoring at the original resolution (REFERENCE §3)."""
+    """Validation scoring at the original resolution (docs/reference.md §3)."""
 
     output: Annotated[str, trust(PLACE)] = "reports"
     batch_size: Annotated[PositiveInt, trust(KNOB)] = Field(default=16, le=MAX_BATCH)

@@ -110,6 +110,33 @@ def _write_fixations(folder: Path, maps: np.ndarray, full_maps: bool, rng) -> No
         np.save(folder / "maps_full.npy", maps.repeat(scale, axis=1).repeat(scale, axis=2))
 
 
+def write_release_zips(root: str | Path, out_dir: str | Path, edition: str = "2017") -> dict[str, Path]:
+    """Pack a raw tree into zips laid out like the SALICON release (the download stage's input); return
+    kind -> path.
+
+    The release's layout (pysaliency external_datasets/salicon.py, datadings SALICON2015_write.py,
+    MSI-Net download.py): the stimuli zip holds ``images/{train,val,test}/*.jpg``; the fixations zip
+    ``{train,val}/*.mat``; the maps zip ``{train,val}/*.png``.
+    """
+    import zipfile
+
+    root, out_dir = Path(root), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = {
+        "images": ("images.zip", root / "images", "images/"),
+        "fixations": (f"fixations_{edition}.zip", root / "fixations", ""),
+        "maps": ("maps.zip", root / "maps", ""),
+    }
+    written = {}
+    for kind, (filename, folder, prefix) in plan.items():
+        path = out_dir / filename
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+                archive.write(file, prefix + file.relative_to(folder).as_posix())
+        written[kind] = path
+    return written
+
+
 def tiny_params(tmp_path: Path, **train_overrides):
     """Settings for a width-1/16 SalGAN on 64x48 inputs: a few seconds per epoch on a CPU."""
     data = write_prepared(tmp_path / "prepared")

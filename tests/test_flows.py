@@ -1,6 +1,6 @@
 """The Prefect flows on a throwaway DVC project whose stages are tiny scripts named like the real ones.
 
-One ``prefect_test_harness`` serves the whole session (it costs ~18 s to start, REFERENCE §5). The flows
+One ``prefect_test_harness`` serves the whole session (it costs ~18 s to start). The flows
 drive real ``dvc`` and ``git`` subprocesses; only the stage commands and the registry gate are stand-ins,
 so the machinery (order, failures, retries, GPU slots, cancellation, workspace lock, report) is tested
 independently of the real pipeline.

@@ -101,15 +101,14 @@ def test_plain_weights_file_round_trips_with_its_architecture(tmp_path):
     assert torch.equal(loaded(x), generator.eval()(x))
 
 
-def test_a_generator_saved_before_the_encoder_setting_still_loads(tmp_path):
-    """generator.pt files written before ``architecture`` was saved with the weights are VGG16 ones."""
-    generator = Generator(width=0.0625)
-    state = {k: v for k, v in generator.state_dict().items() if k != "architecture"}
-    torch.save(state, tmp_path / "old.pt")
-    loaded = load_generator(tmp_path / "old.pt").generator
-    assert (loaded.encoder_name, loaded.width) == ("vgg16", 0.0625)
-    x = torch.rand(1, 3, 32, 48)
-    assert torch.equal(loaded(x), generator.eval()(x))
+def test_weights_without_their_architecture_are_refused_naming_it(tmp_path):
+    """Every generator.pt records the network it holds; one without that record is no salgan file."""
+    from salgan.models import ModelError
+
+    state = {k: v for k, v in Generator(width=0.0625).state_dict().items() if k != "architecture"}
+    torch.save(state, tmp_path / "bare.pt")
+    with pytest.raises(ModelError, match="bare.pt: not a SalGAN generator state_dict .*no 'architecture' entry"):
+        load_generator(tmp_path / "bare.pt")
 
 
 def test_discriminator_starts_as_lasagne_and_learns_real_maps_from_flat_ones(tmp_path):

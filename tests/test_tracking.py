@@ -22,7 +22,7 @@ from salgan.distributed import DistInfo
 from salgan.layout import ModelFiles, sha256_file
 from salgan.tracking import runs
 from salgan.tracking.models import record_evaluation
-from salgan.tracking.registry import CHALLENGER, version_metrics
+from salgan.tracking.registry import CHALLENGER, recorded_metrics
 from salgan.tracking.runs import TrainingTracker
 from salgan.tracking.store import TrackingUnavailableWarning
 from salgan.train import run
@@ -157,7 +157,7 @@ def test_record_evaluation_registers_a_challenger(trained, monkeypatch):
     model_version = client.get_model_version_by_alias("salgan", CHALLENGER)
     assert str(model_version.version) == "1"
     # Metrics live on the logged model (MLflow 3), not in string tags; the weights' hash is a tag.
-    assert version_metrics(client, model_version) == METRICS and "nss" not in model_version.tags
+    assert recorded_metrics(client, model_version) == METRICS and "nss" not in model_version.tags
     assert model_version.tags["weights_sha256"] == sha256_file(root / "models" / "generator.pt")
     run_id = json.loads((root / "models" / RUN_FILE).read_text())["run_id"]
     assert model_version.run_id == run_id  # the pipeline's one run, continued
@@ -170,7 +170,7 @@ def test_record_evaluation_registers_a_challenger(trained, monkeypatch):
     again = {**METRICS, "nss": 1.5}
     assert record_evaluation(params, again, BASELINES, [], root / "models" / "generator.pt", "d2") == "1"
     reused = client.get_model_version("salgan", "1")
-    assert version_metrics(client, reused)["nss"] == 1.5 and reused.tags["data_version"] == "d2"
+    assert recorded_metrics(client, reused)["nss"] == 1.5 and reused.tags["data_version"] == "d2"
     assert len(client.search_model_versions("name='salgan'")) == 1
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -292,7 +292,7 @@ def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_tw
     assert g_loss == [(record["epoch"], pytest.approx(record["g_loss"])) for record in history]
     assert logged.data.metrics["baseline_center_bias_nss"] == pytest.approx(metrics["baselines"]["center_bias"]["nss"])
     version = client.get_model_version_by_alias("salgan", CHALLENGER)
-    assert version_metrics(client, version)["nss"] == pytest.approx(metrics["nss"])
+    assert recorded_metrics(client, version)["nss"] == pytest.approx(metrics["nss"])
 
     assert int(replay(params)) == 1
     assert len(client.search_runs([experiment.experiment_id])) == 1

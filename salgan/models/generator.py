@@ -146,21 +146,16 @@ def _encode(architecture: dict) -> torch.Tensor:
 
 
 def architecture_of(state_dict: dict[str, torch.Tensor]) -> dict:
-    """``{"encoder": ..., "width": ...}`` of a generator state_dict: its ``architecture`` entry, or for one
-    saved before there was a choice of encoder, VGG16 with the width of conv1_1 (64 * width filters).
-    Either way checked against the encoders salgan builds and ``MAX_WIDTH`` before anything is built."""
-    if "architecture" in state_dict:
-        try:
-            found = json.loads(bytes(state_dict["architecture"].tolist()).decode())
-            architecture = {"encoder": str(found["encoder"]), "width": float(found["width"])}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ValueError("not a SalGAN generator state_dict: unreadable 'architecture' entry") from None
-    else:
-        try:
-            architecture = {"encoder": "vgg16", "width": int(state_dict["encoder.0.weight"].shape[0]) / 64}
-        except (KeyError, AttributeError, IndexError, TypeError):
-            raise ValueError("not a SalGAN generator state_dict: no 'architecture' nor 'encoder.0.weight'") from None
-    # A crafted entry or tensor shape must not name another network or a huge width.
+    """``{"encoder": ..., "width": ...}`` of a generator state_dict: its ``architecture`` entry, checked against
+    the encoders salgan builds and ``MAX_WIDTH`` before anything is built."""
+    try:
+        found = json.loads(bytes(state_dict["architecture"].tolist()).decode())
+        architecture = {"encoder": str(found["encoder"]), "width": float(found["width"])}
+    except KeyError:
+        raise ValueError("not a SalGAN generator state_dict: no 'architecture' entry") from None
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError("not a SalGAN generator state_dict: unreadable 'architecture' entry") from None
+    # A crafted entry must not name another network or a huge width.
     if architecture["encoder"] not in ENCODERS or not 0 < architecture["width"] <= MAX_WIDTH:
         raise ValueError(f"not a SalGAN generator state_dict: architecture {architecture} is not one salgan builds")
     return architecture
@@ -193,7 +188,5 @@ def generator_from_state_dict(state_dict: dict[str, torch.Tensor]) -> Generator:
     if not isinstance(state_dict, dict):
         raise ValueError(f"not a SalGAN generator state_dict: a {type(state_dict).__name__}")
     generator = Generator(**checked_architecture(state_dict))
-    state = dict(state_dict)
-    state.setdefault("architecture", generator.architecture)
-    generator.load_state_dict(state)
+    generator.load_state_dict(state_dict)
     return generator

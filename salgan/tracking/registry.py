@@ -102,26 +102,6 @@ def logged_model_id(version: ModelVersion) -> str | None:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
-def version_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
-    """A version's validation metrics: the latest value of each ``val_*`` metric of its logged model
-    (without the prefix), else its numeric tags (versions registered before metrics moved there)."""
-    model_id = logged_model_id(version)
-    if model_id:
-        latest: dict[str, float] = {}
-        for metric in sorted(client.get_logged_model(model_id).metrics or [], key=lambda m: (m.timestamp, m.step)):
-            if metric.key.startswith("val_"):
-                latest[metric.key.removeprefix("val_")] = float(metric.value)
-        if latest:
-            return latest
-    numbers: dict[str, float] = {}
-    for key, text in version.tags.items():
-        try:
-            numbers[key.removeprefix("val_")] = float(text)
-        except ValueError:
-            continue
-    return numbers
-
-
 # --- the promotion gate ---------------------------------------------------------------------------------
 
 
@@ -379,7 +359,7 @@ def list_versions(client: MlflowClient, name: str) -> str:
     rows = [header]
     for version in versions:
         created = datetime.fromtimestamp(version.creation_timestamp / 1000, tz=timezone.utc)
-        metrics = version_metrics(client, version)
+        metrics = recorded_metrics(client, version)
         rows.append(
             [
                 str(version.version),
