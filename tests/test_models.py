@@ -14,18 +14,54 @@ from salgan.models import (
 from salgan.settings import ModelParams
 
 
-def test_generator_full_width_keeps_input_size():
+def test_generator_full_width_keeps_input_size_and_its_output_is_the_sigmoid_of_its_last_layer():
+    """With every weight zero, the map is sigmoid(output bias) everywhere: sigmoid(log 3) = 0.75."""
     torch.manual_seed(0)
     generator = Generator(width=1.0).eval()
     with torch.no_grad():
         out = generator(torch.rand(1, 3, 192, 256))
-    assert out.shape == (1, 1, 192, 256)
-    assert out.min() > 0 and out.max() < 1
+        assert out.shape == (1, 1, 192, 256) and 0 < out.min() < out.max() < 1
+        for parameter in generator.parameters():
+            parameter.zero_()
+        generator.output.bias.fill_(float(torch.log(torch.tensor(3.0))))
+        torch.testing.assert_close(generator(torch.rand(1, 3, 192, 256)), torch.full((1, 1, 192, 256), 0.75))
+
+
+def reference_vgg_generator(generator: Generator, image: torch.Tensor) -> torch.Tensor:
+    """The paper's generator written out from its description (Pan et al. 2017, Fig. 2; docs/reference.md
+    §1), using the generator's weights in order: ImageNet normalisation; VGG16's 13 3x3 convolutions with
+    ReLU and a 2x2 max-pool after blocks 1-4; the mirrored decoder with 2x nearest-neighbour upsampling;
+    a 1x1 convolution and a sigmoid."""
+    import torch.nn.functional as F
+
+    convs = [m for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
+    encoder = [2, "M", 2, "M", 3, "M", 3, "M", 3]  # convolutions per block, pools between
+    decoder = [3, "U", 3, "U", 3, "U", 2, "U", 2]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (image - mean) / std
+    for step in encoder + decoder:
+        if step == "M":
+            x = F.max_pool2d(x, 2)
+        elif step == "U":
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        else:
+            for _ in range(step):
+                conv = convs.pop(0)
+                x = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1))
+    (last,) = convs
+    return torch.sigmoid(F.conv2d(x, last.weight, last.bias))
 
 
 @pytest.mark.parametrize("width,size", [(0.125, (96, 128)), (0.0625, (48, 64)), (0.25, (32, 160))])
 def test_generator_small_widths_any_multiple_of_16(width, size):
-    out = Generator(width=width)(torch.rand(2, 3, *size))
+    """The generator computes the paper's network at any width and any sides that are multiples of 16."""
+    torch.manual_seed(0)
+    generator = Generator(width=width).eval()
+    image = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        out = generator(image)
+        torch.testing.assert_close(out, reference_vgg_generator(generator, image))
     assert out.shape == (2, 1, *size)
 
 
@@ -44,9 +80,21 @@ def test_encoder_matches_torchvision_vgg16_layout():
 
 @pytest.mark.parametrize("first_pool", [2, 4])
 def test_discriminator_outputs_one_logit_per_pair(first_pool):
-    disc = Discriminator(input_size=(256, 192), first_pool=first_pool)
-    logits = disc(torch.rand(3, 3, 192, 256), torch.rand(3, 1, 192, 256))
-    assert logits.shape == (3,)
+    """One logit per (image, map) pair, each pair judged on its own; its last layer's bias alone when every
+    weight is zero."""
+    torch.manual_seed(0)
+    disc = Discriminator(input_size=(256, 192), first_pool=first_pool).eval()
+    images, maps = torch.rand(3, 3, 192, 256), torch.rand(3, 1, 192, 256)
+    with torch.no_grad():
+        logits = disc(images, maps)
+        alone = torch.cat([disc(images[i : i + 1], maps[i : i + 1]) for i in range(3)])
+        torch.testing.assert_close(logits, alone)
+        assert logits.shape == (3,) and len(set(logits.tolist())) == 3
+        for layer in disc.classifier:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.zero_()
+        disc.classifier[-1].bias.fill_(0.3)
+        torch.testing.assert_close(disc(images, maps), torch.full((3,), 0.3))
 
 
 def test_discriminator_rejects_indivisible_input():
