@@ -210,3 +210,17 @@ def test_the_blur_gives_torchvisions_values_without_importing_it(size):
         modules = "salgan.train, salgan.evaluate, salgan.predict, salgan.package, salgan.models"
         code = f"import sys, {modules}; print('torchvision' in sys.modules)"
         assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_a_size_the_models_encoder_cannot_take_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    """--size accepts multiples of the smallest stride (16); a ResNet's 32 is checked once the model says
+    which encoder it has (they used to drift: any multiple of 16 passed, and the ResNet then refused it)."""
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "resnet.pt"
+    torch.save(Generator(width=1.0, encoder="resnet18").state_dict(), weights)
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save("photo.png")
+    argv = ["--model", str(weights), "--output", "maps", "photo.png"]
+    assert predict_tool.main([*argv, "--size", "48x64"]) == 2
+    assert "--size 48x64: resnet18 needs sides that are multiples of 32, got [48, 64]" in capsys.readouterr().err
+    assert predict_tool.main([*argv, "--size", "64x32"]) == 0
+    assert Image.open(tmp_path / "maps" / "photo.png").size == (60, 40)
