@@ -21,7 +21,7 @@ from salgan.layout import LOGGED_WEIGHTS, sha256_file
 from salgan.metrics import METRIC_NAMES
 from salgan.settings import Params, load_params
 from salgan.tracking import fingerprint
-from salgan.tracking.lock import registry_lock
+from salgan.tracking import lock as registry_locks
 from salgan.tracking.registry import Opened, Unloadable, check_min_delta, describe, list_versions, promote
 from salgan.urls import redact_text
 
@@ -160,7 +160,14 @@ def gate(
     uri = tracking_uri(params)
     name = name or params.mlflow.model_name
     return promote(
-        client(params), name, Judge(params, name), metric, min_delta, version, floor, lock=lambda: registry_lock(uri)
+        client(params),
+        name,
+        Judge(params, name),
+        metric,
+        min_delta,
+        version,
+        floor,
+        lock=lambda: registry_locks.registry_lock(uri),
     )
 
 

@@ -334,13 +334,14 @@ def test_a_version_registered_at_another_input_size_is_scored_again_at_its_own_s
 # --- racing gates -----------------------------------------------------------------------------------------
 
 RACER = """
-import contextlib, json, sys, time
+import contextlib, json, logging, sys, time
 from pathlib import Path
 
 import salgan.tracking.lock as lock
 from salgan.registry import gate
 from salgan.settings import load_params
 
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")  # the gate's reports
 me, other, version = sys.argv[1], sys.argv[2], sys.argv[3]
 real = lock.registry_lock
 

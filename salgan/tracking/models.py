@@ -60,7 +60,7 @@ def record_evaluation(
                     mlflow_client.log_artifact(run_id, str(path), "evaluation")
             weights = sha256_file(generator_path)
             existing = version_with_weights(mlflow_client, name, weights)
-            model_id = logged_model_id(existing) if existing is not None else None
+            model_id = logged_model_id(mlflow_client, existing) if existing is not None else None
             if model_id is None:
                 model_id = log_generator(mlflow_client, run_id, generator_path, params.prepare.size, params.predict)
             elif FINGERPRINT_TAG in existing.tags:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 WEIGHTS_TAG = "weights_sha256"
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # a logged model's registered versions, as MLflow writes them
+_LOGGED_MODEL_FOLDER = re.compile(r"/models/(?P<id>m-[0-9a-f]+)/artifacts/?$")  # where MLflow 3 keeps one
 
 
 class PromotionError(InputError):
@@ -75,14 +77,21 @@ def register(
         except MlflowException as exc:
             if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
-        source = f"models:/{model_id}"
+        # The logged model's own folder as the source (and its id, which a server checks the folder against):
+        # a "models:/<id>" source would make MLflow's local registry look the model up through its
+        # process-wide tracking URI, which salgan never sets.
+        model = client.get_logged_model(model_id)
         version = str(
             client.create_model_version(
-                name, source, run_id=run_id, tags={**tags, WEIGHTS_TAG: weights_sha256}, model_id=model_id
+                name,
+                model.artifact_location,
+                run_id=run_id,
+                tags={**tags, WEIGHTS_TAG: weights_sha256},
+                model_id=model_id,
             ).version
         )
         # The logged model names its versions, as mlflow.register_model records them (the UI links the two).
-        listed = json.loads(client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG) or "[]")
+        listed = json.loads(model.tags.get(MODEL_VERSIONS_TAG) or "[]")
         client.set_logged_model_tags(
             model_id, {MODEL_VERSIONS_TAG: json.dumps([*listed, {"name": name, "version": version}])}
         )
@@ -96,10 +105,22 @@ def version_with_weights(client: MlflowClient, name: str, weights_sha256: str) -
     return max(found, key=lambda v: int(v.version), default=None)
 
 
-def logged_model_id(version: ModelVersion) -> str | None:
-    """The MLflow 3 logged model behind a version (its source ``models:/m-...``), if it has one."""
-    source = version.source or ""
-    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+def logged_model_id(client: MlflowClient, version: ModelVersion) -> str | None:
+    """The MLflow 3 logged model behind a version, if it has one.
+
+    salgan registers a version with its logged model's own folder as the source (:func:`register`); the
+    folder's path names the model (``.../models/m-<id>/artifacts``), and the model's artifact location must
+    be that very source, which no one can change once the version exists (its tags they can)."""
+    found = _LOGGED_MODEL_FOLDER.search(version.source or "")
+    if found is None:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_logged_model(found["id"])
+    except MlflowException:
+        return None
+    return model.model_id if model.artifact_location.rstrip("/") == version.source.rstrip("/") else None
 
 
 # --- the promotion gate ---------------------------------------------------------------------------------
@@ -147,7 +168,7 @@ def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
 def recorded_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
     """The val metrics evaluate logged on the version's logged model (never its tags: anyone who can tag a
     version could write a number there)."""
-    model_id = logged_model_id(version)
+    model_id = logged_model_id(client, version)
     if not model_id:
         return {}
     latest: dict[str, float] = {}
