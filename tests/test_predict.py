@@ -224,3 +224,24 @@ def test_a_size_the_models_encoder_cannot_take_is_a_usage_error(tmp_path, monkey
     assert "--size 48x64: resnet18 needs sides that are multiples of 32, got [48, 64]" in capsys.readouterr().err
     assert predict_tool.main([*argv, "--size", "64x32"]) == 0
     assert Image.open(tmp_path / "maps" / "photo.png").size == (60, 40)
+
+
+def test_the_store_params_yaml_names_is_used_with_no_mlflow_variable_set(tmp_path, monkeypatch, weights):
+    """Registering and fetching go to mlflow.tracking_uri with MLFLOW_TRACKING_URI unset: nothing reaches
+    MLflow's own default store (sqlite:///mlflow.db in the current folder), since salgan sets no
+    process-wide MLflow state and resolves models:/ URIs through its own client."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SALGAN_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "store").mkdir()
+    uri = f"sqlite:///{tmp_path / 'store' / 'registry.db'}"
+    version = register_weights(uri, weights, alias="champion")
+    params = write_params_file(tmp_path / "params.yaml", {"mlflow": {"tracking_uri": uri}})
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save("photo.png")
+    for model in ("models:/salgan@champion", f"models:/salgan/{version}"):
+        argv = ["--params", str(params), "--model", model, "--output", "registry", "--size", "64x48", "photo.png"]
+        assert predict_tool.main(argv) == 0
+    argv = ["--params", str(params), "--model", str(weights), "--output", "file", "--size", "64x48", "photo.png"]
+    assert predict_tool.main(argv) == 0
+    assert np.array_equal(np.asarray(Image.open("registry/photo.png")), np.asarray(Image.open("file/photo.png")))
+    assert not (tmp_path / "mlflow.db").exists()  # MLflow's default store was never opened

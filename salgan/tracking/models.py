@@ -139,12 +139,27 @@ def log_generator(
 
 
 def download_model(model_uri: str, params: Params, dst: Path) -> Path:
-    """Download an MLflow model (``models:/``, ``runs:/``, logged-model or artifact URI) into ``dst``."""
+    """Download an MLflow model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/m-ID``,
+    ``runs:/`` or an artifact URI) into ``dst``."""
     configure_environment()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # predict shows its own bar
     uri = tracking_uri(params)
-    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst), tracking_uri=uri, registry_uri=uri)
-    return Path(local)
+    files = model_files_uri(client(params), model_uri)
+    return Path(mlflow.artifacts.download_artifacts(files, dst_path=str(dst), tracking_uri=uri, registry_uri=uri))
+
+
+def model_files_uri(mlflow_client: MlflowClient, model_uri: str) -> str:
+    """Where the files of ``model_uri`` are, a ``models:/`` URI resolved through ``mlflow_client`` (MLflow's
+    own resolution of one reads its process-wide registry URI, which salgan never sets)."""
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    if model_uri.startswith("models:/m-"):  # a logged model
+        return mlflow_client.get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+    match = REGISTRY_URI.fullmatch(model_uri)
+    if match is None:
+        raise ValueError(f"{model_uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID")
+    version = match["version"] or mlflow_client.get_model_version_by_alias(match["name"], match["alias"]).version
+    return mlflow_client.get_model_version_download_uri(match["name"], str(version))
 
 
 # --- the local cache of registered models -------------------------------------------------------------
