@@ -1,4 +1,5 @@
-"""The ``download`` stage: the raw SALICON tree in data/raw, from the release, a mirror, or the sample.
+"""The ``download`` stage: the raw SALICON tree in data/raw, from the release, a mirror, or the sample; or
+another dataset's tree in its own layout (``download.dataset``, salgan/datasets/, docs/datasets.md).
 
 Reads ``params.download`` (salgan/settings.py). Whatever the source, the output has SALICON's layout
 (salgan/datasets/salicon.py, docs/data-layout.md) and a ``SOURCE.json`` saying where it came from, with
@@ -30,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from salgan import fetch
+from salgan import datasets, fetch
 from salgan.cli import command_parser, run_command
+from salgan.datasets import SOURCE_FILE
 from salgan.datasets.salicon import FILE_NAME, SUFFIXES, SaliconTree
 from salgan.errors import InputError
 from salgan.fetch import FetchError, md5sum
@@ -43,7 +45,6 @@ from salgan.urls import is_s3_url, parse_s3_url, redact_url
 
 log = logging.getLogger(__name__)
 
-SOURCE_FILE = "SOURCE.json"
 CHECKSUMS_FILE = "checksums.json"
 
 
@@ -72,6 +73,7 @@ class Archive:
     drive_id: str  # Google Drive file id
     md5: str | None  # the published md5; None where none is published
     aliases: tuple[str, ...] = ()  # other names accepted in a local folder or on a mirror
+    release: str = "SALICON"  # whose release it is, in messages
 
 
 # pysaliency external_datasets/salicon.py (docs/reference.md §2); maps.zip has no published md5.
@@ -117,6 +119,11 @@ Zips are looked for as images.zip (or image.zip, stimuli.zip), fixations_<editio
 fixations.zip) and maps.zip. Published md5s are checked (none is published for maps.zip); so is a
 mirror's checksums.json ({"images.zip": "<md5>", ...} or {"images.zip": {"md5": "<md5>"}, ...}) or
 <name>.md5 sidecar. Nothing in download.output is replaced unless the new tree is complete and verified.
+
+download.dataset (default salicon) picks the layout: mit1003, cat2000 or fixations_csv come from their
+release (download.source mit1003 or cat2000), a folder of the zips or the tree, a .zip, or an s3:// or
+https:// prefix or .zip URL; download.test_source adds test images (mit300, a folder, zip or URL).
+See docs/datasets.md.
 """
 
 
@@ -130,6 +137,8 @@ def release_archives(edition: str) -> list[Archive]:
 
 def run(params: DownloadParams, progress: bool = True) -> dict:
     """Fill ``params.output`` from ``params.source``; return what SOURCE.json records."""
+    if params.dataset != "salicon":
+        return run_dataset(params, progress)
     output = Path(params.output)
     kind = source_type(params.source)
     with atomic_directory(output) as stage:
@@ -384,7 +393,7 @@ def verify(path: Path, archive: Archive, sidecars: dict[str, str], name: str | N
     if archive.md5:
         if actual != archive.md5:
             raise ChecksumError(
-                f"{path}: md5 {actual} differs from the published {archive.md5} of SALICON's "
+                f"{path}: md5 {actual} differs from the published {archive.md5} of {archive.release}'s "
                 f"{archive.filename}{_edition_hint(archive, actual)}; the file is damaged or not the release"
             )
         checked.append("published")
@@ -465,13 +474,25 @@ def extract_archive(path: Path, kind: str, stage: Path, limits: DownloadParams, 
     Files go to a folder chosen from their SALICON name (``COCO_val2014_...`` -> val), so the zip's own
     folder nesting does not matter; other entries (``__MACOSX/``, read-me files) are skipped.
     """
+    with _open_checked(path, limits) as archive:
+        entries = archive.infolist()
+        wanted = [(entry, target) for entry in entries if (target := _target(entry, kind, stage)) is not None]
+        written = _extract_entries(path, archive, wanted, limits, progress)
+    if not written:
+        ext = SUFFIXES[kind]
+        raise ArchiveError(f"{path}: no SALICON {kind} (COCO_<split>2014_<id>{ext}) in this archive")
+    log.info("extracted %d %s from %s", written, kind, path.name)
+    return written
 
+
+def _open_checked(path: Path, limits: DownloadParams) -> zipfile.ZipFile:
+    """``path`` opened as a zip whose entry count and every entry pass the limits (:func:`_check_entry`)."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ArchiveError(f"{path}: not a readable zip archive (truncated or corrupt download?): {exc}") from None
-    with archive:
-        entries = archive.infolist()
+    entries = archive.infolist()
+    try:
         if len(entries) > limits.max_archive_entries:
             raise ArchiveError(
                 f"{path}: {len(entries)} entries, over download.max_archive_entries {limits.max_archive_entries}; "
@@ -479,35 +500,45 @@ def extract_archive(path: Path, kind: str, stage: Path, limits: DownloadParams, 
             )
         for entry in entries:
             _check_entry(path, entry, limits)
-        wanted = [(entry, target) for entry in entries if (target := _target(entry, kind, stage)) is not None]
-        _check_totals(path, [entry for entry, _ in wanted], limits)
-        written, inflated, compressed = 0, 0, 0
-        for entry, target in bar_for(wanted, enabled=progress, desc=f"extract {path.name}", unit="file"):
-            if target.exists():
-                raise ArchiveError(f"{path}: entry {entry.filename!r} duplicates {target.name}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            budget, limit = limits.max_entry_bytes, f"download.max_entry_bytes {limits.max_entry_bytes}"
-            if limits.max_archive_bytes - inflated < budget:
-                budget = limits.max_archive_bytes - inflated
-                limit = f"download.max_archive_bytes {limits.max_archive_bytes} with the entries before it"
-            try:
-                with archive.open(entry) as source, open(target, "wb") as sink:
-                    inflated += _copy_bounded(source, sink, budget, f"{path}: entry {entry.filename!r}", limit)
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-                raise ArchiveError(
-                    f"{path}: entry {entry.filename!r} cannot be extracted (corrupt archive?): {exc}"
-                ) from None
-            compressed += entry.compress_size
-            if inflated > RATIO_FLOOR and inflated > limits.max_compression_ratio * max(compressed, 1):
-                raise ArchiveError(
-                    f"{path}: its entries inflated {inflated / max(compressed, 1):.0f}:1 together, over "
-                    f"download.max_compression_ratio {limits.max_compression_ratio:g} (a zip bomb?); nothing was kept"
-                )
-            written += 1
-    if not written:
-        ext = SUFFIXES[kind]
-        raise ArchiveError(f"{path}: no SALICON {kind} (COCO_<split>2014_<id>{ext}) in this archive")
-    log.info("extracted %d %s from %s", written, kind, path.name)
+    except ArchiveError:
+        archive.close()
+        raise
+    return archive
+
+
+def _extract_entries(
+    path: Path,
+    archive: zipfile.ZipFile,
+    wanted: list[tuple[zipfile.ZipInfo, Path]],
+    limits: DownloadParams,
+    progress: bool,
+) -> int:
+    """Write each ``(entry, target)`` of ``wanted``, checked together first (:func:`_check_totals`), the bytes
+    written counted against the limits as they come; returns how many were written."""
+    _check_totals(path, [entry for entry, _ in wanted], limits)
+    written, inflated, compressed = 0, 0, 0
+    for entry, target in bar_for(wanted, enabled=progress, desc=f"extract {path.name}", unit="file"):
+        if target.exists():
+            raise ArchiveError(f"{path}: entry {entry.filename!r} duplicates {target.name}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        budget, limit = limits.max_entry_bytes, f"download.max_entry_bytes {limits.max_entry_bytes}"
+        if limits.max_archive_bytes - inflated < budget:
+            budget = limits.max_archive_bytes - inflated
+            limit = f"download.max_archive_bytes {limits.max_archive_bytes} with the entries before it"
+        try:
+            with archive.open(entry) as source, open(target, "wb") as sink:
+                inflated += _copy_bounded(source, sink, budget, f"{path}: entry {entry.filename!r}", limit)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise ArchiveError(
+                f"{path}: entry {entry.filename!r} cannot be extracted (corrupt archive?): {exc}"
+            ) from None
+        compressed += entry.compress_size
+        if inflated > RATIO_FLOOR and inflated > limits.max_compression_ratio * max(compressed, 1):
+            raise ArchiveError(
+                f"{path}: its entries inflated {inflated / max(compressed, 1):.0f}:1 together, over "
+                f"download.max_compression_ratio {limits.max_compression_ratio:g} (a zip bomb?); nothing was kept"
+            )
+        written += 1
     return written
 
 
@@ -573,6 +604,187 @@ def _target(entry: zipfile.ZipInfo, kind: str, stage: Path) -> Path | None:
     return SaliconTree(stage).folder(kind, match.group(1)) / base
 
 
+# --- the other datasets (salgan/datasets/) ----------------------------------------------------------
+
+MIT300 = "http://saliency.mit.edu"  # BenchmarkIMAGES.zip: MIT300's test images (pysaliency get_mit300)
+MIT300_ARCHIVE = Archive("test images", "BenchmarkIMAGES.zip", "", "03ed32bdf5e4289950cd28df89451260", (), "MIT300")
+
+
+def run_dataset(params: DownloadParams, progress: bool = True) -> dict:
+    """The raw tree of ``download.dataset`` (not SALICON) in ``download.output``, in the dataset's own layout
+    (docs/datasets.md), with ``download.test_source``'s images in ``test_source/`` when set; checked by the
+    dataset's reader before it replaces the output (an image without its map or fixations is named)."""
+    module = datasets.reader(params.dataset)
+    kind = dataset_source_type(params.source, module)
+    with atomic_directory(Path(params.output)) as stage:
+        record = {"source": redact_url(params.source), "type": kind, "dataset": params.dataset}
+        record["archives"] = _fetch_into(params, params.source, kind, module, module.layout, stage, progress)
+        if params.test_source != "none":
+            test_kind = "official" if params.test_source == "mit300" else dataset_source_type(params.test_source, None)
+            record["test_source"] = {"source": redact_url(params.test_source), "type": test_kind}
+            target = stage / datasets.TEST_FOLDER
+            record["test_source"]["archives"] = _fetch_into(
+                params, params.test_source, test_kind, None, _test_layout, target, progress
+            )
+        source = redact_url(params.source)
+
+        def named(text: str) -> str:  # files as they are in the source's layout, not the staging folder's
+            return text.replace(f"{stage}/", "").replace(str(stage), source)
+
+        try:
+            records, problems = datasets.dataset_records(params.dataset, stage, datasets.Limits())
+        except datasets.DatasetError as exc:
+            raise LayoutError(f"{source}: {named(str(exc))}; the output was left as it was") from None
+        if problems:
+            listed = "\n  ".join(named(f"{file}: {reason}") for _, file, reason in problems[:5])
+            more = f"\n  (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise LayoutError(
+                f"the new {module.RELEASE} tree from {source} is incomplete, so the output was "
+                f"left as it was:\n  {listed}{more}"
+            )
+        labelled, test = sum(r.fixations is not None for r in records), sum(r.split == "test" for r in records)
+        record["counts"] = {"labelled": labelled, "test": test}
+        (stage / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def dataset_source_type(source: str, module) -> str:
+    """official | s3 | http | local | zip for a dataset's (``module``) or the test images' (None) source; a
+    ConfigError naming the key for anything else."""
+    key = "download.source" if module is not None else "download.test_source"
+    if module is not None and source == module.NAME and module.OFFICIAL:
+        return "official"
+    if source in ("sample", "salicon", "mit1003", "cat2000", "mit300"):
+        what = f"download.dataset {module.NAME}" if module is not None else "the test images"
+        raise ConfigError(
+            f"{key}: {source!r} is not a source of {what}; use "
+            + (f"'{module.NAME}' (its release), " if module is not None and module.OFFICIAL else "")
+            + "a folder, a .zip, or an s3:// or https:// URL (README: Your own data)"
+        )
+    if is_s3_url(source):
+        return "s3"
+    if source.startswith(("http://", "https://")):
+        return "http"
+    if Path(source).is_dir():
+        return "local"
+    if Path(source).is_file() and source.lower().endswith(".zip"):
+        return "zip"
+    raise ConfigError(f"{key}: {source!r} is not an s3:// or http(s):// URL, an existing directory or a .zip file")
+
+
+def _test_layout(paths: list[str]) -> dict[str, str]:
+    """Every image of a test-image source, at its path there."""
+    return {
+        path: "/".join(parts)
+        for path in paths
+        if (parts := datasets.source_parts(path)) and datasets.is_image(parts[-1])
+    }
+
+
+def _fetch_into(params: DownloadParams, source: str, kind: str, module, layout, stage: Path, progress: bool) -> list:
+    """The files ``layout`` picks from ``source`` (a dataset's release when ``module``, else test images)
+    copied or extracted into ``stage``; returns the checksum records of the archives."""
+    stage.mkdir(parents=True, exist_ok=True)
+    release = module.RELEASE if module is not None else "the test images"
+    specs = (
+        list(module.ARCHIVES)
+        if module is not None
+        else [datasets.ArchiveSpec(MIT300_ARCHIVE.filename, MIT300_ARCHIVE.md5)]
+    )
+    known = [(Archive(release, spec.filename, "", spec.md5, (), release), spec.required) for spec in specs]
+    cache = Path(params.cache_dir) / (module.NAME if module is not None else "test_source")
+    if kind == "local" and not any((Path(source) / archive.filename).is_file() for archive, _ in known):
+        if not _copy_mapped(Path(source), stage, layout):
+            raise LayoutError(f"{source}: no files of {release} in this folder (docs/datasets.md shows the layout)")
+        return []
+    if kind == "local":
+        fetched = _local_archives(Path(source), known, release)
+    elif kind == "zip" or source.split("?")[0].lower().endswith(".zip"):
+        fetched = [_single_zip(source, kind, [archive for archive, _ in known], cache, progress)]
+    elif kind == "official" or (module is not None and module.ARCHIVES):
+        base = (module.OFFICIAL if module is not None else MIT300) if kind == "official" else source
+        mirror = _Mirror(base, "http" if kind == "official" else kind, progress)
+        fetched = [
+            _from_mirror(archive, mirror, cache)
+            for archive, required in known
+            if required or mirror.exists(archive.filename)
+        ]
+    else:
+        key = "download.source" if module is not None else "download.test_source"
+        raise ConfigError(
+            f"{key}: {redact_url(source)} is a prefix; {release} from s3:// or https:// is one .zip: give its URL"
+        )
+    for _, path, _ in fetched:
+        if not extract_mapped(path, stage, layout, params, progress):
+            raise ArchiveError(f"{path}: no files of {release} in this archive (docs/datasets.md shows the layout)")
+    return [info for _, _, info in fetched]
+
+
+def _local_archives(folder: Path, known: list[tuple[Archive, bool]], release: str) -> list[tuple[Archive, Path, dict]]:
+    """A release's zips in a local folder, verified against their published md5s and the folder's sidecars."""
+
+    def read(name: str) -> str | None:
+        return (folder / name).read_text() if (folder / name).is_file() else None
+
+    sidecars = _read_sidecars(read, CHECKSUMS_FILE)
+    found = []
+    for archive, required in known:
+        path = folder / archive.filename
+        if not path.is_file():
+            if required:
+                raise DownloadError(f"{folder}: no {archive.filename} (one of {release}'s archives)")
+            continue
+        sidecars.update(_md5_sidecar(read, path.name))
+        found.append((archive, path, verify(path, archive, sidecars)))
+    return found
+
+
+def _single_zip(source: str, kind: str, archives: list[Archive], cache: Path, progress: bool) -> tuple:
+    """One zip named by its own path or URL: verified against a published md5 when it has a release's name."""
+    if kind == "zip":
+        path = Path(source)
+        known = next((a for a in archives if a.filename == path.name), None)
+        archive = known or Archive("archive", path.name, "", None)
+        return archive, path, verify(path, archive, {})
+    parts = urlsplit(source)
+    folder, _, name = parts.path.rpartition("/")
+    base = urlunsplit(parts._replace(path=folder)) if kind == "http" else source.rpartition("/")[0]
+    known = next((a for a in archives if a.filename == name), None)
+    return _from_mirror(known or Archive("archive", name, "", None), _Mirror(base, kind, progress), cache)
+
+
+def extract_mapped(path: Path, stage: Path, layout, limits: DownloadParams, progress: bool = False) -> int:
+    """Extract the entries of one zip that ``layout`` (a reader's: entry path -> path below ``stage``) picks,
+    under the same checks and limits as :func:`extract_archive`; return how many."""
+    with _open_checked(path, limits) as archive:
+        entries = [entry for entry in archive.infolist() if not entry.is_dir()]
+        mapping = layout([entry.filename for entry in entries])
+        wanted = [(entry, stage / mapping[entry.filename]) for entry in entries if entry.filename in mapping]
+        written = _extract_entries(path, archive, wanted, limits, progress)
+    log.info("extracted %d files from %s", written, path.name)
+    return written
+
+
+def _copy_mapped(source: Path, stage: Path, layout) -> int:
+    """Copy the files of a folder that ``layout`` picks; links out of the folder are refused as in
+    :func:`_from_tree`, links to folders are not followed."""
+    root = source.resolve()
+    files = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        files += [Path(dirpath, name).relative_to(source).as_posix() for name in sorted(filenames)]
+    mapping = layout(files)
+    copied = 0
+    for relative, target in sorted(mapping.items()):
+        destination = stage / target
+        if destination.exists():
+            raise DownloadError(f"{source / relative}: a second file for {target}")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        copied += _copy_inside(source / relative, root, destination, source)
+    log.info("copied %d files from %s", copied, source)
+    return copied
+
+
 # --- layout, staging and swapping ---------------------------------------------------------------
 
 
@@ -624,7 +836,12 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         params = load_params(args.params).download
         record = run(params, progress=True)
-        counts = ", ".join(f"{split} {c['images']}" for split, c in record["counts"].items())
+        counts = record["counts"]
+        if params.dataset != "salicon":
+            print(f"download: {params.output} ready: {params.dataset} from {record['source']} ({counts['labelled']} "
+                  f"images with fixations, {counts['test']} test images)")  # fmt: skip
+            return 0
+        counts = ", ".join(f"{split} {c['images']}" for split, c in counts.items())
         print(f"download: {params.output} ready from {record['source']} (images: {counts})")
         return 0
 

@@ -24,8 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from salgan.cli import command_parser, run_command
+from salgan.datasets import DatasetError, prepared_dataset, raw_image_paths
 from salgan.errors import InputError
 from salgan.figures import example_grid, loss_curves, progression, report_page
+from salgan.finetune import dataset_tags
+from salgan.imaging import decode_rgb
 from salgan.inference import BatchedPredictions
 from salgan.layout import (
     ModelFiles,
@@ -40,10 +43,12 @@ from salgan.layout import (
 from salgan.losses import describe_content_loss
 from salgan.metrics import METRIC_NAMES, TABLE_I, center_bias_map
 from salgan.models import load_generator, model_cost
+from salgan.models.uri import open_model
 from salgan.scoring import fixation_density_baseline, score_split
 from salgan.settings import Params, load_params
 from salgan.tracking import enabled as tracking_enabled
 from salgan.tracking import fingerprint
+from salgan.urls import redact_text
 
 UNIFORM_MIX = 0.01
 
@@ -60,15 +65,40 @@ def scoring_inputs(params: Params) -> tuple[SplitArrays, dict]:
     """The val split and the keyword arguments every score of it shares."""
     data = Path(params.train.data)
     val = read_split(data, "val", "maps", "maps_full", "fixations", stream=True)
-    shape = tuple(int(s) for s in val.maps_full.shape[1:])
     common = {
         "fixations": val.coords,
         "offsets": val.offsets,
-        "baseline_map": ig_baseline(data, shape, params.evaluate.ig_baseline_sigma),
+        "baseline_map": ig_baseline(data, reference_shape(val), params.evaluate.ig_baseline_sigma),
         "n_splits": params.evaluate.n_splits,
         "sauc_other_images": params.evaluate.sauc_other_images,
+        "sizes": val.original_sizes,  # each image is scored at its own size (MIT1003's vary)
     }
     return val, common
+
+
+def reference_shape(val: SplitArrays) -> tuple[int, int]:
+    """(rows, cols) the IG baseline is built at: the val images' most common original size (SALICON's only
+    one, 480x640); the metrics resize it to each image's own size."""
+    import collections
+
+    sizes = collections.Counter(tuple(int(v) for v in size) for size in val.original_sizes)
+    return sizes.most_common(1)[0][0]
+
+
+class CentreMaps:
+    """The centre-bias map of each val image at its own size (one map per distinct size, computed once)."""
+
+    def __init__(self, sizes, sigma_fraction: float):
+        self.sizes, self.sigma, self._maps = sizes, sigma_fraction, {}
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        shape = tuple(int(v) for v in self.sizes[index])
+        if shape not in self._maps:
+            self._maps[shape] = center_bias_map(shape, self.sigma)
+        return self._maps[shape]
 
 
 def score_generator(generator, params: Params, val: SplitArrays | None = None, common: dict | None = None, images=None):
@@ -95,8 +125,8 @@ def score_generator(generator, params: Params, val: SplitArrays | None = None, c
 
 def centre_bias_scores(params: Params, val: SplitArrays, common: dict) -> dict[str, float]:
     """The centre-bias baseline's means: the bar a model must clear (the first champion's floor)."""
-    center = center_bias_map(val.maps_full.shape[1:], params.evaluate.center_bias_sigma)
-    return score_split([center] * len(val), val.maps_full, progress=False, **common)[1]
+    centre = CentreMaps(val.original_sizes, params.evaluate.center_bias_sigma)
+    return score_split(centre, val.maps_full, progress=False, **common)[1]
 
 
 def input_size(val: SplitArrays) -> tuple[int, int]:
@@ -122,6 +152,7 @@ def evaluate(params: Params) -> dict:
         "baselines": {"center_bias": center_means, "ground_truth": ceiling},
         "cost": model_costs(generator, trained.history),
         "fingerprint": fingerprint.fingerprint(fingerprint.today(params), input_size(val), weights),
+        "datasets": dataset_tags(params),
     }
 
     reports = ReportFiles(Path(cfg.output))
@@ -181,7 +212,7 @@ def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, genera
         return None
     from salgan.tracking.models import record_evaluation
 
-    extra = ("baselines", "n_images", "data_version", "cost", "fingerprint")
+    extra = ("baselines", "n_images", "data_version", "cost", "fingerprint", "datasets")
     means = {k: v for k, v in metrics.items() if k not in extra}
     artifacts = [reports.metrics, reports.per_image, reports.examples, reports.progression, reports.progression_gif]
     artifacts += [reports.losses, reports.page]
@@ -193,7 +224,37 @@ def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, genera
         generator_path,
         metrics["data_version"],
         metrics["fingerprint"],
+        metrics.get("datasets") or dataset_tags(params),
     )
+
+
+def val_images_at(params: Params, names: list[str], size: tuple[int, int]) -> RawImages:
+    """The val images ``names`` at ``size`` (W, H), decoded from the raw tree (``prepare.input``) as prepare
+    decodes them: for a model trained at another size than the prepared data's."""
+    try:
+        paths = raw_image_paths(params.train.data, params.prepare.input, "val", names)
+    except DatasetError as exc:
+        raise InputError(
+            f"{exc}; a model trained at {size[0]}x{size[1]} is scored on the raw val images (prepare.input) resized "
+            "to its own size"
+        ) from None
+    return RawImages(paths, size, params.prepare.max_pixels)
+
+
+class RawImages:
+    """Images decoded and resized to ``size`` (W, H) as the prepare stage does, a slice at a time."""
+
+    def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int):
+        self.paths, self.size, self.max_pixels = paths, size, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: slice):
+        decoded = (
+            decode_rgb(path, self.size, self.max_pixels, "prepare.max_pixels", draft=True) for path in self.paths[index]
+        )
+        return np.stack([image.array for image in decoded])
 
 
 def summary_table(metrics: dict) -> str:
@@ -206,18 +267,68 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_model(params: Params, uri: str, output: Path) -> dict:
+    """Cross-dataset evaluation: the model at ``uri`` (as ``salgan predict --model`` takes it) scored on the
+    prepared val split (``train.data``, any dataset) with the same metrics and baselines as the stage, at its
+    own input size; ``metrics.json``, ``per_image.csv`` and ``examples.png`` written into ``output``. Nothing
+    is trained or registered."""
+    generator, size = open_model(uri, params)
+    val, common = scoring_inputs(params)
+    images = None if input_size(val) == tuple(size) else val_images_at(params, val.names, tuple(size))
+    rows, means, predictions = score_generator(generator, params, val, common, images)
+    _, ceiling = score_split(val.maps_full, val.maps_full, progress=False, **common)
+    metrics = {
+        **means,
+        "n_images": len(rows),
+        "data_version": split_version(params.train.data, "val"),
+        "baselines": {"center_bias": centre_bias_scores(params, val, common), "ground_truth": ceiling},
+        "model": redact_text(uri),
+        "input_size": [int(size[0]), int(size[1])],
+        "datasets": {"scored_on": prepared_dataset(params.train.data)},
+    }
+    reports = ReportFiles(output)
+    reports.root.mkdir(parents=True, exist_ok=True)
+    write_atomic(reports.metrics, json.dumps(metrics, indent=2) + "\n")
+    with atomic_file(reports.per_image, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    example_grid(val.images, val.maps, predictions, rows, params.evaluate.grid_images, reports.examples)
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> int:
 
     parser = command_parser(
         "evaluate",
         "Score the validation split with AUC-Judd, AUC-Borji, sAUC, NSS, CC, KLD, SIM and IG at the original "
         "resolution, beside a centre-bias baseline and the ground-truth ceiling; write reports/metrics.json, "
-        "per_image.csv, the figures and report.html, and register the model in MLflow.",
+        "per_image.csv, the figures and report.html, and register the model in MLflow. With --model: score that "
+        "model on the prepared data (any dataset, e.g. a SALICON model on MIT1003) without training or "
+        "registering anything.",
+        epilog="example: salgan evaluate --model models:/salgan@champion --output reports/cross/mit1003",
+    )
+    parser.add_argument(
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, an MLflow model directory or a weights file",
+    )
+    parser.add_argument(
+        "--output", help="with --model: the reports folder (default: <evaluate.output>/cross/<dataset>)"
     )
     args = parser.parse_args(argv)
+    if args.output and not args.model:
+        parser.error("--output goes with --model (the stage writes evaluate.output)")
 
     def work() -> int:
-        print(summary_table(evaluate(load_params(args.params))))
+        params = load_params(args.params)
+        if args.model:
+            output = Path(args.output or Path(params.evaluate.output) / "cross" / prepared_dataset(params.train.data))
+            metrics = evaluate_model(params, args.model, output)
+            print(f"{metrics['model']} on the {metrics['datasets']['scored_on']} val split ({metrics['n_images']} "
+                  f"images, data {metrics['data_version']}); reports in {output}")  # fmt: skip
+            print(summary_table(metrics))
+            return 0
+        print(summary_table(evaluate(params)))
         return 0
 
     return run_command("evaluate", work)

@@ -165,6 +165,22 @@ def decode_grey(source, size: Sequence[int], max_pixels: int, limit: str) -> tup
         return np.asarray(resized, dtype=np.uint8), full
 
 
+def resize_grey(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """A uint8 (rows, cols) map resized to ``size`` = (W, H) as :func:`decode_grey` resizes a map file (a
+    map made from fixations reaches the training size as a decoded one does)."""
+    width, height = int(size[0]), int(size[1])
+    grey = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L")
+    return np.asarray(grey.resize((width, height), RESAMPLE) if grey.size != (width, height) else grey, dtype=np.uint8)
+
+
+def declared_size(source, max_pixels: int, limit: str) -> tuple[int, int] | None:
+    """(rows, cols) that ``source``'s header declares, or None when it does not read or declares more than
+    ``max_pixels`` (nothing decoded; the caller reports the image when it decodes it)."""
+    with contextlib.suppress(ImageError), opened(source, max_pixels, limit) as img:
+        return img.height, img.width
+    return None
+
+
 def declared_pixels(data: bytes) -> int | None:
     """Width x height that encoded image bytes declare in their header (nothing decoded), or None when the
     header does not read."""

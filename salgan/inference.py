@@ -225,7 +225,9 @@ def write_split_maps(generator: torch.nn.Module, data: Path, split: str, folder:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: collections.deque = collections.deque()
         for outcome in progress(_raise_failures(outcomes), total=len(names), unit="image", desc=f"predict {split}"):
-            pending.append(pool.submit(save_map, outcome.saliency, folder / f"{names[outcome.item[0]]}.png"))
+            target = folder / f"{names[outcome.item[0]]}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)  # CAT2000's names hold their category: Action/001
+            pending.append(pool.submit(save_map, outcome.saliency, target))
             if len(pending) > 4 * workers:
                 pending.popleft().result()
         for future in pending:

@@ -67,7 +67,7 @@ class SplitFiles:
     names = property(lambda self: self.folder / "names.json")  # N base names, sorted
     original_sizes = property(lambda self: self.folder / "original_sizes.npy")  # int32 (N, 2): (H, W)
     fixations = property(lambda self: self.folder / "fixations.npz")  # coords (M, 2), offsets (N + 1); train, val
-    maps_full = property(lambda self: self.folder / "maps_full.npy")  # uint8 (N, H0, W0); val
+    maps_full = property(lambda self: self.folder / "maps_full.npy")  # uint8 (N, H0, W0), or flat (mixed sizes); val
     fixation_maps = property(lambda self: self.folder / "fixation_maps.npy")  # uint8 counts (N, H, W); train, val
 
 
@@ -145,6 +145,36 @@ class NpyRows:
             yield self[i]
 
 
+class FlatMaps:
+    """``maps_full.npy`` of a split whose images differ in size: one flat array of every map's pixels, row
+    after row; ``maps[i]`` is image i's (H_i, W_i) map, H_i and W_i from ``original_sizes``. ``flat`` is the
+    file as a memory map or as :class:`NpyRows` (one span read at a time)."""
+
+    def __init__(self, flat, sizes, path: Path):
+        import numpy as np
+
+        self.flat, self.sizes = flat, np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes[:, 0] * self.sizes[:, 1])])
+        if len(flat) != self.offsets[-1]:
+            raise InputError(
+                f"{path}: {len(flat)} pixels, but original_sizes.npy's {len(self.sizes)} images have {self.offsets[-1]}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"map {index} out of range ({len(self)} images)")
+        index %= len(self)
+        rows, cols = (int(v) for v in self.sizes[index])
+        return self.flat[int(self.offsets[index]) : int(self.offsets[index + 1])].reshape(rows, cols)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
 def read_split(root: str | Path, split: str, *parts: str, stream: bool = False) -> SplitArrays:
     """``names``, ``images`` and ``original_sizes`` of ``root/split``, plus the optional ``parts`` (``maps``,
     ``maps_full``, ``fixations``, ``fixation_maps``). Missing files raise :class:`InputError` naming the file;
@@ -171,6 +201,8 @@ def read_split(root: str | Path, split: str, *parts: str, stream: bool = False) 
         arrays.maps = large(files.maps, "r")
     if "maps_full" in parts:
         arrays.maps_full = large(files.maps_full, "r")
+        if len(arrays.maps_full.shape) == 1:  # images of mixed sizes (docs/data-layout.md)
+            arrays.maps_full = FlatMaps(arrays.maps_full, arrays.original_sizes, files.maps_full)
     if "fixation_maps" in parts:
         arrays.fixation_maps = large(files.fixation_maps, "r")
     if "fixations" in parts:
@@ -207,6 +239,7 @@ class ModelFiles:
     history = property(lambda self: self.root / "history.json")  # per-epoch losses (DVC plots)
     snapshots = property(lambda self: self.root / "snapshots")  # one val map per epoch (seed paper Fig. 3)
     run_record = property(lambda self: self.root / "mlflow_run.json")  # machine-local: the MLflow run
+    lineage = property(lambda self: self.root / "lineage.json")  # the datasets trained on (salgan/finetune.py)
 
     def snapshot(self, epoch: int) -> Path:
         return self.snapshots / f"epoch_{epoch:03d}.png"

@@ -22,13 +22,19 @@ departs from it. The conventions shared by all metrics:
   with negative or non-integer counts raise ``ValueError``.
 
 All arithmetic is float64. :class:`PreparedMap` and :class:`Fixations` cache what several metrics share
-(sorted values, min-max normalisation, densities), so :func:`image_metrics` computes all eight metrics of
-one image without repeating work; ``salgan.scoring`` uses it to score whole splits.
+(min, max, sum, standard deviation, the fixated values), so :func:`image_metrics` computes all eight metrics
+of one image without repeating work; ``salgan.scoring`` uses it to score whole splits. Nothing sorts the
+map: AUC-Judd's and AUC-Borji's counts come from one histogram (:func:`_counts_at_or_above`), and the
+per-pixel intermediates live in reusable scratch buffers, so a 640x480 image costs about 7 ms of one core
+(``benchmarks/bench_metrics.py``; the values are those of the sort-based and fresh-array computation, bit
+for bit).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,8 +97,9 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.einsum("i,i->", a, b))
 
 
-def _as_map(array: Any, name: str) -> np.ndarray:
-    """``array`` as a finite float64 2-D array, or ``ValueError`` naming ``name`` and the problem."""
+def _checked(array: Any, name: str, finite: bool = True) -> np.ndarray:
+    """``array`` as a real, non-empty 2-D numpy array of its own dtype, finite unless ``finite`` is False
+    (the caller checks), or ``ValueError`` naming ``name`` and the problem."""
     a = np.asarray(array)
     if a.dtype.kind not in "biuf":
         raise ValueError(f"{name}: expected a real-valued array, got dtype {a.dtype}")
@@ -100,9 +107,32 @@ def _as_map(array: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a 2-D (H, W) map, got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name}: the map is empty (shape {a.shape})")
-    a = a.astype(np.float64, copy=False)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name}: the map contains NaN or infinite values")
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():  # integers always are
+        _not_finite(name)
+    return a
+
+
+def _not_finite(name: str):
+    raise ValueError(f"{name}: the map contains NaN or infinite values")
+
+
+def _float64(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a`` as float64: itself if it is, else converted into ``out`` (as many elements) or a new array."""
+    if a.dtype == np.float64:
+        return a
+    if out is not None and out.size == a.size:
+        shaped = out.reshape(a.shape)
+        np.copyto(shaped, a)
+        return shaped
+    return a.astype(np.float64)
+
+
+def _as_map(array: Any, name: str) -> np.ndarray:
+    """``array`` as a finite float64 2-D array, or ``ValueError`` naming ``name`` and the problem."""
+    checked = _checked(array, name, finite=False)
+    a = _float64(checked)
+    if checked.dtype.kind == "f" and not np.isfinite(a).all():  # checked after the conversion: a long
+        _not_finite(name)  # double may overflow float64
     return a
 
 
@@ -137,11 +167,20 @@ def resize_map(saliency_map: Any, shape: Sequence[int]) -> np.ndarray:
     positive integers.
     """
     a = _as_map(saliency_map, "saliency_map")
+    target = _target_shape(shape)
+    return a if a.shape == target else _resize(a, target)
+
+
+def _target_shape(shape: Sequence[int]) -> tuple[int, int]:
     target = tuple(int(n) for n in shape)
     if len(target) != 2 or min(target) < 1:
         raise ValueError(f"cannot resize a map to shape {tuple(shape)}: expected two positive sizes")
-    if a.shape == target:
-        return a
+    return target
+
+
+def _resize(a: np.ndarray, target: tuple[int, int], out: np.ndarray | None = None, work: np.ndarray | None = None):
+    """:func:`resize_map` of a validated float64 map; the result and the rows' temporary are written into
+    ``out`` and ``work`` (float64, ``target``'s size) when given."""
     r_lo, r_hi, r_frac = _linear_taps(a.shape[0], target[0])
     c_lo, c_hi, c_frac = _linear_taps(a.shape[1], target[1])
     # lo + (hi - lo) * frac, not lo * (1 - frac) + hi * frac: a constant map must stay exactly constant,
@@ -152,8 +191,8 @@ def resize_map(saliency_map: Any, shape: Sequence[int]) -> np.ndarray:
     cols -= left
     cols *= c_frac
     cols += left
-    top = cols[r_lo]
-    out = cols[r_hi]
+    top = np.take(cols, r_lo, axis=0, out=None if work is None else work.reshape(target))
+    out = np.take(cols, r_hi, axis=0, out=None if out is None else out.reshape(target))
     out -= top
     out *= r_frac[:, None]
     out += top
@@ -165,31 +204,69 @@ def resize_map(saliency_map: Any, shape: Sequence[int]) -> np.ndarray:
 
 
 class PreparedMap:
-    """A validated 2-D map, flattened, with the derived arrays several metrics share, computed once.
+    """A validated 2-D map, flattened, with the statistics several metrics share, computed once.
 
-    ``shape`` is the map's shape; ``values`` its float64 values in C order. The cached properties are
-    computed on first use: sorted values (AUC-Judd, AUC-Borji), min-max normalisation (AUC-Borji, sAUC,
-    SIM), mean and standard deviation (NSS, CC), the density used by KLD and IG.
+    ``shape`` is the map's shape, ``size`` its number of pixels; ``values`` its float64 values in C order;
+    ``integral`` whether they came as integers (an 8-bit map, say) and were not resized, which lets the
+    AUC counting histogram them exactly. The cached properties are computed on first use: min, max, sum,
+    mean, standard deviation (NSS), the density (KLD, IG) and its log. The per-pixel intermediates of the
+    metrics are written into reusable scratch buffers (:func:`_scratch`) instead of being kept here.
     """
 
-    def __init__(self, array: Any, name: str = "saliency_map", shape: Sequence[int] | None = None):
-        a = _as_map(array, name)
-        if shape is not None and a.shape != tuple(shape):
-            a = resize_map(a, shape)
+    def __init__(
+        self,
+        array: Any,
+        name: str = "saliency_map",
+        shape: Sequence[int] | None = None,
+        *,
+        buffer: np.ndarray | None = None,
+    ):
+        """``buffer``: a float64 array of the map's (final) number of pixels to hold the values, which a
+        scoring loop reuses from image to image; it must not change while this map is in use."""
+        raw = np.asarray(array)
+        target = None if shape is None else _target_shape(shape)
+        resizing = target is not None and raw.shape != target
+        self.integral: bool = raw.dtype.kind in "biu" and not resizing
+        if resizing:
+            if buffer is not None and buffer.size != target[0] * target[1]:
+                buffer = None
+            work = None if buffer is None else _scratch(buffer.size)[_RESIZE_ROW]
+            a = _resize(_as_map(raw, name), target, buffer, work)
+        else:
+            a = _float64(_checked(raw, name, finite=False), buffer)
         self.shape: tuple[int, int] = a.shape
+        self.size: int = a.size
         self.values: np.ndarray = a.reshape(-1)
+        if raw.dtype.kind == "f" and not resizing:
+            # A sum is finite only if every term is (a non-finite one may also be an overflow): the sum,
+            # needed anyway, spares a pass over the map to check it.
+            with np.errstate(over="ignore"):
+                self.total = float(self.values.sum())
+            if not math.isfinite(self.total) and not np.isfinite(self.values).all():
+                _not_finite(name)
+        # Min and max are read from the array as given when it holds small integers (an 8-bit map: an
+        # eighth of the memory); the conversion to float64 is monotone, so they are the same numbers.
+        self._extremes_of = raw if self.integral and raw.dtype.itemsize <= 4 else self.values
+        self._sum_sq: float | None = None
+        self._fixated: tuple[Fixations, np.ndarray] | None = None
 
-    @functools.cached_property
-    def sorted_values(self) -> np.ndarray:
-        return np.sort(self.values)
+    def at(self, indices: np.ndarray) -> np.ndarray:
+        """The values at flat ``indices``."""
+        return self.values[indices]
+
+    def at_fixations(self, fix: Fixations) -> np.ndarray:
+        """The values at ``fix``'s pixels, gathered once for the several metrics that need them."""
+        if self._fixated is None or self._fixated[0] is not fix:
+            self._fixated = (fix, self.values[fix.indices])
+        return self._fixated[1]
 
     @functools.cached_property
     def min(self) -> float:
-        return float(self.values.min())
+        return float(self._extremes_of.min())
 
     @functools.cached_property
     def max(self) -> float:
-        return float(self.values.max())
+        return float(self._extremes_of.max())
 
     @property
     def is_constant(self) -> bool:
@@ -203,23 +280,32 @@ class PreparedMap:
         return (values - self.min) / (self.max - self.min)
 
     @functools.cached_property
-    def minmax_sorted(self) -> np.ndarray:
-        # The normalisation is monotone, so normalising the sorted values keeps them sorted and gives
-        # exactly the values (and ties) of the normalised map.
-        return self.normalise_minmax(self.sorted_values)
+    def total(self) -> float:
+        """The sum of the values (numpy's pairwise sum)."""
+        return float(self.values.sum())
 
     @functools.cached_property
     def mean(self) -> float:
-        return float(self.values.mean())
+        # Bit for bit ``values.mean()``, which is the same pairwise sum divided by the count.
+        return self.total / self.size
 
-    @functools.cached_property
-    def centred(self) -> np.ndarray:
-        return self.values - self.mean
+    @property
+    def starts_at_zero(self) -> bool:
+        """Whether the minimum is +0.0, so that ``S - min`` is ``S`` itself, bit for bit."""
+        return self.min == 0 and not math.copysign(1.0, self.min) < 0
+
+    def centre_into(self, out: np.ndarray) -> np.ndarray:
+        """Write ``values - mean`` into ``out`` (and keep its sum of squares for :attr:`std`)."""
+        np.subtract(self.values, self.mean, out=out)
+        self._sum_sq = _dot(out, out)
+        return out
 
     @functools.cached_property
     def std(self) -> float:
         """Population standard deviation (ddof=0, pysaliency; the MIT NSS uses ddof=1)."""
-        return float(np.sqrt(_dot(self.centred, self.centred) / self.values.size))
+        if self._sum_sq is None:  # a fresh array: a scratch row may be in use by the caller
+            self.centre_into(np.empty(self.size))
+        return float(np.sqrt(self._sum_sq / self.size))
 
     @functools.cached_property
     def density(self) -> np.ndarray:
@@ -229,23 +315,7 @@ class PreparedMap:
         zero, then divided by their sum; a map summing to zero becomes uniform. The MIT code only divides
         by the sum (and leaves an all-zero map at zero).
         """
-        v = self.values - self.min if self.min < 0 else self.values
-        total = float(v.sum())
-        if total <= 0:
-            return np.full(v.shape, 1.0 / v.size)
-        return v / total
-
-    @functools.cached_property
-    def minmax_density(self) -> np.ndarray:
-        """MIT ``similarity.m`` normalisation: ``(S - min) / (max - min)``, then divided by its sum.
-
-        The range division cancels against the sum, so this is ``(S - min) / sum(S - min)``. A constant
-        map (where the MIT code divides 0 by 0) becomes uniform.
-        """
-        if self.is_constant:
-            return np.full(self.values.shape, 1.0 / self.values.size)
-        v = self.values - self.min
-        return v / v.sum()
+        return _density_into(self, np.empty(self.size))
 
     @functools.cached_property
     def log2_density(self) -> np.ndarray:
@@ -271,17 +341,18 @@ class Fixations:
     @classmethod
     def from_map(cls, fixation_map: Any, name: str = "fixation_map") -> Fixations:
         """From a count map: non-negative integer counts; raises ``ValueError`` otherwise or if empty."""
-        f = _as_map(fixation_map, name)
-        if f.min() < 0:
+        f = _checked(fixation_map, name)  # not converted to float64: a copy of the whole map per call
+        flat = f.reshape(-1)
+        if flat.min() < 0:
             raise ValueError(f"{name}: fixation counts must be non-negative")
-        if not np.array_equal(f, np.round(f)):
+        indices = np.flatnonzero(flat)
+        counts = flat[indices].astype(np.float64)
+        if not np.array_equal(counts, np.round(counts)):  # zeros are integers: only the rest need a look
             raise ValueError(
                 f"{name}: expected integer fixation counts (a count map), got fractional values; "
                 "is this a blurred ground-truth map?"
             )
-        flat = f.reshape(-1)
-        indices = np.flatnonzero(flat)
-        return cls(indices, flat[indices], f.shape, name)
+        return cls(indices, counts, f.shape, name)
 
     @classmethod
     def from_flat_indices(cls, flat_indices: np.ndarray, shape: Sequence[int], name: str) -> Fixations:
@@ -303,6 +374,136 @@ def _other_locations(other_fixation_map: Any, fixations: Fixations) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Per-pixel work in reusable buffers
+
+_SCRATCH = threading.local()
+_SCRATCH_ROWS = 8
+_RESIZE_ROW = 5  # rows 0-4: the metrics' intermediates; 5: a resize's temporary; 6, 7: the public functions' inputs
+_INPUT_ROWS = (6, 7)
+_SCRATCH_KEEP_PIXELS = 1 << 20  # kept for maps up to 1 Mpx (8 x 8 MB); larger ones get fresh buffers each call
+
+
+def _scratch(n_pixels: int) -> np.ndarray:
+    """``_SCRATCH_ROWS`` float64 work arrays of ``n_pixels`` (the rows of one block), reused per thread.
+
+    Why: every fresh multi-megabyte temporary costs its page faults again, and they dominated the metrics
+    (here a chain of four 640x480 temporaries took 10 ms freshly allocated, 1.6 ms in reused buffers). A
+    row is only valid until the next metric call on this thread, so no row ever leaves this module.
+    """
+    block = getattr(_SCRATCH, "block", None)
+    if block is None or block.shape[1] != n_pixels:
+        block = np.empty((_SCRATCH_ROWS, n_pixels))
+        _SCRATCH.block = block if n_pixels <= _SCRATCH_KEEP_PIXELS else None
+    return block
+
+
+def _input_row(shape: Sequence[int], k: int) -> np.ndarray | None:
+    """Scratch row ``k`` of the two that hold a public function's input maps; None (a map of its own) for
+    a malformed shape, which the map's validation then reports, or a map too large to keep buffers for."""
+    if len(shape) != 2 or not 0 < shape[0] * shape[1] <= _SCRATCH_KEEP_PIXELS:
+        return None
+    return _scratch(int(shape[0]) * int(shape[1]))[_INPUT_ROWS[k]]
+
+
+def _shift_into(smap: PreparedMap, out: np.ndarray) -> np.ndarray:
+    """``S - min(S)``, written into ``out`` (or ``S`` itself when the minimum is +0.0)."""
+    return smap.values if smap.starts_at_zero else np.subtract(smap.values, smap.min, out=out)
+
+
+def _shifted_total(smap: PreparedMap, shifted: np.ndarray) -> float:
+    """The sum of ``shifted`` = ``S - min(S)``."""
+    return smap.total if smap.starts_at_zero else float(shifted.sum())  # then `shifted` is `values`
+
+
+def _density_into(smap: PreparedMap, out: np.ndarray, shifted: np.ndarray | None = None) -> np.ndarray:
+    """:attr:`PreparedMap.density` written into ``out``; ``shifted``: ``S - min(S)`` if already computed."""
+    v, total = smap.values, smap.total
+    if smap.min < 0:
+        v = shifted if shifted is not None else _shift_into(smap, out)
+        total = _shifted_total(smap, v)
+    if total <= 0:
+        out.fill(1.0 / out.size)
+        return out
+    return np.divide(v, total, out=out)
+
+
+def _minmax_density_into(smap: PreparedMap, out: np.ndarray, shifted: np.ndarray | None = None) -> np.ndarray:
+    """MIT ``similarity.m`` normalisation: ``(S - min) / (max - min)``, then divided by its sum.
+
+    The range division cancels against the sum, so this is ``(S - min) / sum(S - min)``. A constant
+    map (where the MIT code divides 0 by 0) becomes uniform.
+    """
+    if smap.is_constant:
+        out.fill(1.0 / out.size)
+        return out
+    v = shifted if shifted is not None else _shift_into(smap, out)
+    return np.divide(v, _shifted_total(smap, v), out=out)
+
+
+def _minmax_density_reusing(
+    smap: PreparedMap, density: np.ndarray, out: np.ndarray, shifted: np.ndarray | None = None
+) -> np.ndarray:
+    """The min-max density; ``density`` itself when the minimum is +0.0 (``(S - 0) / sum(S - 0)`` is
+    ``S / sum(S)`` bit for bit), else written into ``out`` (which may be ``shifted``)."""
+    if smap.starts_at_zero and not smap.is_constant:
+        return density
+    return _minmax_density_into(smap, out, shifted)
+
+
+# Histogram bins over the min-max normalised map for the AUC counts (a power of two: exact scaling).
+_COUNT_BINS = 1 << 14
+
+
+def _counts_at_or_above(
+    smap: PreparedMap, shifted: np.ndarray, raw: np.ndarray, unit: np.ndarray, work: np.ndarray, bins: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact pixel counts ``#(S >= r)`` for each value ``r`` of ``raw`` (values of the map, e.g. the
+    fixated ones) and ``#(N >= u)`` for each ``u`` of ``unit``, N the min-max normalised map: what
+    AUC-Judd and AUC-Borji need, without sorting the map's pixels.
+
+    One histogram of ``b = floor(N * 2^14)`` over all pixels. ``N`` is computed exactly as
+    :meth:`PreparedMap.normalise_minmax` does and the scaling by a power of two is exact, so ``b`` is a
+    non-decreasing function of S and of N: a pixel whose bin holds no threshold is at or above a threshold
+    exactly when its bin is above the threshold's. Only the pixels sharing a bin with a threshold (a few
+    thousand at 640x480) are compared one by one, after sorting them. Maps given as integers are
+    histogrammed by value instead, one bin per level, with no pixel left to compare.
+
+    ``shifted`` holds ``S - min(S)``; ``work`` (float64) and ``bins`` (intp) are scratch of the map's size.
+    """
+    n, low = smap.size, smap.min
+    if smap.is_constant:  # every pixel equals every raw threshold; N is all zeros
+        return np.full(raw.size, n), np.where(unit <= 0, n, 0)
+    span = smap.max - low
+    if smap.integral and span <= _COUNT_BINS:
+        levels = int(span)  # pixel S = min + k sits in bin k, which no other value shares
+        np.copyto(bins, shifted, casting="unsafe")
+        at_or_above = np.cumsum(np.bincount(bins, minlength=levels + 1)[::-1])[::-1]
+        at_or_above = np.append(at_or_above, 0)
+        level_norm = np.arange(levels + 1, dtype=np.float64) / span  # N of each level, as normalise_minmax
+        raw_ge = at_or_above[(raw - low).astype(np.intp)]
+        return raw_ge, at_or_above[np.searchsorted(level_norm, unit, side="left")]
+
+    norm = shifted if span == 1 else np.divide(shifted, span, out=work)  # N, exactly
+    np.multiply(norm, _COUNT_BINS, out=bins, casting="unsafe")  # truncated to an integer: floor, as N >= 0
+    hist = np.bincount(bins, minlength=_COUNT_BINS + 1)
+    raw_bins = (((raw - low) / span) * _COUNT_BINS).astype(np.intp)
+    unit_bins = np.floor(np.clip(unit, 0.0, 1.0) * _COUNT_BINS).astype(np.intp)
+    raw_all, unit_all, unit_none = raw <= low, unit <= 0, unit > 1
+    shared = np.zeros(hist.size, dtype=bool)  # bins holding a threshold: their pixels are compared exactly
+    shared[raw_bins[~raw_all]] = True
+    shared[unit_bins[~(unit_all | unit_none)]] = True
+    candidates = np.sort(smap.at(shared[bins]))
+    hist[shared] = 0
+    above = np.append(np.cumsum(hist[::-1])[::-1], 0)[1:]  # above[b]: other pixels in bins > b
+    raw_ge = above[raw_bins] + (candidates.size - np.searchsorted(candidates, raw, side="left"))
+    candidates_norm = (candidates - low) / span  # the same N values, still sorted (N is monotone)
+    unit_ge = above[unit_bins] + (candidates.size - np.searchsorted(candidates_norm, unit, side="left"))
+    raw_ge[raw_all] = n
+    unit_ge[unit_all], unit_ge[unit_none] = n, 0
+    return raw_ge, unit_ge
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Metric kernels on prepared inputs
 
 
@@ -311,23 +512,30 @@ def _trapezoid(fp: np.ndarray, tp: np.ndarray) -> np.ndarray:
     return np.sum(np.diff(fp, axis=-1) * (tp[..., 1:] + tp[..., :-1]), axis=-1) / 2.0
 
 
-def _auc_judd(smap: PreparedMap, fix: Fixations) -> float:
-    values = smap.values[fix.indices]
-    n_pixels, n_fixated = smap.values.size, fix.indices.size
-    if n_fixated == n_pixels:
-        raise ValueError("auc_judd: every pixel is fixated, so there are no negatives to rank against")
-    order = np.argsort(values, kind="stable")
-    fixated_sorted, counts_sorted = values[order], fix.counts[order]
-    thresholds = np.unique(fixated_sorted)  # ascending; each distinct fixated value is one ROC point
-    below = np.searchsorted(fixated_sorted, thresholds, side="left")
-    weight_below = np.concatenate(([0.0], np.cumsum(counts_sorted)))[below]
-    tp = (fix.total - weight_below) / fix.total  # share of fixations with S >= t (counts weighted)
-    all_ge = n_pixels - np.searchsorted(smap.sorted_values, thresholds, side="left")
-    fixated_ge = n_fixated - below
+class _JuddThresholds:
+    """The ROC points of AUC-Judd: the distinct fixated values (ascending) and the fixations' share at
+    or above each."""
+
+    def __init__(self, smap: PreparedMap, fix: Fixations):
+        values = smap.at_fixations(fix)
+        if fix.indices.size == smap.size:
+            raise ValueError("auc_judd: every pixel is fixated, so there are no negatives to rank against")
+        order = np.argsort(values, kind="stable")
+        fixated_sorted, counts_sorted = values[order], fix.counts[order]
+        self.values = np.unique(fixated_sorted)  # each distinct fixated value is one ROC point
+        self.below = np.searchsorted(fixated_sorted, self.values, side="left")
+        weight_below = np.concatenate(([0.0], np.cumsum(counts_sorted)))[self.below]
+        self.tp = (fix.total - weight_below) / fix.total  # share of fixations with S >= t (counts weighted)
+
+
+def _auc_judd(smap: PreparedMap, fix: Fixations, judd: _JuddThresholds, all_ge: np.ndarray) -> float:
+    """AUC-Judd from the thresholds and ``all_ge``, the number of pixels with S >= each threshold."""
+    n_pixels, n_fixated = smap.size, fix.indices.size
+    fixated_ge = n_fixated - judd.below
     fp = (all_ge - fixated_ge) / (n_pixels - n_fixated)  # share of non-fixated pixels with S >= t
     # Thresholds from high to low, between the fixed end points (0, 0) and (1, 1).
     fp = np.concatenate(([0.0], fp[::-1], [1.0]))
-    tp = np.concatenate(([0.0], tp[::-1], [1.0]))
+    tp = np.concatenate(([0.0], judd.tp[::-1], [1.0]))
     return float(_trapezoid(fp, tp))
 
 
@@ -345,9 +553,8 @@ def _borji_thresholds(step_size: float) -> np.ndarray:
     return np.round(np.arange(n + 1) * step_size, 12)
 
 
-def _bin_counts(values_sorted: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Counts of sorted values in bins ``[t_j, t_j+1)`` (the last bin open-ended); all values >= t_0."""
-    at_or_above = values_sorted.size - np.searchsorted(values_sorted, thresholds, side="left")
+def _bin_counts(at_or_above: np.ndarray) -> np.ndarray:
+    """Counts in bins ``[t_j, t_j+1)`` (the last bin open-ended) from the counts at or above each t_j."""
     return at_or_above - np.append(at_or_above[1:], 0)
 
 
@@ -376,7 +583,7 @@ def _sampled_auc(
     else:
         drawn = rng.multivariate_hypergeometric(negative_bins.astype(np.int64), n_neg, size=n_splits)
     fp = np.cumsum(drawn[:, ::-1], axis=1)[:, ::-1] / n_neg  # (splits, thresholds): share >= t_j
-    positives = smap.normalise_minmax(smap.values[fix.indices])
+    positives = smap.normalise_minmax(smap.at_fixations(fix))
     pos_bins = np.bincount(
         np.searchsorted(thresholds, positives, side="right") - 1,
         weights=fix.counts,
@@ -389,9 +596,11 @@ def _sampled_auc(
     return float(_trapezoid(fp_curve, tp_curve).mean())
 
 
-def _auc_borji(smap: PreparedMap, fix: Fixations, n_splits: int, step_size: float, rng) -> float:
-    bins = _bin_counts(smap.minmax_sorted, _borji_thresholds(step_size))
-    return _sampled_auc(smap, fix, bins, "with_replacement", n_splits, step_size, rng)
+def _auc_borji(
+    smap: PreparedMap, fix: Fixations, at_or_above: np.ndarray, n_splits: int, step_size: float, rng
+) -> float:
+    """AUC-Borji from ``at_or_above``, the number of pixels with N >= each :func:`_borji_thresholds`."""
+    return _sampled_auc(smap, fix, _bin_counts(at_or_above), "with_replacement", n_splits, step_size, rng)
 
 
 def _auc_shuffled(
@@ -399,8 +608,9 @@ def _auc_shuffled(
 ) -> float:
     if other_indices.size == 0:
         raise ValueError("auc_shuffled: the other images have no fixations to sample negatives from")
-    negatives = np.sort(smap.normalise_minmax(smap.values[other_indices]))
-    bins = _bin_counts(negatives, _borji_thresholds(step_size))
+    negatives = np.sort(smap.normalise_minmax(smap.at(other_indices)))
+    thresholds = _borji_thresholds(step_size)
+    bins = _bin_counts(negatives.size - np.searchsorted(negatives, thresholds, side="left"))
     # MIT draws min(N_f, #locations) without replacement; drawing N_f with replacement when the other
     # images have fewer locations keeps N_f negatives per split (documented in auc_shuffled).
     sample = "without_replacement" if other_indices.size >= fix.total else "with_replacement"
@@ -410,29 +620,34 @@ def _auc_shuffled(
 def _nss(smap: PreparedMap, fix: Fixations) -> float:
     if smap.is_constant:
         return 0.0
-    z = (smap.values[fix.indices] - smap.mean) / smap.std
+    z = (smap.at_fixations(fix) - smap.mean) / smap.std
     return float(_dot(z, fix.counts) / fix.total)
 
 
-def _cc(smap: PreparedMap, gt: PreparedMap) -> float:
+def _cc(smap: PreparedMap, gt: PreparedMap, centred: np.ndarray, gt_centred: np.ndarray) -> float:
+    """CC from both maps' centred values (:meth:`PreparedMap.centre_into`, which also keeps their sums of
+    squares)."""
     if smap.is_constant or gt.is_constant:
         return 0.0
-    a, b = smap.centred, gt.centred
-    r = _dot(a, b) / np.sqrt(_dot(a, a) * _dot(b, b))
+    r = _dot(centred, gt_centred) / np.sqrt(smap._sum_sq * gt._sum_sq)
     return float(np.clip(r, -1.0, 1.0))
 
 
-def _kld(smap: PreparedMap, gt: PreparedMap) -> float:
-    p, q = smap.density, gt.density
-    return float(_dot(q, np.log(EPS + q / (p + EPS))))
+def _kld(p: np.ndarray, q: np.ndarray, work: np.ndarray) -> float:
+    """``sum Q ln(eps + Q / (P + eps))`` of two densities; ``work`` is scratch."""
+    np.add(p, EPS, out=work)
+    np.divide(q, work, out=work)
+    work += EPS
+    return float(_dot(q, np.log(work, out=work)))
 
 
-def _sim(smap: PreparedMap, gt: PreparedMap) -> float:
-    return float(np.minimum(smap.minmax_density, gt.minmax_density).sum())
+def _sim(p: np.ndarray, q: np.ndarray, work: np.ndarray) -> float:
+    """``sum min(P, Q)`` of two min-max densities; ``work`` is scratch."""
+    return float(np.minimum(p, q, out=work).sum())
 
 
-def _information_gain(smap: PreparedMap, fix: Fixations, log2_baseline: np.ndarray) -> float:
-    gain = np.log2(EPS + smap.density[fix.indices]) - log2_baseline[fix.indices]
+def _information_gain(density: np.ndarray, fix: Fixations, log2_baseline: np.ndarray) -> float:
+    gain = np.log2(EPS + density[fix.indices]) - log2_baseline[fix.indices]
     return float(_dot(gain, fix.counts) / fix.total)
 
 
@@ -456,11 +671,12 @@ def auc_judd(saliency_map: Any, fixation_map: Any) -> float:
     Conventions. Ties are counted exactly with ``>=`` (pysaliency without jitter; the MIT code breaks
     ties with random jitter), so the result is deterministic. Every fixation counts (pysaliency): a pixel
     fixated three times weighs three in TP; non-fixated pixels count once each. The MIT code counts each
-    fixated pixel once (REFERENCE §3: 0.314339386 instead of 0.436318096 on the test fixture). The value
+    fixated pixel once (docs/reference.md §3: 0.314339386 instead of 0.436318096 on the test fixture). The value
     depends only on the ranks of S, so the MIT min-max normalisation is omitted and any strictly
     increasing transform of S leaves the score unchanged. A constant map scores 0.5.
 
-    Vectorised: one sort of S and ``searchsorted`` for every threshold at once.
+    Vectorised without sorting S: the pixels at or above every threshold are counted at once from one
+    histogram of the map (:func:`_counts_at_or_above`), exactly.
 
     Args:
         saliency_map: real (h, w) map; resized bilinearly (:func:`resize_map`) to the fixation map's shape.
@@ -470,7 +686,13 @@ def auc_judd(saliency_map: Any, fixation_map: Any) -> float:
         ValueError: non-finite or non-2-D input, empty fixation map, or every pixel fixated.
     """
     fix = Fixations.from_map(fixation_map)
-    return _auc_judd(PreparedMap(saliency_map, shape=fix.shape), fix)
+    smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
+    judd = _JuddThresholds(smap, fix)
+    work = _scratch(smap.size)
+    all_ge, _ = _counts_at_or_above(
+        smap, _shift_into(smap, work[0]), judd.values, np.empty(0), work[1], work[2].view(np.intp)
+    )
+    return _auc_judd(smap, fix, judd, all_ge)
 
 
 def auc_borji(
@@ -502,8 +724,13 @@ def auc_borji(
     """
     _check_splits(n_splits)
     fix = Fixations.from_map(fixation_map)
-    smap = PreparedMap(saliency_map, shape=fix.shape)
-    return _auc_borji(smap, fix, int(n_splits), step_size, np.random.default_rng(seed))
+    smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
+    work = _scratch(smap.size)
+    thresholds = _borji_thresholds(step_size)
+    _, at_or_above = _counts_at_or_above(
+        smap, _shift_into(smap, work[0]), np.empty(0), thresholds, work[1], work[2].view(np.intp)
+    )
+    return _auc_borji(smap, fix, at_or_above, int(n_splits), step_size, np.random.default_rng(seed))
 
 
 def auc_shuffled(
@@ -540,7 +767,7 @@ def auc_shuffled(
     _check_splits(n_splits)
     fix = Fixations.from_map(fixation_map)
     other = _other_locations(other_fixation_map, fix)
-    smap = PreparedMap(saliency_map, shape=fix.shape)
+    smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
     return _auc_shuffled(smap, fix, other, int(n_splits), step_size, np.random.default_rng(seed))
 
 
@@ -557,7 +784,9 @@ def nss(saliency_map: Any, fixation_map: Any) -> float:
         fixation_map: (H, W) count map with at least one fixation.
     """
     fix = Fixations.from_map(fixation_map)
-    return _nss(PreparedMap(saliency_map, shape=fix.shape), fix)
+    smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
+    smap.centre_into(_scratch(smap.size)[0])
+    return _nss(smap, fix)
 
 
 def cc(saliency_map: Any, saliency_map_gt: Any) -> float:
@@ -571,8 +800,10 @@ def cc(saliency_map: Any, saliency_map_gt: Any) -> float:
         saliency_map: real (h, w) map; resized bilinearly to the ground truth's shape.
         saliency_map_gt: real (H, W) ground-truth saliency map.
     """
-    gt = PreparedMap(saliency_map_gt, "saliency_map_gt")
-    return _cc(PreparedMap(saliency_map, shape=gt.shape), gt)
+    gt = PreparedMap(saliency_map_gt, "saliency_map_gt", buffer=_input_row(np.shape(saliency_map_gt), 1))
+    smap = PreparedMap(saliency_map, shape=gt.shape, buffer=_input_row(gt.shape, 0))
+    work = _scratch(gt.size)
+    return _cc(smap, gt, smap.centre_into(work[0]), gt.centre_into(work[1]))
 
 
 def kld(saliency_map: Any, saliency_map_gt: Any) -> float:
@@ -588,24 +819,30 @@ def kld(saliency_map: Any, saliency_map_gt: Any) -> float:
         saliency_map: real (h, w) map; resized bilinearly to the ground truth's shape.
         saliency_map_gt: real (H, W) ground-truth saliency map.
     """
-    gt = PreparedMap(saliency_map_gt, "saliency_map_gt")
-    return _kld(PreparedMap(saliency_map, shape=gt.shape), gt)
+    gt = PreparedMap(saliency_map_gt, "saliency_map_gt", buffer=_input_row(np.shape(saliency_map_gt), 1))
+    smap = PreparedMap(saliency_map, shape=gt.shape, buffer=_input_row(gt.shape, 0))
+    work = _scratch(gt.size)
+    return _kld(_density_into(smap, work[0]), _density_into(gt, work[1]), work[2])
 
 
 def sim(saliency_map: Any, saliency_map_gt: Any) -> float:
     """Similarity (histogram intersection) of two maps seen as distributions.
 
     Each map is min-max normalised to [0, 1] and divided by its sum; ``SIM = sum min(P, Q)``, 1 for
-    identical maps, 0 for disjoint ones. Source: MIT ``similarity.m``. pysaliency skips the min-max step
-    and so scores maps whose minimum is above 0 differently (REFERENCE §3). A constant map (0 / 0 in the
-    MIT code) is taken as uniform.
+    identical maps, 0 for disjoint ones. Source: MIT ``similarity.m``, deliberately: it is the benchmark's
+    definition (and the SALICON challenge's). pysaliency's ``SIM`` skips the min-max step (it only shifts
+    a map with negative values), so the two agree when both maps have a minimum of 0 and differ when one
+    has its minimum above 0 (docs/reference.md §3: 0.291215618 here, 0.292096571 in pysaliency, on the test
+    fixture). A constant map (0 / 0 in the MIT code) is taken as uniform.
 
     Args:
         saliency_map: real (h, w) map; resized bilinearly to the ground truth's shape.
         saliency_map_gt: real (H, W) ground-truth saliency map.
     """
-    gt = PreparedMap(saliency_map_gt, "saliency_map_gt")
-    return _sim(PreparedMap(saliency_map, shape=gt.shape), gt)
+    gt = PreparedMap(saliency_map_gt, "saliency_map_gt", buffer=_input_row(np.shape(saliency_map_gt), 1))
+    smap = PreparedMap(saliency_map, shape=gt.shape, buffer=_input_row(gt.shape, 0))
+    work = _scratch(gt.size)
+    return _sim(_minmax_density_into(smap, work[0]), _minmax_density_into(gt, work[1]), work[2])
 
 
 def information_gain(saliency_map: Any, fixation_map: Any, baseline_map: Any) -> float:
@@ -616,7 +853,7 @@ def information_gain(saliency_map: Any, fixation_map: Any, baseline_map: Any) ->
     shifted to a minimum of 0, all-zero maps uniform, as in :func:`kld`) and eps = 2.2204e-16. Source:
     Kümmerer et al. 2015 (PNAS), MIT ``InfoGain.m``, pysaliency. The MIT code min-max normalises both
     maps before dividing by the sum, which sends each map's minimum pixel to probability 0; this
-    implementation follows the plain sum normalisation of REFERENCE §3 and pysaliency instead.
+    implementation follows the plain sum normalisation of docs/reference.md §3 and pysaliency instead.
     Positive: the model explains the fixations better than the baseline (a centre prior, or the mean
     fixation density of the training set).
 
@@ -626,9 +863,10 @@ def information_gain(saliency_map: Any, fixation_map: Any, baseline_map: Any) ->
         baseline_map: real map of the baseline; resized bilinearly to the fixation map's shape.
     """
     fix = Fixations.from_map(fixation_map)
-    smap = PreparedMap(saliency_map, shape=fix.shape)
-    baseline = PreparedMap(baseline_map, "baseline_map", shape=fix.shape)
-    return _information_gain(smap, fix, baseline.log2_density)
+    smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
+    baseline = PreparedMap(baseline_map, "baseline_map", shape=fix.shape, buffer=_input_row(fix.shape, 1))
+    density = _density_into(smap, _scratch(smap.size)[0])
+    return _information_gain(density, fix, baseline.log2_density)
 
 
 def image_metrics(
@@ -642,31 +880,41 @@ def image_metrics(
     borji_seed: Any = 0,
     shuffled_seed: Any = 1,
 ) -> dict[str, float]:
-    """All eight metrics of one image from prepared inputs, sharing sorts and normalisations.
+    """All eight metrics of one image from prepared inputs, sharing every pass over the pixels.
 
-    Equivalent to calling each public metric: ``smap`` and ``gt`` must already have the fixations' shape
-    (build them with ``PreparedMap(x, shape=fix.shape)``), ``other_indices`` are the distinct flat indices
-    of the sAUC negatives' locations, ``log2_baseline`` is ``PreparedMap(baseline).log2_density``. The
-    two seeds feed ``numpy.random.default_rng`` for AUC-Borji and sAUC. Returns a dict keyed by
-    :data:`METRIC_NAMES`.
+    Equivalent to calling each public metric, to the last bit: the same kernels run on the same values.
+    ``smap`` and ``gt`` must already have the fixations' shape (build them with ``PreparedMap(x,
+    shape=fix.shape)``), ``other_indices`` are the distinct flat indices of the sAUC negatives'
+    locations, ``log2_baseline`` is ``PreparedMap(baseline).log2_density``. The two seeds feed
+    ``numpy.random.default_rng`` for AUC-Borji and sAUC. Returns a dict keyed by :data:`METRIC_NAMES`.
+
+    Shared work: each map's min, max, mean and centred values (NSS, CC); one histogram of the normalised
+    saliency map gives AUC-Judd's counts at every fixated value and AUC-Borji's at every threshold
+    (:func:`_counts_at_or_above`); ``S - min`` serves that histogram and SIM; the density serves KLD and IG.
     """
     _check_splits(n_splits)
     for name, shape in (("saliency map", smap.shape), ("ground-truth map", gt.shape)):
         _check_same_shape(fix, shape, name)
-    if log2_baseline.size != smap.values.size:
-        raise ValueError(f"baseline has {log2_baseline.size} pixels, the fixation map {smap.values.size}")
-    return {
-        "auc_judd": _auc_judd(smap, fix),
-        "auc_borji": _auc_borji(smap, fix, n_splits, step_size, np.random.default_rng(borji_seed)),
-        "auc_shuffled": _auc_shuffled(
-            smap, fix, other_indices, n_splits, step_size, np.random.default_rng(shuffled_seed)
-        ),
-        "nss": _nss(smap, fix),
-        "cc": _cc(smap, gt),
-        "kld": _kld(smap, gt),
-        "sim": _sim(smap, gt),
-        "information_gain": _information_gain(smap, fix, log2_baseline),
-    }
+    if log2_baseline.size != smap.size:
+        raise ValueError(f"baseline has {log2_baseline.size} pixels, the fixation map {smap.size}")
+    judd = _JuddThresholds(smap, fix)
+    borji_thresholds = _borji_thresholds(step_size)
+    work = _scratch(smap.size)
+    scores = {"cc": _cc(smap, gt, smap.centre_into(work[0]), gt.centre_into(work[1])), "nss": _nss(smap, fix)}
+    shifted = _shift_into(smap, work[2])
+    all_ge, borji_ge = _counts_at_or_above(smap, shifted, judd.values, borji_thresholds, work[3], work[4].view(np.intp))
+    scores["auc_judd"] = _auc_judd(smap, fix, judd, all_ge)
+    rng = np.random.default_rng(borji_seed)
+    scores["auc_borji"] = _auc_borji(smap, fix, borji_ge, n_splits, step_size, rng)
+    rng = np.random.default_rng(shuffled_seed)
+    scores["auc_shuffled"] = _auc_shuffled(smap, fix, other_indices, n_splits, step_size, rng)
+    p = _density_into(smap, work[3], shifted)
+    q = _density_into(gt, work[4])
+    scores["information_gain"] = _information_gain(p, fix, log2_baseline)
+    scores["kld"] = _kld(p, q, work[0])
+    s_minmax = _minmax_density_reusing(smap, p, work[2], shifted)
+    scores["sim"] = _sim(s_minmax, _minmax_density_reusing(gt, q, work[1]), work[0])
+    return {name: scores[name] for name in METRIC_NAMES}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``package`` stage: the SALICON challenge submission archive, with a manifest beside it.
+"""The ``package`` stage: the submission archive, SALICON challenge's or MIT/Tuebingen's, with a manifest beside it.
 
 ``package.output`` is a folder holding the archive and ``manifest.json`` (what the archive holds, and the
 model and settings that produced it); the archive itself holds only what the server reads. Two formats
@@ -12,8 +12,13 @@ model and settings that produced it); the archive itself holds only what the ser
   JSON list of ``{"image_id": int, "saliency_map": base64 of the PNG bytes}`` where ``image_id`` is the
   number ending the COCO name. The val maps are predicted here with the model, by the predict stage's code.
 
+- ``mit-tuebingen`` (the MIT/Tuebingen saliency benchmark, salgan/benchmark.py): ``saliency_maps.zip`` with
+  ``<name>.png`` per test image at its size (CAT2000's names hold their category, ``Action/001.png``), and
+  the submission's ``config.yaml`` beside it.
+
 The maps are validated (count, names, 8-bit grey, size) before anything is written, and the folder is
-written beside the old one and swapped in only when complete.
+written beside the old one and swapped in only when complete. A dataset without a test split gets only a
+manifest saying so.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from salgan import benchmark
 from salgan.cli import command_parser, run_command
+from salgan.datasets import no_test_split, prepared_dataset
 from salgan.errors import InputError
 from salgan.layout import ModelFiles, atomic_directory, json_digest, read_split, sha256_file
 from salgan.settings import load_params, to_dict
@@ -38,7 +45,7 @@ from salgan.settings import load_params, to_dict
 if TYPE_CHECKING:
     from salgan.settings import Params
 
-ARCHIVES = {"2017": "submission.zip", "2015": "results.zip"}
+ARCHIVES = {"2017": "submission.zip", "2015": "results.zip", "mit-tuebingen": "saliency_maps.zip"}
 MANIFEST = "manifest.json"
 MAX_LISTED = 5  # problems of one kind shown in an error message; the count says how many more
 ALGORITHM_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -213,6 +220,14 @@ def package(
     manifest. For the 2015 format the val maps come from ``val_predictions`` or are predicted with
     ``model``."""
     predictions, model, fmt = Path(predictions), Path(model), params.package.format
+    if fmt == "mit-tuebingen" or no_test_split(params.train.data):
+        return package_benchmark(params, predictions, model)
+    dataset = prepared_dataset(params.train.data)
+    if dataset != "salicon":
+        raise PackageError(
+            f"package.format {fmt} is the SALICON challenge's; the {dataset} test split is packaged for the "
+            "MIT/Tuebingen benchmark: set package.format to mit-tuebingen"
+        )
     members = [results_member(params.package.algorithm, split) for split in ("val", "test")] if fmt == "2015" else []
     test_files = validated_maps(predictions, params.train.data, "test", with_ids=fmt == "2015")
     if not model.is_file():
@@ -232,6 +247,39 @@ def package(
                 write_2015(archive, test_files, members[1])
         shutil.rmtree(scratch, ignore_errors=True)
         manifest = make_manifest(params, model, counts, members)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def package_benchmark(params: Params, predictions: Path, model: Path) -> dict[str, Any]:
+    """``package.format: mit-tuebingen`` (salgan/benchmark.py): one map per test image, ``<name>.png`` at the
+    image's size, in an archive checked against the benchmark's own matching before it is written, with the
+    submission's config.yaml beside it; or, for a dataset without a test split, only a manifest saying so."""
+    note = no_test_split(params.train.data)
+    names, sizes = ([], {}) if note else load_split_names(params.train.data, "test")
+    files = {benchmark.member_name(name): predictions / benchmark.member_name(name) for name in names}
+    if not note:
+        present = {p.relative_to(predictions).as_posix() for p in predictions.rglob("*") if p.is_file()}
+        missing = sorted(set(files) - present)
+        if missing or not predictions.is_dir():
+            raise PackageError(
+                f"{predictions}: {len(missing)} of {len(files)} test maps missing ({', '.join(missing[:MAX_LISTED])}); "
+                "run the predict stage"
+            )
+    if not model.is_file():
+        raise PackageError(f"{model}: model file not found (pass --model)")
+    with atomic_directory(params.package.output) as staging:
+        if note:
+            manifest = make_manifest(params, model, {"test": 0}, []) | {"archive": None, "note": note}
+        else:
+            try:
+                benchmark.write_archive(staging / benchmark.ARCHIVE, files, sizes)
+            except benchmark.ArchiveProblem as exc:
+                raise PackageError(f"{predictions}: {exc}") from None
+            manifest = make_manifest(params, model, {"test": len(names)}, [])
+            config = benchmark.config_yaml(params.package.algorithm, prepared_dataset(params.train.data))
+            if config:
+                (staging / benchmark.CONFIG).write_text(config)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -259,10 +307,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = command_parser(
         "package",
-        "Build the SALICON challenge submission in the package.output folder: format 2017 (CodaLab: "
-        "submission.zip of one 8-bit grey PNG per test image, named as the image) or 2015 (salicon.net: "
-        "results.zip with the val and test results JSON, base64 PNGs). manifest.json beside the archive "
-        "records the model and settings hashes.",
+        "Build the submission in the package.output folder: format 2017 (CodaLab SALICON: "
+        "submission.zip of one 8-bit grey PNG per test image, named as the image), 2015 (salicon.net: "
+        "results.zip with the val and test results JSON, base64 PNGs) or mit-tuebingen (the MIT/Tuebingen "
+        "benchmark: saliency_maps.zip and config.yaml). manifest.json beside the archive records the model "
+        "and settings hashes.",
     )
     parser.add_argument("--predictions", help="folder of test-split PNGs (default: params predict.output)")
     parser.add_argument(
@@ -276,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         predictions = args.predictions or params.predict.output
         model = args.model or ModelFiles(Path(params.train.output)).generator
         manifest = package(params, predictions, model, args.val_predictions)
+        if manifest["archive"] is None:
+            print(f"package: {manifest['note']}")
+            return 0
         counts = ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())
         archive = Path(params.package.output) / manifest["archive"]
         print(f"package: {counts} maps, format {manifest['format']} -> {archive} (manifest beside it)")

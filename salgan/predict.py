@@ -3,7 +3,8 @@
 Every test image of the prepared data (``train.data``) is predicted with ``<train.output>/generator.pt``
 and written to ``<predict.output>/<name>.png``, 8-bit grey at the image's original size (640x480 for
 SALICON), post-processed as the original code (bicubic resize, 5x5 Gaussian blur:
-:mod:`salgan.inference`). The folder is written beside the old one and swapped in only when complete.
+:mod:`salgan.inference`). The folder is written beside the old one and swapped in only when complete. A
+dataset without a test split (MIT1003 without ``download.test_source``) leaves the folder empty and says so.
 
 DVC runs it as ``python -m salgan.predict``; ``salgan predict`` without INPUTS runs it too (with INPUTS,
 ``salgan predict`` is the tool for your own images: salgan/predict_tool.py).
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from salgan.cli import command_parser, run_command
+from salgan.datasets import no_test_split
 from salgan.inference import write_split_maps
 from salgan.layout import ModelFiles, atomic_directory
 from salgan.models import load_generator
@@ -23,8 +25,11 @@ from salgan.tracking import enabled as tracking_enabled
 
 def run_stage(params: Params) -> list[Path]:
     """Maps for the prepared test split, swapped into predict.output when complete."""
-    generator = load_generator(ModelFiles(Path(params.train.output)).generator).generator
     output = Path(params.predict.output)
+    if no_test_split(params.train.data):
+        with atomic_directory(output):  # an empty folder: DVC's output exists, and no old map stays in it
+            return []
+    generator = load_generator(ModelFiles(Path(params.train.output)).generator).generator
     with atomic_directory(output) as tmp:  # the folder is swapped in only when every map is written
         names = write_split_maps(generator, Path(params.train.data), "test", tmp, params.predict)
     return [output / f"{name}.png" for name in names]
@@ -32,7 +37,7 @@ def run_stage(params: Params) -> list[Path]:
 
 def stage_main(params: Params) -> int:
     files = run_stage(params)
-    print(f"wrote {len(files)} maps to {params.predict.output}")
+    print(no_test_split(params.train.data) or f"wrote {len(files)} maps to {params.predict.output}")
     if tracking_enabled(params):
         from salgan.tracking.runs import record_prediction  # MLflow: imported only when it is on
 

@@ -32,10 +32,11 @@ from salgan.imaging import Decoded, decode_rgb, save_map, save_overlay
 from salgan.inference import default_device, failure_reason, predict_images
 from salgan.inputs import Job, collect
 from salgan.layout import staged_files
-from salgan.models import ModelError, load_generator
+from salgan.models import ModelError  # noqa: F401 -- the tool's error for a model, as callers catch it
+from salgan.models.uri import open_model
 from salgan.progress import progress
 from salgan.settings import Params, PredictParams, load_params, validate_section
-from salgan.urls import is_s3_url, redact_text
+from salgan.urls import is_s3_url
 
 # --- the model ---------------------------------------------------------------------------------------
 
@@ -43,24 +44,7 @@ from salgan.urls import is_s3_url, redact_text
 def load_model(uri: str, params: Params, size: tuple[int, int] | None) -> tuple[torch.nn.Module, tuple[int, int]]:
     """(generator, input size (W, H)) from any --model form; an explicit ``size`` wins over the model's, and
     must suit the model's encoder."""
-    path = Path(uri).expanduser()
-    if path.is_file() or path.is_dir():
-        try:
-            generator, model_size = load_generator(path)
-        except ModelError as exc:
-            raise ModelError(f"--model {exc}") from None
-    elif ":" in uri:
-        from salgan.tracking.models import fetched_model  # MLflow: imported only for a URI
-
-        try:
-            with fetched_model(uri, params) as local:
-                generator, model_size = load_generator(local)
-        except ModelError:
-            raise
-        except Exception as exc:  # MlflowException, botocore and HTTP errors alike: the URI is unusable
-            raise ModelError(f"--model {uri}: cannot fetch the MLflow model: {redact_text(str(exc))}") from None
-    else:
-        raise ModelError(f"--model {uri}: no such file or directory, and not an MLflow URI")
+    generator, model_size = open_model(uri, params)
     if size is not None:
         problem = size_problem(generator.encoder_name, size)
         if problem:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
-import multiprocessing
 import os
-import sys
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -31,15 +29,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from salgan import datasets
 from salgan.cli import command_parser, run_command
-from salgan.cpus import usable_cpus
+from salgan.cpus import die_with_parent, usable_cpus, worker_context
+from salgan.datasets import FixationSource, Limits, dataset_of, read_fixations, render_map, source_record
 from salgan.datasets.salicon import SUFFIXES, SaliconTree
 from salgan.errors import InputError
 from salgan.fixations import FixationFile, fixation_counts, load_fixations_mat
-from salgan.imaging import IMAGE_SUFFIXES, ImageError, decode_grey, decode_rgb, opened
+from salgan.imaging import IMAGE_SUFFIXES, ImageError, declared_size, decode_grey, decode_rgb, opened, resize_grey
 from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SplitFiles, atomic_directory, split_version_of_files
 from salgan.progress import progress as bar_for
-from salgan.settings import load_params
+from salgan.settings import DownloadParams, load_params
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class Sample:
     name: str
     image: Path
     map: Path | None = None
-    fixations: Path | None = None
+    fixations: Path | None = None  # a SALICON .mat
+    source: FixationSource | None = None  # the other datasets' fixations (salgan/datasets/); map may be None
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class SplitJob:
     full_size: tuple[int, int] | None  # (rows, cols) every image must have; None: no maps_full
     max_pixels: int  # prepare.max_pixels
     max_fixations: int  # prepare.max_fixations
+    map_sigma: float  # prepare.map_sigma: maps made from fixations (salgan.datasets.render_map)
+    full_offsets: tuple[int, ...] | None = None  # maps_full of mixed sizes: row i's pixels in the flat file (N + 1)
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[It
     files = SplitFiles(Path(job.folder))
     images = np.load(files.images, mmap_mode="r+")
     maps = np.load(files.maps, mmap_mode="r+") if job.with_maps else None
-    maps_full = np.load(files.maps_full, mmap_mode="r+") if job.full_size else None
+    maps_full = np.load(files.maps_full, mmap_mode="r+") if job.full_size or job.full_offsets else None
     results = []
     for index, sample in items:
         try:
@@ -192,7 +195,12 @@ def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[It
                     f"{job.full_size[1]}x{job.full_size[0]}; maps_full needs one size",
                 )
             coords = None
-            if job.with_maps:
+            if job.with_maps and sample.source is not None:
+                small, full, coords, outside = _dataset_ground_truth(sample, original, job)
+                maps[index] = small
+                if maps_full is not None:
+                    _write_full(maps_full, index, full, job)
+            elif job.with_maps:
                 small, full = load_map(sample.map, job.size, job.max_pixels)
                 _check_same_size(sample.map, full.shape, original)
                 coords, resolution, outside = _load_fixations(sample.fixations, job.max_fixations)
@@ -207,6 +215,36 @@ def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[It
     # No flush: the mapped pages are the page cache the parent reads back, and msync's write to disk
     # cost ~10% of the stage's time; the kernel writes them back on its own.
     return results
+
+
+def _dataset_ground_truth(
+    sample: Sample, original: tuple[int, int], job: SplitJob
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(map at the training size, map at the original size, fixations, how many lay outside) of a sample
+    of salgan/datasets/: its map file checked to have the image's size, or a map made from the fixations."""
+    where = sample.source.path or sample.source.where
+    try:
+        coords, outside = read_fixations(sample.source, original, Limits(job.max_pixels, job.max_fixations))
+    except ValueError as exc:  # the message already names the file
+        raise BadFileError(where, str(exc).removeprefix(f"{where}: ")) from None
+    if sample.map is not None:
+        small, full = load_map(sample.map, job.size, job.max_pixels)
+        _check_same_size(sample.map, full.shape, original)
+    else:
+        full = render_map(coords, original, job.map_sigma)
+        small = resize_grey(full, job.size)
+    return small, full, coords, outside
+
+
+def _write_full(maps_full: np.ndarray, index: int, full: np.ndarray, job: SplitJob) -> None:
+    """Row ``index`` of maps_full: a row of the (N, H0, W0) array, or its span of the flat file of mixed sizes."""
+    if job.full_offsets is None:
+        maps_full[index] = full
+        return
+    start, stop = job.full_offsets[index], job.full_offsets[index + 1]
+    if stop - start != full.size:  # the header read when the file was allocated declared another size
+        raise BadFileError(job.folder, f"row {index}: its map has {full.size} pixels, {stop - start} were allocated")
+    maps_full[start:stop] = full.reshape(-1)
 
 
 def _load_fixations(path: Path, max_fixations: int) -> FixationFile:
@@ -229,11 +267,16 @@ def resolve_workers(workers: int) -> int:
     return workers or usable_cpus()
 
 
-def prepare(params: PrepareParams, progress: bool = True) -> dict:
+def prepare(params: PrepareParams, progress: bool = True, download: DownloadParams | None = None) -> dict:
     """Run the stage for :class:`salgan.settings.PrepareParams` ``params``; return the report it writes.
 
-    Raises :class:`PrepareError` naming the file when an input is bad and ``params.skip_bad`` is false.
+    ``download``: the dataset settings (``download.dataset``, its val split); without them the raw tree's
+    SOURCE.json says which dataset it is. Raises :class:`PrepareError` naming the file when an input is bad
+    and ``params.skip_bad`` is false.
     """
+    dataset = _dataset(Path(params.input), download)
+    if dataset != "salicon":
+        return prepare_dataset(params, dataset, download, progress)
     root, output = Path(params.input), Path(params.output)
     splits = SaliconTree(root).present_splits()
     if not splits:
@@ -245,12 +288,66 @@ def prepare(params: PrepareParams, progress: bool = True) -> dict:
         for split in splits:
             samples, missing = find_samples(root, split)
             skipped = [_skip(split, name, path, reason, params.skip_bad) for name, path, reason in missing]
-            limits = {"max_pixels": params.max_pixels, "max_fixations": params.max_fixations}
+            limits = {
+                "max_pixels": params.max_pixels,
+                "max_fixations": params.max_fixations,
+                "map_sigma": params.map_sigma,
+            }
             counts, more = _prepare_split(split, samples, tmp / split, size, workers, params.skip_bad, progress, limits)
             skipped += more
             report["splits"][split] = {**counts, "skipped": len(skipped)}
             report["skipped"] += skipped
             report["versions"][split] = split_version_of_files(tmp / split)
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _dataset(root: Path, download: DownloadParams | None) -> str:
+    """The dataset of the raw tree: ``download.dataset``, which must agree with its SOURCE.json."""
+    recorded = dataset_of(root)
+    if download is None:
+        return recorded
+    if source_record(root) and recorded != download.dataset:
+        raise PrepareError(
+            f"{root}: holds {recorded} (its SOURCE.json) but download.dataset is {download.dataset}; run the "
+            "download stage (dvc repro download)"
+        )
+    return download.dataset
+
+
+def prepare_dataset(params: PrepareParams, dataset: str, download: DownloadParams | None, progress: bool) -> dict:
+    """The stage for the datasets of salgan/datasets/: their reader's records, split (the dataset's own
+    splits, else a seeded val split), written as SALICON's are; ``report.json`` also names the dataset and,
+    per split, each row's image relative to the raw tree (``sources``)."""
+    download = download or DownloadParams(dataset=dataset)
+    root, output = Path(params.input), Path(params.output)
+    limits = datasets.Limits(params.max_pixels, params.max_fixations)
+    try:
+        records, problems = datasets.dataset_records(dataset, root, limits)
+        by_split = datasets.split_records(records, download.val_fraction, download.split_seed)
+    except datasets.DatasetError as exc:
+        raise PrepareError(str(exc)) from None
+    if "val" not in by_split or "train" not in by_split:
+        raise PrepareError(f"{root}: {dataset} needs images with fixations in a train and a val split")
+    size = (int(params.size[0]), int(params.size[1]))
+    workers = resolve_workers(params.workers)
+    report: dict = {"input": str(root), "size": list(size), "dataset": dataset, "splits": {}, "skipped": []}
+    report |= {"versions": {}, "sources": {}}
+    skipped = [_skip("labelled", name, file, reason, params.skip_bad) for name, file, reason in problems]
+    limits_of = {"max_pixels": params.max_pixels, "max_fixations": params.max_fixations, "map_sigma": params.map_sigma}
+    with atomic_directory(output) as tmp:
+        for split, members in by_split.items():
+            samples = [Sample(r.name, r.image, r.map, source=r.fixations) for r in members]
+            counts, more = _prepare_split(
+                split, samples, tmp / split, size, workers, params.skip_bad, progress, limits_of, mixed_sizes=True
+            )
+            kept = json.loads(SplitFiles(tmp / split).names.read_text())
+            paths = {sample.name: sample.image for sample in samples}
+            report["splits"][split] = {**counts, "skipped": len(more)}
+            report["skipped"] += more
+            report["versions"][split] = split_version_of_files(tmp / split)
+            report["sources"][split] = [paths[name].relative_to(root).as_posix() for name in kept]
+        report["skipped"] = skipped + report["skipped"]
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -271,25 +368,38 @@ def _prepare_split(
     workers: int,
     skip_bad: bool,
     progress: bool,
-    limits: dict[str, int],
+    limits: dict,
+    mixed_sizes: bool = False,
 ) -> tuple[dict, list[dict]]:
-    """Fill one split folder; return its counts and the skipped samples."""
+    """Fill one split folder; return its counts and the skipped samples. With ``mixed_sizes`` the images may
+    differ in size: ``maps_full.npy`` is then one flat array of every map's pixels, row after row
+    (docs/data-layout.md), unless they share one size after all."""
     folder.mkdir(parents=True)
     n, (width, height) = len(samples), size
     with_maps = split in LABELLED_SPLITS
-    full_size = _peek_size(samples, limits["max_pixels"]) if split in FULL_MAP_SPLITS else None
+    full_size, offsets = None, None
+    if split in FULL_MAP_SPLITS and mixed_sizes:
+        full_size, offsets = _full_layout(samples, limits["max_pixels"])
+    elif split in FULL_MAP_SPLITS:
+        full_size = _peek_size(samples, limits["max_pixels"])
     files = SplitFiles(folder)
     _allocate(files.images, (n, height, width, 3))
     if with_maps:
         _allocate(files.maps, (n, height, width))
     if full_size:
         _allocate(files.maps_full, (n, *full_size))
-    job = SplitJob(str(folder), size, with_maps, full_size, limits["max_pixels"], limits["max_fixations"])
+    elif offsets is not None:
+        _allocate(files.maps_full, (offsets[-1],))
+    job = SplitJob(
+        str(folder), size, with_maps, full_size, limits["max_pixels"], limits["max_fixations"], limits["map_sigma"]
+    )
+    if mixed_sizes:
+        job = dataclasses.replace(job, full_offsets=offsets)
     results = _run_jobs(job, list(enumerate(samples)), workers, f"prepare {split}", progress, stop_on_bad=not skip_bad)
     skipped = [_skip(split, samples[r.index].name, r.bad_path, r.reason, skip_bad) for r in results if r.bad_path]
     keep = [r for r in results if not r.bad_path]
     if len(keep) < n:
-        _compact(folder, [r.index for r in keep])
+        _compact(folder, [r.index for r in keep], offsets)
     names = [samples[r.index].name for r in keep]
     files.names.write_text(json.dumps(names, indent=1) + "\n")
     sizes = np.array([r.original_size for r in keep], dtype=np.int32).reshape(-1, 2)
@@ -317,6 +427,18 @@ def _peek_size(samples: Sequence[Sample], max_pixels: int) -> tuple[int, int]:
         with contextlib.suppress(ImageError), opened(sample.image, max_pixels, "prepare.max_pixels") as img:
             sizes[(img.height, img.width)] += 1
     return sizes.most_common(1)[0][0] if sizes else SALICON_SIZE  # none reads: each is reported on its own
+
+
+def _full_layout(samples: Sequence[Sample], max_pixels: int) -> tuple[tuple[int, int] | None, tuple[int, ...] | None]:
+    """How ``maps_full`` holds the maps of images that may differ in size: ``(size, None)`` when every header
+    declares one size (the (N, H0, W0) array), else ``(None, offsets)``: row i's pixels are
+    ``offsets[i]:offsets[i + 1]`` of a flat array. An unreadable header gets no pixels (its image is reported
+    bad by the worker)."""
+    sizes = [declared_size(sample.image, max_pixels, "prepare.max_pixels") or (0, 0) for sample in samples]
+    if len(set(sizes)) == 1 and sizes[0] != (0, 0):
+        return sizes[0], None
+    pixels = [rows * cols for rows, cols in sizes]
+    return None, tuple(int(v) for v in np.concatenate([[0], np.cumsum(pixels, dtype=np.int64)]))
 
 
 def _allocate(path: Path, shape: tuple[int, ...]) -> None:
@@ -369,48 +491,25 @@ def _checked(results: list[ItemResult], stop_on_bad: bool) -> list[ItemResult]:
     return results
 
 
-def _die_with_parent() -> None:
-    """A pool worker's first act on Linux: ask the kernel to kill it when the process that started it dies,
-    so that a SIGKILLed stage leaves no orphaned workers behind (PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent died before the request: nobody will collect this worker
-        os._exit(1)
-
-
 @contextlib.contextmanager
 def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """A process pool that starts fast without risking a deadlocked child.
-
-    ``fork`` starts workers in milliseconds (``forkserver`` and ``spawn`` pay ~0.5 s of interpreter start
-    and imports, the whole budget of a small run), but forking a process in which another thread holds a
-    lock copies that lock held forever. So fork only while this process runs a single Python thread (the
-    command line; the progress bar starts no thread); otherwise (embedded in a flow, a notebook or a test
-    session with threads) use the forkserver, which preloads this module once.
-    """
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        context = multiprocessing.get_context("fork")
-    elif "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["salgan.prepare"])
-    else:
-        context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
+    """A process pool started as :func:`salgan.cpus.worker_context` says, each worker dying with this one."""
+    context = worker_context(["salgan.prepare"])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent)
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _compact(folder: Path, keep: list[int]) -> None:
-    """Drop the rows of skipped samples from every array of ``folder``."""
+def _compact(folder: Path, keep: list[int], full_offsets: tuple[int, ...] | None = None) -> None:
+    """Drop the rows of skipped samples from every array of ``folder`` (from a flat ``maps_full`` of mixed
+    sizes, their spans of ``full_offsets``)."""
+    if full_offsets is not None:
+        _compact_flat(SplitFiles(folder).maps_full, keep, full_offsets)
     for path in sorted(folder.glob("*.npy")):
+        if full_offsets is not None and path == SplitFiles(folder).maps_full:
+            continue
         source = np.load(path, mmap_mode="r")
         shape = (len(keep), *source.shape[1:])
         tmp = path.with_name(path.stem + ".compact.npy")
@@ -422,6 +521,24 @@ def _compact(folder: Path, keep: list[int]) -> None:
             del target
         del source
         os.replace(tmp, path)
+
+
+def _compact_flat(path: Path, keep: list[int], offsets: tuple[int, ...]) -> None:
+    """A flat maps_full holding only the spans of the rows in ``keep``."""
+    spans = [(offsets[i], offsets[i + 1]) for i in keep]
+    tmp = path.with_name(path.stem + ".compact.npy")
+    total = sum(stop - start for start, stop in spans)
+    _allocate(tmp, (total,))
+    if not total:  # an empty file cannot be memory-mapped
+        os.replace(tmp, path)
+        return
+    source, target = np.load(path, mmap_mode="r"), np.load(tmp, mmap_mode="r+")
+    position = 0
+    for start, stop in spans:
+        target[position : position + stop - start] = source[start:stop]
+        position += stop - start
+    del source, target
+    os.replace(tmp, path)
 
 
 def _save_fixations(path: Path, per_image: list[np.ndarray]) -> int:
@@ -461,8 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        params = load_params(args.params).prepare
-        report = prepare(params)
+        settings = load_params(args.params)
+        params = settings.prepare
+        report = prepare(params, download=settings.download)
         summary = ", ".join(f"{split} {c['images']}" for split, c in report["splits"].items())
         print(f"prepare: {summary} images -> {params.output} ({len(report['skipped'])} skipped)")
         return 0

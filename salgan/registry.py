@@ -12,11 +12,10 @@ import functools
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from salgan.cli import command_parser, run_command
-from salgan.datasets.salicon import SaliconTree
 from salgan.errors import ConfigError, InputError
-from salgan.imaging import IMAGE_SUFFIXES, decode_rgb
 from salgan.layout import LOGGED_WEIGHTS, sha256_file
 from salgan.metrics import METRIC_NAMES
 from salgan.settings import Params, load_params
@@ -24,6 +23,9 @@ from salgan.tracking import fingerprint
 from salgan.tracking import lock as registry_locks
 from salgan.tracking.registry import Opened, Unloadable, check_min_delta, describe, list_versions, promote
 from salgan.urls import redact_text
+
+if TYPE_CHECKING:
+    from salgan.evaluate import RawImages
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +90,9 @@ class Judge:
 
     def images_at(self, size: tuple[int, int]) -> RawImages:
         """The val images at ``size``, decoded from the raw tree (``prepare.input``) as prepare decodes them."""
+        from salgan.evaluate import val_images_at
 
-        folder = SaliconTree(Path(self.params.prepare.input)).folder("images", "val")
-        paths = []
-        for name in self.inputs()[0].names:
-            found = [folder / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES if (folder / f"{name}{suffix}").is_file()]
-            if not found:
-                raise InputError(
-                    f"{folder / name}.*: not found; a version trained at {size[0]}x{size[1]} is scored on the "
-                    f"raw val images (prepare.input) resized to its own size, and this one is missing"
-                )
-            paths.append(found[0])
-        return RawImages(paths, size, self.params.prepare.max_pixels)
+        return val_images_at(self.params, self.inputs()[0].names, size)
 
     def floor(self) -> dict[str, float]:
         if self._floor is None:
@@ -107,24 +100,6 @@ class Judge:
 
             self._floor = centre_bias_scores(self.params, *self.inputs())
         return self._floor
-
-
-class RawImages:
-    """Images decoded and resized to ``size`` (W, H) as the prepare stage does, a slice at a time."""
-
-    def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int):
-        self.paths, self.size, self.max_pixels = paths, size, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: slice):
-        import numpy as np
-
-        decoded = (
-            decode_rgb(path, self.size, self.max_pixels, "prepare.max_pixels", draft=True) for path in self.paths[index]
-        )
-        return np.stack([image.array for image in decoded])
 
 
 def salgan_pyfunc_only(folder: Path) -> None:

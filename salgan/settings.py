@@ -5,7 +5,7 @@ reads its own section (:class:`Params` ``.download``, ``.prepare``, ...). Loadin
 keys, ill-typed values, values out of range and missing keys, with the file, the key and the reason
 (``params.yaml: train.batch_size: expected an integer, got 'big'``); the rules that tie keys together
 are here too (:meth:`Params.check_rules`). The defaults below are the offline default that params.yaml
-holds (a test keeps the two equal); the paper's values are in profiles/salicon-gpu.yaml and README.md.
+holds (a test keeps the two equal); the paper's values are in profiles/salicon-gpu.yaml and docs/model.md.
 
 The same schema checks every override, whichever way it arrives (``-S key=value`` on a command line, a
 Prefect flow's ``overrides`` parameter, an ablation arm): :func:`validate_overrides` accepts only known
@@ -44,7 +44,7 @@ class Section(BaseModel):
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
-# Trust classes (README's Security, DESIGN's Trust boundaries): what a flow or deployment parameter, or an
+# Trust classes (docs/security.md, DESIGN's Trust boundaries): what a flow or deployment parameter, or an
 # ablation profile from outside the checkout, may do to a setting; salgan/trust.py enforces them.
 KNOB = "knob"  # a training or scoring setting: may be set within its range
 PLACE = "place"  # a path the stages read or write: must resolve inside the workspace
@@ -65,11 +65,16 @@ def trust(kind: str, safe_values: tuple[str, ...] = (), scores: bool = False) ->
     return Field(json_schema_extra={"trust": kind, "safe_values": list(safe_values), "scores": scores})
 
 
-class DownloadParams(Section):
-    """Where the raw SALICON tree comes from (docs/reference.md §2) and where it lands."""
+DATASETS = ("salicon", "mit1003", "cat2000", "fixations_csv")  # the raw layouts salgan/datasets/ reads
 
-    # sample | salicon | s3://bucket/prefix | https://host/prefix | a local directory
-    source: Annotated[str, trust(HOST, ("sample", "salicon"))] = "sample"
+
+class DownloadParams(Section):
+    """Which dataset (its raw layout, salgan/datasets/), where it comes from, and where it lands."""
+
+    # salicon (docs/reference.md §2) | mit1003 | cat2000 | fixations_csv (docs/datasets.md)
+    dataset: Annotated[Literal[DATASETS], trust(KNOB)] = "salicon"
+    # sample | salicon | mit1003 | cat2000 | s3://bucket/prefix | https://host/prefix | a local directory or zip
+    source: Annotated[str, trust(HOST, ("sample", "salicon", "mit1003", "cat2000"))] = "sample"
     fixations_edition: Annotated[Literal["2015", "2017"], trust(KNOB)] = "2017"
     output: Annotated[str, trust(PLACE)] = "data/raw"
     cache_dir: Annotated[str, trust(HOST)] = "data/downloads"  # may be shared by checkouts
@@ -84,8 +89,13 @@ class DownloadParams(Section):
     # all the entries of one archive together (SALICON's largest, images.zip, holds 3 GB)
     max_archive_bytes: Annotated[PositiveInt, trust(LIMIT)] = 16 << 30
     max_archive_entries: Annotated[PositiveInt, trust(LIMIT)] = 100_000  # SALICON's largest: 20,000 files
+    # datasets without an official val split: this fraction of the labelled images, drawn with split_seed
+    val_fraction: Annotated[float, trust(KNOB)] = Field(default=0.1, gt=0, le=0.5)
+    split_seed: Annotated[int, trust(KNOB)] = 0
+    # the test split of a dataset without one: none | mit300 (the benchmark's images) | a folder, zip or URL
+    test_source: Annotated[str, trust(HOST, ("none", "mit300"))] = "none"
 
-    @field_validator("source")
+    @field_validator("source", "test_source")
     @classmethod
     def _no_credentials(cls, source: str) -> str:
         """Credentials in a URL would end up in dvc.lock, MLflow and every message: refuse them here."""
@@ -112,6 +122,9 @@ class PrepareParams(Section):
     max_pixels: Annotated[PositiveInt, trust(LIMIT)] = 50_000_000
     # per fixation file, all observers (SALICON has a few hundred)
     max_fixations: Annotated[PositiveInt, trust(LIMIT)] = 100_000
+    # fixations_csv: the Gaussian of the maps made from fixations, in px at 640x480 (SALICON's 19), scaled
+    # with each image's diagonal
+    map_sigma: Annotated[float, trust(KNOB)] = Field(default=19.0, gt=0, le=1000)
 
     @field_validator("size")
     @classmethod
@@ -126,7 +139,7 @@ class PrepareParams(Section):
 class ModelParams(Section):
     """SalGAN generator and discriminator (Pan et al. 2017, docs/reference.md §1)."""
 
-    # vgg16: the paper; the others (torchvision builders, skip decoder) are README's "Encoders and losses"
+    # vgg16: the paper; the others (torchvision builders, skip decoder) are docs/model.md's "Encoders and losses"
     encoder: Annotated[Literal[ENCODERS], trust(KNOB)] = "vgg16"  # salgan/encoder_table.py
     # imagenet | none | path to a state_dict of torchvision's model.encoder
     encoder_weights: Annotated[str, trust(HOST, ("imagenet", "none"))] = "none"
@@ -137,6 +150,9 @@ class ModelParams(Section):
     discriminator_first_pool: Annotated[Literal[2, 4], trust(KNOB)] = 4  # 4 in the original code, 2 in the paper's
     # weight norm on conv3_1/conv3_2 as the original code; not in the paper
     discriminator_weight_norm: Annotated[bool, trust(KNOB)] = True
+    # start from this generator's weights and architecture (fine-tuning): none | models:/NAME@ALIAS |
+    # models:/NAME/N | runs:/ID/model | a weights file; encoder, width and encoder_weights then come from it
+    init_from: Annotated[str, trust(HOST, ("none",))] = "none"
 
 
 class TrainParams(Section):
@@ -216,9 +232,9 @@ class PredictParams(Section):
 
 
 class PackageParams(Section):
-    """Submission archive for the SALICON challenge server."""
+    """Submission archive: the SALICON challenge server's, or the MIT/Tuebingen benchmark's."""
 
-    format: Annotated[Literal["2017", "2015"], trust(KNOB)] = "2017"
+    format: Annotated[Literal["2017", "2015", "mit-tuebingen"], trust(KNOB)] = "2017"
     # letters, digits, _ - .
     algorithm: Annotated[str, trust(KNOB)] = Field(default="salgan", pattern=f"^{ALGORITHM_NAME}$")
     output: Annotated[str, trust(PLACE)] = "outputs/submission"  # a folder: the archive and manifest.json beside it
@@ -263,9 +279,10 @@ class Params(Section):
             raise _RuleError("prepare.size", problem)
         if isinstance(train.content_loss, dict) and not any(train.content_loss.values()):
             raise _RuleError("train.content_loss", f"needs at least one non-zero weight, got {train.content_loss}")
-        if model.freeze_blocks and model.encoder_weights == "none":
+        if model.freeze_blocks and model.encoder_weights == "none" and model.init_from == "none":
             raise _RuleError(
-                "model.freeze_blocks", "freezing needs pretrained encoder weights, encoder_weights is none"
+                "model.freeze_blocks",
+                "freezing needs pretrained encoder weights (or model.init_from), encoder_weights is none",
             )
         if train.bce_epochs > train.epochs:
             raise _RuleError("train.bce_epochs", f"must not exceed train.epochs {train.epochs}, got {train.bce_epochs}")
@@ -290,7 +307,7 @@ def params_from_dict(data: Mapping | None) -> Params:
         params = Params.model_validate(dict(data or {}))
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    for url in (params.download.source, params.mlflow.tracking_uri):
+    for url in (params.download.source, params.download.test_source, params.mlflow.tracking_uri):
         remember_secrets(url)  # a signed source's signature is redacted from every later message and record
     return params
 

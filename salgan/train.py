@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from salgan import checkpoint
+from salgan import checkpoint, finetune
 from salgan.cli import call, command_parser, python_tool, run_command
 from salgan.cpus import usable_cpus
 from salgan.data import PreparedSplit, load_split, split_bytes, stream_from_host
@@ -39,6 +39,7 @@ from salgan.distributed import (
     resolve_nproc,
     under_torchrun,
 )
+from salgan.finetune import InitModel
 from salgan.layout import HISTORY_LOSSES, ModelFiles, code_version, json_digest, split_version, write_atomic
 from salgan.losses import ContentLoss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
@@ -65,17 +66,20 @@ class Models:
 def settings_version(params: Params) -> str:
     """Hash of the settings that determine the trained weights and the stage's outputs."""
     train = {k: v for k, v in to_dict(params.train).items() if k not in RESUME_IRRELEVANT}
-    return json_digest({"model": to_dict(params.model), "train": train, "size": params.prepare.size})[:16]
+    model = {k: v for k, v in to_dict(params.model).items() if not (k == "init_from" and v == "none")}
+    return json_digest({"model": model, "train": train, "size": params.prepare.size})[:16]
 
 
-def identity(params: Params) -> dict[str, str]:
-    """What a checkpoint must share with this run to be resumed: settings, data and training code."""
+def identity(params: Params, init: InitModel | None = None) -> dict[str, str]:
+    """What a checkpoint must share with this run to be resumed: settings, data, training code and, when
+    fine-tuning, the initial weights (an alias such as models:/salgan@champion may have moved)."""
     data = params.train.data
-    return {
+    made_from = {
         "settings": settings_version(params),
         "data": f"train {split_version(data, 'train')}, val {split_version(data, 'val')}",
         "code": code_version(),
     }
+    return made_from | ({"init": init.digest} if init is not None else {})
 
 
 def autocast(device: torch.device):
@@ -104,9 +108,10 @@ def adagrad(module: torch.nn.Module, lr: float, params: Params, device: torch.de
     return torch.optim.Adagrad([g for g in groups if g["params"]], lr=lr, **stability, **options)
 
 
-def build_models(params: Params, size: tuple[int, int], info: DistInfo) -> Models:
+def build_models(params: Params, size: tuple[int, int], info: DistInfo, init: InitModel | None = None) -> Models:
     torch.manual_seed(params.train.seed)  # identical initial weights on every rank
-    generator = build_generator(params.model).to(info.device)
+    generator = build_generator(params.model) if init is None else finetune.initial_generator(init, params.model)
+    generator = generator.to(info.device)
     discriminator = build_discriminator(params.model, size).to(info.device)
     if info.device.type == "cuda":
         generator = generator.to(memory_format=torch.channels_last)
@@ -388,13 +393,31 @@ def run(params: Params) -> int:
         cleanup()
 
 
-def _decide_start(params: Params, info: DistInfo, log) -> tuple[dict | None, dict[str, str]]:
+def _resolve_init(params: Params, info: DistInfo, log) -> InitModel | None:
+    """``model.init_from`` loaded on rank 0 (one fetch from the registry) and sent to every rank; its
+    lineage written beside the outputs (salgan/finetune.py)."""
+    init, error = None, None
+    if info.is_main:
+        try:
+            init = finetune.resolve(params)
+            finetune.write_lineage(params.train.output, finetune.lineage(params, init))
+            if init is not None:
+                log(f"starting from {init.uri} (weights {init.digest}, trained on {', '.join(init.trained_on)})")
+        except Exception as exc:  # noqa: BLE001 -- reported to every rank, then raised
+            error = exc
+    raise_if_any_failed(error, "loading model.init_from")
+    return broadcast_from_main(init)
+
+
+def _decide_start(
+    params: Params, info: DistInfo, log, init: InitModel | None = None
+) -> tuple[dict | None, dict[str, str]]:
     """Rank 0 reads the checkpoint and decides; every rank gets the state to resume (None: from scratch).
     Also returns this run's :func:`identity` (on rank 0; empty elsewhere)."""
     state, made_from, error = None, {}, None
     if info.is_main:
         try:
-            made_from = identity(params)
+            made_from = identity(params, init)
             out = ModelFiles(Path(params.train.output))
             state = resumable_state(out.checkpoint, made_from, log)
             if state is None:
@@ -421,8 +444,9 @@ def _train(params: Params, info: DistInfo, log) -> int:
     val_split = load_split(cfg.data, "val", info.device, stream, fixations)
     if len(train_split) < cfg.batch_size:
         raise ConfigError(f"train.batch_size {cfg.batch_size} exceeds the {len(train_split)} training images")
-    models = build_models(params, train_split.size, info)
-    state, made_from = _decide_start(params, info, log)
+    init = _resolve_init(params, info, log)
+    models = build_models(params, train_split.size, info, init)
+    state, made_from = _decide_start(params, info, log, init)
     start, history, snapshots = 0, [], []
     if state is not None:
         restore(models, state)

@@ -1,4 +1,4 @@
-"""What settings from outside the checkout may change (README's Security; DESIGN's Trust boundaries).
+"""What settings from outside the checkout may change (docs/security.md; DESIGN's Trust boundaries).
 
 Flow and deployment parameters (anyone who reaches the Prefect API sets them) and an ablation profile
 read from outside the checkout are untrusted; ``salgan ... -S`` and ``dvc exp run -S`` typed in your own

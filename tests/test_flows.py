@@ -83,20 +83,32 @@ params = yaml.safe_load(Path("params.yaml").read_text())
 Path("out").mkdir(exist_ok=True)
 Path(f"out/{name}.json").write_text(json.dumps({"stage": name, "epochs": params["train"]["epochs"]}))
 if behaviour.get("register"):
-    # As salgan.tracking.register: a new version with its metrics as tags and alias "challenger".
-    import mlflow
+    # As the evaluate stage registers: a real (tiny, untrained) generator logged with these metrics under
+    # today's scoring fingerprint of the prepared data in train.data, as alias "challenger"; the gate opens
+    # it with salgan's loader and checks the floor on that data.
+    import torch
+    from mlflow import MlflowClient
 
-    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlflow.db")
-    experiment = client.get_experiment_by_name("salgan") or client.get_experiment(client.create_experiment("salgan"))
-    run = client.create_run(experiment.experiment_id)
+    from salgan.layout import sha256_file
+    from salgan.models import build_generator
+    from salgan.settings import load_params
+    from salgan.tracking import fingerprint
+    from salgan.tracking.models import record_evaluation
+
+    salgan_params = load_params("params.yaml")
+    weights = Path("out/generator.pt")
+    torch.manual_seed(params["train"]["epochs"])
+    torch.save(build_generator(salgan_params.model).state_dict(), weights)
     nss = 1.0 + 0.1 * params["train"]["epochs"]
-    client.log_metric(run.info.run_id, "nss", nss)
-    if not client.search_registered_models("name='salgan'"):
-        client.create_registered_model("salgan")
-    tags = {"nss": repr(nss), "cc": repr(nss / 3)}
-    version = client.create_model_version("salgan", run.info.artifact_uri, run_id=run.info.run_id, tags=tags)
-    client.set_registered_model_alias("salgan", "challenger", version.version)
-    print(f"registered salgan version {version.version} (nss {nss})")
+    today = fingerprint.today(salgan_params)
+    recorded = fingerprint.fingerprint(today, salgan_params.prepare.size, sha256_file(weights))
+    metrics = {"nss": nss, "cc": nss / 3}
+    version = record_evaluation(salgan_params, metrics, {}, [], weights, today["val"], recorded)
+    for key, value in metrics.items():
+        MlflowClient(tracking_uri="sqlite:///mlflow.db").set_model_version_tag("salgan", version, key, repr(value))
+    Path("reports").mkdir(exist_ok=True)  # how the retraining flow finds the version this run made
+    Path("reports/metrics.json").write_text(json.dumps({**metrics, "fingerprint": recorded}))
+    print(f"registered salgan version {version} (nss {nss})")
 event("end")
 """
 
@@ -123,7 +135,7 @@ def make_project(root: Path, behaviour: dict | None = None, extra_params: dict |
             stage["params"] = ["train.epochs"]
         stages[name] = stage
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
-    (root / ".gitignore").write_text("events.log\n*.tries\npids.txt\nbehaviour.json\nmlflow.db\nmlruns/\n")
+    (root / ".gitignore").write_text("events.log\n*.tries\npids.txt\nbehaviour.json\nmlflow.db\nmlruns/\nreports/\n")
     _git(root, "init", "-q", "-b", "main")
     subprocess.run([BIN / "dvc", "init", "-q"], cwd=root, check=True, capture_output=True)
     _git(root, "add", "-A")

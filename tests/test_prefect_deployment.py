@@ -4,8 +4,8 @@
 ``prefect worker start`` serve the module. Each test makes a fresh checkout, ``prefect deploy``s the
 repository's own prefect.yaml and flows/ from it and triggers runs with ``prefect deployment run``:
 
-- a stand-in DVC project (test_flows.py's stage scripts, whose evaluate registers a version the way
-  ``salgan.tracking.register`` does): retraining registers and promotes through ``salgan.registry.promote``,
+- a stand-in DVC project (test_flows.py's stage scripts, whose evaluate registers a tiny real generator as
+  the evaluate stage does, on a tiny prepared dataset): retraining registers and promotes through the gate,
   then ``prefect flow-run cancel`` on a pipeline run mid-stage ends the stage's whole process tree;
 - the real pipeline through a deployment (a copy of this repository on a tiny configuration, trained twice on
   different data, the report, the registry) runs in tests/test_stack.py, on the production stack.
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from test_flows import REPO, make_project
 
-from tests.conftest import free_port
+from tests.conftest import free_port, write_prepared
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +178,9 @@ def _commit(project: Path, message: str) -> None:
 
 def _stand_in_checkout(root: Path) -> Path:
     """The stand-in DVC project with this repository's prefect.yaml and flows/ in it."""
-    project = make_project(root, behaviour={"evaluate": {"register": True}}, extra_params={"mlflow": {}})
+    tiny = {"mlflow": {}, "prepare": {"size": [64, 48]}, "model": {"width": 0.0625}}
+    project = make_project(root, behaviour={"evaluate": {"register": True}}, extra_params=tiny)
+    write_prepared(project / "data" / "prepared")  # the data the gate values versions on
     shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
     shutil.copytree(REPO / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     _commit(project, "flows")

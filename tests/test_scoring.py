@@ -7,6 +7,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from salgan import metrics as m
+from salgan import scoring
 from salgan.scoring import fixation_density_baseline, score_split
 
 SHAPE = (48, 64)
@@ -131,3 +132,58 @@ def test_fixation_density_baseline():
     assert blurred[1, 1] > blurred[10, 10] > blurred[30, 25]
     with pytest.raises(ValueError, match="no fixations"):
         fixation_density_baseline(np.zeros((0, 2), np.int32), np.array([0, 0]), (4, 3), 1)
+
+
+def random_split(n_images: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(5, 30, n_images)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    coords = np.stack([rng.integers(0, SHAPE[0], offsets[-1]), rng.integers(0, SHAPE[1], offsets[-1])], axis=1)
+    gts = np.stack(
+        [
+            np.round(255 * gaussian_filter(m.fixation_map_from_coords(coords[a:b], SHAPE).astype(float), 3) ** 0.5)
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
+    ).astype(np.uint8)
+    predictions = [gaussian_filter(rng.random((24, 32)), 1).astype(np.float32) for _ in range(n_images)]
+    return predictions, gts, coords.astype(np.int32), offsets
+
+
+class InOrder(list):
+    """A list that records which items were asked for, as BatchedPredictions would predict them."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.asked: list[int] = []
+
+    def __getitem__(self, index):
+        self.asked.append(index)
+        return super().__getitem__(index)
+
+
+def test_worker_pool_gives_the_rows_of_one_process(monkeypatch):
+    predictions, gts, coords, offsets = random_split(21)  # three chunks of 8
+    baseline = fixation_density_baseline(coords, offsets, SHAPE, sigma=5)
+    names = [f"img{i}" for i in range(21)]
+    pools, real = [], scoring._Workers
+    monkeypatch.setattr(scoring, "_Workers", lambda workers, split: pools.append(workers) or real(workers, split))
+    ordered = InOrder(predictions)
+    one = score_split(predictions, gts, coords, offsets, baseline, n_splits=20, progress=False, names=names, workers=1)
+    two = score_split(ordered, gts, coords, offsets, baseline, n_splits=20, progress=False, names=names, workers=2)
+    assert pools == [2]  # only the second call used a pool, of two processes
+    assert two == one  # every row, bit for bit, in order
+    assert ordered.asked == list(range(21))  # each map read once, in order
+    assert [row["name"] for row in two[0]] == names
+
+
+def test_worker_pool_names_the_image_that_fails():
+    predictions, gts, coords, offsets = random_split(21)
+    baseline = fixation_density_baseline(coords, offsets, SHAPE, sigma=5)
+    keep = np.r_[0 : offsets[13], offsets[14] : len(coords)]  # image 13 loses its fixations
+    holes = offsets.copy()
+    holes[14:] -= offsets[14] - offsets[13]
+    names = [f"img{i}" for i in range(21)]
+    with pytest.raises(ValueError, match=r"image 13 \(img13\): fixations: no fixations"):
+        score_split(predictions, gts, coords[keep], holes, baseline, names=names, progress=False, workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        score_split(predictions, gts, coords, offsets, baseline, progress=False, workers=0)

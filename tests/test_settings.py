@@ -178,8 +178,8 @@ def test_every_setting_has_a_trust_class_and_the_hosts_places_and_limits_are_the
     assert missing == [], f"settings without a trust class: {missing}"
     kinds = {kind: sorted(k for k, extra in trust.items() if extra["trust"] == kind) for kind in TRUST_CLASSES}
     assert kinds["host"] == [
-        "download.cache_dir", "download.source", "mlflow.enabled", "mlflow.experiment", "mlflow.model_name",
-        "mlflow.tracking_uri", "model.encoder_weights",
+        "download.cache_dir", "download.source", "download.test_source", "mlflow.enabled", "mlflow.experiment",
+        "mlflow.model_name", "mlflow.tracking_uri", "model.encoder_weights", "model.init_from",
     ]  # fmt: skip
     assert kinds["limit"] == [
         "download.max_archive_bytes", "download.max_archive_entries", "download.max_compression_ratio",
@@ -190,6 +190,7 @@ def test_every_setting_has_a_trust_class_and_the_hosts_places_and_limits_are_the
         "prepare.output", "train.data", "train.output",
     ]  # fmt: skip
     assert trust["model.encoder_weights"]["safe_values"] == ["imagenet", "none"]
+    assert trust["model.init_from"]["safe_values"] == ["none"]  # a flow may not fine-tune from another registry
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ def record_evaluation(
     generator_path: Path,
     data_version: str | None = None,
     fingerprint: dict | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> str | None:
     """Log the evaluation to the pipeline's run and register the generator as the ``challenger``.
 
@@ -76,6 +77,7 @@ def record_evaluation(
             commit = git_commit()
             if commit:
                 tags["git_commit"] = commit
+            tags |= extra_tags or {}  # the datasets it was trained and scored on (salgan.finetune.dataset_tags)
             version = register(mlflow_client, name, model_id, run_id, weights, tags, existing)
     except TRACKING_ERRORS as exc:
         warn_unavailable("record the evaluation and register the model", exc, uri)
