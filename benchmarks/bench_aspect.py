@@ -155,7 +155,7 @@ def main() -> None:
             )  # fmt: skip
             train.run(arm_params)
             val, shared = scoring_inputs(arm_params)
-            generator = load_generator(work / f"{arm}-{seed}" / "generator.pt")
+            generator = load_generator(work / f"{arm}-{seed}" / "generator.pt").generator
             if arm == "stretch":
                 from salgan.inference import predict_batches
 

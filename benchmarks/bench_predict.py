@@ -1,7 +1,7 @@
 """Benchmark: predict throughput at SALICON's 640x480 output, PNG writing included.
 
 Generates K SALICON-format 640x480 JPEGs, prepares them to the model's input size with the prepare stage,
-and runs what the predict stage runs on them (``salgan.predict.run_stage``): ``predict_batches`` (generator
+and runs what the predict stage runs on them (``salgan.inference.write_split_maps``): ``predict_batches`` (generator
 at the configured width, bf16 autocast on CUDA, bicubic resize to 640x480, 5x5 Gaussian blur, clip, copy to
 the host), ``to_uint8`` and a PIL PNG save per map into a temporary folder. The generator has random weights:
 speed does not depend on them. Timed twice after one warm-up batch:
@@ -36,7 +36,8 @@ import torch
 from common import ensure_data, load_average, parse_size, resolve_device, synchronize, usable_cpus
 from PIL import Image
 
-from salgan.inference import predict_batches, to_uint8
+from salgan.imaging import to_uint8
+from salgan.inference import predict_batches
 from salgan.models import Generator
 
 

@@ -82,22 +82,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from salgan.layout import sha256_file
     from salgan.models import Generator
+    from salgan.settings import PredictParams
     from salgan.tracking.models import log_generator
     from salgan.tracking.registry import register
+    from salgan.tracking.store import experiment_id
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = Path(tmp)
         uri = f"sqlite:///{root / 'mlflow.db'}"
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-        mlflow.set_tracking_uri(uri)
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # the served model and mlflow.pyfunc find the registry here
         torch.manual_seed(0)
         weights = root / "generator.pt"
         torch.save(Generator(width).state_dict(), weights)
         os.chdir(root)
-        with mlflow.start_run():
-            info = log_generator(weights, list(size))
         client = MlflowClient(uri)
-        version = register(client, "salgan", info.model_uri, sha256_file(weights), {})
+        run_id = client.create_run(experiment_id(client, "bench-serving")).info.run_id
+        model_id = log_generator(client, run_id, weights, size, PredictParams())
+        version = register(client, "salgan", model_id, run_id, sha256_file(weights), {})
         client.set_registered_model_alias("salgan", "champion", version)
 
         images = [jpeg(seed) for seed in range(8)]
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         port = _free_port()
         command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/salgan@champion"]
         command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # MLflow starts its scoring server as `uvicorn` from PATH: this interpreter's, even without an active venv
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         try:
             _wait(f"http://127.0.0.1:{port}/ping", server)
             for n, body in bodies.items():

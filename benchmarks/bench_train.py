@@ -15,7 +15,7 @@ Warm-up steps (cuDNN autotuning, compilation, DataLoader start-up) are excluded;
 around the timed region. The input pipeline is measured on its own: for naive, the time the loop waits for
 the DataLoader's next batch (and copies it to the device); for fast, the index + uint8->float conversion of
 the same batches timed alone. Model FLOP utilisation (MFU) is reported where the GPU's bf16 dense peak is
-known, against two FLOP counts per image: REFERENCE.md §4's 240 GFLOP generator training step at 256x192
+known, against two FLOP counts per image: docs/reference.md §4's 240 GFLOP generator training step at 256x192
 and width 1.0 (scaled by width^2 and input area), and the adversarial step as it is, counted by
 ``torch.utils.flop_counter`` on the meta device (convolutions and matmuls: what the peak refers to).
 
@@ -44,19 +44,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from salgan.data import PreparedSplit, load_split
 from salgan.distributed import DistInfo
+from salgan.imaging import RESAMPLE  # what the prepare stage uses, so both paths see the same pixels
 from salgan.losses import content_loss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.settings import Params, params_from_dict
 from salgan.train import build_models, epoch_batches, train_one_epoch
 
-# REFERENCE.md §4: a generator training step (forward + backward) costs about 240 GFLOP per image at 256x192
+# docs/reference.md §4: a generator training step (forward + backward) costs about 240 GFLOP per image at 256x192
 # and width 1.0. Convolution FLOPs scale with in x out channels (width^2) and with the pixel count.
 REFERENCE_GFLOP = 240.0
 REFERENCE_PIXELS = 256 * 192
 # Dense bf16 peak (FLOP/s) by a substring of torch.cuda.get_device_name(). H100/H200: the ~800 TFLOP/s that
-# REFERENCE.md §4 measures "here" (the SXM data sheet says 989; power and clocks keep real work below it).
+# docs/reference.md §4 measures "here" (the SXM data sheet says 989; power and clocks keep real work below it).
 PEAK_BF16 = (("H200", 790e12), ("H100", 790e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12))
-RESAMPLE = Image.Resampling.BILINEAR  # what the prepare stage uses, so both paths see the same pixels
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ class DecodingDataset(Dataset):
 
 
 def reference_flops(width: float, size: tuple[int, int]) -> float:
-    """REFERENCE.md §4's generator-step FLOPs per image, scaled to ``width`` and ``size``."""
+    """docs/reference.md §4's generator-step FLOPs per image, scaled to ``width`` and ``size``."""
     return REFERENCE_GFLOP * 1e9 * width**2 * size[0] * size[1] / REFERENCE_PIXELS
 
 

@@ -25,7 +25,7 @@ except ImportError:  # run from a checkout without installing the package
 
 from salgan import prepare as prepare_stage  # noqa: E402
 from salgan.cpus import usable_cpus  # noqa: E402,F401  -- the benchmarks size themselves by it
-from salgan.predict import parse_size  # noqa: E402,F401  -- the CLI's own WxH parser
+from salgan.predict_tool import parse_size  # noqa: E402,F401  -- the CLI's own WxH parser
 from salgan.sample import generate_sample  # noqa: E402
 from salgan.settings import PrepareParams  # noqa: E402
 

@@ -7,6 +7,6 @@ Deployments for both live in prefect.yaml at the repository root.
 
 import os
 
-# Offline machines log telemetry errors otherwise (REFERENCE §5); an explicit setting still wins.
+# Offline machines log Prefect's telemetry errors otherwise; an explicit setting still wins.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")

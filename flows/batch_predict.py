@@ -13,8 +13,6 @@ runs, and the command is an argument list, never a shell line.
 from __future__ import annotations
 
 import argparse
-import re
-import sys
 from collections.abc import Sequence
 
 from prefect import flow, get_run_logger, task
@@ -22,24 +20,26 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import checked_workdir, gpu_slot
 from flows.processes import run_streaming
+from salgan.cli import python_tool, run_command
+from salgan.errors import ConfigError
+from salgan.urls import REGISTRY_URI, S3_LOCATION
 
-S3_LOCATION = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?")
-REGISTRY_MODEL = re.compile(r"models:/[A-Za-z0-9_.-]+(@[A-Za-z0-9_-]+|/[0-9]+)")
 DEFAULT_MODEL = "models:/salgan@champion"
 
 
 def batch_predict_command(images: str, output: str, model: str = DEFAULT_MODEL, overlay: bool = False) -> list[str]:
-    """The ``salgan predict`` argument list, each parameter checked; raises ValueError naming the bad one."""
+    """The ``salgan predict`` argument list, each parameter checked; raises :class:`ConfigError` (a
+    ValueError) naming the bad one."""
     for name, value, pattern, form in (
         ("images", images, S3_LOCATION, "s3://bucket/prefix"),
         ("output", output, S3_LOCATION, "s3://bucket/prefix"),
-        ("model", model, REGISTRY_MODEL, "models:/NAME@ALIAS or models:/NAME/VERSION"),
+        ("model", model, REGISTRY_URI, "models:/NAME@ALIAS or models:/NAME/VERSION"),
     ):
         if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:
-            raise ValueError(f"{name} {value!r}: expected {form} (letters, digits and . _ - / only); refused")
+            raise ConfigError(f"{name} {value!r}: expected {form} (letters, digits and . _ - / only); refused")
     if not isinstance(overlay, bool):
-        raise ValueError(f"overlay {overlay!r}: expected true or false")
-    command = [sys.executable, "-m", "salgan.cli", "predict", "--model", model, "--output", output]
+        raise ConfigError(f"overlay {overlay!r}: expected true or false")
+    command = [*python_tool("salgan.cli"), "predict", "--model", model, "--output", output]
     return command + (["--overlay"] if overlay else []) + [images]
 
 
@@ -61,14 +61,20 @@ def salgan_batch_predict(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flows.batch_predict`` (exit statuses: salgan/cli.py; 1 when an image failed, as
+    ``salgan predict``)."""
     parser = argparse.ArgumentParser(prog="python -m flows.batch_predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", help="s3://bucket/prefix of the images")
     parser.add_argument("output", help="s3://bucket/prefix for the maps")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registry URI (default: {DEFAULT_MODEL})")
     parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.jpg heat maps")
     args = parser.parse_args(argv)
-    print(salgan_batch_predict(args.images, args.output, args.model, args.overlay))
-    return 0
+
+    def work() -> int:
+        print(salgan_batch_predict(args.images, args.output, args.model, args.overlay))
+        return 0
+
+    return run_command("batch-predict", work, prog=parser.prog)
 
 
 if __name__ == "__main__":

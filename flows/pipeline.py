@@ -34,8 +34,11 @@ from prefect.tasks import exponential_backoff
 
 from flows.processes import end_recorded_stage, run_streaming
 from flows.workspace import workspace_lock
-from salgan.settings import override_args
+from salgan.cli import python_tool, run_command
+from salgan.settings import ConfigError, load_params, override_args, parse_override, validate_overrides
+from salgan.trust import check_untrusted
 
+DVC = python_tool("dvc")  # this environment's dvc, whatever PATH holds
 # Stages that occupy the machine's GPUs: training under torchrun, and full-resolution inference.
 GPU_STAGES = frozenset({"train", "predict"})
 GPU_LIMIT = "gpu"
@@ -61,19 +64,19 @@ def select_stages(requested: Sequence[str] | None, available: Sequence[str]) -> 
         return list(available)
     unknown = [name for name in requested if name not in available]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {list(available)}")
+        raise ConfigError(f"unknown stage(s) {unknown}; dvc.yaml has {list(available)}")
     return [name for name in available if name in requested]
 
 
 def repro_command(stage: str, force: bool = False) -> list[str]:
     """``dvc repro`` of one stage alone: its upstream stages are separate tasks of the flow."""
-    return ["dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
+    return [*DVC, "repro", "--single-item", *(["--force"] if force else []), stage]
 
 
 def experiment_command(overrides: dict[str, Any] | None, targets: Sequence[str] = ()) -> list[str]:
     """One ``dvc exp run`` for the whole pipeline (or up to ``targets``) with parameter overrides, each
     validated against the settings schema and written so that DVC reads a plain value, never syntax."""
-    return ["dvc", "exp", "run", *override_args(overrides), *targets]
+    return [*DVC, "exp", "run", *override_args(overrides), *targets]
 
 
 WORKDIRS_ENV = "SALGAN_WORKDIRS"  # where else (os.pathsep-separated) a flow may run, besides its own checkout
@@ -89,7 +92,7 @@ def checked_workdir(workdir: str) -> str:
         Path(p).resolve() for p in os.environ.get(WORKDIRS_ENV, "").split(os.pathsep) if p
     ]
     if not any(path == root or root in path.parents for root in allowed):
-        raise ValueError(
+        raise ConfigError(
             f"workdir {workdir!r} is neither this flow's checkout ({allowed[0]}) nor inside a folder listed in "
             f"{WORKDIRS_ENV}; refused"
         )
@@ -103,8 +106,6 @@ def checked_overrides(overrides: dict[str, Any] | None, workdir: str | Path) -> 
     allows the key in ``SALGAN_FLOW_ALLOWED_KEYS``, limits only lowered); raises naming the key and reason."""
     if not overrides:
         return None
-    from salgan.settings import load_params, validate_overrides
-    from salgan.trust import check_untrusted
 
     base = load_params(Path(workdir) / "params.yaml", require_all=False)
     checked = validate_overrides(overrides, base)
@@ -217,7 +218,6 @@ def add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 def parse_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict | None:
     """The ``-S`` values as a dict (None when there are none); a malformed one is a usage error."""
-    from salgan.settings import ConfigError, parse_override
 
     try:
         return dict(parse_override(item) for item in args.overrides) or None
@@ -239,16 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flows.pipeline`` (exit statuses: salgan/cli.py; a failed stage's own status)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    state = salgan_pipeline(
-        stages=args.stages or None,
-        overrides=parse_overrides(parser, args),
-        workdir=args.workdir,
-        experiment=args.experiment,
-        return_state=True,
-    )
-    return 0 if state.is_completed() else 1
+    overrides = parse_overrides(parser, args)
+
+    def work() -> int:
+        ran = salgan_pipeline(
+            stages=args.stages or None, overrides=overrides, workdir=args.workdir, experiment=args.experiment
+        )
+        print(f"ran {', '.join(ran)}")
+        return 0
+
+    return run_command("pipeline", work, prog=parser.prog)
 
 
 if __name__ == "__main__":

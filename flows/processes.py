@@ -20,6 +20,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from salgan.cli import EXIT_FAILURE, STATUS_FILE_ENV, handed_over_status, tool_env
+from salgan.errors import CommandFailed
 from salgan.layout import FLOW_RUN_ENV
 from salgan.urls import redact_text
 
@@ -29,25 +31,38 @@ STDERR_TAIL_LINES = 25
 KILL_GRACE_S = 10.0
 
 
-class StageFailed(RuntimeError):
-    """A pipeline stage's subprocess exited non-zero; the message carries its stderr tail."""
+class StageFailed(CommandFailed):
+    """A pipeline stage's subprocess exited non-zero; the message carries its stderr tail, ``exit_status``
+    the status its salgan command reported (salgan/cli.py: 1 an input, 2 the settings; DVC's own exit code
+    says only that a stage failed), 3 when it reported none."""
 
-    def __init__(self, stage: str, returncode: int, command: Sequence[str], stderr_tail: Sequence[str]):
+    def __init__(
+        self,
+        stage: str,
+        returncode: int,
+        command: Sequence[str],
+        stderr_tail: Sequence[str],
+        exit_status: int | None = None,
+    ):
         self.stage, self.returncode, self.stderr_tail = stage, returncode, list(stderr_tail)
         if returncode < 0:
             how = f"was killed by {signal.Signals(-returncode).name}"
         else:
             how = f"failed with exit code {returncode}"
         tail = "\n".join(self.stderr_tail) or "(no stderr output)"
-        super().__init__(redact_text(f"stage {stage!r} {how} ({' '.join(command)}); last stderr lines:\n{tail}"))
+        message = redact_text(f"stage {stage!r} {how} ({' '.join(command)}); last stderr lines:\n{tail}")
+        super().__init__(message, exit_status or EXIT_FAILURE)
 
 
-def _stage_env() -> dict[str, str]:
-    """The environment for a stage: Python children unbuffered so lines reach the log as they happen, and
-    the flow run named so that the stage's MLflow run is tagged with it."""
+def _stage_env(status_file: Path) -> dict[str, str]:
+    """The environment for a stage: this interpreter's tools first on PATH (the ``salgan`` and ``python`` of
+    dvc.yaml's commands, and dvc itself, with or without an activated environment), Python children
+    unbuffered so lines reach the log as they happen, the flow run named so that the stage's MLflow run is
+    tagged with it, and where a failing salgan command hands over its exit status."""
     from prefect.runtime import flow_run
 
-    env = dict(os.environ)
+    env = tool_env()
+    env[STATUS_FILE_ENV] = str(status_file)
     if flow_run.get_id():
         env[FLOW_RUN_ENV] = str(flow_run.get_id())
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -116,34 +131,36 @@ def run_streaming(command: Sequence[str], cwd: str | Path, label: str, logger) -
     """
     logger.info("[%s] $ %s", label, redact_text(" ".join(command)))  # -S download.source=<a signed URL>
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-    proc = subprocess.Popen(
-        list(command),
-        cwd=cwd,
-        env=_stage_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    record = None
-    try:
-        record = _record_stage_process(proc)
-        err_thread = threading.Thread(
-            target=_pump, args=(proc.stderr, lambda line: logger.info("[%s] %s", label, line), tail), daemon=True
+    with tempfile.TemporaryDirectory(prefix="salgan-stage-") as scratch:
+        status_file = Path(scratch) / "status"
+        proc = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=_stage_env(status_file),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
         )
-        err_thread.start()
-        _pump(proc.stdout, lambda line: logger.info("[%s] %s", label, line))
-        proc.wait()
-        err_thread.join(timeout=5)
-    finally:
-        if proc.poll() is None:
-            logger.warning("[%s] interrupted: ending process group %d and its descendants", label, proc.pid)
-            kill_tree(proc)
-        _forget_stage_process(record)
-    if proc.returncode != 0:
-        raise StageFailed(label, proc.returncode, command, tail)
+        record = None
+        try:
+            record = _record_stage_process(proc)
+            err_thread = threading.Thread(
+                target=_pump, args=(proc.stderr, lambda line: logger.info("[%s] %s", label, line), tail), daemon=True
+            )
+            err_thread.start()
+            _pump(proc.stdout, lambda line: logger.info("[%s] %s", label, line))
+            proc.wait()
+            err_thread.join(timeout=5)
+        finally:
+            if proc.poll() is None:
+                logger.warning("[%s] interrupted: ending process group %d and its descendants", label, proc.pid)
+                kill_tree(proc)
+            _forget_stage_process(record)
+        if proc.returncode != 0:
+            raise StageFailed(label, proc.returncode, command, tail, handed_over_status(status_file))
 
 
 # A record of the running stage's processes, per flow run, so that a cancellation hook running in

@@ -20,7 +20,6 @@ Run locally on the ephemeral API server: ``python -m flows.retrain`` (``--help``
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import (
     DOWNLOAD_RETRIES,
+    DVC,
     add_set_argument,
     checked_overrides,
     checked_workdir,
@@ -42,6 +42,13 @@ from flows.pipeline import (
 )
 from flows.processes import end_recorded_stage, run_streaming
 from flows.workspace import workspace_lock
+from salgan.cli import EXIT_INPUT, run_command
+from salgan.errors import ConfigError
+from salgan.layout import ReportFiles
+from salgan.registry import check_metric, gate
+from salgan.settings import load_params
+from salgan.tracking.registry import PromotionError, check_min_delta, version_with_weights
+from salgan.urls import redact_url
 
 ARTIFACT_KEY = "salgan-retrain"
 REFRESH_MODES = ("download", "pull", "none")
@@ -54,7 +61,7 @@ def refresh_data(mode: str, workdir: str) -> None:
     if mode == "download":
         command = repro_command("download", force=True)
     elif mode == "pull":
-        command = ["dvc", "pull"]
+        command = [*DVC, "pull"]
     else:
         logger.info("refresh=none: training on the data already in the workspace")
         return
@@ -64,17 +71,17 @@ def refresh_data(mode: str, workdir: str) -> None:
 def workspace_params(workdir: str | Path):
     """params.yaml of ``workdir`` as the pipeline's stages see it: they run with ``workdir`` as their
     current directory, so the prepared data and a relative sqlite or file store are resolved against it,
-    not against wherever this flow process happens to run. ``MLFLOW_TRACKING_URI`` wins, as in the stages.
+    not against wherever this flow process happens to run. The tracking URI is the stages' own
+    (:func:`salgan.tracking.store.tracking_uri`), made absolute.
     """
-    from salgan.settings import load_params
+    from salgan.tracking.store import tracking_uri
 
     base = Path(workdir).resolve()
     params = load_params(base / "params.yaml")
     params.train.data = str(base / params.train.data)
     params.prepare.input = str(base / params.prepare.input)  # the raw images a version of another size needs
     params.evaluate.output = str(base / params.evaluate.output)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
-    params.mlflow.tracking_uri = absolute_store(uri, base)
+    params.mlflow.tracking_uri = absolute_store(tracking_uri(params), base)
     return params
 
 
@@ -92,11 +99,7 @@ def this_runs_version(params) -> str:
     the weights ``reports/metrics.json``'s fingerprint names (not whatever ``challenger`` names by now)."""
     import json
 
-    from mlflow import MlflowClient
-
-    from salgan.layout import ReportFiles
-    from salgan.tracking.registry import PromotionError, version_with_weights
-    from salgan.tracking.store import configure
+    from salgan.tracking.store import client
 
     metrics = ReportFiles(Path(params.evaluate.output)).metrics
     try:
@@ -105,7 +108,7 @@ def this_runs_version(params) -> str:
         raise PromotionError(
             f"{metrics}: no evaluation with a scoring fingerprint ({exc!r}); run the pipeline"
         ) from None
-    found = version_with_weights(MlflowClient(configure(params)), params.mlflow.model_name, weights)
+    found = version_with_weights(client(params), params.mlflow.model_name, weights)
     if found is None:
         raise PromotionError(
             f"the model evaluated in {metrics} (weights {weights[:12]}) is not registered; was MLflow unreachable? "
@@ -119,7 +122,6 @@ def run_promotion(params, metric: str, min_delta: float, floor: bool = True) -> 
 
     Imported here: mlflow and the scoring code are heavy, and running stages does not need them.
     """
-    from salgan.registry import gate
 
     return gate(params, metric, min_delta, version=this_runs_version(params), floor=floor)
 
@@ -127,7 +129,6 @@ def run_promotion(params, metric: str, min_delta: float, floor: bool = True) -> 
 @task(name="promotion-gate", task_run_name="promotion-gate", cache_policy=NO_CACHE)
 def promotion_gate(workdir: str, metric: str, min_delta: float, floor: bool = True) -> dict[str, Any]:
     """Compare this run's registered model with the champion on ``metric``; promote when it is better."""
-    from salgan.urls import redact_url
 
     logger = get_run_logger()
     params = workspace_params(workdir)
@@ -149,21 +150,19 @@ def promotion_gate(workdir: str, metric: str, min_delta: float, floor: bool = Tr
 
 def record_decision(workdir: str, run_id: str, result: dict[str, Any], metric: str) -> None:
     """The gate's decision on the retraining's parent MLflow run: tags, and both sides' compared values."""
-    from mlflow import MlflowClient
+    from salgan.tracking.store import TRACKING_ERRORS, client
 
-    from salgan.tracking.store import TRACKING_ERRORS
-
-    client = MlflowClient(workspace_params(workdir).mlflow.tracking_uri)
+    mlflow_client = client(workspace_params(workdir))
     tags = {"decision": str(result.get("decision")), "reason": str(result.get("reason"))}
     for side in ("challenger", "champion"):
         if isinstance(result.get(side), dict):
             tags[f"{side}_version"] = str(result[side]["version"])
             if result[side].get("value") is not None:
                 with contextlib.suppress(*TRACKING_ERRORS):
-                    client.log_metric(run_id, f"{side}_{metric}", float(result[side]["value"]))
+                    mlflow_client.log_metric(run_id, f"{side}_{metric}", float(result[side]["value"]))
     with contextlib.suppress(*TRACKING_ERRORS):
         for key, value in tags.items():
-            client.set_tag(run_id, key, value)
+            mlflow_client.set_tag(run_id, key, value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -292,11 +291,9 @@ def salgan_retrain(
 
     Returns the gate's result (``salgan.tracking.registry.promote``).
     """
-    from salgan.registry import check_metric
-    from salgan.tracking.registry import check_min_delta
 
     if refresh not in REFRESH_MODES:
-        raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")
+        raise ConfigError(f"refresh must be one of {REFRESH_MODES}, got {refresh!r}")
     check_metric(metric)  # ConfigError, a ValueError: checked before anything runs
     check_min_delta(min_delta)
     workdir = checked_workdir(workdir)  # the parameters are checked before the refresh touches anything
@@ -347,18 +344,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flows.retrain`` (exit statuses: salgan/cli.py; a refused version: 1, as ``salgan registry
+    promote``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    state = salgan_retrain(
-        refresh=args.refresh,
-        overrides=parse_overrides(parser, args),
-        workdir=args.workdir,
-        metric=args.metric,
-        min_delta=args.min_delta,
-        floor=not args.no_floor,
-        return_state=True,
-    )
-    return 0 if state.is_completed() else 1
+    overrides = parse_overrides(parser, args)
+
+    def work() -> int:
+        result = salgan_retrain(
+            refresh=args.refresh,
+            overrides=overrides,
+            workdir=args.workdir,
+            metric=args.metric,
+            min_delta=args.min_delta,
+            floor=not args.no_floor,
+        )
+        print(decision_text(result))
+        return EXIT_INPUT if result.get("decision") == "refused" else 0
+
+    return run_command("retrain", work, prog=parser.prog)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,26 @@ import json
 import re
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from salgan.metrics import TABLE_I
-from salgan.models import ENCODERS
-from salgan.models.encoders import WIDTH_ENCODERS
-from salgan.settings import ConfigError, Params, flatten, nest, override_args, params_from_dict, read_yaml
+from salgan.bootstrap import paired_bootstrap
+from salgan.cli import EXIT_FAILURE, call, command_parser, python_tool, run_command, tool_env
+from salgan.encoder_table import ENCODERS, WIDTH_ENCODERS
+from salgan.errors import CommandFailed
+from salgan.metrics import METRIC_NAMES, TABLE_I
+from salgan.settings import (
+    ConfigError,
+    Params,
+    flatten,
+    load_params,
+    nest,
+    override_args,
+    params_from_dict,
+    read_yaml,
+    validate_overrides,
+)
+from salgan.trust import check_untrusted
 from salgan.urls import redact_text
 
 ARMS = ("imagenet-gan", "imagenet-bce", "random-gan", "random-bce")  # the seed paper's, on VGG16
@@ -55,7 +67,7 @@ PINNED = (
     "train.seed",
 )
 SEED_SUFFIX = re.compile(r"-seed(\d+)$")  # ARM-seedK: the K-th seed of an arm run with --seeds
-COLUMNS = ("auc_judd", "auc_borji", "auc_shuffled", "cc", "nss", "kld", "sim", "information_gain")
+COLUMNS = METRIC_NAMES
 COST_COLUMNS = {"params_m": "params (M)", "gflops": "GFLOPs", "train_images_per_s": "train img/s"}
 
 
@@ -123,9 +135,6 @@ def load_profile(path: str | None, params_file: str = "params.yaml") -> dict[str
     try:
         params_from_dict(data)
         if Path.cwd().resolve() not in Path(path).resolve().parents:
-            from salgan.settings import load_params, validate_overrides
-            from salgan.trust import check_untrusted
-
             check_untrusted(validate_overrides(data), load_params(params_file, require_all=False), Path.cwd())
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
@@ -134,7 +143,15 @@ def load_profile(path: str | None, params_file: str = "params.yaml") -> dict[str
 
 def exp_run_command(name: str, overrides: dict[str, object], queue: bool) -> list[str]:
     """``dvc exp run --name NAME`` with the overrides validated and written by :func:`salgan.settings.override_args`."""
-    return ["dvc", "exp", "run", "--name", name, *(["--queue"] if queue else []), *override_args(overrides)]
+    return [
+        *python_tool("dvc"),
+        "exp",
+        "run",
+        "--name",
+        name,
+        *(["--queue"] if queue else []),
+        *override_args(overrides),
+    ]
 
 
 def base_params(params_file: str, profile: dict[str, object]) -> tuple[Params, str]:
@@ -174,9 +191,9 @@ def run_arms(args: argparse.Namespace) -> int:
 def _run_all(arms: list[str], commands: list[list[str]], dry_run: bool) -> int:
     for arm, command in zip(arms, commands, strict=True):
         print("$ " + redact_text(" ".join(command)), flush=True)  # a profile may set a signed source
-        if not dry_run and subprocess.call(command) != 0:
-            print(f"salgan ablation: arm {arm} failed", file=sys.stderr)
-            return 1
+        status = 0 if dry_run else call(command, env=tool_env())
+        if status:
+            raise CommandFailed(f"arm {arm} failed (its dvc exp run output is above)", status)
     return 0
 
 
@@ -295,7 +312,6 @@ def arm_differences(
 ) -> dict[str, dict[str, object]]:
     """Per arm other than ``reference``, per metric, the paired bootstrap interval of (arm - reference) over
     the images both scored and the seeds of each (:func:`salgan.bootstrap.paired_bootstrap`)."""
-    from salgan.bootstrap import paired_bootstrap
 
     def matrix(arm: str, images: list[str], metric: str):
         return [[scores[name][image][metric] for image in images] for name in groups[arm]]
@@ -339,10 +355,9 @@ def _interval(value) -> str:
 
 
 def show(args: argparse.Namespace) -> int:
-    result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    result = subprocess.run([*python_tool("dvc"), "exp", "show", "--json"], capture_output=True, text=True)
     if result.returncode != 0:
-        print(f"salgan ablation: dvc exp show failed: {result.stderr.strip()}", file=sys.stderr)
-        return 1
+        raise CommandFailed(f"dvc exp show failed: {result.stderr.strip()}", EXIT_FAILURE)
     shown = json.loads(result.stdout)
     ours, sources = experiment_metrics(shown), experiment_sources(shown)
     if args.prefix:
@@ -403,7 +418,6 @@ def _arm_name(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan ablation run|show`` (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "ablation",

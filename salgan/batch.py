@@ -7,7 +7,8 @@ map lands at ``<output>/<key relative to its input prefix, suffix replaced>.png`
 it with ``--overlay``), tagged in its S3 metadata with the model's identity (the sha256 of its weights): a
 rerun with the same model skips every map already written, so a killed job resumes where it stopped. The
 run ends by writing ``<output>/manifest.json``: the model, and what was written, skipped and failed (with
-the reason). The decoding, prediction and encoding are ``salgan predict``'s own functions.
+the reason). The decoding (:mod:`salgan.imaging`) and the batch loop (:func:`salgan.inference.predict_images`)
+are those of every other prediction.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import torch
 
 from salgan.errors import InputError
+from salgan.imaging import IMAGE_SUFFIXES, Decoded, decode_rgb, encoded, save_map, save_overlay
+from salgan.inference import failure_reason, predict_images
+from salgan.inputs import collect
+from salgan.progress import progress
 from salgan.settings import PredictParams
+from salgan.urls import is_s3_url, parse_s3_url
 
 MODEL_METADATA = "salgan-model"  # S3 user metadata of a written map: the weights' sha256
 MANIFEST = "manifest.json"
-
-
-def is_s3(text: str | Path) -> bool:
-    return str(text).startswith("s3://")
 
 
 @dataclass
@@ -68,9 +69,6 @@ def model_identity(generator: torch.nn.Module) -> str:
 
 def s3_items(client, url: str) -> Iterator[Item]:
     """The image objects under ``s3://bucket/prefix``, listed page by page (never all at once)."""
-    from salgan.fetch import parse_s3_url
-    from salgan.predict import IMAGE_SUFFIXES
-
     bucket, prefix = parse_s3_url(url)
     start = f"{prefix}/" if prefix else ""
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
@@ -88,8 +86,6 @@ def _object_reader(client, bucket: str, key: str) -> Callable[[], bytes]:
 
 
 def local_items(inputs: list[str], exclude: Path | None) -> tuple[list[Item], list[str]]:
-    from salgan.predict import collect
-
     jobs, errors = collect(inputs, exclude)
     return [Item(str(job.path), job.stem.as_posix(), job.path.read_bytes) for job in jobs], errors
 
@@ -98,8 +94,6 @@ class S3Output:
     """Maps under ``s3://bucket/prefix``; knows which were written by which model."""
 
     def __init__(self, client, url: str):
-        from salgan.fetch import parse_s3_url
-
         self.client, (self.bucket, prefix) = client, parse_s3_url(url)
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = url.rstrip("/")
@@ -169,15 +163,26 @@ def run(
     model_uri: str = "",
 ) -> dict:
     """Predict every item in batches into ``output``; returns (and writes as ``manifest.json``) the manifest."""
-    from salgan.cli import progress
-    from salgan.inference import default_device
-    from salgan.predict import decode_image, encoded, save_map, save_overlay
-
-    device = device or default_device()
-    generator = generator.to(device).eval()
     identity = model_identity(generator)
     manifest = {"model": model_uri, "model_sha256": identity, "written": [], "skipped": [], "failed": []}
     started = time.time()
+
+    def to_predict(bar) -> Iterator[Item]:
+        """The items that need a map: a name that may not be written fails, one already there is skipped."""
+        for item in items:
+            problem = name_problem(item.stem)
+            if problem:
+                manifest["failed"].append({"input": item.label, "reason": problem})
+                bar.update(1)
+            elif output.has(f"{item.stem}.png", identity):
+                manifest["skipped"].append(item.label)
+                bar.update(1)
+            else:
+                yield item
+
+    def decode(item: Item) -> Decoded:
+        data = io.BytesIO(item.read())  # an unreadable object fails alone, as an undecodable image does
+        return decode_rgb(data, size, options.max_pixels, "predict.max_pixels", exif=True, keep_full=with_overlay)
 
     def write(item: Item, full, saliency) -> None:
         if with_overlay:
@@ -185,40 +190,17 @@ def run(
             output.write(f"{item.stem}_overlay.jpg", heat, "image/jpeg", identity)
         manifest["written"].append(output.write(f"{item.stem}.png", encoded(save_map, saliency), "image/png", identity))
 
-    def flush(batch: list[tuple[Item, tuple]]) -> None:
-        for (item, (_, _, full)), outcome in zip(batch, predict_each(generator, batch, options, device), strict=True):
-            try:
-                if isinstance(outcome, Exception):
-                    raise outcome
-                write(item, full, outcome)
-            except Exception as exc:  # noqa: BLE001 -- one item's failure is its own, named in the manifest
-                manifest["failed"].append({"input": item.label, "reason": _reason(exc)})
-            bar.update(1)
-
     with progress(unit="image", desc="predict") as bar, _manifest_written(output, manifest, identity, started):
-        batch: list[tuple[Item, tuple]] = []
-        for item in items:
-            problem = name_problem(item.stem)
-            if problem:
-                manifest["failed"].append({"input": item.label, "reason": problem})
-                bar.update(1)
-                continue
-            if output.has(f"{item.stem}.png", identity):
-                manifest["skipped"].append(item.label)
-                bar.update(1)
-                continue
+        for outcome in predict_images(
+            generator, to_predict(bar), decode, options.batch_size, options.blur_size, device
+        ):
             try:
-                decoded = decode_image(io.BytesIO(item.read()), size, with_overlay, options.max_pixels)
-            except Exception as exc:  # noqa: BLE001 -- an unreadable object or image fails alone, named
-                manifest["failed"].append({"input": item.label, "reason": _reason(exc)})
-                bar.update(1)
-                continue
-            batch.append((item, decoded))
-            if len(batch) == options.batch_size:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
+                if outcome.error is not None:
+                    raise outcome.error
+                write(outcome.item, outcome.decoded.full, outcome.saliency)
+            except Exception as exc:  # noqa: BLE001 -- one item's failure is its own, named in the manifest
+                manifest["failed"].append({"input": outcome.item.label, "reason": failure_reason(exc)})
+            bar.update(1)
     return manifest
 
 
@@ -232,37 +214,8 @@ def _manifest_written(output, manifest: dict, identity: str, started: float) -> 
         output.write(MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), "application/json", identity)
 
 
-def predict_each(generator, batch: list[tuple[object, tuple]], options: PredictParams, device) -> list:
-    """A map per decoded item of ``batch`` (``(item, (array, (rows, cols), full))``), or the exception that
-    item alone raised: the batch is predicted whole, and if that fails, item by item, so that one item
-    never fails the others."""
-    from salgan.inference import predict_batches
-
-    def run(part):
-        images = np.stack([decoded[0] for _, decoded in part])
-        sizes = np.array([decoded[1] for _, decoded in part], dtype=np.int64)
-        return list(predict_batches(generator, images, sizes, len(part), options.blur_size, device))
-
-    try:
-        return run(batch)
-    except Exception:  # noqa: BLE001 -- find which item it was: the others still get their maps
-        outcomes: list = []
-        for one in batch:
-            try:
-                outcomes += run([one])
-            except Exception as exc:  # noqa: BLE001
-                outcomes.append(exc)
-        return outcomes
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValueError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
 def open_output(text: str, client) -> S3Output | LocalOutput:
-    if is_s3(text):
+    if is_s3_url(text):
         return S3Output(client, text)
     if Path(text).exists() and not Path(text).is_dir():
         raise InputError(f"--output {text}: exists and is not a folder")

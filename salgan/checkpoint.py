@@ -1,4 +1,5 @@
-"""Training checkpoints: one dict, saved atomically, loaded with weights_only=True."""
+"""Training checkpoints: one dict, saved atomically; and the one ``torch.load`` of salgan, weights only
+(every weights file, checkpoint and logged model is read through :func:`load`)."""
 
 from __future__ import annotations
 
@@ -17,5 +18,5 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load(path: str | Path) -> dict:
-    """A checkpoint dict; only tensors and plain Python data are accepted (no pickled code)."""
+    """What a weights file holds; only tensors and plain Python data are accepted (no pickled code)."""
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from salgan.layout import LABELLED_SPLITS, read_split
+from salgan.layout import LABELLED_SPLITS, NpyRows, read_split, split_files
 
 GIB = 2**30
 
@@ -129,7 +129,6 @@ def load_split(
 def split_bytes(root: str | Path, *splits: str, fixations: bool = False) -> int:
     """Bytes the images and maps (and with ``fixations`` the fixation counts) of ``splits`` take in memory
     (their files' data, read from the headers)."""
-    from salgan.layout import NpyRows, split_files
 
     total = 0
     for split in splits:

@@ -63,10 +63,6 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, local_world, device)
 
 
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (a no-op for one process)."""
     if dist.is_initialized():

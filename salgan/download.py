@@ -1,8 +1,9 @@
 """The ``download`` stage: the raw SALICON tree in data/raw, from the release, a mirror, or the sample; or
 another dataset's tree in its own layout (``download.dataset``, salgan/datasets/, docs/datasets.md).
 
-Reads ``params.download`` (salgan/config.py). Whatever the source, the output has SALICON's layout
-(docs/data-layout.md, REFERENCE §2) and a ``SOURCE.json`` saying where it came from, with checksums.
+Reads ``params.download`` (salgan/settings.py). Whatever the source, the output has SALICON's layout
+(salgan/datasets/salicon.py, docs/data-layout.md) and a ``SOURCE.json`` saying where it came from, with
+checksums.
 
 The release is three zip files (Google Drive ids and md5s from pysaliency external_datasets/salicon.py):
 the stimuli zip holds ``images/{train,val,test}/COCO_*.jpg``; the fixations zip ``{train,val}/COCO_*.mat``;
@@ -28,22 +29,23 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
-from salgan import fetch
+from salgan import datasets, fetch
+from salgan.cli import command_parser, run_command
+from salgan.datasets import SOURCE_FILE
+from salgan.datasets.salicon import FILE_NAME, SUFFIXES, SaliconTree
 from salgan.errors import InputError
 from salgan.fetch import FetchError, md5sum
-from salgan.layout import LABELLED_SPLITS, SPLITS, atomic_directory
+from salgan.layout import SPLITS, atomic_directory
+from salgan.progress import progress as bar_for
+from salgan.sample import generate_sample
 from salgan.settings import ConfigError, DownloadParams, load_params
-from salgan.urls import redact_url
+from salgan.urls import is_s3_url, parse_s3_url, redact_url
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = {"images": ".jpg", "maps": ".png", "fixations": ".mat"}
-SOURCE_FILE = "SOURCE.json"
 CHECKSUMS_FILE = "checksums.json"
-_NAME = re.compile(r"COCO_(train|val|test)2014_\d{12}\.(jpg|png|mat)")
 
 
 class DownloadError(InputError):
@@ -74,7 +76,7 @@ class Archive:
     release: str = "SALICON"  # whose release it is, in messages
 
 
-# pysaliency external_datasets/salicon.py (REFERENCE §2); maps.zip has no published md5.
+# pysaliency external_datasets/salicon.py (docs/reference.md §2); maps.zip has no published md5.
 RELEASE: dict[str, Archive] = {
     "images": Archive(
         "images",
@@ -142,12 +144,12 @@ def run(params: DownloadParams, progress: bool = True) -> dict:
     with atomic_directory(output) as stage:
         if kind == "sample":
             record = _from_sample(params, stage)
-        elif kind == "local" and _is_tree(Path(params.source)):
+        elif kind == "local" and SaliconTree(Path(params.source)).is_tree():
             record = _from_tree(Path(params.source), stage)
         else:
             archives = _fetch_archives(params, kind, progress)
             for archive, path, _ in archives:
-                extract_archive(path, archive.kind, stage, progress, limits_of(params))
+                extract_archive(path, archive.kind, stage, params, progress)
             record = {"archives": [info for _, _, info in archives]}
         record = {"source": redact_url(params.source), "type": kind, **record}
         record["counts"] = check_layout(stage)
@@ -159,7 +161,7 @@ def source_type(source: str) -> str:
     """sample | salicon | s3 | http | local; anything else is a ConfigError naming download.source."""
     if source in ("sample", "salicon"):
         return source
-    if source.startswith("s3://"):
+    if is_s3_url(source):
         return "s3"
     if source.startswith(("http://", "https://")):
         return "http"
@@ -171,7 +173,6 @@ def source_type(source: str) -> str:
 
 
 def _from_sample(params: DownloadParams, stage: Path) -> dict:
-    from salgan.sample import generate_sample
 
     log.info(
         "generating the sample: %d train, %d val, %d test images (seed %d)",
@@ -184,28 +185,23 @@ def _from_sample(params: DownloadParams, stage: Path) -> dict:
     return {"seed": params.sample_seed}
 
 
-def _is_tree(folder: Path) -> bool:
-    """An extracted tree has an images/ folder; a folder of zips does not."""
-    return (folder / "images").is_dir()
-
-
 def _from_tree(source: Path, stage: Path) -> dict:
     """Copy the SALICON files of an extracted tree (other files are left behind). A symlink whose target
     lies outside the tree is refused, as an archive's would be: it could copy any file into data/raw. Each
     file is checked as it is copied (:func:`_copy_inside`), so one swapped for a link after the listing is
     refused too."""
-    copied, root = 0, source.resolve()
-    for kind, ext in EXTENSIONS.items():
+    copied, root, tree, staged = 0, source.resolve(), SaliconTree(source), SaliconTree(stage)
+    for kind, ext in SUFFIXES.items():
         for split in SPLITS:
-            folder = source / kind / split
+            folder = tree.folder(kind, split)
             if not folder.is_dir():
                 continue
             if root not in folder.resolve().parents:
                 raise DownloadError(f"{folder}: a link out of the tree {source} (to {folder.resolve()}); refused")
-            target = stage / kind / split
+            target = staged.folder(kind, split)
             target.mkdir(parents=True, exist_ok=True)
             for file in folder.iterdir():
-                if not (_NAME.fullmatch(file.name) and file.suffix == ext):
+                if not (FILE_NAME.fullmatch(file.name) and file.suffix == ext):
                     continue
                 if file.is_symlink() and root not in file.resolve().parents:
                     raise DownloadError(f"{file}: a link out of the tree {source} (to {file.resolve()}); refused")
@@ -303,7 +299,7 @@ class _Mirror:
     def __init__(self, base: str, kind: str, progress: bool):
         self.base, self.kind, self.progress = base, kind, progress
         if kind == "s3":
-            self.bucket, prefix = fetch.parse_s3_url(base)
+            self.bucket, prefix = parse_s3_url(base)
             self.prefix = prefix + "/" if prefix else ""
             self.client = fetch.s3_client()
 
@@ -462,33 +458,19 @@ def _md5_sidecar(read, name: str) -> dict[str, str]:
 # --- safe extraction ----------------------------------------------------------------------------
 
 
-class ArchiveLimits(NamedTuple):
-    """What one archive may inflate to (``download.*`` settings of the same names)."""
-
-    max_entry_bytes: int = 256 << 20  # one entry, uncompressed
-    max_compression_ratio: float = 200.0  # one entry (above RATIO_FLOOR), and the archive as a whole
-    max_archive_bytes: int = 16 << 30  # all extracted entries together
-    max_archive_entries: int = 100_000  # entries in the central directory
-
-
 RATIO_FLOOR = 1 << 20  # smaller entries may compress well (a blank map); the archive's total may not
 
 
-def limits_of(params: DownloadParams) -> ArchiveLimits:
-    """The archive limits of the ``download`` settings."""
-    return ArchiveLimits(*(getattr(params, name) for name in ArchiveLimits._fields))
-
-
-def extract_archive(
-    path: Path, kind: str, stage: Path, progress: bool = False, limits: ArchiveLimits = ArchiveLimits()
-) -> int:
+def extract_archive(path: Path, kind: str, stage: Path, limits: DownloadParams, progress: bool = False) -> int:
     """Extract the SALICON files of one zip into ``stage/<kind>/<split>/``; return how many.
 
     Every entry is checked before anything is written: an absolute path, a ``..`` component or a symlink
     refuses the whole archive, and so does anything over the ``limits``: too many entries, one entry too
     large or compressed too well (a zip bomb), or the entries to extract too large together or compressed
-    too well together (many small entries, each under the ratio floor: a bomb too). The bytes actually
-    written are counted against the same limits, so an archive lying about its sizes is stopped there.
+    too well together (many small entries, each under the ratio floor: a bomb too): the ``download`` settings
+    ``max_archive_entries``, ``max_entry_bytes``, ``max_archive_bytes`` and ``max_compression_ratio``. The
+    bytes actually written are counted against the same limits, so an archive lying about its sizes is
+    stopped there.
     Files go to a folder chosen from their SALICON name (``COCO_val2014_...`` -> val), so the zip's own
     folder nesting does not matter; other entries (``__MACOSX/``, read-me files) are skipped.
     """
@@ -497,13 +479,13 @@ def extract_archive(
         wanted = [(entry, target) for entry in entries if (target := _target(entry, kind, stage)) is not None]
         written = _extract_entries(path, archive, wanted, limits, progress)
     if not written:
-        ext = EXTENSIONS[kind]
+        ext = SUFFIXES[kind]
         raise ArchiveError(f"{path}: no SALICON {kind} (COCO_<split>2014_<id>{ext}) in this archive")
     log.info("extracted %d %s from %s", written, kind, path.name)
     return written
 
 
-def _open_checked(path: Path, limits: ArchiveLimits) -> zipfile.ZipFile:
+def _open_checked(path: Path, limits: DownloadParams) -> zipfile.ZipFile:
     """``path`` opened as a zip whose entry count and every entry pass the limits (:func:`_check_entry`)."""
     try:
         archive = zipfile.ZipFile(path)
@@ -528,13 +510,11 @@ def _extract_entries(
     path: Path,
     archive: zipfile.ZipFile,
     wanted: list[tuple[zipfile.ZipInfo, Path]],
-    limits: ArchiveLimits,
+    limits: DownloadParams,
     progress: bool,
 ) -> int:
     """Write each ``(entry, target)`` of ``wanted``, checked together first (:func:`_check_totals`), the bytes
     written counted against the limits as they come; returns how many were written."""
-    from salgan.cli import progress as bar_for
-
     _check_totals(path, [entry for entry, _ in wanted], limits)
     written, inflated, compressed = 0, 0, 0
     for entry, target in bar_for(wanted, enabled=progress, desc=f"extract {path.name}", unit="file"):
@@ -562,7 +542,7 @@ def _extract_entries(
     return written
 
 
-def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
+def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: DownloadParams) -> None:
     """Refuse an entry that could land outside the target folder, or inflate past the limits."""
     name = entry.filename.replace("\\", "/")
     max_bytes, max_ratio = limits.max_entry_bytes, limits.max_compression_ratio
@@ -582,7 +562,7 @@ def _check_entry(path: Path, entry: zipfile.ZipInfo, limits: ArchiveLimits) -> N
         raise ArchiveError(f"{path}: refusing entry {entry.filename!r}: {reason}; nothing was extracted")
 
 
-def _check_totals(path: Path, entries: list[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
+def _check_totals(path: Path, entries: list[zipfile.ZipInfo], limits: DownloadParams) -> None:
     """Refuse an archive whose entries to extract are too large together or compressed too well together:
     each may be under the ratio floor (300 entries of 1 MiB of zeros), their sum is not."""
     total = sum(entry.file_size for entry in entries)
@@ -618,10 +598,10 @@ def _target(entry: zipfile.ZipInfo, kind: str, stage: Path) -> Path | None:
     if entry.is_dir():
         return None
     base = entry.filename.replace("\\", "/").rsplit("/", 1)[-1]
-    match = _NAME.fullmatch(base)
-    if not match or "." + match.group(2) != EXTENSIONS[kind]:
+    match = FILE_NAME.fullmatch(base)
+    if not match or "." + match.group(2) != SUFFIXES[kind]:
         return None
-    return stage / kind / match.group(1) / base
+    return SaliconTree(stage).folder(kind, match.group(1)) / base
 
 
 # --- the other datasets (salgan/datasets/) ----------------------------------------------------------
@@ -634,8 +614,6 @@ def run_dataset(params: DownloadParams, progress: bool = True) -> dict:
     """The raw tree of ``download.dataset`` (not SALICON) in ``download.output``, in the dataset's own layout
     (docs/datasets.md), with ``download.test_source``'s images in ``test_source/`` when set; checked by the
     dataset's reader before it replaces the output (an image without its map or fixations is named)."""
-    from salgan import datasets
-
     module = datasets.reader(params.dataset)
     kind = dataset_source_type(params.source, module)
     with atomic_directory(Path(params.output)) as stage:
@@ -683,7 +661,7 @@ def dataset_source_type(source: str, module) -> str:
             + (f"'{module.NAME}' (its release), " if module is not None and module.OFFICIAL else "")
             + "a folder, a .zip, or an s3:// or https:// URL (README: Your own data)"
         )
-    if source.startswith("s3://"):
+    if is_s3_url(source):
         return "s3"
     if source.startswith(("http://", "https://")):
         return "http"
@@ -696,19 +674,23 @@ def dataset_source_type(source: str, module) -> str:
 
 def _test_layout(paths: list[str]) -> dict[str, str]:
     """Every image of a test-image source, at its path there."""
-    from salgan.datasets import is_image, source_parts
-
-    return {path: "/".join(parts) for path in paths if (parts := source_parts(path)) and is_image(parts[-1])}
+    return {
+        path: "/".join(parts)
+        for path in paths
+        if (parts := datasets.source_parts(path)) and datasets.is_image(parts[-1])
+    }
 
 
 def _fetch_into(params: DownloadParams, source: str, kind: str, module, layout, stage: Path, progress: bool) -> list:
     """The files ``layout`` picks from ``source`` (a dataset's release when ``module``, else test images)
     copied or extracted into ``stage``; returns the checksum records of the archives."""
-    from salgan.datasets import ArchiveSpec
-
     stage.mkdir(parents=True, exist_ok=True)
     release = module.RELEASE if module is not None else "the test images"
-    specs = list(module.ARCHIVES) if module is not None else [ArchiveSpec(MIT300_ARCHIVE.filename, MIT300_ARCHIVE.md5)]
+    specs = (
+        list(module.ARCHIVES)
+        if module is not None
+        else [datasets.ArchiveSpec(MIT300_ARCHIVE.filename, MIT300_ARCHIVE.md5)]
+    )
     known = [(Archive(release, spec.filename, "", spec.md5, (), release), spec.required) for spec in specs]
     cache = Path(params.cache_dir) / (module.NAME if module is not None else "test_source")
     if kind == "local" and not any((Path(source) / archive.filename).is_file() for archive, _ in known):
@@ -733,7 +715,7 @@ def _fetch_into(params: DownloadParams, source: str, kind: str, module, layout, 
             f"{key}: {redact_url(source)} is a prefix; {release} from s3:// or https:// is one .zip: give its URL"
         )
     for _, path, _ in fetched:
-        if not extract_mapped(path, stage, layout, progress, limits_of(params)):
+        if not extract_mapped(path, stage, layout, params, progress):
             raise ArchiveError(f"{path}: no files of {release} in this archive (docs/datasets.md shows the layout)")
     return [info for _, _, info in fetched]
 
@@ -771,9 +753,7 @@ def _single_zip(source: str, kind: str, archives: list[Archive], cache: Path, pr
     return _from_mirror(known or Archive("archive", name, "", None), _Mirror(base, kind, progress), cache)
 
 
-def extract_mapped(
-    path: Path, stage: Path, layout, progress: bool = False, limits: ArchiveLimits = ArchiveLimits()
-) -> int:
+def extract_mapped(path: Path, stage: Path, layout, limits: DownloadParams, progress: bool = False) -> int:
     """Extract the entries of one zip that ``layout`` (a reader's: entry path -> path below ``stage``) picks,
     under the same checks and limits as :func:`extract_archive`; return how many."""
     with _open_checked(path, limits) as archive:
@@ -810,20 +790,18 @@ def _copy_mapped(source: Path, stage: Path, layout) -> int:
 
 def check_layout(root: Path) -> dict[str, dict[str, int]]:
     """Every split has images; train and val have a map and a fixation file per image. Returns counts."""
-    problems, counts = [], {}
+    problems, counts, tree = [], {}, SaliconTree(root)
     for split in SPLITS:
-        names = _stems(root / "images" / split, ".jpg")
+        names = _stems(tree.folder("images", split), SUFFIXES["images"])
         counts[split] = {"images": len(names)}
         if not names:
             problems.append(f"images/{split}: no images")
-        if split not in LABELLED_SPLITS:
-            continue
-        for kind in ("maps", "fixations"):
-            have = _stems(root / kind / split, EXTENSIONS[kind])
+        for kind in tree.kinds(split)[1:]:
+            have = _stems(tree.folder(kind, split), SUFFIXES[kind])
             counts[split][kind] = len(have)
             missing = sorted(names - have)
             if missing:
-                examples = ", ".join(n + EXTENSIONS[kind] for n in missing[:3])
+                examples = ", ".join(n + SUFFIXES[kind] for n in missing[:3])
                 problems.append(f"{kind}/{split}: missing for {len(missing)} of {len(names)} images ({examples} ...)")
     if problems:
         raise LayoutError("the new tree is incomplete, so the output was left as it was:\n  " + "\n  ".join(problems))
@@ -838,7 +816,7 @@ def _stems(folder: Path, ext: str) -> set[str]:
     return {
         p.name[: -len(ext)]
         for p in folder.iterdir()
-        if p.name.endswith(ext) and p.name.startswith(prefix) and _NAME.fullmatch(p.name)
+        if p.name.endswith(ext) and p.name.startswith(prefix) and FILE_NAME.fullmatch(p.name)
     }
 
 
@@ -847,7 +825,6 @@ def _stems(folder: Path, ext: str) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan download [--params params.yaml]``: run the stage (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "download",

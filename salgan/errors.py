@@ -1,4 +1,5 @@
-"""The two kinds of error a user can fix, which every command reports the same way (salgan/cli.py)."""
+"""The two kinds of error a user can fix, which every command reports the same way (salgan/cli.py), and the
+failure of a command run by another, which keeps the status it reported."""
 
 from __future__ import annotations
 
@@ -11,3 +12,12 @@ class ConfigError(ValueError):
 class InputError(RuntimeError):
     """An input is unusable (a missing or corrupt data file, archive, model or checksum); the message
     names the file and why. Exit status 1."""
+
+
+class CommandFailed(RuntimeError):
+    """A command this one ran (a torchrun group, a DVC experiment, a stage) failed; ``exit_status`` is the
+    status that command reported (1, 2 or 3), which this one exits with."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status

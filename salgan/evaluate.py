@@ -1,4 +1,4 @@
-"""Evaluate stage: score the validation split at the original resolution (REFERENCE §3).
+"""Evaluate stage: score the validation split at the original resolution (docs/reference.md §3).
 
 The generator's maps get the same post-processing as the test predictions (bicubic resize to the
 original size, 5x5 Gaussian blur), then every image is scored with the eight metrics of
@@ -25,8 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from salgan.cli import command_parser, run_command
+from salgan.datasets import DatasetError, prepared_dataset, raw_image_paths
 from salgan.errors import InputError
+from salgan.figures import example_grid, loss_curves, progression, report_page
 from salgan.finetune import dataset_tags
+from salgan.imaging import decode_rgb
 from salgan.inference import BatchedPredictions
 from salgan.layout import (
     ModelFiles,
@@ -38,10 +42,15 @@ from salgan.layout import (
     split_version,
     write_atomic,
 )
-from salgan.metrics import TABLE_I, center_bias_map
+from salgan.losses import describe_content_loss
+from salgan.metrics import METRIC_NAMES, TABLE_I, center_bias_map
+from salgan.models import load_generator, model_cost
+from salgan.models.uri import open_model
 from salgan.scoring import fixation_density_baseline, score_split
 from salgan.settings import Params, load_params
 from salgan.tracking import enabled as tracking_enabled
+from salgan.tracking import fingerprint
+from salgan.urls import redact_text
 
 UNIFORM_MIX = 0.01
 
@@ -129,13 +138,11 @@ def input_size(val: SplitArrays) -> tuple[int, int]:
 
 def evaluate(params: Params) -> dict:
     """Score the model and the baselines; write the reports; return the metrics dict."""
-    from salgan.models import load_generator
-    from salgan.tracking import fingerprint
 
     cfg = params.evaluate
     val, common = scoring_inputs(params)
     trained = ModelFiles(Path(params.train.output))
-    generator = load_generator(trained.generator)
+    generator = load_generator(trained.generator).generator
     rows, means, predictions = score_generator(generator, params, val, common)
     center_means = centre_bias_scores(params, val, common)
     _, ceiling = score_split(val.maps_full, val.maps_full, progress=False, **common)
@@ -170,16 +177,12 @@ def model_costs(generator, history_path: Path) -> dict[str, float]:
     image and the training throughput (images/s, the median over the epochs of models/history.json)."""
     import statistics
 
-    from salgan.models import model_cost
-
     speeds = [r["images_per_s"] for r in json.loads(history_path.read_text()) if r.get("images_per_s")]
     return {**model_cost(generator), "train_images_per_s": statistics.median(speeds) if speeds else None}
 
 
 def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, rows, reports: ReportFiles) -> None:
     """The example grid, the training progression, the loss curves and reports/report.html holding them."""
-    from salgan.figures import example_grid, loss_curves, progression, report_page
-    from salgan.losses import describe_content_loss
 
     trained = ModelFiles(Path(params.train.output))
     snapshots = sorted(trained.snapshots.glob("epoch_*.png"))
@@ -230,15 +233,43 @@ def record_to_mlflow(params: Params, metrics: dict, reports: ReportFiles, genera
         artifacts,
         generator_path,
         metrics["data_version"],
-        metrics.get("fingerprint"),  # absent from a metrics.json written before fingerprints: none recorded
+        metrics["fingerprint"],
         metrics.get("datasets") or dataset_tags(params),
     )
+
+
+def val_images_at(params: Params, names: list[str], size: tuple[int, int]) -> RawImages:
+    """The val images ``names`` at ``size`` (W, H), decoded from the raw tree (``prepare.input``) as prepare
+    decodes them: for a model trained at another size than the prepared data's."""
+    try:
+        paths = raw_image_paths(params.train.data, params.prepare.input, "val", names)
+    except DatasetError as exc:
+        raise InputError(
+            f"{exc}; a model trained at {size[0]}x{size[1]} is scored on the raw val images (prepare.input) resized "
+            "to its own size"
+        ) from None
+    return RawImages(paths, size, params.prepare.max_pixels)
+
+
+class RawImages:
+    """Images decoded and resized to ``size`` (W, H) as the prepare stage does, a slice at a time."""
+
+    def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int):
+        self.paths, self.size, self.max_pixels = paths, size, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: slice):
+        decoded = (
+            decode_rgb(path, self.size, self.max_pixels, "prepare.max_pixels", draft=True) for path in self.paths[index]
+        )
+        return np.stack([image.array for image in decoded])
 
 
 def summary_table(metrics: dict) -> str:
     """Model, centre bias and ceiling side by side."""
     from salgan.density.scores import DENSITY_KEYS
-    from salgan.metrics import METRIC_NAMES
 
     columns = {"model": metrics, **({"metric maps": metrics["metric_maps"]} if "metric_maps" in metrics else {})}
     columns |= metrics["baselines"]
@@ -254,13 +285,7 @@ def evaluate_model(params: Params, uri: str, output: Path) -> dict:
     prepared val split (``train.data``, any dataset) with the same metrics and baselines as the stage, at its
     own input size; ``metrics.json``, ``per_image.csv`` and ``examples.png`` written into ``output``. Nothing
     is trained or registered."""
-    from salgan.datasets import prepared_dataset
-    from salgan.figures import example_grid
-    from salgan.predict import load_model
-    from salgan.registry import val_images_at
-    from salgan.urls import redact_text
-
-    generator, size = load_model(uri, params, None)
+    generator, size = open_model(uri, params)
     val, common = scoring_inputs(params)
     images = None if input_size(val) == tuple(size) else val_images_at(params, val.names, tuple(size))
     rows, means, predictions = score_generator(generator, params, val, common, images)
@@ -286,7 +311,6 @@ def evaluate_model(params: Params, uri: str, output: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "evaluate",
@@ -311,8 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         params = load_params(args.params)
         if args.model:
-            from salgan.datasets import prepared_dataset
-
             output = Path(args.output or Path(params.evaluate.output) / "cross" / prepared_dataset(params.train.data))
             metrics = evaluate_model(params, args.model, output)
             print(f"{metrics['model']} on the {metrics['datasets']['scored_on']} val split ({metrics['n_images']} "

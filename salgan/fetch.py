@@ -21,6 +21,7 @@ from pathlib import Path
 
 from salgan.errors import InputError
 from salgan.layout import atomic_file, file_digests
+from salgan.progress import progress as bar_for
 from salgan.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,6 @@ def _open_partial(path: Path):
 
 def _write(chunks: Iterable[bytes], part: _Partial, total: int | None, progress: bool) -> None:
     """Append ``chunks`` to the partial file with a progress bar that starts at the bytes already there."""
-    from salgan.cli import progress as bar_for
 
     with (
         _open_partial(part.path) as handle,
@@ -234,14 +234,6 @@ def http_exists(url: str, timeout: float = 30) -> bool:
 
 
 # --- S3 -----------------------------------------------------------------------------------------
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")`` (prefix without slashes at its ends)."""
-    match = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
-    if not match:
-        raise FetchError(f"{redact_url(url)}: not an s3://bucket/prefix URL")
-    return match.group(1), match.group(2).strip("/")
 
 
 def s3_client():

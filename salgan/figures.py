@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from salgan.imaging import overlay, to_uint8
+from salgan.layout import HISTORY_LOSSES
 from salgan.metrics import METRIC_NAMES
 
-LOSSES = ("g_loss", "content_loss", "d_loss", "val_content_loss")
+# the labels of the discriminator's diagnostics (salgan/gan_diagnostics.py) in the report's panel
 DIAGNOSTICS = {
     "d_accuracy": "D accuracy",
     "d_real": "mean D(real)",
@@ -62,9 +64,6 @@ def example_grid(images, gt_maps, predictions, rows: list[dict], count: int, pat
     maps at the original size, ``rows`` the per-image scores (``name``, ``nss``, ``cc``).
     """
     from PIL import Image
-
-    from salgan.inference import to_uint8
-    from salgan.predict import overlay
 
     plt = _pyplot()
     chosen = pick_rows([row["nss"] for row in rows], count)
@@ -137,7 +136,7 @@ def loss_figure(history: list[dict]):
     diagnosed = any(r.get(key) is not None for r in history for key in DIAGNOSTICS)
     figure, axes = plt.subplots(1, 2 if diagnosed else 1, figsize=(12 if diagnosed else 7, 3.6), squeeze=False)
     losses = axes[0][0]
-    _curves(losses, history, {key: key for key in LOSSES})
+    _curves(losses, history, {key: key for key in HISTORY_LOSSES})
     losses.set_ylabel("loss")
     losses.set_title("Losses", fontsize=10)
     if diagnosed:

@@ -25,9 +25,12 @@ import torch
 
 from salgan.datasets import prepared_dataset
 from salgan.errors import ConfigError
-from salgan.layout import write_atomic
+from salgan.layout import ModelFiles, write_atomic
+from salgan.models import generator_from_state_dict
+from salgan.models.density import DensityGenerator
+from salgan.models.uri import open_model
+from salgan.urls import REGISTRY_URI
 
-LINEAGE_FILE = "lineage.json"  # in train.output, beside generator.pt
 TRAINED_ON, SCORED_ON, INIT_FROM = "trained_on", "scored_on", "init_from"  # registered versions' tags
 UNKNOWN = "unknown"  # a dataset nothing records (a weights file from elsewhere)
 
@@ -43,11 +46,9 @@ class InitModel:
 
 
 def load_init_model(uri: str, params) -> torch.nn.Module:
-    """The generator at ``uri`` through salgan's weights-only loader (the one ``salgan predict --model``
-    uses; repoint this when that loader moves)."""
-    from salgan.predict import load_model
-
-    return load_model(uri, params, None)[0]
+    """The generator at ``uri`` through salgan's weights-only loader, as ``salgan predict --model`` opens it
+    (:func:`salgan.models.uri.open_model`)."""
+    return open_model(uri, params, "model.init_from").generator
 
 
 def resolve(params) -> InitModel | None:
@@ -73,9 +74,6 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 
 def initial_generator(init: InitModel, model_params) -> torch.nn.Module:
     """A generator of ``init``'s architecture holding its weights, ``model.freeze_blocks`` stages frozen."""
-    from salgan.models import generator_from_state_dict
-    from salgan.models.density import DensityGenerator
-
     generator = generator_from_state_dict(init.state)
     if isinstance(generator, DensityGenerator) != (model_params.output == "density"):
         kind = "a density" if isinstance(generator, DensityGenerator) else "a map"
@@ -99,18 +97,18 @@ def _lineage_of(uri: str, params) -> list[str]:
 
 
 def _version_tag(uri: str, params, key: str) -> str | None:
-    """A tag of the registered version ``models:/NAME@ALIAS`` or ``models:/NAME/N`` names."""
-    from mlflow import MlflowClient
+    """A tag of the registered version ``models:/NAME@ALIAS`` or ``models:/NAME/N`` names (None for another
+    ``models:/`` URI)."""
+    from salgan.tracking.store import client  # MLflow: imported only for a registry URI
 
-    from salgan.tracking.store import configure
-
-    client = MlflowClient(configure(params))
-    name, _, rest = uri.removeprefix("models:/").partition("@")
-    if rest:
-        version = client.get_model_version_by_alias(name, rest)
+    match = REGISTRY_URI.fullmatch(uri)
+    if match is None:
+        return None
+    mlflow_client = client(params)
+    if match["alias"]:
+        version = mlflow_client.get_model_version_by_alias(match["name"], match["alias"])
     else:
-        name, _, number = uri.removeprefix("models:/").rpartition("/")
-        version = client.get_model_version(name, number)
+        version = mlflow_client.get_model_version(match["name"], match["version"])
     return version.tags.get(key)
 
 
@@ -124,13 +122,13 @@ def lineage(params, init: InitModel | None) -> dict:
 
 
 def write_lineage(output: str | Path, record: dict) -> None:
-    write_atomic(Path(output) / LINEAGE_FILE, json.dumps(record, indent=2) + "\n")
+    write_atomic(ModelFiles(Path(output)).lineage, json.dumps(record, indent=2) + "\n")
 
 
 def read_lineage(output: str | Path) -> dict | None:
     """``<output>/lineage.json``, or None when there is none (a model trained before it existed)."""
     try:
-        record = json.loads((Path(output) / LINEAGE_FILE).read_text())
+        record = json.loads(ModelFiles(Path(output)).lineage.read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None

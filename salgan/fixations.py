@@ -1,4 +1,4 @@
-"""Reading SALICON fixation files (REFERENCE §2, docs/data-layout.md).
+"""Reading SALICON fixation files (docs/reference.md §2, docs/data-layout.md).
 
 A SALICON ``.mat`` file holds ``image`` (the name), ``resolution`` = [rows, cols] and ``gaze``, a struct
 array with one entry per observer whose fields are ``location`` (raw mouse samples, N x 2), ``timestamp``
@@ -40,7 +40,7 @@ class FixationFile(NamedTuple):
     outside: int
 
 
-def load_fixations_mat(path: str | Path, max_fixations: int = 100_000) -> FixationFile:
+def load_fixations_mat(path: str | Path, max_fixations: int) -> FixationFile:
     """Read a SALICON fixation file.
 
     ``coords`` is int32 (K, 2), the 0-based (row, col) of every fixation of every observer in file order.

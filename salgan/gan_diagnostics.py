@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-KEYS = ("d_accuracy", "d_real", "d_fake", "d_dead_units")
-
 
 def relu_channels_alive(discriminator: nn.Module, image: torch.Tensor, saliency: torch.Tensor):
     """D's logits for the pairs and, per ReLU layer of D, which channels are positive somewhere: a list

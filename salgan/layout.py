@@ -239,9 +239,19 @@ class ModelFiles:
     history = property(lambda self: self.root / "history.json")  # per-epoch losses (DVC plots)
     snapshots = property(lambda self: self.root / "snapshots")  # one val map per epoch (seed paper Fig. 3)
     run_record = property(lambda self: self.root / "mlflow_run.json")  # machine-local: the MLflow run
+    lineage = property(lambda self: self.root / "lineage.json")  # the datasets trained on (salgan/finetune.py)
 
     def snapshot(self, epoch: int) -> Path:
         return self.snapshots / f"epoch_{epoch:03d}.png"
+
+
+# history.json holds one record per epoch: ``epoch``, ``phase``, these losses (dvc.yaml's plot of them, the
+# report's loss curves), the discriminator's held-out diagnostics (salgan/gan_diagnostics.py; null in BCE
+# epochs; dvc.yaml's discriminator plot, the report's panel beside the losses), and the throughput and
+# learning rate; MLflow logs every one of these numbers.
+HISTORY_LOSSES = ("g_loss", "content_loss", "d_loss", "val_content_loss")
+HISTORY_DIAGNOSTICS = ("d_accuracy", "d_real", "d_fake", "d_dead_units")
+HISTORY_METRICS = (*HISTORY_LOSSES, *HISTORY_DIAGNOSTICS, "images_per_s", "lr")
 
 
 # An MLflow model that salgan logged: MLmodel's metadata.kind, and the plain weights inside the model folder

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from salgan.metrics import EPS  # MATLAB's eps, as the metrics' KLD (MIT KLdiv.m)
+
 
 def content_loss(logits: torch.Tensor, target: torch.Tensor, downsample: int = 4) -> torch.Tensor:
     """Eq. 1 on maps average-pooled ``downsample`` x ``downsample`` (BCE/4 in the paper's Table 2).
@@ -40,8 +42,6 @@ def _cell_log_mean_exp(x: torch.Tensor, cell: int) -> torch.Tensor:
     return torch.logsumexp(x, dim=(3, 5)) - math.log(cell * cell)
 
 
-# MATLAB's eps, as salgan.metrics' KLD (MIT KLdiv.m).
-EPS = 2.2204e-16
 TERMS = ("bce", "kld", "cc", "nss", "nll")
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-# MATLAB's eps, the regulariser of the MIT KLD and information-gain code (REFERENCE §3).
+# MATLAB's eps, the regulariser of the MIT KLD and information-gain code (docs/reference.md §3).
 EPS = 2.2204e-16
 
 # Published numbers on the SALICON test set (seed paper Table I), in these metric keys: the reports and the
@@ -59,9 +59,12 @@ METRIC_NAMES = (
     "sim",
     "information_gain",
 )
+# The metrics where a lower value is the better model (KLD is a divergence); higher is better for the others.
+LOWER_IS_BETTER = frozenset({"kld"})
 
 __all__ = [
     "EPS",
+    "LOWER_IS_BETTER",
     "METRIC_NAMES",
     "Fixations",
     "PreparedMap",
@@ -668,7 +671,7 @@ def auc_judd(saliency_map: Any, fixation_map: Any) -> float:
     Conventions. Ties are counted exactly with ``>=`` (pysaliency without jitter; the MIT code breaks
     ties with random jitter), so the result is deterministic. Every fixation counts (pysaliency): a pixel
     fixated three times weighs three in TP; non-fixated pixels count once each. The MIT code counts each
-    fixated pixel once (REFERENCE §3: 0.314339386 instead of 0.436318096 on the test fixture). The value
+    fixated pixel once (docs/reference.md §3: 0.314339386 instead of 0.436318096 on the test fixture). The value
     depends only on the ranks of S, so the MIT min-max normalisation is omitted and any strictly
     increasing transform of S leaves the score unchanged. A constant map scores 0.5.
 
@@ -829,7 +832,7 @@ def sim(saliency_map: Any, saliency_map_gt: Any) -> float:
     identical maps, 0 for disjoint ones. Source: MIT ``similarity.m``, deliberately: it is the benchmark's
     definition (and the SALICON challenge's). pysaliency's ``SIM`` skips the min-max step (it only shifts
     a map with negative values), so the two agree when both maps have a minimum of 0 and differ when one
-    has its minimum above 0 (REFERENCE §3: 0.291215618 here, 0.292096571 in pysaliency, on the test
+    has its minimum above 0 (docs/reference.md §3: 0.291215618 here, 0.292096571 in pysaliency, on the test
     fixture). A constant map (0 / 0 in the MIT code) is taken as uniform.
 
     Args:
@@ -850,7 +853,7 @@ def information_gain(saliency_map: Any, fixation_map: Any, baseline_map: Any) ->
     shifted to a minimum of 0, all-zero maps uniform, as in :func:`kld`) and eps = 2.2204e-16. Source:
     Kümmerer et al. 2015 (PNAS), MIT ``InfoGain.m``, pysaliency. The MIT code min-max normalises both
     maps before dividing by the sum, which sends each map's minimum pixel to probability 0; this
-    implementation follows the plain sum normalisation of REFERENCE §3 and pysaliency instead.
+    implementation follows the plain sum normalisation of docs/reference.md §3 and pysaliency instead.
     Positive: the model explains the fixations better than the baseline (a centre prior, or the mean
     fixation density of the training set).
 

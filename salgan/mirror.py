@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from salgan import fetch
+from salgan.cli import command_parser, run_command
 from salgan.download import CHECKSUMS_FILE, RELEASE
 from salgan.errors import InputError
-from salgan.fetch import FetchError
 from salgan.layout import file_digests
+from salgan.progress import progress as bar_for
 from salgan.settings import load_params
+from salgan.urls import is_s3_url, parse_s3_url
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,8 @@ def digest(path: Path) -> Zip:
 def split_url(url: str) -> tuple[str, str]:
     """``s3://bucket/prefix`` -> (bucket, ``prefix/``), the key prefix with its trailing slash."""
     try:
-        bucket, prefix = fetch.parse_s3_url(url)
-    except FetchError as exc:
+        bucket, prefix = parse_s3_url(url)
+    except InputError as exc:
         raise MirrorError(str(exc)) from None
     return bucket, prefix + "/" if prefix else ""
 
@@ -102,8 +104,6 @@ def split_url(url: str) -> tuple[str, str]:
 def upload(client, item: Zip, bucket: str, key: str, part_size_mib: int, progress: bool) -> bool:
     """Upload one zip (multipart above one part); False when the mirror already holds it."""
     from boto3.s3.transfer import TransferConfig
-
-    from salgan.cli import progress as bar_for
 
     head = fetch.s3_head(client, bucket, key)
     if head and head["ContentLength"] == item.size and head.get("Metadata", {}).get("md5") == item.md5:
@@ -178,7 +178,6 @@ def default_source(params_file: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan mirror s3://bucket/prefix [--source DIR]`` (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "mirror",
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part-size-mib", type=int, default=PART_SIZE_MIB, help="multipart part size (MiB)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if not args.dest.startswith("s3://"):
+    if not is_s3_url(args.dest):
         parser.error(f"destination {args.dest!r} is not an s3://bucket/prefix URL")
 
     def work() -> int:

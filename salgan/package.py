@@ -2,7 +2,7 @@
 
 ``package.output`` is a folder holding the archive and ``manifest.json`` (what the archive holds, and the
 model and settings that produced it); the archive itself holds only what the server reads. Two formats
-(REFERENCE §2), chosen by ``package.format``:
+(docs/reference.md §2), chosen by ``package.format``:
 
 - ``2017`` (CodaLab SALICON 2017, scored with the MIT benchmark code): ``submission.zip`` with one 8-bit
   grey PNG per test image at the image's original size (640x480 in SALICON), named as the image
@@ -35,9 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from salgan import benchmark
+from salgan.cli import command_parser, run_command
 from salgan.datasets import no_test_split, prepared_dataset
+from salgan.density.submission import ARCHIVE, SubmissionError, validate_archive, write_archive
 from salgan.errors import InputError
 from salgan.layout import ModelFiles, atomic_directory, json_digest, read_split, sha256_file
+from salgan.settings import load_params, to_dict
 
 if TYPE_CHECKING:
     from salgan.settings import Params
@@ -144,7 +148,6 @@ def image_id(name: str) -> int:
 
 def params_sha256(params: Params) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the resolved settings."""
-    from salgan.settings import to_dict
 
     return json_digest(to_dict(params))
 
@@ -224,11 +227,9 @@ def package(
     ``model``."""
     predictions, model, fmt = Path(predictions), Path(model), params.package.format
     if fmt == "mit-tuebingen-density":  # log-densities predicted from the model (salgan/density/submission.py)
-        from salgan.density.submission import package_density
-
         if not model.is_file():
             raise PackageError(f"{model}: model file not found (pass --model)")
-        return package_density(params, model)
+        return _package_density(params, model)
     if fmt == "mit-tuebingen" or no_test_split(params.train.data):
         return package_benchmark(params, predictions, model)
     dataset = prepared_dataset(params.train.data)
@@ -260,12 +261,35 @@ def package(
     return manifest
 
 
+def _package_density(params, model: Path) -> dict[str, Any]:
+    """The ``package`` stage for ``mit-tuebingen-density``: ``log_densities.zip`` of the test split from the
+    density model at ``model``, validated, with ``manifest.json`` beside it; returns the manifest."""
+    from salgan.models import load_generator
+    from salgan.models.density import output_of
+
+    try:
+        generator = load_generator(model).generator
+    except Exception as exc:  # not a weights file, or not a generator
+        raise PackageError(f"{model}: cannot predict log-densities with it ({type(exc).__name__}: {exc})") from None
+    if output_of(generator) != "density":
+        raise PackageError(f"{model}: a saliency-map model; package.format mit-tuebingen-density needs a density model")
+    names, sizes = load_split_names(params.train.data, "test")
+    with atomic_directory(params.package.output) as staging:
+        try:
+            count = write_archive(staging / ARCHIVE, generator, params.train.data, params.predict.batch_size)
+            members = validate_archive(staging / ARCHIVE, names, sizes)
+        except SubmissionError as exc:
+            raise PackageError(str(exc)) from None
+        manifest = make_manifest(params, model, {"test": count}, members)
+        manifest["members"] = f"{count} .npy log-densities"
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def package_benchmark(params: Params, predictions: Path, model: Path) -> dict[str, Any]:
     """``package.format: mit-tuebingen`` (salgan/benchmark.py): one map per test image, ``<name>.png`` at the
     image's size, in an archive checked against the benchmark's own matching before it is written, with the
     submission's config.yaml beside it; or, for a dataset without a test split, only a manifest saying so."""
-    from salgan import benchmark
-
     note = no_test_split(params.train.data)
     names, sizes = ([], {}) if note else load_split_names(params.train.data, "test")
     files = {benchmark.member_name(name): predictions / benchmark.member_name(name) for name in names}
@@ -299,14 +323,14 @@ def _val_maps(params: Params, model: Path, given: str | Path | None, scratch: Pa
     """The folder of val maps: the given one, or the model's predictions written into ``scratch``."""
     if given is not None:
         return Path(given)
+    from salgan.inference import write_split_maps
     from salgan.models import load_generator
-    from salgan.predict import write_split_maps
 
     try:
-        generator = load_generator(model)
+        generator = load_generator(model).generator
     except Exception as exc:  # not a weights file, or not a generator: both mean no val maps
         raise PackageError(f"{model}: cannot predict the val maps with it ({type(exc).__name__}: {exc})") from None
-    write_split_maps(generator, Path(params.train.data), "val", scratch, params)
+    write_split_maps(generator, Path(params.train.data), "val", scratch, params.predict)
     return scratch
 
 
@@ -315,15 +339,14 @@ def _val_maps(params: Params, model: Path, given: str | Path | None, scratch: Pa
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan package`` (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
-    from salgan.settings import load_params
 
     parser = command_parser(
         "package",
-        "Build the SALICON challenge submission in the package.output folder: format 2017 (CodaLab: "
-        "submission.zip of one 8-bit grey PNG per test image, named as the image) or 2015 (salicon.net: "
-        "results.zip with the val and test results JSON, base64 PNGs). manifest.json beside the archive "
-        "records the model and settings hashes.",
+        "Build the submission in the package.output folder: format 2017 (CodaLab SALICON: "
+        "submission.zip of one 8-bit grey PNG per test image, named as the image), 2015 (salicon.net: "
+        "results.zip with the val and test results JSON, base64 PNGs) or mit-tuebingen (the MIT/Tuebingen "
+        "benchmark: saliency_maps.zip and config.yaml). manifest.json beside the archive records the model "
+        "and settings hashes.",
     )
     parser.add_argument("--predictions", help="folder of test-split PNGs (default: params predict.output)")
     parser.add_argument(

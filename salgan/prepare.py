@@ -1,12 +1,11 @@
 """The ``prepare`` stage: decode and resize SALICON into arrays that train without decoding.
 
-Reads the raw tree under ``prepare.input`` (SALICON's layout, REFERENCE §2) and writes, per split present,
+Reads the raw tree under ``prepare.input`` (SALICON's layout: salgan/datasets/salicon.py) and writes, per split present,
 the arrays that docs/data-layout.md specifies (the contract with train, evaluate and predict):
 ``images.npy``, ``maps.npy``, ``names.json``, ``original_sizes.npy``, ``fixations.npz``,
 ``fixation_maps.npy`` and, for val, ``maps_full.npy``; plus ``report.json`` beside the split folders.
 
-Speed: JPEGs are decoded with PIL's draft mode (libjpeg scales by 1/2, 1/4 or 1/8 in the DCT, so a
-640x480 image destined for 256x192 is decoded at 320x240) and a process pool writes straight into
+Speed: JPEGs are decoded in draft mode (:func:`salgan.imaging.decode_rgb`) and a process pool writes straight into
 preallocated memory-mapped ``.npy`` files. Row i always holds the i-th name in sorted order, whatever the
 worker count, so the output is deterministic.
 
@@ -20,11 +19,8 @@ import collections
 import contextlib
 import dataclasses
 import json
-import multiprocessing
+import logging
 import os
-import sys
-import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,22 +28,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
-from salgan.cpus import usable_cpus
+from salgan import datasets
+from salgan.cli import command_parser, run_command
+from salgan.cpus import die_with_parent, usable_cpus, worker_context
+from salgan.datasets import FixationSource, Limits, dataset_of, read_fixations, render_map, source_record
+from salgan.datasets.salicon import SUFFIXES, SaliconTree
 from salgan.errors import InputError
 from salgan.fixations import FixationFile, fixation_counts, load_fixations_mat
-from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SPLITS, SplitFiles, atomic_directory, split_version_of_files
+from salgan.imaging import IMAGE_SUFFIXES, ImageError, declared_size, decode_grey, decode_rgb, opened, resize_grey
+from salgan.layout import LABELLED_SPLITS, REPORT_FILE, SplitFiles, atomic_directory, split_version_of_files
+from salgan.progress import progress as bar_for
+from salgan.settings import DownloadParams, load_params
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from salgan.datasets import FixationSource
-    from salgan.settings import DownloadParams, PrepareParams
+    from salgan.settings import PrepareParams
 
 FULL_MAP_SPLITS = ("val",)  # evaluate scores val at the original resolution
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SALICON_SIZE = (480, 640)  # (rows, cols), used only when no val image header can be read at all
-RESAMPLE = Image.Resampling.BILINEAR  # Pillow's BILINEAR widens its support when shrinking: antialiased
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class PrepareError(InputError):
@@ -82,9 +82,9 @@ class SplitJob:
     size: tuple[int, int]  # (W, H)
     with_maps: bool
     full_size: tuple[int, int] | None  # (rows, cols) every image must have; None: no maps_full
-    max_pixels: int = 50_000_000  # prepare.max_pixels
-    max_fixations: int = 100_000  # prepare.max_fixations
-    map_sigma: float = 19.0  # prepare.map_sigma: maps made from fixations (salgan.datasets.render_map)
+    max_pixels: int  # prepare.max_pixels
+    max_fixations: int  # prepare.max_fixations
+    map_sigma: float  # prepare.map_sigma: maps made from fixations (salgan.datasets.render_map)
     full_offsets: tuple[int, ...] | None = None  # maps_full of mixed sizes: row i's pixels in the flat file (N + 1)
 
 
@@ -103,137 +103,42 @@ class ItemResult:
 # --- decoding -------------------------------------------------------------------------------------
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: grey, CMYK, palette, 16-bit and transparent images included.
-
-    Transparent pixels are composited over white: their stored colour is undefined (often black) and a
-    viewer shows them as background, not as dark paint.
-    """
-    if img.mode == "RGB":
-        return img
-    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
-        return _to_8bit_grey(img).convert("RGB")
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def to_grey(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit grey ('L'); 16-bit values are scaled, not clipped."""
-    if img.mode == "L":
-        return img
-    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
-        return _to_8bit_grey(img)
-    return img.convert("L")
-
-
-def _to_8bit_grey(img: Image.Image) -> Image.Image:
-    """16-bit (or 32-bit int / float) grey -> 'L'.
-
-    Pillow's own conversion clips such values at 255, which turns a 16-bit image white. 16-bit modes are
-    scaled by 255/65535; mode 'I' is treated as 16-bit when it exceeds 255 (PNG and TIFF readers use it
-    for 16-bit data); float images are taken as already on the 0-255 scale.
-    """
-    values = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16") or (img.mode == "I" and values.size and values.max() > 255):
-        values = values * (255.0 / 65535.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-
-
 def load_image(
-    path: str | Path, size: Sequence[int], draft: bool = True, max_pixels: int = 50_000_000
+    path: str | Path, size: Sequence[int], max_pixels: int, draft: bool = True
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode an image, convert it to RGB and resize it to ``size`` = (W, H).
+    """:func:`salgan.imaging.decode_rgb` of a raw image, its stored pixel grid kept (SALICON's maps and
+    fixations refer to it, not to an EXIF orientation), a JPEG decoded in draft mode with ``draft``.
 
-    Returns ``(uint8 (H, W, 3), (rows, cols) of the original)``. With ``draft`` a JPEG is decoded at the
-    smallest DCT scale that is still at least ``size`` (a no-op for other formats). EXIF orientation is
-    not applied: SALICON's maps and fixations refer to the stored pixel grid. An image declaring more than
-    ``max_pixels`` pixels is refused from its header, before it is decoded (a few KB of PNG can declare
-    gigabytes). Raises :class:`BadFileError` naming ``path``.
+    Returns ``(uint8 (H, W, 3) at size = (W, H), (rows, cols) of the original)``; raises
+    :class:`BadFileError` naming ``path``.
     """
-    width, height = int(size[0]), int(size[1])
     try:
-        with _quiet_bombs(), Image.open(path) as img:
-            _check_pixels(path, img, max_pixels)
-            original = (img.height, img.width)
-            if draft:
-                img.draft("RGB", (width, height))
-            rgb = to_rgb(img)
-            resized = rgb.resize((width, height), RESAMPLE) if rgb.size != (width, height) else rgb
-            array = np.asarray(resized, dtype=np.uint8)
-    except FileNotFoundError:
-        raise BadFileError(path, "no such file") from None
-    except BadFileError:
-        raise
-    # Pillow signals damaged input with OSError, SyntaxError, ValueError, EOFError, struct/zlib errors and
-    # DecompressionBombError; whatever the type, the file is unusable and the message must name it.
-    except Exception as exc:  # noqa: BLE001
-        raise BadFileError(path, f"cannot decode image: {type(exc).__name__}: {exc}") from None
-    return array, original
+        decoded = decode_rgb(path, size, max_pixels, "prepare.max_pixels", draft=draft)
+    except ImageError as exc:
+        raise BadFileError(path, f"cannot decode image: {exc}" if exc.damaged else str(exc)) from None
+    return decoded.array, decoded.original_size
 
 
-def load_map(path: str | Path, size: Sequence[int], max_pixels: int = 50_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a saliency map as 8-bit grey: ``(resized uint8 (H, W), original uint8 (rows, cols))``."""
-    width, height = int(size[0]), int(size[1])
+def load_map(path: str | Path, size: Sequence[int], max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A saliency map as 8-bit grey: ``(resized uint8 (H, W), original uint8 (rows, cols))``."""
     try:
-        with _quiet_bombs(), Image.open(path) as img:
-            _check_pixels(path, img, max_pixels)
-            grey = to_grey(img)
-            full = np.asarray(grey, dtype=np.uint8)
-            resized = grey.resize((width, height), RESAMPLE) if grey.size != (width, height) else grey
-            return np.asarray(resized, dtype=np.uint8), full
-    except FileNotFoundError:
-        raise BadFileError(path, "no such file") from None
-    except BadFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- see load_image
-        raise BadFileError(path, f"cannot decode map: {type(exc).__name__}: {exc}") from None
-
-
-@contextlib.contextmanager
-def _quiet_bombs():
-    """Pillow's decompression-bomb warning at open: our own limit (prepare.max_pixels) decides, by name."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        yield
-
-
-def _check_pixels(path: str | Path, img: Image.Image, max_pixels: int) -> None:
-    if img.width * img.height > max_pixels:
-        raise BadFileError(path, f"declares {img.width}x{img.height} pixels, more than prepare.max_pixels {max_pixels}")
-
-
-def resize_image(path: str | Path, size: Sequence[int]) -> np.ndarray:
-    """The stage's fast path for one image: draft-mode decode, RGB, bilinear resize to (W, H)."""
-    return load_image(path, size, draft=True)[0]
-
-
-def resize_image_naive(path: str | Path, size: Sequence[int]) -> np.ndarray:
-    """Reference path for benchmarks: full-resolution decode, then convert and resize (no draft)."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB").resize((int(size[0]), int(size[1])), RESAMPLE), dtype=np.uint8)
+        return decode_grey(path, size, max_pixels, "prepare.max_pixels")
+    except ImageError as exc:
+        raise BadFileError(path, f"cannot decode map: {exc}" if exc.damaged else str(exc)) from None
 
 
 # --- finding the samples --------------------------------------------------------------------------
 
 
-def present_splits(root: str | Path) -> list[str]:
-    """Splits with an ``images/{split}`` folder under ``root``, in train, val, test order."""
-    return [split for split in SPLITS if (Path(root) / "images" / split).is_dir()]
-
-
 def find_samples(root: str | Path, split: str) -> tuple[list[Sample], list[tuple[str, str, str]]]:
     """Samples of ``split`` sorted by name, and ``(name, path, reason)`` for images lacking ground truth."""
-    root = Path(root)
+    tree = SaliconTree(Path(root))
     images: dict[str, Path] = {}
-    for path in sorted((root / "images" / split).iterdir()):
+    for path in sorted(tree.folder("images", split).iterdir()):
         if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if not path.is_file():  # a pipe named like an image would block its reader forever
-            print(f"prepare: warning: {path}: not a regular file (a pipe, socket or device); skipped", file=sys.stderr)
+            log.warning("%s: not a regular file (a pipe, socket or device); skipped", path)
             continue
         if path.stem in images:
             raise PrepareError(f"{path}: same name as {images[path.stem]}; image names must be unique")
@@ -242,30 +147,27 @@ def find_samples(root: str | Path, split: str) -> tuple[list[Sample], list[tuple
         return [Sample(name, path) for name, path in sorted(images.items())], []
     samples, missing = [], []
     for name, image in sorted(images.items()):
-        map_path = root / "maps" / split / f"{name}.png"
-        fix_path = root / "fixations" / split / f"{name}.mat"
+        map_path, fix_path = tree.file("maps", split, name), tree.file("fixations", split, name)
         if not map_path.is_file():
             missing.append((name, str(image), f"no saliency map {map_path}"))
         elif not fix_path.is_file():
             missing.append((name, str(image), f"no fixation file {fix_path}"))
         else:
             samples.append(Sample(name, image, map_path, fix_path))
-    _warn_orphans(root, split, set(images))
+    _warn_orphans(tree, split, set(images))
     return samples, missing
 
 
-def _warn_orphans(root: Path, split: str, names: set[str]) -> None:
+def _warn_orphans(tree: SaliconTree, split: str, names: set[str]) -> None:
     """Maps or fixation files without an image are ignored; say so, since it hints at a broken download."""
-    for kind, suffix in (("maps", ".png"), ("fixations", ".mat")):
-        folder = root / kind / split
+    for kind in tree.kinds(split)[1:]:
+        folder = tree.folder(kind, split)
         if not folder.is_dir():
             continue
-        orphans = sorted(p.name for p in folder.glob(f"*{suffix}") if p.stem not in names)
+        orphans = sorted(p.name for p in folder.glob(f"*{SUFFIXES[kind]}") if p.stem not in names)
         if orphans:
-            print(
-                f"prepare: warning: {len(orphans)} file(s) in {folder} have no image, ignored "
-                f"(first: {', '.join(orphans[:3])})",
-                file=sys.stderr,
+            log.warning(
+                "%d file(s) in %s have no image, ignored (first: %s)", len(orphans), folder, ", ".join(orphans[:3])
             )
 
 
@@ -285,7 +187,7 @@ def process_chunk(job: SplitJob, items: Sequence[tuple[int, Sample]]) -> list[It
     results = []
     for index, sample in items:
         try:
-            image, original = load_image(sample.image, job.size, max_pixels=job.max_pixels)
+            image, original = load_image(sample.image, job.size, job.max_pixels)
             if job.full_size is not None and original != job.full_size:
                 raise BadFileError(
                     sample.image,
@@ -320,8 +222,6 @@ def _dataset_ground_truth(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(map at the training size, map at the original size, fixations, how many lay outside) of a sample
     of salgan/datasets/: its map file checked to have the image's size, or a map made from the fixations."""
-    from salgan.datasets import Limits, read_fixations, render_map
-
     where = sample.source.path or sample.source.where
     try:
         coords, outside = read_fixations(sample.source, original, Limits(job.max_pixels, job.max_fixations))
@@ -332,7 +232,7 @@ def _dataset_ground_truth(
         _check_same_size(sample.map, full.shape, original)
     else:
         full = render_map(coords, original, job.map_sigma)
-        small = np.asarray(Image.fromarray(full).resize(job.size, RESAMPLE), dtype=np.uint8)
+        small = resize_grey(full, job.size)
     return small, full, coords, outside
 
 
@@ -378,7 +278,7 @@ def prepare(params: PrepareParams, progress: bool = True, download: DownloadPara
     if dataset != "salicon":
         return prepare_dataset(params, dataset, download, progress)
     root, output = Path(params.input), Path(params.output)
-    splits = present_splits(root)
+    splits = SaliconTree(root).present_splits()
     if not splits:
         raise PrepareError(f"{root}: no images/train, images/val or images/test folder")
     size = (int(params.size[0]), int(params.size[1]))
@@ -388,7 +288,11 @@ def prepare(params: PrepareParams, progress: bool = True, download: DownloadPara
         for split in splits:
             samples, missing = find_samples(root, split)
             skipped = [_skip(split, name, path, reason, params.skip_bad) for name, path, reason in missing]
-            limits = {"max_pixels": params.max_pixels, "max_fixations": params.max_fixations}
+            limits = {
+                "max_pixels": params.max_pixels,
+                "max_fixations": params.max_fixations,
+                "map_sigma": params.map_sigma,
+            }
             counts, more = _prepare_split(split, samples, tmp / split, size, workers, params.skip_bad, progress, limits)
             skipped += more
             report["splits"][split] = {**counts, "skipped": len(skipped)}
@@ -400,8 +304,6 @@ def prepare(params: PrepareParams, progress: bool = True, download: DownloadPara
 
 def _dataset(root: Path, download: DownloadParams | None) -> str:
     """The dataset of the raw tree: ``download.dataset``, which must agree with its SOURCE.json."""
-    from salgan.datasets import dataset_of, source_record
-
     recorded = dataset_of(root)
     if download is None:
         return recorded
@@ -417,9 +319,6 @@ def prepare_dataset(params: PrepareParams, dataset: str, download: DownloadParam
     """The stage for the datasets of salgan/datasets/: their reader's records, split (the dataset's own
     splits, else a seeded val split), written as SALICON's are; ``report.json`` also names the dataset and,
     per split, each row's image relative to the raw tree (``sources``)."""
-    from salgan import datasets
-    from salgan.settings import DownloadParams
-
     download = download or DownloadParams(dataset=dataset)
     root, output = Path(params.input), Path(params.output)
     limits = datasets.Limits(params.max_pixels, params.max_fixations)
@@ -457,7 +356,7 @@ def _skip(split: str, name: str, path: str, reason: str, skip_bad: bool) -> dict
     """Record a bad sample, or stop the stage when skipping is off."""
     if not skip_bad:
         raise PrepareError(f"{path}: {reason} (set prepare.skip_bad: true to skip such files)")
-    print(f"prepare: skipping {name}: {path}: {reason}", file=sys.stderr)
+    log.warning("skipping %s: %s: %s", name, path, reason)
     return {"split": split, "name": name, "file": path, "reason": reason}
 
 
@@ -491,9 +390,11 @@ def _prepare_split(
         _allocate(files.maps_full, (n, *full_size))
     elif offsets is not None:
         _allocate(files.maps_full, (offsets[-1],))
-    job = SplitJob(str(folder), size, with_maps, full_size, limits["max_pixels"], limits["max_fixations"])
+    job = SplitJob(
+        str(folder), size, with_maps, full_size, limits["max_pixels"], limits["max_fixations"], limits["map_sigma"]
+    )
     if mixed_sizes:
-        job = dataclasses.replace(job, map_sigma=limits["map_sigma"], full_offsets=offsets)
+        job = dataclasses.replace(job, full_offsets=offsets)
     results = _run_jobs(job, list(enumerate(samples)), workers, f"prepare {split}", progress, stop_on_bad=not skip_bad)
     skipped = [_skip(split, samples[r.index].name, r.bad_path, r.reason, skip_bad) for r in results if r.bad_path]
     keep = [r for r in results if not r.bad_path]
@@ -509,10 +410,10 @@ def _prepare_split(
         _save_fixation_maps(files.fixation_maps, keep, (height, width))
         counts["fixations_outside"] = sum(r.outside for r in keep)
         if counts["fixations_outside"]:
-            print(
-                f"prepare: warning: {counts['fixations_outside']} {split} fixation(s) lay outside their image and "
-                "were moved to its border (counted in report.json)",
-                file=sys.stderr,
+            log.warning(
+                "%d %s fixation(s) lay outside their image and were moved to its border (counted in report.json)",
+                counts["fixations_outside"],
+                split,
             )
     return counts, skipped
 
@@ -523,9 +424,8 @@ def _peek_size(samples: Sequence[Sample], max_pixels: int) -> tuple[int, int]:
     one odd or oversized image there would make every other image the odd one out, and drop the split."""
     sizes: collections.Counter[tuple[int, int]] = collections.Counter()
     for sample in samples:
-        with contextlib.suppress(Exception), _quiet_bombs(), Image.open(sample.image) as img:
-            if img.width * img.height <= max_pixels:
-                sizes[(img.height, img.width)] += 1
+        with contextlib.suppress(ImageError), opened(sample.image, max_pixels, "prepare.max_pixels") as img:
+            sizes[(img.height, img.width)] += 1
     return sizes.most_common(1)[0][0] if sizes else SALICON_SIZE  # none reads: each is reported on its own
 
 
@@ -534,13 +434,7 @@ def _full_layout(samples: Sequence[Sample], max_pixels: int) -> tuple[tuple[int,
     declares one size (the (N, H0, W0) array), else ``(None, offsets)``: row i's pixels are
     ``offsets[i]:offsets[i + 1]`` of a flat array. An unreadable header gets no pixels (its image is reported
     bad by the worker)."""
-    sizes = []
-    for sample in samples:
-        declared = (0, 0)
-        with contextlib.suppress(Exception), _quiet_bombs(), Image.open(sample.image) as img:
-            if img.width * img.height <= max_pixels:
-                declared = (img.height, img.width)
-        sizes.append(declared)
+    sizes = [declared_size(sample.image, max_pixels, "prepare.max_pixels") or (0, 0) for sample in samples]
     if len(set(sizes)) == 1 and sizes[0] != (0, 0):
         return sizes[0], None
     pixels = [rows * cols for rows, cols in sizes]
@@ -586,7 +480,6 @@ def _run_jobs(
 
 
 def _bar(total: int, desc: str, progress: bool):
-    from salgan.cli import progress as bar_for
 
     return bar_for(total=total, desc=desc, unit="img", enabled=progress)
 
@@ -598,39 +491,11 @@ def _checked(results: list[ItemResult], stop_on_bad: bool) -> list[ItemResult]:
     return results
 
 
-def _die_with_parent() -> None:
-    """A pool worker's first act on Linux: ask the kernel to kill it when the process that started it dies,
-    so that a SIGKILLed stage leaves no orphaned workers behind (PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent died before the request: nobody will collect this worker
-        os._exit(1)
-
-
 @contextlib.contextmanager
 def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """A process pool that starts fast without risking a deadlocked child.
-
-    ``fork`` starts workers in milliseconds (``forkserver`` and ``spawn`` pay ~0.5 s of interpreter start
-    and imports, the whole budget of a small run), but forking a process in which another thread holds a
-    lock copies that lock held forever. So fork only while this process runs a single Python thread (the
-    command line; the progress bar starts no thread); otherwise (embedded in a flow, a notebook or a test
-    session with threads) use the forkserver, which preloads this module once.
-    """
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        context = multiprocessing.get_context("fork")
-    elif "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["salgan.prepare"])
-    else:
-        context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
+    """A process pool started as :func:`salgan.cpus.worker_context` says, each worker dying with this one."""
+    context = worker_context(["salgan.prepare"])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent)
     try:
         yield pool
     finally:
@@ -701,8 +566,6 @@ def _save_fixation_maps(path: Path, results: list[ItemResult], shape: tuple[int,
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan prepare``: run the stage (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
-    from salgan.settings import load_params
 
     parser = command_parser(
         "prepare",

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from salgan.cli import command_parser, run_command
 from salgan.errors import ConfigError, InputError
+from salgan.layout import LOGGED_WEIGHTS, sha256_file
+from salgan.metrics import METRIC_NAMES
 from salgan.settings import Params, load_params
-from salgan.tracking.registry import Opened, Unloadable, promote
+from salgan.tracking import fingerprint
+from salgan.tracking import lock as registry_locks
+from salgan.tracking.registry import Opened, Unloadable, check_min_delta, describe, list_versions, promote
+from salgan.urls import redact_text
+
+if TYPE_CHECKING:
+    from salgan.evaluate import RawImages
+
+log = logging.getLogger(__name__)
 
 
 class Judge:
@@ -28,7 +41,6 @@ class Judge:
     @functools.cached_property
     def common(self) -> dict:
         """Today's fingerprint fields: the prepared splits' versions, the scoring settings and code."""
-        from salgan.tracking import fingerprint
 
         data = Path(self.params.train.data)
         for split in ("train", "val"):
@@ -42,15 +54,13 @@ class Judge:
     def open(self, version) -> Opened:
         """The version's generator read as ``salgan predict`` reads a model (weights only, salgan's format),
         its pyfunc loader checked to be salgan's own, its weights hashed."""
-        from salgan.layout import LOGGED_WEIGHTS, sha256_file
-        from salgan.predict import ModelError, load_model
+        from salgan.models import ModelError, load_generator
         from salgan.tracking.models import fetched_model
-        from salgan.urls import redact_text
 
         uri = f"models:/{self.name}/{version.version}"
         try:
             with fetched_model(uri, self.params) as local:
-                generator, size = load_model(str(local), self.params, None)
+                generator, size = load_generator(local)
                 salgan_pyfunc_only(local)
                 weights = sha256_file(local / LOGGED_WEIGHTS)
         except ModelError as exc:
@@ -75,11 +85,13 @@ class Judge:
         val, common = self.inputs()
         images = None if input_size(val) == opened.input_size else self.images_at(opened.input_size)
         size = f"{opened.input_size[0]}x{opened.input_size[1]}"
-        print(f"scoring {opened.weights_sha256[:12]} at {size} under today's settings and code")
+        log.info("scoring %s at %s under today's settings and code", opened.weights_sha256[:12], size)
         return score_generator(opened.generator, self.params, val, common, images)[1]
 
     def images_at(self, size: tuple[int, int]) -> RawImages:
         """The val images at ``size``, decoded from the raw tree (``prepare.input``) as prepare decodes them."""
+        from salgan.evaluate import val_images_at
+
         return val_images_at(self.params, self.inputs()[0].names, size)
 
     def floor(self) -> dict[str, float]:
@@ -90,51 +102,13 @@ class Judge:
         return self._floor
 
 
-def val_images_at(params: Params, names: list[str], size: tuple[int, int]) -> RawImages:
-    """The val images ``names`` at ``size`` (W, H), decoded from the raw tree (``prepare.input``) as prepare
-    decodes them: for a model trained at another size than the prepared data's."""
-    from salgan.datasets import DatasetError, raw_image_paths
-
-    try:
-        paths = raw_image_paths(params.train.data, params.prepare.input, "val", names)
-    except DatasetError as exc:
-        raise InputError(
-            f"{exc}; a model trained at {size[0]}x{size[1]} is scored on the raw val images (prepare.input) resized "
-            "to its own size"
-        ) from None
-    return RawImages(paths, size, params.prepare.max_pixels)
-
-
-class RawImages:
-    """Images decoded and resized to ``size`` (W, H) as the prepare stage does, a slice at a time."""
-
-    def __init__(self, paths: list[Path], size: tuple[int, int], max_pixels: int):
-        self.paths, self.size, self.max_pixels = paths, size, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: slice):
-        import numpy as np
-
-        from salgan.prepare import load_image
-
-        return np.stack([load_image(path, self.size, max_pixels=self.max_pixels)[0] for path in self.paths[index]])
-
-
 def salgan_pyfunc_only(folder: Path) -> None:
     """MLmodel's only flavour is salgan's pyfunc (``loader_module: salgan.serving``): what
     ``mlflow.pyfunc.load_model("models:/salgan@champion")`` then runs is the installed salgan, nothing the
     model brings (a pickle, another loader)."""
-    import yaml
+    from salgan.models.loading import ModelError, read_mlmodel
 
-    from salgan.predict import ModelError
-
-    try:
-        meta = yaml.safe_load((folder / "MLmodel").read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelError(f"{folder}: unreadable MLmodel ({exc})") from None
-    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    flavors = read_mlmodel(folder).get("flavors")
     loader = (flavors or {}).get("python_function", {}).get("loader_module") if isinstance(flavors, dict) else None
     if loader != "salgan.serving" or set(flavors) != {"python_function"}:
         named = sorted(flavors) if isinstance(flavors, dict) else flavors
@@ -155,25 +129,25 @@ def gate(
     """:func:`salgan.tracking.registry.promote` of ``version`` (default: the challenger) against the champion,
     both opened here and valued under today's fingerprint (``train.data``, the settings, the code), under
     the registry's lock (:mod:`salgan.tracking.lock`)."""
-    from mlflow import MlflowClient
-
-    from salgan.tracking.lock import registry_lock
-    from salgan.tracking.registry import check_min_delta
-    from salgan.tracking.store import configure
+    from salgan.tracking.store import client, tracking_uri
 
     metric, min_delta = check_metric(metric), check_min_delta(min_delta)  # before anything is loaded
-    uri = configure(params)
-    client = MlflowClient(uri)
+    uri = tracking_uri(params)
     name = name or params.mlflow.model_name
     return promote(
-        client, name, Judge(params, name), metric, min_delta, version, floor, lock=lambda: registry_lock(uri)
+        client(params),
+        name,
+        Judge(params, name),
+        metric,
+        min_delta,
+        version,
+        floor,
+        lock=lambda: registry_locks.registry_lock(uri),
     )
 
 
 def check_metric(metric: str) -> str:
     """``metric`` if it is one of the metrics evaluate scores; else :class:`ConfigError` (exit status 2)."""
-    from salgan.metrics import METRIC_NAMES
-
     if metric not in METRIC_NAMES:
         raise ConfigError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
     return metric
@@ -191,7 +165,6 @@ def _min_delta(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan registry list|promote`` (exit statuses: salgan/cli.py; a refused version: 1)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "registry",
@@ -221,15 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        from mlflow import MlflowClient
-
-        from salgan.tracking.registry import describe, list_versions
-        from salgan.tracking.store import configure
+        from salgan.tracking.store import client
 
         params = load_params(args.params, require_all=False) if Path(args.params).is_file() else Params()
         name = args.name or params.mlflow.model_name
         if args.command == "list":
-            print(list_versions(MlflowClient(configure(params)), name))
+            print(list_versions(client(params), name))
             return 0
         result = gate(params, args.metric, args.min_delta, name, args.version, floor=not args.no_floor)
         print(describe(result))

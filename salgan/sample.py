@@ -1,4 +1,4 @@
-"""A deterministic offline dataset in SALICON's exact layout and file formats (REFERENCE §2).
+"""A deterministic offline dataset in SALICON's exact layout and file formats (salgan/datasets/salicon.py).
 
 The pipeline must run end to end on a machine with no access to the real release, so the ``download``
 stage can generate this sample instead. It copies SALICON's layout and formats exactly
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from salgan.datasets.salicon import KINDS, SUFFIXES, SaliconTree, image_name
 from salgan.layout import LABELLED_SPLITS, SPLITS
 
 WIDTH, HEIGHT = 640, 480
@@ -53,11 +53,6 @@ class Shape:
     ry: float
     kind: str  # "disc" (an ellipse) or "rect"
     colour: tuple[int, int, int]
-
-
-def image_name(split: str, image_id: int) -> str:
-    """SALICON's base name for a COCO 2014 image: ``COCO_val2014_000000000042``."""
-    return f"COCO_{split}2014_{image_id:012d}"
 
 
 def generate_sample(root: str | Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, list[str]]:
@@ -93,10 +88,9 @@ def _generate(root: Path, counts: dict[str, int], seed: int) -> dict[str, list[s
             raise ValueError(f"generate_sample: n_{split} must be >= 0, got {count}")
         rng = np.random.default_rng([seed, split_index])
         ids = np.sort(rng.choice(np.arange(1, 600_000), size=count, replace=False))
-        folders = {kind: root / kind / split for kind in ("images", "maps", "fixations")}
-        for kind, folder in folders.items():
-            if kind == "images" or split in LABELLED_SPLITS:
-                folder.mkdir(parents=True, exist_ok=True)
+        folders = {kind: SaliconTree(root).folder(kind, split) for kind in KINDS}
+        for kind in SaliconTree.kinds(split):
+            folders[kind].mkdir(parents=True, exist_ok=True)
         names[split] = []
         for image_id in ids:
             name = image_name(split, int(image_id))
@@ -109,7 +103,7 @@ def _write_one(rng: np.random.Generator, name: str, folders: dict[str, Path], wi
     """Draw one image (and its observers) and write its files."""
     shapes = random_shapes(rng)
     pixels = render_image(rng, shapes)
-    Image.fromarray(pixels).save(folders["images"] / f"{name}.jpg", quality=90)
+    Image.fromarray(pixels).save(folders["images"] / f"{name}{SUFFIXES['images']}", quality=90)
     # The test split still draws observers, so every split consumes its random stream the same way.
     gaze = simulate_observers(rng, shapes)
     if not with_ground_truth:
@@ -117,8 +111,9 @@ def _write_one(rng: np.random.Generator, name: str, folders: dict[str, Path], wi
     fixations = np.concatenate([observer["fixations"] for observer in gaze])
     saliency = saliency_map(fixations)
     # Fast zlib settings: the maps are smooth, and level 1 with run-length coding is small enough.
-    Image.fromarray(saliency).save(folders["maps"] / f"{name}.png", compress_level=1, compress_type=zlib.Z_RLE)
-    (folders["fixations"] / f"{name}.mat").write_bytes(mat_bytes(name, gaze))
+    map_file = folders["maps"] / f"{name}{SUFFIXES['maps']}"
+    Image.fromarray(saliency).save(map_file, compress_level=1, compress_type=zlib.Z_RLE)
+    (folders["fixations"] / f"{name}{SUFFIXES['fixations']}").write_bytes(mat_bytes(name, gaze))
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -308,31 +303,3 @@ def mat_bytes(name: str, gaze: list[dict[str, np.ndarray]]) -> bytes:
     data = bytearray(buffer.getvalue())
     data[:116] = _MAT_HEADER
     return bytes(data)
-
-
-# --- the release's zip files ---------------------------------------------------------------------
-
-
-def write_release_zips(root: str | Path, out_dir: str | Path, edition: str = "2017") -> dict[str, Path]:
-    """Pack a tree in our layout into zips laid out like the SALICON release; return kind -> path.
-
-    The release's layout (pysaliency external_datasets/salicon.py, datadings SALICON2015_write.py,
-    MSI-Net download.py): the stimuli zip holds ``images/{train,val,test}/*.jpg``; the fixations zip
-    ``{train,val}/*.mat``; the maps zip ``{train,val}/*.png``. Used to test the download stage and
-    to stand in for the release on a mirror.
-    """
-    root, out_dir = Path(root), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan = {
-        "images": ("images.zip", root / "images", "images/"),
-        "fixations": (f"fixations_{edition}.zip", root / "fixations", ""),
-        "maps": ("maps.zip", root / "maps", ""),
-    }
-    written = {}
-    for kind, (filename, folder, prefix) in plan.items():
-        path = out_dir / filename
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-            for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-                archive.write(file, prefix + file.relative_to(folder).as_posix())
-        written[kind] = path
-    return written

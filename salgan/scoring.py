@@ -27,24 +27,20 @@ Conventions (the report must state them):
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
-import multiprocessing
 import multiprocessing.connection
-import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from salgan.cpus import usable_cpus
+from salgan.cpus import die_with_parent, usable_cpus, worker_context
 from salgan.metrics import METRIC_NAMES, Fixations, PreparedMap, image_metrics
+from salgan.progress import progress as bar_for
 
-__all__ = ["fixation_density_baseline", "score_split", "write_scores"]
+__all__ = ["fixation_density_baseline", "score_split"]
 
 
 def _check_offsets(coords: np.ndarray, offsets: np.ndarray, n_images: int | None = None) -> None:
@@ -260,7 +256,6 @@ def score_split(
     )
     # A worker costs a fork and a pipe; below 8 images each it would cost more than it saves.
     n_workers = max(1, min(workers or usable_cpus(), n_images // 8))
-    from salgan.cli import progress as bar_for
 
     rows: list[dict[str, Any]] = []
     with bar_for(total=n_images, enabled=progress, desc="scoring", unit="img") as bar:
@@ -333,20 +328,11 @@ class _Workers:
     the worker keeps: no pickling of the maps and no fresh pages on either side. (Through a
     ``ProcessPoolExecutor``, pickling them in its feeder thread and unpickling them cost 3 ms and 2 ms of
     CPU per 640x480 image here, most of it page faults, against 7 ms for the scoring itself.) Started as
-    ``salgan.prepare``'s pool is: fork while this process runs one Python thread, else the forkserver.
+    ``salgan.prepare``'s pool is (:func:`salgan.cpus.worker_context`).
     """
 
     def __init__(self, workers: int, split: _Split):
-        import salgan.prepare  # noqa: F401 -- the workers' _die_with_parent: imported once here, not per fork
-
-        methods = multiprocessing.get_all_start_methods()
-        if "fork" in methods and threading.active_count() == 1:
-            context = multiprocessing.get_context("fork")
-        elif "forkserver" in methods:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["salgan.scoring", "salgan.prepare"])
-        else:
-            context = multiprocessing.get_context("spawn")
+        context = worker_context(["salgan.scoring"])
         self.split, self.processes, self.idle, self.busy = split, [], [], {}
         for _ in range(workers):
             here, there = context.Pipe()
@@ -414,9 +400,7 @@ def _work(connection, split: _Split) -> None:
     """A worker's loop: receive an image's header and maps, answer its row (or its error)."""
     import signal
 
-    from salgan.prepare import _die_with_parent
-
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     buffers: dict[int, np.ndarray] = {}
     received = [bytearray(), bytearray()]
@@ -435,28 +419,3 @@ def _work(connection, split: _Split) -> None:
             connection.send(("error", str(error)))
         except Exception:  # noqa: BLE001 -- reported to the parent, which raises it
             connection.send(("crash", traceback.format_exc()))
-
-
-def write_scores(
-    rows: Sequence[dict[str, Any]],
-    means: dict[str, float],
-    csv_path: str | Path,
-    json_path: str | Path,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Write per-image rows as CSV and the means as JSON (parent folders are created).
-
-    The CSV has one column per row key, in the order of the first row (index, name, n_fixations, the
-    metrics); floats are written at full precision. The JSON is ``{"n_images": N, "means": {...}}``
-    plus the keys of ``extra`` (e.g. the settings used), indented, keys in insertion order.
-    """
-    csv_path, json_path = Path(csv_path), Path(json_path)
-    for path in (csv_path, json_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fieldnames = list(rows[0]) if rows else ["index", *METRIC_NAMES]
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = {"n_images": len(rows), "means": dict(means), **(extra or {})}
-    json_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

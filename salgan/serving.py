@@ -14,7 +14,8 @@ of encoded image bytes (JPEG, PNG, WebP, TIFF, BMP, in any mode; base64 strings 
 boolean column ``overlay``. Output, one row per input row: ``saliency``, the map at the image's own size
 as a base64 PNG; ``overlay``, a base64 JPEG heat map over the image when asked, else empty; and
 ``error``, empty when the row succeeded, else why it did not (a row that cannot be read fails alone).
-The decoding, resizing, prediction and post-processing are ``salgan predict``'s own functions.
+The decoding, resizing, prediction and post-processing are those of every prediction (:mod:`salgan.imaging`,
+:func:`salgan.inference.predict_images`).
 
 A density model (``model.output: density``; MLmodel ``metadata.output``) answers a row with an optional
 ``kind`` column of ``log-density`` with its log-density, and of ``metric-map`` (with ``metric``, one of
@@ -34,9 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
+from salgan.imaging import Decoded, declared_pixels, decode_rgb, encoded, save_map, save_overlay
+from salgan.inference import default_device, failure_reason, predict_images
 from salgan.layout import LOGGED_WEIGHTS
+from salgan.models import load_generator
+from salgan.settings import PredictParams
 
 SETTINGS_FILE = "extra_files/serving.json"
+# the predict settings a logged model serves with (the last two: a density model's metric maps)
+SERVED_OPTIONS = ("batch_size", "blur_size", "max_pixels", "metric_map_sigma", "sim_fixations")
+PYTHON_ENV = "python_env.yaml"
 MAX_PIXELS_ENV = "SALGAN_SERVE_MAX_PIXELS"  # overrides the logged predict.max_pixels where the model serves
 # What one request may hold, read where the model serves: rows, and pixels of all its images together (an
 # overlay row counts twice: it keeps the image and draws over it). Beyond them: 413 with the reason.
@@ -74,48 +82,80 @@ def input_example():
     return pd.DataFrame({"image": [buffer.getvalue()], "overlay": [True]})
 
 
-def save_model(
-    path, mlflow_model, generator_path, size, blur_size: int = 5, max_pixels: int = 50_000_000, density=None, **_
-):
-    """Write the model folder: the weights at ``extra_files/generator.pt``, the serving settings, the
-    signature and input example, the environment, and MLmodel with this module as the pyfunc loader."""
+def save_model(path, mlflow_model, generator_path, size, options, **_):
+    """Write the model folder: the weights at ``extra_files/generator.pt``, the serving settings (``options``:
+    the ``predict`` settings it serves with), the signature and input example, the environment, and MLmodel
+    with this module as the pyfunc loader."""
     import mlflow.pyfunc
     import PIL
     import torch
-    from mlflow.models.utils import _save_example
-    from mlflow.utils.environment import _PythonEnv
 
     path = Path(path)
     (path / LOGGED_WEIGHTS).parent.mkdir(parents=True)
     shutil.copyfile(generator_path, path / LOGGED_WEIGHTS)
-    settings = {"input_size": [int(size[0]), int(size[1])], "blur_size": blur_size, "max_pixels": max_pixels}
-    settings |= density or {}  # a density model's metric-map settings (salgan/density/inference.py)
+    settings = {"input_size": [int(size[0]), int(size[1])]}
+    settings |= {key: getattr(options, key) for key in SERVED_OPTIONS}
     (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     mlflow_model.signature = signature()
-    _save_example(mlflow_model, input_example(), str(path))
+    _write_input_example(mlflow_model, path)
     torch_version = torch.__version__.split("+")[0]  # "2.14.1+cu130" is not installable from PyPI
     requirements = [f"torch=={torch_version}", f"numpy=={np.__version__}", f"pillow=={PIL.__version__}"]
     (path / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    _PythonEnv.current().to_yaml(str(path / "python_env.yaml"))
-    mlflow.pyfunc.add_to_model(mlflow_model, loader_module=__name__, data="extra_files", python_env="python_env.yaml")
+    (path / PYTHON_ENV).write_text(_python_env())
+    mlflow.pyfunc.add_to_model(mlflow_model, loader_module=__name__, data="extra_files", python_env=PYTHON_ENV)
     mlflow_model.save(str(path / "MLmodel"))
+
+
+def _write_input_example(mlflow_model, path: Path) -> None:
+    """:func:`input_example` as MLflow keeps one: ``input_example.json`` (the frame, pandas' split orient,
+    bytes in base64) and the request that serves it, named in MLmodel's ``saved_input_example_info``."""
+    from mlflow.models import convert_input_example_to_serving_input
+
+    example = input_example()
+    rows = [[base64.b64encode(image).decode("ascii"), overlay] for image, overlay in example.itertuples(index=False)]
+    (path / "input_example.json").write_text(json.dumps({"columns": list(example.columns), "data": rows}))
+    (path / "serving_input_example.json").write_text(convert_input_example_to_serving_input(example))
+    mlflow_model.saved_input_example_info = {
+        "artifact_path": "input_example.json",
+        "type": "dataframe",
+        "pandas_orient": "split",
+        "serving_input_path": "serving_input_example.json",
+    }
+
+
+def _python_env() -> str:
+    """``python_env.yaml``: this Python's version, the packaging tools it has, the model's requirements."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import yaml
+
+    tools = []
+    for tool in ("pip", "setuptools", "wheel"):
+        try:
+            tools.append(f"{tool}=={version(tool)}")
+        except PackageNotFoundError:
+            tools.append(tool)
+    environment = {
+        "python": platform.python_version(),
+        "build_dependencies": tools,
+        "dependencies": ["-r requirements.txt"],
+    }
+    return yaml.safe_dump(environment, sort_keys=False)
 
 
 def _load_pyfunc(data_path: str, model_config=None) -> SaliencyService:
     """MLflow's pyfunc loader protocol: ``data_path`` is the model's ``extra_files`` folder."""
-    import torch
 
-    from salgan.models import generator_from_state_dict
-
-    folder = Path(data_path)
-    settings = json.loads((folder.parent / SETTINGS_FILE).read_text())
-    state = torch.load(folder.parent / LOGGED_WEIGHTS, map_location="cpu", weights_only=True)
-    max_pixels = int(os.environ.get(MAX_PIXELS_ENV) or settings["max_pixels"])
+    folder = Path(data_path).parent
+    settings = json.loads((folder / SETTINGS_FILE).read_text())
+    options = PredictParams(**{key: settings[key] for key in SERVED_OPTIONS if key in settings})
+    if os.environ.get(MAX_PIXELS_ENV):
+        options.max_pixels = int(os.environ[MAX_PIXELS_ENV])
     size = (int(settings["input_size"][0]), int(settings["input_size"][1]))
-    service = SaliencyService(generator_from_state_dict(state).eval(), size, int(settings["blur_size"]), max_pixels)
+    service = SaliencyService(load_generator(folder).generator, size, options)
     service.max_rows = int(os.environ.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
     service.max_request_pixels = int(os.environ.get(MAX_REQUEST_PIXELS_ENV) or DEFAULT_MAX_REQUEST_PIXELS)
-    service.density_settings = {k: settings[k] for k in ("metric_map_sigma", "sim_fixations") if k in settings}
     return service
 
 
@@ -123,15 +163,14 @@ class SaliencyService:
     """Encoded images in, base64 maps out (module docstring); what ``mlflow.pyfunc.load_model`` returns
     inside its PyFuncModel and ``mlflow models serve`` calls per request."""
 
-    def __init__(self, generator, size: tuple[int, int], blur_size: int = 5, max_pixels: int = 50_000_000):
-        from salgan.inference import default_device
-
+    def __init__(self, generator, size: tuple[int, int], options):
+        """``options``: the ``predict`` settings the model was logged with (batch size, blur, pixel limit)."""
         self.device = default_device()
         self.generator = generator.to(self.device).eval()
-        self.size, self.blur_size, self.max_pixels = size, blur_size, max_pixels
-        self.batch_size = 16
+        self.size = size
+        self.batch_size, self.blur_size, self.max_pixels = options.batch_size, options.blur_size, options.max_pixels
         self.max_rows, self.max_request_pixels = DEFAULT_MAX_ROWS, DEFAULT_MAX_REQUEST_PIXELS
-        self.density_settings: dict = {}
+        self.options = options
 
     def get_raw_model(self):
         """The generator itself (``PyFuncModel.get_raw_model()``): a torch module taking (N, 3, H, W) RGB in
@@ -140,10 +179,6 @@ class SaliencyService:
 
     def predict(self, model_input, params=None):
         import pandas as pd
-
-        from salgan.batch import predict_each
-        from salgan.predict import decode_image, encoded, save_map, save_overlay
-        from salgan.settings import PredictParams
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "image" not in frame.columns:
@@ -163,42 +198,40 @@ class SaliencyService:
             except ValueError as exc:
                 results[row]["error"] = f"row {row}: {exc}"
         self._check_request_pixels(encoded_rows, wanted)
-        decoded = {}
-        for row, data in encoded_rows.items():
-            try:
-                decoded[row] = decode_image(io.BytesIO(data), self.size, wanted[row], self.max_pixels)
-            except ValueError as exc:
-                results[row]["error"] = f"row {row}: {exc}"
-        options = PredictParams(batch_size=self.batch_size, blur_size=self.blur_size, **self.density_settings)
+
+        def decode(row: int) -> Decoded:
+            data = io.BytesIO(encoded_rows[row])
+            return decode_rgb(data, self.size, self.max_pixels, "predict.max_pixels", exif=True, keep_full=wanted[row])
+
         if {"kind", "metric"} & set(frame.columns):  # density kinds, row by row (salgan/density/inference.py)
             from salgan.density.inference import answer_rows
 
-            answer_rows(self.generator, frame, decoded, results, options, self.device)
-        rows = [row for row in decoded if not (results[row]["saliency"] or results[row]["error"])]
-        for start in range(0, len(rows), self.batch_size):
-            batch = [(row, decoded[row]) for row in rows[start : start + self.batch_size]]
-            outcomes = predict_each(self.generator, batch, options, self.device)
-            for (row, (_, _, full)), outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, Exception):  # this row alone fails; the others keep their maps
-                    results[row]["error"] = f"row {row}: {type(outcome).__name__}: {outcome}"
-                    continue
-                results[row]["saliency"] = _base64(encoded(save_map, outcome))
-                if full is not None:
-                    results[row]["overlay"] = _base64(encoded(save_overlay, full, outcome))
+            decoded = {}
+            for row in encoded_rows:
+                try:
+                    image = decode(row)
+                    decoded[row] = (image.array, image.original_size, image.full)
+                except ValueError as exc:
+                    results[row]["error"] = f"row {row}: {exc}"
+            answer_rows(self.generator, frame, decoded, results, self.options, self.device)
+        rows = [row for row in encoded_rows if not (results[row]["saliency"] or results[row]["error"])]
+        outcomes = predict_images(self.generator, rows, decode, self.batch_size, self.blur_size, self.device)
+        for outcome in outcomes:
+            row = outcome.item
+            if outcome.error is not None:  # this row alone fails; the others keep their maps
+                results[row]["error"] = f"row {row}: {failure_reason(outcome.error)}"
+                continue
+            results[row]["saliency"] = _base64(encoded(save_map, outcome.saliency))
+            if wanted[row]:
+                results[row]["overlay"] = _base64(encoded(save_overlay, outcome.decoded.full, outcome.saliency))
         return pd.DataFrame(results, columns=["saliency", "overlay", "error"])
 
     def _check_request_pixels(self, encoded_rows: dict[int, bytes], wanted: list[bool]) -> None:
         """Refuse (413) a request whose images declare more pixels together than the request may hold, from
         their headers (nothing decoded); a row whose header does not read is left to fail alone."""
-        from PIL import Image
-
         total = 0
         for row, data in encoded_rows.items():
-            try:
-                with Image.open(io.BytesIO(data)) as img:
-                    total += img.width * img.height * (2 if wanted[row] else 1)
-            except Exception:  # noqa: BLE001 -- named in its own row when decoded
-                continue
+            total += (declared_pixels(data) or 0) * (2 if wanted[row] else 1)
         if total > self.max_request_pixels:
             _refuse(
                 f"the request's images declare {total} pixels together (overlay rows count twice), more than "

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from salgan.encoder_table import ENCODERS, MAX_WIDTH, MIN_STRIDE, STAGES, size_problem, width_problem
 from salgan.errors import ConfigError
 from salgan.urls import redact_text, remember_secrets
 
@@ -70,8 +71,8 @@ DATASETS = ("salicon", "mit1003", "cat2000", "fixations_csv")  # the raw layouts
 class DownloadParams(Section):
     """Which dataset (its raw layout, salgan/datasets/), where it comes from, and where it lands."""
 
-    # salicon (REFERENCE §2) | mit1003 | cat2000 | fixations_csv (docs/datasets.md)
-    dataset: Annotated[Literal["salicon", "mit1003", "cat2000", "fixations_csv"], trust(KNOB)] = "salicon"
+    # salicon (docs/reference.md §2) | mit1003 | cat2000 | fixations_csv (docs/datasets.md)
+    dataset: Annotated[Literal[DATASETS], trust(KNOB)] = "salicon"
     # sample | salicon | mit1003 | cat2000 | s3://bucket/prefix | https://host/prefix | a local directory or zip
     source: Annotated[str, trust(HOST, ("sample", "salicon", "mit1003", "cat2000"))] = "sample"
     fixations_edition: Annotated[Literal["2015", "2017"], trust(KNOB)] = "2017"
@@ -127,23 +128,25 @@ class PrepareParams(Section):
 
     @field_validator("size")
     @classmethod
-    def _multiples_of_16(cls, size: list[int]) -> list[int]:
-        if any(side <= 0 or side % 16 for side in size):
-            raise ValueError(f"expected [W, H], positive multiples of 16 (the generator's four poolings), got {size}")
+    def _multiples_of_the_stride(cls, size: list[int]) -> list[int]:
+        if any(side <= 0 or side % MIN_STRIDE for side in size):
+            raise ValueError(
+                f"expected [W, H], positive multiples of {MIN_STRIDE} (the generator's four poolings), got {size}"
+            )
         return size
 
 
 class ModelParams(Section):
-    """SalGAN generator and discriminator (Pan et al. 2017, REFERENCE §1)."""
+    """SalGAN generator and discriminator (Pan et al. 2017, docs/reference.md §1)."""
 
     # vgg16: the paper; the others (torchvision builders, skip decoder) are docs/model.md's "Encoders and losses"
-    encoder: Annotated[Literal["vgg16", "resnet18", "resnet50", "mobilenet_v3_large"], trust(KNOB)] = "vgg16"
+    encoder: Annotated[Literal[ENCODERS], trust(KNOB)] = "vgg16"  # salgan/encoder_table.py
     # imagenet | none | path to a state_dict of torchvision's model.encoder
     encoder_weights: Annotated[str, trust(HOST, ("imagenet", "none"))] = "none"
     # encoder stages frozen from the input side; the paper: 3
-    freeze_blocks: Annotated[int, trust(KNOB)] = Field(default=0, ge=0, le=5)
+    freeze_blocks: Annotated[int, trust(KNOB)] = Field(default=0, ge=0, le=STAGES)
     # channel multiplier (vgg16, mobilenet_v3_large); 1.0: as published
-    width: Annotated[float, trust(KNOB)] = Field(default=0.125, gt=0, le=2)
+    width: Annotated[float, trust(KNOB)] = Field(default=0.125, gt=0, le=MAX_WIDTH)
     discriminator_first_pool: Annotated[Literal[2, 4], trust(KNOB)] = 4  # 4 in the original code, 2 in the paper's
     # weight norm on conv3_1/conv3_2 as the original code; not in the paper
     discriminator_weight_norm: Annotated[bool, trust(KNOB)] = True
@@ -222,7 +225,7 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    """Validation scoring at the original resolution (REFERENCE §3)."""
+    """Validation scoring at the original resolution (docs/reference.md §3)."""
 
     output: Annotated[str, trust(PLACE)] = "reports"
     batch_size: Annotated[PositiveInt, trust(KNOB)] = Field(default=16, le=MAX_BATCH)
@@ -304,13 +307,12 @@ class Params(Section):
                 f"ImageNet {model.encoder} weights need width 1.0, got {model.width}; "
                 "use encoder_weights none for narrower",
             )
-        if model.width != 1.0 and model.encoder not in ("vgg16", "mobilenet_v3_large"):
-            raise _RuleError("model.width", f"{model.encoder} has no width multiplier; expected 1.0, got {model.width}")
-        stride = 16 if model.encoder == "vgg16" else 32
-        if any(side % stride for side in self.prepare.size):
-            raise _RuleError(
-                "prepare.size", f"{model.encoder} needs sides that are multiples of {stride}, got {self.prepare.size}"
-            )
+        problem = width_problem(model.encoder, model.width)
+        if problem:
+            raise _RuleError("model.width", problem)
+        problem = size_problem(model.encoder, self.prepare.size)
+        if problem:
+            raise _RuleError("prepare.size", problem)
         if isinstance(train.content_loss, dict) and not any(train.content_loss.values()):
             raise _RuleError("train.content_loss", f"needs at least one non-zero weight, got {train.content_loss}")
         if model.freeze_blocks and model.encoder_weights == "none" and model.init_from == "none":

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from salgan import checkpoint, finetune
-from salgan.cli import progress
+from salgan.cli import call, command_parser, python_tool, run_command
 from salgan.cpus import usable_cpus
 from salgan.data import PreparedSplit, load_split, split_bytes, stream_from_host
 from salgan.distributed import (
@@ -42,12 +40,20 @@ from salgan.distributed import (
     under_torchrun,
 )
 from salgan.finetune import InitModel
-from salgan.gan_diagnostics import KEYS as DIAGNOSTICS
 from salgan.gan_diagnostics import gan_diagnostics
-from salgan.layout import ModelFiles, code_version, json_digest, split_version, write_atomic
+from salgan.layout import (
+    HISTORY_DIAGNOSTICS,
+    HISTORY_LOSSES,
+    ModelFiles,
+    code_version,
+    json_digest,
+    split_version,
+    write_atomic,
+)
 from salgan.losses import ContentLoss, discriminator_loss, generator_loss
 from salgan.models import build_discriminator, build_generator
 from salgan.models.density import saliency_of
+from salgan.progress import progress
 from salgan.settings import ConfigError, Params, load_params, to_dict, to_record
 from salgan.tracking import enabled as tracking_enabled
 
@@ -572,7 +578,7 @@ def _train(params: Params, info: DistInfo, log) -> int:
         error = None
         if info.is_main:
             try:
-                record |= diagnostics(models, probe) if adversarial else dict.fromkeys(DIAGNOSTICS)
+                record |= diagnostics(models, probe) if adversarial else dict.fromkeys(HISTORY_DIAGNOSTICS)
                 snapshots.append(snapshot(models, val_split, snapshot_index))
                 _end_of_epoch(models, made_from, params, history, snapshots, out, tracker)
                 log(_epoch_line(record, cfg.epochs, time.perf_counter() - begin))
@@ -608,11 +614,7 @@ def _end_of_epoch(models, made_from, params, history, snapshots, out, tracker) -
 
 
 def _epoch_line(record: dict, epochs: int, elapsed: float) -> str:
-    losses = " ".join(
-        f"{k} {record[k]:.4f}"
-        for k in ("g_loss", "content_loss", "d_loss", "val_content_loss", "d_accuracy")
-        if record.get(k) is not None
-    )
+    losses = " ".join(f"{k} {record[k]:.4f}" for k in (*HISTORY_LOSSES, "d_accuracy") if record.get(k) is not None)
     return (
         f"epoch {record['epoch']}/{epochs} [{record['phase']}] {losses} "
         f"{record['images_per_s']:.1f} img/s elapsed {elapsed:.1f}s"
@@ -620,13 +622,13 @@ def _epoch_line(record: dict, epochs: int, elapsed: float) -> str:
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Re-run this module under torchrun with ``nproc`` local processes."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.call([*command, "-m", "salgan.train", *argv])
+    """Re-run this module under torchrun with ``nproc`` local processes. torchrun exits 1 whatever failed;
+    the status is the one the failing process reported (salgan/cli.py: 2 for invalid settings, ...)."""
+    command = [*python_tool("torch.distributed.run"), "--standalone", f"--nproc-per-node={nproc}"]
+    return call([*command, "-m", "salgan.train", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "train",

@@ -14,6 +14,10 @@ does not always arrive inside a well-formed URL:
    appear, whatever surrounds them.
 
 The secret itself stays only in the setting or environment variable that holds it.
+
+The URL forms salgan acts on are recognised here too, once: S3 locations (:func:`is_s3_url`,
+:func:`parse_s3_url`, and the strict :data:`S3_LOCATION` a flow parameter must match) and registry URIs
+(:data:`REGISTRY_URI`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,19 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from pathlib import Path
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
+from salgan.errors import InputError
+
+S3_SCHEME = "s3://"
+# s3://bucket/prefix as an untrusted parameter may name it: S3's bucket naming rules, a key of safe characters.
+S3_LOCATION = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?")
+# models:/NAME@ALIAS or models:/NAME/VERSION of the registry; a name that is safe as a folder name (the model
+# cache keeps versions by name: ".." must not steer a path) and an alias as MLflow allows them.
+REGISTRY_URI = re.compile(
+    r"models:/(?P<name>[A-Za-z0-9_-][A-Za-z0-9_.-]*)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))"
+)
 REDACTED = "(redacted)"
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 # A query string on its own: "?" then name=value, up to whitespace or a quote.
@@ -32,6 +47,19 @@ _BARE_QUERY = re.compile(r"\?[A-Za-z0-9_.~%+-]+=[^\s'\"<>]*")
 MIN_SECRET_CHARS = 8
 _secrets: set[str] = set()
 _lock = threading.Lock()
+
+
+def is_s3_url(text: str | Path) -> bool:
+    """Whether ``text`` names an S3 location (``s3://bucket/prefix``) rather than a local path."""
+    return str(text).startswith(S3_SCHEME)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")`` (prefix without slashes at its ends)."""
+    match = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
+    if not match:
+        raise InputError(f"{redact_url(url)}: not an s3://bucket/prefix URL")
+    return match.group(1), match.group(2).strip("/")
 
 
 def redact_url(url: str) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -47,40 +46,26 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.name not in COLLECTED_FIRST)  # stable: file order stays
 
 
-MLFLOW_PROCESS_STATE = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+def register_weights(uri: str, weights: Path, alias: str | None = None, name: str = "salgan", size=(64, 48)) -> str:
+    """``weights`` logged as salgan's MLflow model in a new run and registered as a version of ``name`` (the
+    challenger, and ``alias`` too) at the store ``uri``, through salgan's own client API (no process-wide
+    MLflow state); returns the version."""
+    from mlflow import MlflowClient
 
+    from salgan.layout import sha256_file
+    from salgan.settings import PredictParams
+    from salgan.tracking.models import log_generator
+    from salgan.tracking.registry import register
+    from salgan.tracking.store import experiment_id
 
-@contextlib.contextmanager
-def _mlflow_process_state_kept():
-    """MLflow's fluent setters keep a process-wide tracking URI and experiment and export both to the
-    environment, where whatever set them would steer the stages of every later test in the same process."""
-    saved = {name: os.environ.get(name) for name in MLFLOW_PROCESS_STATE}
-    yield
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is not None:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)  # unset: get_tracking_uri() falls back to the environment again
-        mlflow.tracking.fluent._active_experiment_id = None  # no public way to unset it
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-@pytest.fixture(autouse=True, scope="module")
-def mlflow_process_state_per_file():
-    """A file's module fixtures may set MLflow's state for its tests; the next file starts without it."""
-    with _mlflow_process_state_kept():
-        yield
-
-
-@pytest.fixture(autouse=True)
-def mlflow_process_state_per_test():
-    """Each test starts from the MLflow state its file's fixtures made, whatever the test before set."""
-    with _mlflow_process_state_kept():
-        yield
+    client = MlflowClient(uri)
+    run_id = client.create_run(experiment_id(client, "tests")).info.run_id
+    model_id = log_generator(client, run_id, weights, size, PredictParams())
+    version = register(client, name, model_id, run_id, sha256_file(weights), {"run_id": run_id})
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    client.set_terminated(run_id)
+    return version
 
 
 def write_prepared(root: Path, n_train: int = 32, n_val: int = 8, size: tuple[int, int] = (64, 48), seed: int = 0):
@@ -123,6 +108,33 @@ def _write_fixations(folder: Path, maps: np.ndarray, full_maps: bool, rng) -> No
     np.save(folder / "fixation_maps.npy", np.stack(counts))
     if full_maps:
         np.save(folder / "maps_full.npy", maps.repeat(scale, axis=1).repeat(scale, axis=2))
+
+
+def write_release_zips(root: str | Path, out_dir: str | Path, edition: str = "2017") -> dict[str, Path]:
+    """Pack a raw tree into zips laid out like the SALICON release (the download stage's input); return
+    kind -> path.
+
+    The release's layout (pysaliency external_datasets/salicon.py, datadings SALICON2015_write.py,
+    MSI-Net download.py): the stimuli zip holds ``images/{train,val,test}/*.jpg``; the fixations zip
+    ``{train,val}/*.mat``; the maps zip ``{train,val}/*.png``.
+    """
+    import zipfile
+
+    root, out_dir = Path(root), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = {
+        "images": ("images.zip", root / "images", "images/"),
+        "fixations": (f"fixations_{edition}.zip", root / "fixations", ""),
+        "maps": ("maps.zip", root / "maps", ""),
+    }
+    written = {}
+    for kind, (filename, folder, prefix) in plan.items():
+        path = out_dir / filename
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+                archive.write(file, prefix + file.relative_to(folder).as_posix())
+        written[kind] = path
+    return written
 
 
 def tiny_params(tmp_path: Path, **train_overrides):

@@ -17,6 +17,7 @@ from salgan.ablation import (
     load_profile,
     parse_arm,
 )
+from salgan.metrics import METRIC_NAMES
 from salgan.settings import ConfigError, flatten, nest, params_from_dict, to_dict
 
 BASE = params_from_dict(
@@ -48,7 +49,8 @@ def test_the_base_is_params_yaml_as_committed_not_as_the_last_experiment_left_it
 def test_exp_run_command_sets_each_override_as_json():
     command = exp_run_command("x", {"prepare.size": [256, 192], "download.source": "salicon"}, queue=True)
     assert command == [
-        "dvc", "exp", "run", "--name", "x", "--queue", "-S", "prepare.size=[256,192]", "-S", "download.source='salicon'"
+        sys.executable, "-m", "dvc", "exp", "run", "--name", "x", "--queue",
+        "-S", "prepare.size=[256,192]", "-S", "download.source='salicon'",
     ]  # fmt: skip
 
 
@@ -145,8 +147,10 @@ def test_the_table_shows_each_arms_cost_from_its_metrics_file():
     exp_show = [{"rev": "workspace", "data": {"metrics": {"reports/metrics.json": {"data": values}}}}]
     found = experiment_metrics(exp_show)
     assert found == {"workspace": {"nss": 2.0, "params_m": 24.5167, "gflops": 11.39, "train_images_per_s": 310.2}}
-    row = next(line for line in format_table(found).splitlines() if line.startswith("ours: workspace")).split()
-    assert row[-3:] == ["24.5", "11.4", "310.2"] and row[6] == "2.000"
+    lines = format_table(found).splitlines()
+    header, row = lines[0].split(), next(line for line in lines if line.startswith("ours: workspace")).split()
+    assert header[1:9] == list(METRIC_NAMES)  # the metrics in metrics.py's order ("ours: name" is two words)
+    assert row[-3:] == ["24.5", "11.4", "310.2"] and row[header.index("nss") + 1] == "2.000"
 
 
 # --- seeds and intervals ---------------------------------------------------------------------------------
@@ -158,7 +162,9 @@ def test_seeds_run_each_arm_under_its_own_train_seed(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(BASE)))
     assert ablation.main(["run", "--arms", "random-gan", "random-bce", "--seeds", "3", "--dry-run"]) == 0
-    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ dvc exp run")]
+    commands = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ") and "dvc exp run" in line
+    ]
     names = [line.split("--name ")[1].split()[0] for line in commands]
     assert names == [f"{arm}-seed{k}" for arm in ("random-gan", "random-bce") for k in range(3)]
     assert [line.split("train.seed=")[1].split()[0] for line in commands] == ["0", "1", "2"] * 2

@@ -6,19 +6,15 @@ import io
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
-from mlflow import MlflowClient
 from PIL import Image
 
-from salgan import batch, predict
-from salgan.layout import sha256_file
+from salgan import batch, predict_tool
 from salgan.models import Generator
 from salgan.settings import PredictParams
-from salgan.tracking.models import log_generator
-from salgan.tracking.registry import register
+from tests.conftest import register_weights
 from tests.test_predict import make_images
 from tests.test_s3 import BUCKET, s3  # noqa: F401 -- the fixture: moto's server and the AWS settings
 
@@ -49,10 +45,10 @@ def test_maps_from_an_s3_prefix_to_an_s3_prefix_with_a_manifest_and_reruns_that_
     model = weights_file(tmp_path, 0)
     argv = ["--model", str(model), "--size", "64x48", "--output", f"s3://{BUCKET}/batch/maps", "--overlay"]
     argv += [f"s3://{BUCKET}/batch/images"]
-    assert predict.main(argv) == 1  # one input is broken: named, the others written
+    assert predict_tool.main(argv) == 1  # one input is broken: named, the others written
     assert "batch/images/broken.jpg" in capsys.readouterr().err
     local = tmp_path / "local"
-    predict.main(
+    predict_tool.main(
         ["--model", str(model), "--size", "64x48", "--output", str(local), "--overlay", str(tmp_path / "images")]
     )
     for stem, size in sizes.items():
@@ -69,13 +65,13 @@ def test_maps_from_an_s3_prefix_to_an_s3_prefix_with_a_manifest_and_reruns_that_
 
     # The same model again: nothing is predicted or written again; a missing map is written alone.
     client.delete_object(Bucket=BUCKET, Key="batch/maps/tiny.png")
-    predict.main(argv)
+    predict_tool.main(argv)
     again = json.loads(read_object(client, "batch/maps/manifest.json"))
     assert again["written"] == [f"s3://{BUCKET}/batch/maps/tiny.png"] and len(again["skipped"]) == len(sizes) - 1
     assert client.head_object(Bucket=BUCKET, Key="batch/maps/photo.png")["ETag"] == head["ETag"]
     # Another model: every map is written again, tagged with it.
     argv[1] = str(weights_file(tmp_path, 1))
-    predict.main(argv)
+    predict_tool.main(argv)
     other = json.loads(read_object(client, "batch/maps/manifest.json"))
     assert len(other["written"]) == len(sizes) and other["skipped"] == [] and other["model_sha256"] != identity
     assert (
@@ -146,7 +142,7 @@ def test_keys_that_would_escape_a_local_output_are_refused_each_and_a_tiny_image
     output = root / "maps"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     argv = ["--model", str(weights_file(tmp_path, 0)), "--size", "64x48", "--output", str(output)]
-    assert predict.main([*argv, f"s3://{BUCKET}/esc/in"]) == 1
+    assert predict_tool.main([*argv, f"s3://{BUCKET}/esc/in"]) == 1
     err = capsys.readouterr().err
     manifest = json.loads((output / "manifest.json").read_text())
     failed = {f["input"]: f["reason"] for f in manifest["failed"]}
@@ -237,13 +233,8 @@ def test_the_batch_predict_flow_maps_a_prefix_with_the_champion(s3, harness, tmp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SALGAN_WORKDIRS", str(tmp_path))
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("batch")
     weights = weights_file(tmp_path, 2)
-    with mlflow.start_run() as run:
-        info = log_generator(weights, [64, 48])
-    version = register(MlflowClient(uri), "salgan", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id})
-    MlflowClient(uri).set_registered_model_alias("salgan", "champion", version)
+    register_weights(uri, weights, alias="champion")
     images = tmp_path / "images"
     images.mkdir()
     for name, size in (("a.jpg", (120, 90)), ("b.png", (50, 70))):

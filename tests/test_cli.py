@@ -63,3 +63,37 @@ def test_the_salgan_command_explains_itself():
     assert result.returncode == 0 and "Exit status: 0 done, 1 an input is unusable" in result.stdout
     unknown = subprocess.run([sys.executable, "-m", "salgan.cli", "fly"], capture_output=True, text=True)
     assert unknown.returncode == cli.EXIT_SETTINGS and "unknown command 'fly'" in unknown.stderr
+
+
+def test_a_failure_keeps_the_status_the_command_inside_reported(tmp_path, monkeypatch):
+    """torchrun and DVC exit 1 or 255 whatever failed inside them; a salgan command hands its status over
+    (SALGAN_STATUS_FILE) and the command that ran it exits with that."""
+    monkeypatch.delenv(cli.STATUS_FILE_ENV, raising=False)
+    bad = write_params_file(tmp_path / "params.yaml", {"prepare": {"size": [250, 192]}})
+    as_dvc = (  # runs a salgan command, then fails as DVC does, with its own code
+        "import subprocess, sys\n"
+        f"subprocess.call([sys.executable, '-m', 'salgan.cli', 'prepare', '--params', {str(bad)!r}])\n"
+        "sys.exit(255)\n"
+    )
+    assert cli.call([sys.executable, "-c", as_dvc]) == cli.EXIT_SETTINGS
+    assert cli.call([sys.executable, "-c", "import sys; sys.exit(255)"]) == cli.EXIT_FAILURE  # none handed over
+    assert cli.call([sys.executable, "-c", "pass"]) == 0
+
+
+def test_a_settings_error_inside_a_torchrun_relaunch_exits_2(tmp_path, capfd):
+    """train.batch_size 3 cannot be split across 2 processes: each rank refuses it, and the launcher exits
+    2 (torchrun itself exits 1 for any failure)."""
+    from salgan.settings import to_dict
+    from tests.conftest import tiny_params
+
+    params = tiny_params(tmp_path, nproc=2, batch_size=3)
+    path = write_params_file(tmp_path / "params.yaml", to_dict(params))
+    assert cli.main(["train", "--params", str(path)]) == cli.EXIT_SETTINGS
+    assert "train.batch_size 3 is not divisible by the 2 processes" in capfd.readouterr().err
+
+
+def test_a_failed_ablation_arm_exits_with_the_failure_status(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no DVC repository here: dvc exp run fails, reporting no salgan status
+    params = write_params_file(tmp_path / "params.yaml", {"mlflow": {"enabled": False}})
+    assert cli.main(["ablation", "--params", str(params), "run", "--arms", "random-bce"]) == cli.EXIT_FAILURE
+    assert "salgan ablation: arm random-bce failed" in capsys.readouterr().err

@@ -397,7 +397,7 @@ def test_a_model_trained_on_a_mit1003_tree_beats_the_centre_bias(tmp_path):
     run(params)
     val, common = scoring_inputs(params)
     assert len({tuple(s) for s in val.original_sizes}) > 1
-    _, means, _ = score_generator(load_generator(tmp_path / "models" / "generator.pt"), params, val, common)
+    _, means, _ = score_generator(load_generator(tmp_path / "models" / "generator.pt").generator, params, val, common)
     centre = centre_bias_scores(params, val, common)
     assert means["nss"] > centre["nss"] + 0.5 and means["cc"] > centre["cc"] and means["auc_judd"] > centre["auc_judd"]
 

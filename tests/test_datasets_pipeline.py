@@ -79,7 +79,7 @@ def independent_scores(workdir: Path, name: str, gt_map: np.ndarray, fixated: np
     generator's map post-processed to the image's size, as the predict stage makes it."""
     val = read_split(workdir / "data" / "prepared", "val")
     index = val.names.index(name)
-    generator = load_generator(workdir / "models" / "generator.pt")
+    generator = load_generator(workdir / "models" / "generator.pt").generator
     with torch.no_grad():
         [prediction] = predict_batches(
             generator, val.images[index : index + 1], val.original_sizes[index : index + 1], 1, 5, torch.device("cpu")

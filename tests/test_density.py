@@ -16,8 +16,8 @@ from salgan.density.submission import SubmissionError, validate_archive
 from salgan.losses import ContentLoss
 from salgan.metrics import METRIC_NAMES, sim
 from salgan.models import build_generator, generator_from_state_dict, load_generator
+from salgan.models.architecture import architecture_of
 from salgan.models.density import DensityGenerator, normalise, resize_log_density
-from salgan.models.generator import architecture_of
 from salgan.settings import params_from_dict
 
 ODD_SIZES = [(1, 1), (5, 3), (47, 63), (49, 65), (481, 641), (333, 517)]
@@ -74,7 +74,7 @@ def test_an_untrained_density_model_is_its_prior_and_the_prior_travels_with_the_
     assert torch.allclose(start[0, 0], normalise(trained.log_prior)[0, 0], atol=1e-2)
 
     torch.save(trained.state_dict(), tmp_path / "generator.pt")
-    loaded = load_generator(tmp_path / "generator.pt")
+    loaded = load_generator(tmp_path / "generator.pt").generator
     assert type(loaded) is DensityGenerator and loaded.blur and loaded.prior_shape == [48, 64]
     assert torch.equal(loaded.log_prior, trained.log_prior)
     images = torch.rand(1, 3, 48, 64)

@@ -13,11 +13,12 @@ import pytest
 import torch
 from scipy.special import logsumexp
 
-from salgan import download, evaluate, predict, prepare, train
+from salgan import download, evaluate, predict_tool, prepare, train
 from salgan import package as package_stage
 from salgan.density.inference import BatchedLogDensities, MetricMaps, centre_log_density, log_densities
 from salgan.density.maps import metric_map, shuffled_map
 from salgan.density.submission import ARCHIVE, validate_archive
+from salgan.imaging import decode_rgb
 from salgan.layout import read_split
 from salgan.models import Generator, load_generator
 from salgan.settings import load_params
@@ -78,7 +79,7 @@ def test_the_sauc_map_scores_at_least_the_plain_density_maps_sauc(trained):
     from salgan.scoring import score_split
 
     root, _, params, metrics = trained
-    model = load_generator(root / "models" / "generator.pt")
+    model = load_generator(root / "models" / "generator.pt").generator
     val, common = scoring_inputs(params)
     densities = BatchedLogDensities(model, val.images, val.original_sizes)
     centre = centre_log_density(model, (480, 640), params.evaluate.center_bias_sigma)
@@ -98,11 +99,13 @@ def test_predict_writes_log_densities_and_metric_maps_at_each_images_size(traine
     Image.open(test_images[0]).resize((37, 23)).save(odd / "small.png")
     args = ["--params", str(params_file), "--model", str(weights), "--size", "64x48", "--device", "cpu"]
     out = tmp_path / "log"
-    assert predict.main([*args, "--kind", "log-density", "--output", str(out), *map(str, test_images), str(odd)]) == 0
+    assert (
+        predict_tool.main([*args, "--kind", "log-density", "--output", str(out), *map(str, test_images), str(odd)]) == 0
+    )
 
-    model = load_generator(weights)
-    decoded = [predict.decode_image(path, (64, 48), False) for path in [*test_images, odd / "small.png"]]
-    images, sizes = np.stack([d[0] for d in decoded]), np.array([d[1] for d in decoded])
+    model = load_generator(weights).generator
+    decoded = [_decoded(path) for path in [*test_images, odd / "small.png"]]
+    images, sizes = np.stack([d.array for d in decoded]), np.array([d.original_size for d in decoded])
     expected = list(log_densities(model, images, sizes, device=torch.device("cpu")))
     for path, wanted in zip([*test_images, odd / "small.png"], expected, strict=True):
         written = np.load(out / f"{path.stem}.npy")
@@ -115,7 +118,7 @@ def test_predict_writes_log_densities_and_metric_maps_at_each_images_size(traine
     assert np.load(out / "small.npy").shape == (23, 37)
 
     maps_out = tmp_path / "sauc"
-    assert predict.main([*args, "--kind", "metric-map", "--metric", "auc_shuffled", "--output", str(maps_out),
+    assert predict_tool.main([*args, "--kind", "metric-map", "--metric", "auc_shuffled", "--output", str(maps_out),
                          str(test_images[0])]) == 0  # fmt: skip
     centre = centre_log_density(model, (480, 640), params.evaluate.center_bias_sigma)
     np.testing.assert_allclose(
@@ -130,13 +133,13 @@ def test_predict_refuses_a_density_kind_for_a_map_model_and_a_metric_map_without
     torch.save(Generator(width=0.0625).state_dict(), weights)
     Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
     base = ["--model", str(weights), "--size", "64x48", "--output", str(tmp_path / "out"), str(tmp_path / "a.png")]
-    assert predict.main([*base, "--kind", "log-density"]) == 1
+    assert predict_tool.main([*base, "--kind", "log-density"]) == 1
     assert "needs a density model (model.output: density)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
-        predict.main([*base, "--kind", "metric-map"])
+        predict_tool.main([*base, "--kind", "metric-map"])
     assert usage.value.code == 2 and "--kind metric-map needs --metric" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        predict.main([*base, "--kind", "log-density", "--overlay"])
+        predict_tool.main([*base, "--kind", "log-density", "--overlay"])
     assert not (tmp_path / "out").exists()
 
 
@@ -147,7 +150,7 @@ def test_the_mit_tuebingen_density_submission_holds_each_test_images_log_density
     test = read_split(root / "prepared", "test")
     sizes = {name: (int(w), int(h)) for name, (h, w) in zip(test.names, test.original_sizes, strict=True)}
     assert validate_archive(archive, test.names, sizes) == [f"{name}.npy" for name in test.names]
-    model = load_generator(root / "models" / "generator.pt")
+    model = load_generator(root / "models" / "generator.pt").generator
     expected = log_densities(model, test.images, test.original_sizes, device=torch.device("cpu"))
     with zipfile.ZipFile(archive) as opened:
         for name, wanted in zip(test.names, expected, strict=True):
@@ -174,15 +177,19 @@ def test_the_served_density_model_returns_log_densities_and_metric_maps(trained,
     import pandas as pd
     import yaml
 
-    from salgan.tracking.models import log_generator
+    from tests.conftest import register_weights
 
     root, _, params, _ = trained
     weights = root / "models" / "generator.pt"
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run():
-        info = log_generator(weights, [64, 48], options=params.predict)
-    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "model")))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    version = register_weights(uri, weights)
+    client = mlflow.MlflowClient(uri)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            client.get_model_version_download_uri("salgan", version), dst_path=str(tmp_path / "model")
+        )
+    )
     assert yaml.safe_load((local / "MLmodel").read_text())["metadata"]["output"] == "density"
     image = sorted((root / "raw" / "images" / "test").glob("*.jpg"))[0]
     frame = pd.DataFrame(
@@ -192,12 +199,14 @@ def test_the_served_density_model_returns_log_densities_and_metric_maps(trained,
             "metric": [None, "cc", None, None],
         }
     )
-    result = mlflow.pyfunc.load_model(info.model_uri).predict(frame)
+    result = mlflow.pyfunc.load_model(str(local)).predict(frame)
     assert list(result["error"])[:3] == ["", "", ""] and "kind 'probability' is not one of" in result["error"][3]
     arrays = [np.load(io.BytesIO(base64.b64decode(result["saliency"][row]))) for row in (0, 1)]
-    model = load_generator(weights)
-    array, size, _ = predict.decode_image(image, (64, 48), False)
-    wanted = next(log_densities(model, array[None], np.array([size]), device=torch.device("cpu")))
+    model = load_generator(weights).generator
+    decoded = _decoded(image)
+    wanted = next(
+        log_densities(model, decoded.array[None], np.array([decoded.original_size]), device=torch.device("cpu"))
+    )
     np.testing.assert_allclose(arrays[0], wanted, atol=1e-4)
     np.testing.assert_allclose(arrays[1], metric_map(wanted, "cc", sigma=19.0), rtol=1e-3, atol=1e-12)
     assert base64.b64decode(result["saliency"][2])[:8] == b"\x89PNG\r\n\x1a\n"  # no kind: the map, as before
@@ -212,5 +221,10 @@ def test_the_adversarial_term_still_trains_a_density_model(tmp_path):
     history = json.loads((tmp_path / "models" / "history.json").read_text())
     assert history[0]["phase"] == "adversarial" and np.isfinite(history[0]["d_loss"]) and history[0]["d_loss"] > 0
     assert np.isfinite(history[0]["g_loss"]) and history[0]["g_loss"] != history[0]["content_loss"]
-    model = load_generator(tmp_path / "models" / "generator.pt")
+    model = load_generator(tmp_path / "models" / "generator.pt").generator
     assert type(model).__name__ == "DensityGenerator" and model.prior_shape == [48, 64]
+
+
+def _decoded(path: Path):
+    """An image as salgan predict decodes it for a 64x48 model (salgan/imaging.py)."""
+    return decode_rgb(path, (64, 48), 50_000_000, "predict.max_pixels", exif=True)

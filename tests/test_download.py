@@ -30,10 +30,10 @@ import pytest
 from salgan import download, fetch
 from salgan.download import ArchiveError, ChecksumError, DownloadError, LayoutError
 from salgan.fetch import FetchError
-from salgan.sample import generate_sample, write_release_zips
+from salgan.sample import generate_sample
 from salgan.settings import DownloadParams
 from salgan.urls import redact_url
-from tests.conftest import free_port, write_params_file
+from tests.conftest import free_port, write_params_file, write_release_zips
 
 
 def _md5(path: Path) -> str:
@@ -284,8 +284,8 @@ def test_an_archive_over_its_entry_count_or_total_size_is_refused(tmp_path, zips
 
 
 def test_salicons_real_archives_are_well_inside_the_default_limits():
-    """REFERENCE §2: 20,000 images in images.zip (3 GB); maps and fixations 15,000 files each."""
-    limits = download.limits_of(DownloadParams())
+    """docs/reference.md §2: 20,000 images in images.zip (3 GB); maps and fixations 15,000 files each."""
+    limits = DownloadParams()
     assert limits.max_archive_entries >= 4 * 20_000 and limits.max_archive_bytes >= 4 * 3_000_000_000
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from salgan import download, evaluate, predict, prepare, train
+from salgan import download, evaluate, predict_tool, prepare, train
 from salgan.settings import load_params
 from tests.conftest import write_params_file
 
@@ -99,9 +99,9 @@ def test_a_registered_resnet_predicts_from_the_registry_with_no_setting_repeated
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     image = elsewhere / "photo.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(image)
-    assert predict.main(["--model", "models:/salgan/1", "--output", "from_registry", str(image)]) == 0
+    assert predict_tool.main(["--model", "models:/salgan/1", "--output", "from_registry", str(image)]) == 0
     weights = str(tmp_path / "models" / "generator.pt")
-    assert predict.main(["--model", weights, "--output", "from_weights", str(image)]) == 0
+    assert predict_tool.main(["--model", weights, "--output", "from_weights", str(image)]) == 0
     registry_map = np.asarray(Image.open(elsewhere / "from_registry" / "photo.png"))
     assert registry_map.shape == (150, 200) and registry_map.std() > 0
     assert np.array_equal(registry_map, np.asarray(Image.open(elsewhere / "from_weights" / "photo.png")))

@@ -129,15 +129,15 @@ def test_evaluate_scores_exactly_the_maps_the_predict_stage_writes(evaluated, tm
     from PIL import Image
 
     from salgan.evaluate import score_generator
-    from salgan.inference import to_uint8
+    from salgan.imaging import to_uint8
+    from salgan.inference import write_split_maps
     from salgan.models import load_generator
-    from salgan.predict import write_split_maps
 
     root, _ = evaluated
     params = tiny_params(root)
-    generator = load_generator(root / "models" / "generator.pt")
+    generator = load_generator(root / "models" / "generator.pt").generator
     _, _, predictions = score_generator(generator, params)
-    names = write_split_maps(generator, root / "prepared", "val", tmp_path, params)
+    names = write_split_maps(generator, root / "prepared", "val", tmp_path, params.predict)
     assert len(names) == len(predictions) == 8
     for name, prediction in zip(names, predictions, strict=True):
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"{name}.png")), to_uint8(prediction))
@@ -153,7 +153,7 @@ def test_evaluate_streams_one_batch_of_maps_at_a_time(evaluated):
     root, metrics = evaluated
     params = tiny_params(root)
     params.evaluate.batch_size = 3
-    generator = load_generator(root / "models" / "generator.pt")
+    generator = load_generator(root / "models" / "generator.pt").generator
     batches = []
     generator.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
     val, common = scoring_inputs(params)

@@ -61,11 +61,14 @@ def mit1003(pretrained):
 
 
 def registered_weights(params, version: int) -> dict:
-    """A registered version's generator weights, fetched with MLflow itself (not salgan's loader)."""
+    """A registered version's generator weights, fetched with MLflow itself (not salgan's loader), through an
+    explicit client: no process-wide tracking URI is set (salgan sets none either)."""
     import mlflow
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(params.mlflow.tracking_uri)
-    folder = mlflow.artifacts.download_artifacts(f"models:/salgan/{version}")
+    uri = params.mlflow.tracking_uri
+    source = MlflowClient(uri, registry_uri=uri).get_model_version("salgan", str(version)).source
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri)
     return weights(Path(folder) / "extra_files" / "generator.pt")
 
 

@@ -1,6 +1,6 @@
 """The Prefect flows on a throwaway DVC project whose stages are tiny scripts named like the real ones.
 
-One ``prefect_test_harness`` serves the whole session (it costs ~18 s to start, REFERENCE §5). The flows
+One ``prefect_test_harness`` serves the whole session (it costs ~18 s to start). The flows
 drive real ``dvc`` and ``git`` subprocesses; only the stage commands and the registry gate are stand-ins,
 so the machinery (order, failures, retries, GPU slots, cancellation, workspace lock, report) is tested
 independently of the real pipeline.
@@ -57,6 +57,14 @@ if behaviour.get("echo_source"):  # as requests' errors quote a signed URL, and 
 if behaviour.get("fail"):
     print(f"{name}: boom, the stage broke", file=sys.stderr)
     sys.exit(3)
+if behaviour.get("unusable"):  # as a salgan command whose input is unusable: status 1, handed over
+    from salgan.cli import run_command
+    from salgan.errors import InputError
+
+    def refuse():
+        raise InputError(f"{name}: data/raw/x.jpg is unusable")
+
+    sys.exit(run_command(name, refuse))
 if behaviour.get("flaky"):
     tries = Path(f"{name}.tries")
     count = int(tries.read_text()) + 1 if tries.exists() else 1
@@ -177,7 +185,7 @@ def test_overrides_become_dvc_set_arguments():
     overrides = parse_overrides(parser, args)
     assert overrides == {"train.epochs": 2, "prepare.size": [64, 48], "download.source": "s3://b/p"}
     assert experiment_command({"model": {"width": 0.5}, **overrides}) == [
-        "dvc", "exp", "run",
+        sys.executable, "-m", "dvc", "exp", "run",
         "-S", "model.width=0.5", "-S", "train.epochs=2", "-S", "prepare.size=[64,48]", "-S", "download.source='s3://b/p'",
     ]  # fmt: skip
     with pytest.raises(SystemExit):
@@ -291,7 +299,7 @@ def test_stages_run_in_order_with_output_in_the_logs(harness, tmp_path):
         time.sleep(0.5)
     assert "[train] train: working on stdout" in logs
     assert "[train] train: a note on stderr" in logs
-    assert any(line.startswith("[download] $ dvc repro --single-item download") for line in logs)
+    assert any(line.startswith(f"[download] $ {sys.executable} -m dvc repro --single-item download") for line in logs)
     assert sum("holding a 'gpu' slot" in line for line in logs) == 2  # train and predict
 
 
@@ -309,6 +317,28 @@ def test_a_failing_stage_names_itself_and_its_stderr(harness, tmp_path):
     assert "prepare: boom, the stage broke" in message  # the stage's own stderr, via dvc
     assert "exited with 3" in message  # dvc's account of it
     assert [stage for _, _, stage, what in events(project) if what == "start"] == ["download", "prepare"]
+
+
+def test_the_flows_exit_with_the_salgan_statuses(harness, tmp_path, capsys):
+    """``python -m flows.X`` exits as the ``salgan`` commands do: 2 for invalid parameters, 1 when a stage
+    found its input unusable (the status its command handed over, through DVC's 255), 3 for any other
+    failure, 0 when done; the reason is one line on stderr."""
+    from flows import batch_predict, pipeline, retrain
+
+    project = make_project(tmp_path / "p", behaviour={"prepare": {"unusable": True}})
+    assert pipeline.main(["--workdir", str(project), "download"]) == 0
+    assert "ran download" in capsys.readouterr().out
+    assert pipeline.main(["--workdir", str(project), "download", "prepare"]) == 1
+    assert "prepare: data/raw/x.jpg is unusable" in capsys.readouterr().err
+    (project / "behaviour.json").write_text(json.dumps({"prepare": {"fail": True}}))
+    assert pipeline.main(["--workdir", str(project), "prepare"]) == 3
+    assert pipeline.main(["--workdir", "/", "prepare"]) == 2
+    assert "python -m flows.pipeline: workdir '/' is neither this flow's checkout" in capsys.readouterr().err
+    assert pipeline.main(["--workdir", str(project), "deploy"]) == 2
+    assert retrain.main(["--workdir", str(project), "--metric", "rm -rf"]) == 2
+    assert batch_predict.main(["s3://bucket/in; rm -rf ~", "s3://bucket/out"]) == 2
+    assert "images 's3://bucket/in; rm -rf ~': expected s3://bucket/prefix" in capsys.readouterr().err
+    assert [stage for _, _, stage, what in events(project) if what == "start"] == ["download", "prepare", "prepare"]
 
 
 @pytest.mark.parametrize(

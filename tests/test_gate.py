@@ -52,7 +52,7 @@ def test_the_flow_gates_its_own_version_and_scores_a_champion_from_older_data_ag
     champion, challenger = result["champion"], result["challenger"]
     assert champion["version"] == "1" and champion["rescored"] and champion["differs"] == ["val", "train"]
     assert challenger["version"] == "3" and not challenger["rescored"] and challenger["data_version"] == new_data
-    expected = score_generator(load_generator(tmp_path / "champion.pt"), params)[1]
+    expected = score_generator(load_generator(tmp_path / "champion.pt").generator, params)[1]
     assert champion["value"] == pytest.approx(expected["nss"], rel=1e-6)
     assert challenger["value"] == pytest.approx(json.loads((tmp_path / "reports" / "metrics.json").read_text())["nss"])
     assert result["decision"] == ("promoted" if challenger["value"] > champion["value"] else "kept")

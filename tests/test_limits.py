@@ -16,7 +16,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from salgan import predict
+from salgan import predict_tool
 from salgan.fixations import FixationFileError, load_fixations_mat
 from salgan.models import Generator
 from salgan.prepare import BadFileError, load_image
@@ -58,7 +58,7 @@ def test_predict_skips_and_names_an_input_declaring_too_many_pixels_and_a_pipe(t
     (photos / "sub").mkdir()
     os.mkfifo(photos / "sub" / "pipe.jpg")  # would block a reader forever: found in the folder
     os.mkfifo(tmp_path / "named.png")  # and one named on the command line
-    code = predict.main(
+    code = predict_tool.main(
         ["--model", str(weights), "--output", str(tmp_path / "maps"), str(photos), str(tmp_path / "named.png")]
     )
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Tests of salgan.metrics: REFERENCE §3 known values, analytic properties and edge cases."""
+"""Tests of salgan.metrics: docs/reference.md §3 known values, analytic properties and edge cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from scipy.ndimage import gaussian_filter, zoom
 from salgan import metrics as m
 
 SIZE = 40
-# REFERENCE §3 fixture (pysaliency tests): 0-based (x, y) fixations; image 0 fixates (2, 12) three times.
+# docs/reference.md §3 fixture (pysaliency tests): 0-based (x, y) fixations; image 0 fixates (2, 12) three times.
 FIXATIONS_XY = (
     [(0, 10), (1, 11), (2, 12), (2, 12), (2, 12)],
     [(1, 21), (5, 25), (3, 33)],
@@ -44,7 +44,7 @@ def reference_gt(image: int) -> np.ndarray:
     return gaussian_filter(binary, sigma=10, mode="reflect")
 
 
-# --- REFERENCE §3 known values -----------------------------------------------------------------------
+# --- docs/reference.md §3 known values -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("image", [0, 1])
@@ -207,7 +207,7 @@ def centre_biased_coords(rng, n, shape):
 
 
 def test_auc_shuffled_properties():
-    # pysaliency's sAUC is an exact ROC against all other images' fixations (REFERENCE §3 gives its
+    # pysaliency's sAUC is an exact ROC against all other images' fixations (docs/reference.md §3 gives its
     # per-fixation values); this is the MIT sampled and thresholded version, whose numbers differ, so it
     # is tested by its defining properties instead.
     shape, rng = (60, 80), np.random.default_rng(0)

@@ -7,6 +7,7 @@ from mlflow import MlflowClient
 
 from salgan.layout import sha256_file
 from salgan.models import Generator
+from salgan.settings import PredictParams
 from salgan.tracking.models import log_generator
 from salgan.tracking.registry import register
 
@@ -30,17 +31,15 @@ def test_model_artifacts_round_trip_through_s3(s3_server, tmp_path, monkeypatch)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.create_experiment("s3", artifact_location=f"s3://{BUCKET}/mlflow")
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("s3", artifact_location=f"s3://{BUCKET}/mlflow")
     torch.manual_seed(0)
     weights = tmp_path / "generator.pt"
     torch.save(Generator(width=0.0625).state_dict(), weights)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_text("hello", "notes/hello.txt")
-        info = log_generator(weights, [64, 48])
-        version = register(
-            MlflowClient(), "salgan-s3", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id}
-        )
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_text(run_id, "hello", "notes/hello.txt")
+    model_id = log_generator(client, run_id, weights, [64, 48], PredictParams())
+    version = register(client, "salgan-s3", model_id, run_id, sha256_file(weights), {"run_id": run_id})
 
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")["Contents"]]
     assert any(k.endswith("notes/hello.txt") for k in keys)

@@ -15,18 +15,54 @@ from salgan.settings import ModelParams
 from tests.conftest import same_weights
 
 
-def test_generator_full_width_keeps_input_size():
+def test_generator_full_width_keeps_input_size_and_its_output_is_the_sigmoid_of_its_last_layer():
+    """With every weight zero, the map is sigmoid(output bias) everywhere: sigmoid(log 3) = 0.75."""
     torch.manual_seed(0)
     generator = Generator(width=1.0).eval()
     with torch.no_grad():
         out = generator(torch.rand(1, 3, 192, 256))
-    assert out.shape == (1, 1, 192, 256)
-    assert out.min() > 0 and out.max() < 1
+        assert out.shape == (1, 1, 192, 256) and 0 < out.min() < out.max() < 1
+        for parameter in generator.parameters():
+            parameter.zero_()
+        generator.output.bias.fill_(float(torch.log(torch.tensor(3.0))))
+        torch.testing.assert_close(generator(torch.rand(1, 3, 192, 256)), torch.full((1, 1, 192, 256), 0.75))
+
+
+def reference_vgg_generator(generator: Generator, image: torch.Tensor) -> torch.Tensor:
+    """The paper's generator written out from its description (Pan et al. 2017, Fig. 2; docs/reference.md
+    §1), using the generator's weights in order: ImageNet normalisation; VGG16's 13 3x3 convolutions with
+    ReLU and a 2x2 max-pool after blocks 1-4; the mirrored decoder with 2x nearest-neighbour upsampling;
+    a 1x1 convolution and a sigmoid."""
+    import torch.nn.functional as F
+
+    convs = [m for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
+    encoder = [2, "M", 2, "M", 3, "M", 3, "M", 3]  # convolutions per block, pools between
+    decoder = [3, "U", 3, "U", 3, "U", 2, "U", 2]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (image - mean) / std
+    for step in encoder + decoder:
+        if step == "M":
+            x = F.max_pool2d(x, 2)
+        elif step == "U":
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        else:
+            for _ in range(step):
+                conv = convs.pop(0)
+                x = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1))
+    (last,) = convs
+    return torch.sigmoid(F.conv2d(x, last.weight, last.bias))
 
 
 @pytest.mark.parametrize("width,size", [(0.125, (96, 128)), (0.0625, (48, 64)), (0.25, (32, 160))])
 def test_generator_small_widths_any_multiple_of_16(width, size):
-    out = Generator(width=width)(torch.rand(2, 3, *size))
+    """The generator computes the paper's network at any width and any sides that are multiples of 16."""
+    torch.manual_seed(0)
+    generator = Generator(width=width).eval()
+    image = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        out = generator(image)
+        torch.testing.assert_close(out, reference_vgg_generator(generator, image))
     assert out.shape == (2, 1, *size)
 
 
@@ -45,9 +81,21 @@ def test_encoder_matches_torchvision_vgg16_layout():
 
 @pytest.mark.parametrize("first_pool", [2, 4])
 def test_discriminator_outputs_one_logit_per_pair(first_pool):
-    disc = Discriminator(input_size=(256, 192), first_pool=first_pool)
-    logits = disc(torch.rand(3, 3, 192, 256), torch.rand(3, 1, 192, 256))
-    assert logits.shape == (3,)
+    """One logit per (image, map) pair, each pair judged on its own; its last layer's bias alone when every
+    weight is zero."""
+    torch.manual_seed(0)
+    disc = Discriminator(input_size=(256, 192), first_pool=first_pool).eval()
+    images, maps = torch.rand(3, 3, 192, 256), torch.rand(3, 1, 192, 256)
+    with torch.no_grad():
+        logits = disc(images, maps)
+        alone = torch.cat([disc(images[i : i + 1], maps[i : i + 1]) for i in range(3)])
+        torch.testing.assert_close(logits, alone)
+        assert logits.shape == (3,) and len(set(logits.tolist())) == 3
+        for layer in disc.classifier:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.zero_()
+        disc.classifier[-1].bias.fill_(0.3)
+        torch.testing.assert_close(disc(images, maps), torch.full((3,), 0.3))
 
 
 def test_discriminator_rejects_indivisible_input():
@@ -97,20 +145,19 @@ def test_plain_weights_file_round_trips_with_its_architecture(tmp_path):
     path = tmp_path / "generator.pt"
     torch.save(generator.state_dict(), path)
     assert architecture_of(generator.state_dict()) == {"encoder": "vgg16", "width": 0.125}
-    loaded = load_generator(path)
+    loaded = load_generator(path).generator
     x = torch.rand(1, 3, 48, 64)
     assert torch.equal(loaded(x), generator.eval()(x))
 
 
-def test_a_generator_saved_before_the_encoder_setting_still_loads(tmp_path):
-    """generator.pt files written before ``architecture`` was saved with the weights are VGG16 ones."""
-    generator = Generator(width=0.0625)
-    state = {k: v for k, v in generator.state_dict().items() if k != "architecture"}
-    torch.save(state, tmp_path / "old.pt")
-    loaded = load_generator(tmp_path / "old.pt")
-    assert (loaded.encoder_name, loaded.width) == ("vgg16", 0.0625)
-    x = torch.rand(1, 3, 32, 48)
-    assert torch.equal(loaded(x), generator.eval()(x))
+def test_weights_without_their_architecture_are_refused_naming_it(tmp_path):
+    """Every generator.pt records the network it holds; one without that record is no salgan file."""
+    from salgan.models import ModelError
+
+    state = {k: v for k, v in Generator(width=0.0625).state_dict().items() if k != "architecture"}
+    torch.save(state, tmp_path / "bare.pt")
+    with pytest.raises(ModelError, match="bare.pt: not a SalGAN generator state_dict .*no 'architecture' entry"):
+        load_generator(tmp_path / "bare.pt")
 
 
 def test_discriminator_starts_as_lasagne_and_learns_real_maps_from_flat_ones(tmp_path):
@@ -184,7 +231,7 @@ def test_each_encoder_gives_a_map_of_the_input_size_and_round_trips_through_a_we
     generator = Generator(width=width, encoder=name).eval()
     path = tmp_path / "generator.pt"
     torch.save(generator.state_dict(), path)
-    loaded = load_generator(path)  # the file alone says which network it holds
+    loaded = load_generator(path).generator  # the file alone says which network it holds
     assert (loaded.encoder_name, loaded.width) == (name, width)
     x = torch.rand(2, 3, 96, 128)
     out = loaded(x)
@@ -344,3 +391,30 @@ def test_the_settings_build_the_original_discriminator_and_decoder():
     )
     assert plain.image_input == "normalised" and any(n.endswith("original0") for n, _ in plain.named_parameters())
     assert build_generator(model.model_copy(update={"decoder_init": "he"})).decoder_init == "he"
+
+
+def test_load_generator_reads_a_state_dict_a_checkpoint_and_what_lies_beside_them(tmp_path):
+    """One loader for every weights form: the input size comes from the checkpoint's settings (its own, or
+    the one beside a generator.pt), else it is the paper's 256x192."""
+    from salgan import checkpoint
+    from salgan.models import ModelError
+
+    torch.manual_seed(0)
+    generator = Generator(width=0.0625)
+    state = generator.state_dict()
+    alone = tmp_path / "alone" / "generator.pt"
+    alone.parent.mkdir()
+    torch.save(state, alone)
+    assert load_generator(alone).input_size == (256, 192)
+    trained = tmp_path / "models"
+    trained.mkdir()
+    checkpoint.save_atomic({"generator": state, "config": {"prepare": {"size": [64, 48]}}}, trained / "checkpoint.pt")
+    torch.save(state, trained / "generator.pt")
+    for path in (trained / "checkpoint.pt", trained / "generator.pt"):
+        loaded, size = load_generator(path)
+        assert size == (64, 48) and not loaded.training
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(ModelError, match="a directory without an MLmodel file is not an MLflow model"):
+        load_generator(tmp_path / "alone")
+    with pytest.raises(ModelError, match="no such file or directory"):
+        load_generator(tmp_path / "nothing.pt")

@@ -95,12 +95,14 @@ def test_2015_results_zip_holds_val_and_test_results_as_the_coco_server_reads_th
         assert decoded(entry).max() == 10 * i
     assert [r["image_id"] for r in val] == [7, 8]
     # The val maps are the model's, made by the predict stage's own code.
-    from salgan.predict import write_split_maps
+    from salgan.inference import write_split_maps
 
     expected = setup["tmp"] / "expected"
     expected.mkdir()
     params = load_params(setup["tmp"] / "params.yaml")
-    write_split_maps(load_generator(setup["model"]), setup["tmp"] / "prepared", "val", expected, params)
+    write_split_maps(
+        load_generator(setup["model"]).generator, setup["tmp"] / "prepared", "val", expected, params.predict
+    )
     for name, entry in zip(VAL_NAMES, val, strict=True):
         assert np.array_equal(decoded(entry), np.asarray(Image.open(expected / f"{name}.png")))
     manifest = json.loads((setup["output"] / "manifest.json").read_text())

@@ -103,9 +103,26 @@ def test_dvc_plots_show_renders_every_plot(project, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_registered_a_challenger(project):
+    """The version the challenger alias names holds the trained weights and the val scores evaluate wrote;
+    ``salgan registry list`` shows it so."""
+    from mlflow import MlflowClient
+
+    from salgan.layout import sha256_file
+    from salgan.tracking.registry import recorded_metrics
+
     workdir, env, _ = project
-    listing = run([sys.executable, "-m", "salgan.cli", "registry", "list"], workdir, env)
-    assert "challenger" in listing
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("salgan", "challenger")
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    assert version.tags["weights_sha256"] == sha256_file(workdir / "models" / "generator.pt")
+    assert version.tags["data_version"] == metrics["data_version"]
+    recorded = recorded_metrics(client, version)
+    assert {name: recorded[name] for name in ("nss", "cc", "kld")} == pytest.approx(
+        {name: metrics[name] for name in ("nss", "cc", "kld")}
+    )
+    listing = run([sys.executable, "-m", "salgan.cli", "registry", "list"], workdir, env).splitlines()
+    row = next(line.split() for line in listing if line.split()[:1] == [str(version.version)])
+    assert row[1] == "challenger" and f"{metrics['nss']:.4f}" in row
 
 
 @pytest.mark.slow

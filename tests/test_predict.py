@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
@@ -11,13 +10,12 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from salgan import predict
-from salgan.layout import sha256_file
+from salgan import predict, predict_tool
+from salgan.imaging import jet
 from salgan.models import Generator
 from salgan.settings import Params, to_dict
-from salgan.tracking.models import log_generator
-from salgan.tracking.registry import register
-from tests.conftest import write_params_file, write_prepared
+from salgan.urls import REGISTRY_URI
+from tests.conftest import register_weights, write_params_file, write_prepared
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +33,7 @@ def champion_store(tmp_path_factory, weights):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment("predict-test")
-        with mlflow.start_run() as run:
-            info = log_generator(weights, [64, 48])
-            version = register(
-                MlflowClient(), "salgan", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id}
-            )
-        MlflowClient().set_registered_model_alias("salgan", "champion", version)
+        register_weights(uri, weights, alias="champion")
     return uri
 
 
@@ -86,7 +76,7 @@ def test_predict_from_the_registry_champion(tmp_path, monkeypatch, capsys, champ
     expected = make_images(tmp_path / "in")
     out = tmp_path / "out"
     argv = ["--model", "models:/salgan@champion", "--output", str(out), "--overlay", "--batch-size", "4", "in"]
-    assert predict.main(argv) == 1
+    assert predict_tool.main(argv) == 1
     err = capsys.readouterr().err
     assert "broken.jpg" in err and err.count("skipped") == 1
     for stem, size in expected.items():
@@ -101,9 +91,9 @@ def test_predict_from_the_registry_champion(tmp_path, monkeypatch, capsys, champ
 
 def test_model_input_size_comes_from_the_mlflow_metadata(champion_store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
-    generator, size = predict.load_model("models:/salgan/1", Params(), None)
+    generator, size = predict_tool.load_model("models:/salgan/1", Params(), None)
     assert size == (64, 48) and isinstance(generator, Generator)
-    assert predict.load_model("models:/salgan/1", Params(), (128, 96))[1] == (128, 96)
+    assert predict_tool.load_model("models:/salgan/1", Params(), (128, 96))[1] == (128, 96)
 
 
 def test_weights_file_glob_and_pixel_limits(tmp_path, monkeypatch, capsys, weights):
@@ -117,7 +107,7 @@ def test_weights_file_glob_and_pixel_limits(tmp_path, monkeypatch, capsys, weigh
     for name, side in (("ok", 20), ("large", 40), ("refused", 50)):
         Image.new("RGB", (side, side), (200, 100, 50)).save(folder / f"{name}.png")
     argv = ["--model", str(weights), "--output", "out", "--size", "64x48", "--blur", "0", "pics/*.png"]
-    assert predict.main(argv) == 1
+    assert predict_tool.main(argv) == 1
     err = capsys.readouterr().err
     assert "large.png: declares 40x40 pixels, more than predict.max_pixels 1500" in err
     assert "refused.png: DecompressionBombError" in err
@@ -127,12 +117,12 @@ def test_weights_file_glob_and_pixel_limits(tmp_path, monkeypatch, capsys, weigh
 
 def test_missing_input_and_bad_model_are_reported(tmp_path, monkeypatch, capsys, weights):
     monkeypatch.chdir(tmp_path)
-    assert predict.main(["--model", str(tmp_path / "nope.pt"), "--output", "out", "x.jpg"]) == 1
+    assert predict_tool.main(["--model", str(tmp_path / "nope.pt"), "--output", "out", "x.jpg"]) == 1
     assert "nope.pt" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    assert predict.main(["--model", "junk.pt", "--output", "out", "x.jpg"]) == 1
+    assert predict_tool.main(["--model", "junk.pt", "--output", "out", "x.jpg"]) == 1
     assert "junk.pt: not a PyTorch weights file" in capsys.readouterr().err
-    assert predict.main(["--model", str(weights), "--output", "out", "missing.jpg"]) == 1
+    assert predict_tool.main(["--model", str(weights), "--output", "out", "missing.jpg"]) == 1
     assert "missing.jpg: no such file" in capsys.readouterr().err
 
 
@@ -159,7 +149,7 @@ def test_stage_mode_writes_one_map_per_test_image(tmp_path, monkeypatch, weights
 
 
 def test_jet_runs_blue_to_red():
-    colours = predict.jet(np.array([0.0, 0.5, 1.0]))
+    colours = jet(np.array([0.0, 0.5, 1.0]))
     assert colours[0, 2] > 100 and colours[0, 0] == 0  # low: blue
     assert colours[1, 1] == 255  # middle: green-ish
     assert colours[2, 0] > 100 and colours[2, 2] == 0  # high: red
@@ -174,17 +164,13 @@ def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SALGAN_CACHE_DIR", str(tmp_path / "cache"))
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("cache")
     client = MlflowClient(uri)
     versions = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         path = tmp_path / f"generator{seed}.pt"
         torch.save(Generator(width=0.0625).state_dict(), path)
-        with mlflow.start_run() as run:
-            info = log_generator(path, [64, 48])
-        versions.append(register(client, "salgan", info.model_uri, sha256_file(path), {"run_id": run.info.run_id}))
+        versions.append(register_weights(uri, path))
     client.set_registered_model_alias("salgan", "champion", versions[0])
     fetched = []
     download = tracked.download_model
@@ -192,7 +178,7 @@ def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save("photo.png")
 
     def champion_map(out: str) -> np.ndarray:
-        assert predict.main(["--model", "models:/salgan@champion", "--output", out, "photo.png"]) == 0
+        assert predict_tool.main(["--model", "models:/salgan@champion", "--output", out, "photo.png"]) == 0
         return np.asarray(Image.open(Path(out) / "photo.png"))
 
     first, again = champion_map("a"), champion_map("b")
@@ -203,7 +189,7 @@ def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias
     cached = next((tmp_path / "cache" / "models").glob("*/salgan/2/extra_files/generator.pt"))
     cached.write_bytes((tmp_path / "generator0.pt").read_bytes())  # a damaged or swapped cache entry
     assert np.array_equal(champion_map("d"), moved) and fetched[-1] == "models:/salgan/2" and len(fetched) == 3
-    assert tracked._REGISTRY_URI.fullmatch("models:/../2") is None  # a name never steers a cache path
+    assert REGISTRY_URI.fullmatch("models:/../2") is None  # a name never steers a cache path
 
 
 @pytest.mark.parametrize("size", [3, 5, 9])
@@ -224,3 +210,38 @@ def test_the_blur_gives_torchvisions_values_without_importing_it(size):
         modules = "salgan.train, salgan.evaluate, salgan.predict, salgan.package, salgan.models"
         code = f"import sys, {modules}; print('torchvision' in sys.modules)"
         assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_a_size_the_models_encoder_cannot_take_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    """--size accepts multiples of the smallest stride (16); a ResNet's 32 is checked once the model says
+    which encoder it has (they used to drift: any multiple of 16 passed, and the ResNet then refused it)."""
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "resnet.pt"
+    torch.save(Generator(width=1.0, encoder="resnet18").state_dict(), weights)
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save("photo.png")
+    argv = ["--model", str(weights), "--output", "maps", "photo.png"]
+    assert predict_tool.main([*argv, "--size", "48x64"]) == 2
+    assert "--size 48x64: resnet18 needs sides that are multiples of 32, got [48, 64]" in capsys.readouterr().err
+    assert predict_tool.main([*argv, "--size", "64x32"]) == 0
+    assert Image.open(tmp_path / "maps" / "photo.png").size == (60, 40)
+
+
+def test_the_store_params_yaml_names_is_used_with_no_mlflow_variable_set(tmp_path, monkeypatch, weights):
+    """Registering and fetching go to mlflow.tracking_uri with MLFLOW_TRACKING_URI unset: nothing reaches
+    MLflow's own default store (sqlite:///mlflow.db in the current folder), since salgan sets no
+    process-wide MLflow state and resolves models:/ URIs through its own client."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SALGAN_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "store").mkdir()
+    uri = f"sqlite:///{tmp_path / 'store' / 'registry.db'}"
+    version = register_weights(uri, weights, alias="champion")
+    params = write_params_file(tmp_path / "params.yaml", {"mlflow": {"tracking_uri": uri}})
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save("photo.png")
+    for model in ("models:/salgan@champion", f"models:/salgan/{version}"):
+        argv = ["--params", str(params), "--model", model, "--output", "registry", "--size", "64x48", "photo.png"]
+        assert predict_tool.main(argv) == 0
+    argv = ["--params", str(params), "--model", str(weights), "--output", "file", "--size", "64x48", "photo.png"]
+    assert predict_tool.main(argv) == 0
+    assert np.array_equal(np.asarray(Image.open("registry/photo.png")), np.asarray(Image.open("file/photo.png")))
+    assert not (tmp_path / "mlflow.db").exists()  # MLflow's default store was never opened

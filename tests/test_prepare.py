@@ -14,10 +14,12 @@ from PIL import Image
 
 from salgan import prepare as stage
 from salgan.fixations import FixationFileError, fixations_from_mat, load_fixations_mat
+from salgan.settings import PrepareParams
 from tests.conftest import write_params_file
 
 W0, H0 = 640, 480  # SALICON's original size
 SIZE = (64, 48)  # prepare.size used here (W, H): small keeps the tests fast
+MAX_PIXELS, MAX_FIXATIONS = PrepareParams().max_pixels, PrepareParams().max_fixations
 GAZE_DTYPE = [("location", "O"), ("timestamp", "O"), ("fixations", "O")]
 
 
@@ -85,7 +87,7 @@ def raw(tmp_path: Path) -> dict:
 def test_fixations_are_zero_based_row_col_and_clipped_and_counted(tmp_path: Path) -> None:
     observers = [np.array([[1, 1], [640, 480], [10, 20]]), np.zeros((0, 2)), np.array([[0, 500], [700, -3]])]
     write_mat(tmp_path / "a.mat", "a", (480, 640), observers)
-    coords, resolution, outside = load_fixations_mat(tmp_path / "a.mat")
+    coords, resolution, outside = load_fixations_mat(tmp_path / "a.mat", MAX_FIXATIONS)
     assert resolution == (480, 640)
     assert coords.dtype == np.int32
     assert coords.tolist() == [[0, 0], [479, 639], [19, 9], [479, 0], [0, 639]]
@@ -109,12 +111,12 @@ def test_bad_fixation_files_name_the_file(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.mat"
     garbage.write_bytes(b"not a mat file at all" * 20)
     with pytest.raises(FixationFileError, match="garbage.mat"):
-        load_fixations_mat(garbage)
+        load_fixations_mat(garbage, MAX_FIXATIONS)
     scipy.io.savemat(tmp_path / "nogaze.mat", {"resolution": np.array([[480, 640]])})
     with pytest.raises(FixationFileError, match=r"nogaze.mat: no 'gaze'"):
-        load_fixations_mat(tmp_path / "nogaze.mat")
+        load_fixations_mat(tmp_path / "nogaze.mat", MAX_FIXATIONS)
     with pytest.raises(FixationFileError, match="missing.mat"):
-        load_fixations_mat(tmp_path / "missing.mat")
+        load_fixations_mat(tmp_path / "missing.mat", MAX_FIXATIONS)
 
 
 # --- image decoding --------------------------------------------------------------------------------
@@ -158,7 +160,7 @@ def test_every_mode_becomes_rgb(tmp_path: Path) -> None:
     expected = odd_inputs(tmp_path)
     for name, colour in expected.items():
         path = next(tmp_path.glob(f"{name}.*"))
-        array, original = stage.load_image(path, SIZE)
+        array, original = stage.load_image(path, SIZE, MAX_PIXELS)
         assert array.shape == (SIZE[1], SIZE[0], 3) and array.dtype == np.uint8, name
         assert original == (H0, W0)
         assert np.abs(array.astype(int) - colour).max() <= 3, (name, array[0, 0])
@@ -166,7 +168,7 @@ def test_every_mode_becomes_rgb(tmp_path: Path) -> None:
 
 def test_sixteen_bit_map_is_scaled_not_clipped(tmp_path: Path) -> None:
     Image.fromarray(np.full((H0, W0), 32896, dtype=np.uint16)).save(tmp_path / "map16.png")
-    small, full = stage.load_map(tmp_path / "map16.png", SIZE)
+    small, full = stage.load_map(tmp_path / "map16.png", SIZE, MAX_PIXELS)
     assert small.shape == (SIZE[1], SIZE[0]) and full.shape == (H0, W0)
     assert small.dtype == full.dtype == np.uint8
     assert set(np.unique(full)) == {128}
@@ -175,8 +177,9 @@ def test_sixteen_bit_map_is_scaled_not_clipped(tmp_path: Path) -> None:
 def test_fast_path_matches_naive_path(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     Image.fromarray(random_image(rng)).save(tmp_path / "a.jpg", quality=90)
-    fast = stage.resize_image(tmp_path / "a.jpg", (256, 192))
-    naive = stage.resize_image_naive(tmp_path / "a.jpg", (256, 192))
+    fast = stage.load_image(tmp_path / "a.jpg", (256, 192), MAX_PIXELS)[0]
+    with Image.open(tmp_path / "a.jpg") as img:  # full-resolution decode, then convert and resize
+        naive = np.asarray(img.convert("RGB").resize((256, 192), Image.Resampling.BILINEAR))
     assert fast.shape == naive.shape == (192, 256, 3)
     assert np.abs(fast.astype(int) - naive.astype(int)).mean() < 2.0
 
@@ -201,7 +204,7 @@ def test_prepared_arrays_follow_the_data_layout(tmp_path: Path, raw: dict) -> No
         sizes = np.load(folder / "original_sizes.npy")
         assert sizes.dtype == np.int32 and sizes.tolist() == [[H0, W0]] * n
         for i, name in enumerate(names):  # row i is name i
-            image = stage.resize_image(tmp_path / "raw" / "images" / split / f"{name}.jpg", SIZE)
+            image = stage.load_image(tmp_path / "raw" / "images" / split / f"{name}.jpg", SIZE, MAX_PIXELS)[0]
             np.testing.assert_array_equal(images[i], image)
         if split == "test":
             assert not (folder / "maps.npy").exists() and not (folder / "fixations.npz").exists()
@@ -280,7 +283,7 @@ def test_skip_bad_lists_skipped_files_in_the_report(tmp_path: Path, raw: dict) -
     assert np.load(out / "val" / "maps_full.npy").shape[0] == 2
 
 
-def test_fixations_outside_their_image_are_counted_in_the_report_and_said(tmp_path: Path, raw: dict, capsys):
+def test_fixations_outside_their_image_are_counted_in_the_report_and_said(tmp_path: Path, raw: dict, caplog):
     name = sorted((tmp_path / "raw" / "images" / "val").iterdir())[0].stem
     observers = [np.array([[1, 1], [0, 500], [700, -3]]), np.array([[641, 10]])]  # three past the border
     write_mat(tmp_path / "raw" / "fixations" / "val" / f"{name}.mat", name, (H0, W0), observers)
@@ -288,16 +291,16 @@ def test_fixations_outside_their_image_are_counted_in_the_report_and_said(tmp_pa
     report = json.loads((tmp_path / "prepared" / "report.json").read_text())
     assert report["splits"]["val"]["fixations_outside"] == 3
     assert report["splits"]["train"]["fixations_outside"] == 0
-    assert "3 val fixation(s) lay outside their image" in capsys.readouterr().err
+    assert "3 val fixation(s) lay outside their image" in caplog.text
 
 
-def test_a_pipe_named_like_an_image_is_skipped_and_said(tmp_path: Path, raw: dict, capsys) -> None:
+def test_a_pipe_named_like_an_image_is_skipped_and_said(tmp_path: Path, raw: dict, caplog) -> None:
     import os
 
     pipe = tmp_path / "raw" / "images" / "test" / "COCO_test2014_000000000001.jpg"
     os.mkfifo(pipe)  # reading it would block the stage forever
     assert run_stage(tmp_path, workers=1) == 0
-    assert f"{pipe}: not a regular file (a pipe, socket or device); skipped" in capsys.readouterr().err
+    assert f"{pipe}: not a regular file (a pipe, socket or device); skipped" in caplog.text
     assert len(json.loads((tmp_path / "prepared" / "test" / "names.json").read_text())) == 2
 
 

@@ -80,7 +80,7 @@ def scores(params: Params, seed: int) -> dict[str, float]:
     settings and seed)."""
     key = (params.train.data, json.dumps(fingerprints.scoring_settings(params)), seed)
     if key not in SCORED:
-        SCORED[key] = score_generator(load_generator(weights_file(params, seed)), params)[1]
+        SCORED[key] = score_generator(load_generator(weights_file(params, seed)).generator, params)[1]
     return SCORED[key]
 
 
@@ -328,7 +328,7 @@ def test_a_version_registered_at_another_input_size_is_scored_again_at_its_own_s
     challenger = result["challenger"]
     assert challenger["input_size"] == [96, 64] and challenger["differs"] == ["val"]
     images = np.stack([np.asarray(Image.open(p).convert("RGB").resize(size, Image.Resampling.BILINEAR)) for p in raw])
-    generator = load_generator(weights_file(params, 1))
+    generator = load_generator(weights_file(params, 1)).generator
     at_its_size = score_generator(generator, params, images=images)[1]["nss"]
     assert challenger["value"] == pytest.approx(at_its_size, rel=1e-6)
     assert challenger["value"] != pytest.approx(scores(params, 1)["nss"], rel=1e-3)  # not the prepared 64x48
@@ -337,13 +337,14 @@ def test_a_version_registered_at_another_input_size_is_scored_again_at_its_own_s
 # --- racing gates -----------------------------------------------------------------------------------------
 
 RACER = """
-import contextlib, json, sys, time
+import contextlib, json, logging, sys, time
 from pathlib import Path
 
 import salgan.tracking.lock as lock
 from salgan.registry import gate
 from salgan.settings import load_params
 
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")  # the gate's reports
 me, other, version = sys.argv[1], sys.argv[2], sys.argv[3]
 real = lock.registry_lock
 

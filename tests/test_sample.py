@@ -12,7 +12,8 @@ import scipy.io
 import scipy.ndimage
 from PIL import Image
 
-from salgan.sample import generate_sample, write_release_zips
+from salgan.sample import generate_sample
+from tests.conftest import write_release_zips
 
 WIDTH, HEIGHT = 640, 480
 

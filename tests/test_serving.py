@@ -15,16 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from mlflow import MlflowClient
 from PIL import Image
 
-from salgan import predict
-from salgan.layout import sha256_file
+from salgan import predict_tool
 from salgan.models import Generator
 from salgan.serving import MAX_PIXELS_ENV
-from salgan.tracking.models import log_generator
-from salgan.tracking.registry import register
-from tests.conftest import free_port, running_server
+from tests.conftest import free_port, register_weights, running_server
 from tests.test_predict import make_images
 
 
@@ -40,14 +36,7 @@ def champion(tmp_path_factory):
     torch.save(Generator(width=0.0625).state_dict(), weights)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment("serving")
-        with mlflow.start_run() as run:
-            info = log_generator(weights, [64, 48])
-        version = register(
-            MlflowClient(uri), "salgan", info.model_uri, sha256_file(weights), {"run_id": run.info.run_id}
-        )
-        MlflowClient(uri).set_registered_model_alias("salgan", "champion", version)
+        register_weights(uri, weights, alias="champion")
     sizes = make_images(root / "images")
     return uri, weights, root / "images", sizes
 
@@ -64,14 +53,13 @@ def _decoded(text: str) -> Image.Image:
 
 
 def _predicted_by_the_cli(weights: Path, images: Path, out: Path) -> Path:
-    predict.main(["--model", str(weights), "--size", "64x48", "--output", str(out), "--overlay", str(images)])
+    predict_tool.main(["--model", str(weights), "--size", "64x48", "--output", str(out), "--overlay", str(images)])
     return out
 
 
 def test_the_champion_predicts_from_image_bytes_in_python_as_salgan_predict_does(champion, tmp_path, monkeypatch):
     uri, weights, images, sizes = champion
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/salgan@champion")
     stems = sorted(sizes)
     files = [next(images.glob(f"{stem}.*")) for stem in stems]
@@ -97,7 +85,6 @@ def test_too_many_pixels_fails_that_row_only(champion, monkeypatch):
     uri, _, images, _ = champion
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv(MAX_PIXELS_ENV, "5000")  # the served pixel limit, read when the model loads
-    mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/salgan/1")
     result = model.predict(_frame([images / "photo.jpg", images / "tiny.bmp"]))  # 8000 and 693 pixels
     assert "declares 100x80 pixels, more than predict.max_pixels 5000" in result.error[0]
@@ -181,7 +168,6 @@ def _png(width: int, height: int, value: int = 120) -> bytes:
 def test_a_one_pixel_row_gets_its_map_beside_the_others(champion, monkeypatch):
     uri, _, images, sizes = champion
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/salgan/1")
     frame = pd.DataFrame({"image": [(images / "photo.jpg").read_bytes(), _png(1, 1), _png(3, 2)]})
     result = model.predict(frame)
@@ -198,7 +184,6 @@ def test_a_request_over_its_row_or_pixel_limit_is_refused_whole_with_413_and_the
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv(MAX_ROWS_ENV, "3")
     monkeypatch.setenv(MAX_REQUEST_PIXELS_ENV, "20000")  # read when the model loads, as MAX_PIXELS_ENV
-    mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/salgan/1")
     with pytest.raises(MlflowException, match=f"4 rows, more than {MAX_ROWS_ENV} 3 in one request") as rows:
         model.predict(pd.DataFrame({"image": [_png(2, 2)] * 4}))

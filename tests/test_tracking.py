@@ -22,7 +22,7 @@ from salgan.distributed import DistInfo
 from salgan.layout import ModelFiles, sha256_file
 from salgan.tracking import runs
 from salgan.tracking.models import record_evaluation
-from salgan.tracking.registry import CHALLENGER, version_metrics
+from salgan.tracking.registry import CHALLENGER, recorded_metrics
 from salgan.tracking.runs import TrainingTracker
 from salgan.tracking.store import TrackingUnavailableWarning
 from salgan.train import run
@@ -148,7 +148,7 @@ def test_resumed_training_continues_the_recorded_run(trained):
     assert [m.step for m in history] == [1, 2, 3]
 
 
-def test_record_evaluation_registers_a_challenger(trained):
+def test_record_evaluation_registers_a_challenger(trained, monkeypatch):
     params, root, uri = trained
     reports = root / "reports"
     reports.mkdir(exist_ok=True)
@@ -162,7 +162,7 @@ def test_record_evaluation_registers_a_challenger(trained):
     model_version = client.get_model_version_by_alias("salgan", CHALLENGER)
     assert str(model_version.version) == "1"
     # Metrics live on the logged model (MLflow 3), not in string tags; the weights' hash is a tag.
-    assert version_metrics(client, model_version) == METRICS and "nss" not in model_version.tags
+    assert recorded_metrics(client, model_version) == METRICS and "nss" not in model_version.tags
     assert model_version.tags["weights_sha256"] == sha256_file(root / "models" / "generator.pt")
     run_id = json.loads((root / "models" / RUN_FILE).read_text())["run_id"]
     assert model_version.run_id == run_id  # the pipeline's one run, continued
@@ -175,10 +175,10 @@ def test_record_evaluation_registers_a_challenger(trained):
     again = {**METRICS, "nss": 1.5}
     assert record_evaluation(params, again, BASELINES, [], root / "models" / "generator.pt", "d2") == "1"
     reused = client.get_model_version("salgan", "1")
-    assert version_metrics(client, reused)["nss"] == 1.5 and reused.tags["data_version"] == "d2"
+    assert recorded_metrics(client, reused)["nss"] == 1.5 and reused.tags["data_version"] == "d2"
     assert len(client.search_model_versions("name='salgan'")) == 1
 
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     pyfunc = mlflow.pyfunc.load_model("models:/salgan@challenger")  # images in, maps out: test_serving.py
     assert pyfunc.metadata.metadata["input_size"] == [64, 48] and pyfunc.metadata.metadata["encoder"] == "vgg16"
     image = io.BytesIO()
@@ -272,7 +272,7 @@ def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_tw
     """``salgan track``: training and evaluation ran with MLflow unreachable; once it answers, one run with
     every epoch and one registered version appear, and a second ``salgan track`` adds nothing."""
     from salgan.evaluate import evaluate
-    from salgan.tracking.replay import replay
+    from salgan.track import replay
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -286,7 +286,6 @@ def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_tw
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the server is back
     params.mlflow.tracking_uri = uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exported the old one
     assert int(replay(params)) == 1
     client = MlflowClient(uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "tiny"]
@@ -298,7 +297,7 @@ def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_tw
     assert g_loss == [(record["epoch"], pytest.approx(record["g_loss"])) for record in history]
     assert logged.data.metrics["baseline_center_bias_nss"] == pytest.approx(metrics["baselines"]["center_bias"]["nss"])
     version = client.get_model_version_by_alias("salgan", CHALLENGER)
-    assert version_metrics(client, version)["nss"] == pytest.approx(metrics["nss"])
+    assert recorded_metrics(client, version)["nss"] == pytest.approx(metrics["nss"])
 
     assert int(replay(params)) == 1
     assert len(client.search_runs([experiment.experiment_id])) == 1
@@ -307,9 +306,9 @@ def test_track_logs_a_pipeline_run_made_while_the_server_was_down_and_nothing_tw
 
 
 def test_one_process_running_stages_with_two_settings_records_each_in_its_own_store(tmp_path, monkeypatch):
-    """MLflow's setters export the URI and experiment they set; salgan keeps them out of the environment,
-    so a second stage in the same process (a notebook, a flow) records to its own params' store and continues
-    the run its train recorded, whatever experiment the first one left active."""
+    """salgan sets no process-wide MLflow state (a tracking URI, an experiment, an active run): a second stage
+    in the same process (a notebook, a flow) records to its own params' store and continues the run its train
+    recorded, by its id, whatever the first one did."""
     monkeypatch.chdir(tmp_path)
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
@@ -326,12 +325,13 @@ def test_one_process_running_stages_with_two_settings_records_each_in_its_own_st
     run_file.parent.mkdir(parents=True)
     run_file.write_text(json.dumps({"run_id": recorded, "experiment_id": experiment_b, "tracking_uri": uri_b}))
 
-    with runs.continue_run(first):
-        mlflow.log_metric("stage", 1)
+    with runs.continued_run(first) as (client, run_id):
+        client.log_metric(run_id, "stage", 1)
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ
-    with runs.continue_run(second) as active:
-        mlflow.log_metric("stage", 2)
-    assert active.info.run_id == recorded
+    assert mlflow.active_run() is None and mlflow.get_tracking_uri() not in (uri_a, uri_b)
+    with runs.continued_run(second) as (client, run_id):
+        client.log_metric(run_id, "stage", 2)
+    assert run_id == recorded and client_b.get_run(recorded).info.status == "FINISHED"
 
     (run_a,) = MlflowClient(uri_a).search_runs([MlflowClient(uri_a).get_experiment_by_name("tiny").experiment_id])
     assert run_a.data.metrics == {"stage": 1}

@@ -604,8 +604,17 @@ def test_two_gloo_processes_on_15_images_match_one_process_step_for_step(tmp_pat
             assert {int(s["step"]) for s in state[network]["state"].values()} == expected, network
     w1 = weights(tmp_path / "one" / "models" / GENERATOR_FILE)
     w2 = weights(tmp_path / "two" / "models" / GENERATOR_FILE)
+    # Equal up to the order of float32 sums in the all-reduce. AdaGrad's normalised step (lr g / sqrt(sum
+    # g^2 + eps)) can lift that noise on a near-zero gradient to ~1e-5, so: nearly every weight within 1e-5,
+    # and none further than a hundredth of one step (lr 3e-3). Summed instead of averaged gradients, a
+    # missed step or a shifted batch each move weights by ~lr.
+    step = one.train.lr_generator
+    far = total = 0
     for key in w1:
-        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5)
+        difference = (w2[key] - w1[key]).abs()
+        assert difference.max() <= step / 100, (key, difference.max())
+        far, total = far + int((difference > 1e-5 + 1e-4 * w1[key].abs()).sum()), total + difference.numel()
+    assert far <= total / 1000, (far, total)
 
 
 def test_a_checkpoint_with_two_gpus_random_states_resumes_on_a_machine_without_any(tmp_path, capsys):

@@ -12,11 +12,12 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from salgan import predict
+from salgan import predict_tool
 from salgan.models import EncoderWeightsError, Generator, load_encoder_weights
 from salgan.registry import gate
+from salgan.settings import Params
 from salgan.tracking.models import record_evaluation
-from salgan.tracking.store import configure
+from salgan.tracking.store import client
 from tests.conftest import write_prepared
 
 
@@ -68,7 +69,7 @@ def test_a_crafted_mlflow_model_folder_is_refused_and_runs_nothing(tmp_path, pho
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default: salgan must not rely on it
     marker = tmp_path / "marker"
     model = write_model(tmp_path / "model", marker, **kind)
-    code = predict.main(["--model", str(model), "--output", str(tmp_path / "maps"), str(photo)])
+    code = predict_tool.main(["--model", str(model), "--output", str(tmp_path / "maps"), str(photo)])
     assert code == 1 and reason in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "maps").exists()
 
@@ -85,16 +86,15 @@ def test_a_crafted_model_in_the_registry_is_refused_by_the_loader_predict_and_th
     model = write_model(tmp_path / "model", marker, ours=True)
     version = client.create_model_version("salgan", source=model.as_uri(), tags={"data_version": "old"})
     client.set_registered_model_alias("salgan", "champion", version.version)
-    mlflow.set_tracking_uri(uri)
 
-    assert predict.main(["--output", str(tmp_path / "maps"), str(photo)]) == 1  # default: models:/salgan@champion
+    assert predict_tool.main(["--output", str(tmp_path / "maps"), str(photo)]) == 1  # default: models:/salgan@champion
     assert "not a SalGAN generator state_dict" in capsys.readouterr().err
-    with pytest.raises(predict.ModelError):
-        predict.load_model("models:/salgan/1", predict.Params(), None)
+    with pytest.raises(predict_tool.ModelError):
+        predict_tool.load_model("models:/salgan/1", Params(), None)
 
     # The gate opens the champion with the same loader before comparing anything with it: refused, the alias
     # left where it was, nothing of it run.
-    params = predict.Params()
+    params = Params()
     params.train.data = str(write_prepared(tmp_path / "prepared", n_train=2, n_val=4))
     params.mlflow.tracking_uri, params.evaluate.n_splits, params.prepare.size = uri, 5, [64, 48]
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def test_a_pickled_pyfunc_with_flattering_tags_is_never_promoted_and_runs_nothin
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    params = predict.Params()
+    params = Params()
     params.train.data = str(write_prepared(tmp_path / "data" / "prepared", n_train=2, n_val=4))
     model = write_model(tmp_path / "model", marker, ours=True)
     if weights == "salgan's":
@@ -152,9 +152,9 @@ def test_a_pickled_pyfunc_with_flattering_tags_is_never_promoted_and_runs_nothin
 
 def test_salgan_turns_mlflows_pickle_deserialisation_off_where_it_uses_mlflow(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default
-    params = predict.Params()
+    params = Params()
     params.mlflow.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    configure(params)
+    client(params)
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
 
 
@@ -182,18 +182,23 @@ def test_a_local_weights_file_with_pickled_code_is_refused(tmp_path):
 
 def test_a_model_salgan_logged_still_predicts(tmp_path, photo, monkeypatch):
     """The refusals above do not refuse the real thing: a model logged by salgan.tracking predicts."""
+    from salgan.models import load_generator
+    from salgan.settings import PredictParams
     from salgan.tracking.models import log_generator
+    from salgan.tracking.store import experiment_id
 
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = mlflow.set_experiment("logged-by-salgan")  # not an experiment id left over from another test
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = MlflowClient(uri)
     torch.manual_seed(0)
     weights = tmp_path / "generator.pt"
     torch.save(Generator(width=0.0625).state_dict(), weights)
-    with mlflow.start_run(experiment_id=experiment.experiment_id):
-        info = log_generator(weights, [64, 48])
-    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl")))
-    generator, size = predict._from_mlflow_dir(local)
+    run_id = store.create_run(experiment_id(store, "logged-by-salgan")).info.run_id
+    model_id = log_generator(store, run_id, weights, [64, 48], PredictParams())
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "dl"), tracking_uri=uri)
+    )
+    generator, size = load_generator(local)
     assert size == (64, 48)
     expected = torch.load(weights, weights_only=True)
     assert all(torch.equal(generator.state_dict()[k], expected[k]) for k in expected)

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 
-from salgan.datasets import (
+from salgan.datasets.records import (
     ArchiveSpec,
     DatasetError,
     FixationSource,
@@ -34,6 +35,7 @@ from salgan.datasets import (
     source_parts,
     warn_orphans,
 )
+from salgan.fixations import MIN_MAT_BYTES, FixationFileError, bounded_mat_bytes
 
 NAME = "cat2000"
 RELEASE = "CAT2000"
@@ -117,10 +119,6 @@ def read_fixations(source: FixationSource, size: tuple[int, int], limits: Limits
     """The non-zero pixels of a ``FIXATIONLOCS`` matrix as 0-based (row, col). The file goes through
     salgan/fixations.py's bounded reader: no more is decompressed than a double matrix of the image's size
     takes. Raises ``ValueError`` naming the file (wrong size, no fixations, over prepare.max_fixations)."""
-    import scipy.io
-
-    from salgan.fixations import MIN_MAT_BYTES, FixationFileError, bounded_mat_bytes
-
     path = source.path
     rows, cols = size
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from salgan.datasets import (
+from salgan.datasets.records import (
     TEST_FOLDER,
     DatasetError,
     FixationSource,

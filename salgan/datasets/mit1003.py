@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from salgan.datasets import (
+from salgan.datasets.records import (
     ArchiveSpec,
     DatasetError,
     FixationSource,
@@ -31,6 +31,7 @@ from salgan.datasets import (
     source_parts,
     warn_orphans,
 )
+from salgan.imaging import ImageError, opened, to_grey
 
 NAME = "mit1003"
 RELEASE = "MIT1003"
@@ -99,21 +100,15 @@ def records(root: Path, limits: Limits = Limits()) -> tuple[list[Record], list[P
 def read_fixations(source: FixationSource, size: tuple[int, int], limits: Limits) -> tuple[np.ndarray, int]:
     """The fixated pixels of a ``<name>_fixPts.jpg`` as 0-based (row, col): those above half range
     (:data:`POINT_THRESHOLD`), the image's own size required. Raises ``ValueError`` naming the file."""
-    from PIL import Image
-
     path = source.path
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > limits.max_pixels:
-                pixels = f"{img.width}x{img.height} pixels"
-                raise ValueError(f"{path}: declares {pixels}, more than prepare.max_pixels {limits.max_pixels}")
-            if (img.height, img.width) != tuple(size):
-                raise ValueError(f"{path}: is {img.width}x{img.height} but its image is {size[1]}x{size[0]}")
-            grey = np.asarray(img.convert("L"))
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- Pillow's many ways of saying the file is damaged
-        raise ValueError(f"{path}: cannot decode the fixation points: {type(exc).__name__}: {exc}") from None
+        with opened(path, limits.max_pixels, "prepare.max_pixels") as img:
+            grey = np.asarray(to_grey(img))
+    except ImageError as exc:
+        reason = f"cannot decode the fixation points: {exc}" if exc.damaged else str(exc)
+        raise ValueError(f"{path}: {reason}") from None
+    if grey.shape != tuple(size):
+        raise ValueError(f"{path}: is {grey.shape[1]}x{grey.shape[0]} but its image is {size[1]}x{size[0]}")
     coords = np.argwhere(grey > POINT_THRESHOLD).astype(np.int32)
     if not len(coords):
         raise ValueError(f"{path}: no fixations (no pixel above {POINT_THRESHOLD})")

@@ -17,8 +17,13 @@ import numpy as np
 import torch
 
 from salgan.data import images_to_float
-from salgan.density.maps import map_of_kind
+from salgan.density.maps import map_of_kind, metric_map
+from salgan.imaging import decode_rgb
+from salgan.inference import default_device
+from salgan.layout import staged_files
+from salgan.metrics import METRIC_NAMES, center_bias_map
 from salgan.models.density import normalise, output_of, resize_log_density
+from salgan.progress import progress
 
 KINDS = ("map", "log-density", "metric-map")  # salgan predict --kind
 
@@ -40,9 +45,7 @@ def log_densities(
     device: torch.device | None = None,
 ) -> Iterator[np.ndarray]:
     """One float32 (H, W) log-density per image at its original (H, W), batch by batch; ``images`` uint8
-    (N, h, w, 3) at the model's input size (as :func:`salgan.inference.predict_batches` takes them)."""
-    from salgan.inference import default_device
-
+    (N, h, w, 3) at the model's input size (as :func:`salgan.inference.predict_images` predicts them)."""
     require_density(generator, "a log-density")
     device = device or default_device()
     generator = generator.to(device).eval()
@@ -89,8 +92,6 @@ def centre_log_density(generator: torch.nn.Module, shape: tuple[int, int], fallb
     prior = getattr(generator, "log_prior", None)
     if prior is not None:
         return resize_log_density(prior.detach().float().cpu(), shape)[0, 0].double().numpy()
-    from salgan.metrics import center_bias_map
-
     centre = torch.from_numpy(np.log(center_bias_map(shape, fallback_sigma)))
     return normalise(centre[None, None]).numpy()[0, 0]
 
@@ -122,8 +123,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
 def output_array(log_density: np.ndarray, kind: str, metric: str | None, log_centre, options) -> np.ndarray:
     """What ``salgan predict --kind`` writes for one image: its log-density, or the metric map of
     ``metric`` (``options``: ``predict`` settings, for the maps' sigma and the SIM map's fixations), float32."""
-    from salgan.density.maps import metric_map
-
     if kind == "log-density":
         return log_density.astype(np.float32)
     return metric_map(log_density, metric, log_centre, options.metric_map_sigma, options.sim_fixations).astype(
@@ -142,14 +141,9 @@ def predict_density_files(
     centre_sigma: float,
     device: torch.device | None = None,
 ) -> tuple[int, list[str]]:
-    """``salgan predict --kind log-density | metric-map``: one ``<stem>.npy`` per job (salgan.predict.Job)
+    """``salgan predict --kind log-density | metric-map``: one ``<stem>.npy`` per job (salgan.inputs.Job)
     at its image's displayed size, written into a staging folder swapped into ``output`` at the end; returns
     the number written and the errors of the inputs skipped (path: reason)."""
-    from salgan.cli import progress
-    from salgan.inference import default_device
-    from salgan.layout import staged_files
-    from salgan.predict import read_image
-
     require_density(generator, f"--kind {kind}")
     device = device or default_device()
     errors: list[str] = []
@@ -160,22 +154,22 @@ def predict_density_files(
             batch = []
             for job in jobs[start : start + options.batch_size]:
                 try:
-                    batch.append(read_image(job, size, False, options.max_pixels))
+                    batch.append((job, decode_rgb(job.path, size, options.max_pixels, "predict.max_pixels", exif=True)))
                 except ValueError as exc:
                     errors.append(f"{job.path}: {exc}")
                     bar.update(1)
             if not batch:
                 continue
-            images = np.stack([item.array for item in batch])
-            sizes = np.array([item.original_size for item in batch], dtype=np.int64)
-            for item, log_density in zip(
+            images = np.stack([decoded.array for _, decoded in batch])
+            sizes = np.array([decoded.original_size for _, decoded in batch], dtype=np.int64)
+            for (job, decoded), log_density in zip(
                 batch, log_densities(generator, images, sizes, len(batch), device), strict=True
             ):
-                shape = tuple(item.original_size)
+                shape = tuple(decoded.original_size)
                 if kind == "metric-map" and shape not in centres:
                     centres[shape] = centre_log_density(generator, shape, centre_sigma)
                 array = output_array(log_density, kind, metric, centres.get(shape), options)
-                target = stage / item.job.stem
+                target = stage / job.stem
                 target.parent.mkdir(parents=True, exist_ok=True)
                 np.save(target.with_name(target.name + ".npy"), array, allow_pickle=False)
                 written += 1
@@ -189,8 +183,6 @@ def answer_rows(generator, frame, decoded: dict, results: list[dict], options, d
     or the reason in ``error``; ``decoded``: row -> (model-size array, (rows, cols), full image). Rows of
     kind ``map`` (or none) are left for the map path."""
     import base64
-
-    from salgan.metrics import METRIC_NAMES
 
     kinds = _cells(frame, "kind")
     metrics = _cells(frame, "metric")

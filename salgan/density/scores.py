@@ -26,6 +26,7 @@ from salgan.density.metrics import split_scores
 from salgan.errors import InputError
 from salgan.metrics import METRIC_NAMES, center_bias_map
 from salgan.models.density import output_of
+from salgan.scoring import score_split
 
 DENSITY_KEYS = ("log_likelihood", "density_information_gain")
 
@@ -54,8 +55,6 @@ def add_density_scores(metrics: dict, rows: list[dict], generator, params, val, 
 
 def metric_map_scores(log_densities, generator, params, val, common: dict) -> dict[str, float]:
     """Each metric's mean over the val split, scored on its own map (one scoring pass per map kind)."""
-    from salgan.scoring import score_split
-
     shape = tuple(int(s) for s in val.maps_full.shape[1:])
     log_centre = centre_log_density(generator, shape, params.evaluate.center_bias_sigma)
     sigma, n_fixations = params.predict.metric_map_sigma, params.predict.sim_fixations

@@ -16,11 +16,11 @@ import io
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from salgan.density.metrics import normalisation_problem
+from salgan.layout import read_split
 
 ARCHIVE = "log_densities.zip"
 NPY_HEADER_BYTES = 4096  # an .npy header of a 2-D float array takes 128 bytes; more is not a log-density
@@ -92,7 +92,6 @@ def write_archive(path: Path, generator, data: str | Path, batch_size: int) -> i
     """Predict the prepared test split's log-densities and write them into the zip at ``path``, each checked
     before it is added (a failing one stops the whole archive); returns how many were written."""
     from salgan.density.inference import log_densities
-    from salgan.layout import read_split
 
     test = read_split(data, "test", stream=True)
     predicted = log_densities(generator, test.images, test.original_sizes, batch_size)
@@ -108,32 +107,3 @@ def write_archive(path: Path, generator, data: str | Path, batch_size: int) -> i
             np.save(buffer, array, allow_pickle=False)
             archive.writestr(f"{name}.npy", buffer.getvalue())
     return len(test.names)
-
-
-def package_density(params, model: Path) -> dict[str, Any]:
-    """The ``package`` stage for ``mit-tuebingen-density``: ``log_densities.zip`` of the test split from the
-    density model at ``model``, validated, with ``manifest.json`` beside it; returns the manifest."""
-    import json
-
-    from salgan.layout import atomic_directory
-    from salgan.models import load_generator
-    from salgan.models.density import output_of
-    from salgan.package import MANIFEST, PackageError, load_split_names, make_manifest
-
-    try:
-        generator = load_generator(model)
-    except Exception as exc:  # not a weights file, or not a generator
-        raise PackageError(f"{model}: cannot predict log-densities with it ({type(exc).__name__}: {exc})") from None
-    if output_of(generator) != "density":
-        raise PackageError(f"{model}: a saliency-map model; package.format mit-tuebingen-density needs a density model")
-    names, sizes = load_split_names(params.train.data, "test")
-    with atomic_directory(params.package.output) as staging:
-        try:
-            count = write_archive(staging / ARCHIVE, generator, params.train.data, params.predict.batch_size)
-            members = validate_archive(staging / ARCHIVE, names, sizes)
-        except SubmissionError as exc:
-            raise PackageError(str(exc)) from None
-        manifest = make_manifest(params, model, {"test": count}, members)
-        manifest["members"] = f"{count} .npy log-densities"
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest

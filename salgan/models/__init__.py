@@ -1,4 +1,5 @@
-"""SalGAN models and the one builder that turns ``model`` settings into them."""
+"""SalGAN models, the one builder that turns ``model`` settings into them, and the one reader of trained
+weights (:func:`load_generator`, salgan/models/loading.py)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,14 @@ from pathlib import Path
 
 import torch
 
+from salgan import checkpoint
+from salgan.encoder_table import ENCODERS, PAPER_INPUT_SIZE
 from salgan.errors import InputError
 from salgan.layout import sha256_file
+from salgan.models.architecture import architecture_of, generator_from_state_dict
 from salgan.models.discriminator import Discriminator
-from salgan.models.generator import (
-    ENCODERS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Generator,
-    architecture_of,
-    generator_from_state_dict,
-)
+from salgan.models.generator import IMAGENET_MEAN, IMAGENET_STD, Generator
+from salgan.models.loading import LoadedGenerator, ModelError, load_generator
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -24,6 +22,8 @@ __all__ = [
     "ENCODERS",
     "Discriminator",
     "Generator",
+    "LoadedGenerator",
+    "ModelError",
     "architecture_of",
     "build_discriminator",
     "build_generator",
@@ -33,8 +33,6 @@ __all__ = [
     "load_generator",
     "model_cost",
 ]
-
-COST_SIZE = (256, 192)  # W x H: the paper's input, at which every encoder's cost is compared
 
 
 class EncoderWeightsError(InputError):
@@ -123,7 +121,7 @@ def imagenet_weights_url(encoder: str) -> str:
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict read with ``weights_only=True``: a file holding pickled code is refused, never run."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint.load(path)
     except Exception as exc:  # UnpicklingError for code, others for damage: either way not weights
         raise EncoderWeightsError(f"{path}: not a weights file ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict):
@@ -159,14 +157,7 @@ def _imagenet_state_dict(encoder: str) -> dict[str, torch.Tensor]:
     return _read_weights(path)
 
 
-def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> Generator:
-    """A trained generator from a plain state_dict file (the train stage's models/generator.pt), rebuilt
-    with the encoder and width the file records."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    return generator_from_state_dict(state).eval()
-
-
-def model_cost(generator: Generator, size: tuple[int, int] = COST_SIZE) -> dict[str, float]:
+def model_cost(generator: Generator, size: tuple[int, int] = PAPER_INPUT_SIZE) -> dict[str, float]:
     """Parameters (millions) and forward GFLOPs per ``size`` image (W x H; 256x192, the paper's input,
     by default), counted by ``torch.utils.flop_counter`` (2 FLOPs per multiply-add of convolutions and
     matrix products) on the meta device, so that counting costs no memory and no time."""

@@ -11,7 +11,7 @@ with ``z`` the generator's logits, ``G_s`` an optional learned Gaussian blur (``
 ``c`` the centre-bias prior fitted on the train split's fixations (``model.density_prior_sigma``; null: none)
 and the normalisation a log-softmax over all pixels. The prior is a buffer saved with the weights, so a
 loaded model carries it, and the weights' ``architecture`` entry records the output kind
-(:func:`salgan.models.generator.architecture_of` validates it before anything is built).
+(:func:`salgan.models.architecture.architecture_of` validates it before anything is built).
 
 Resizing a log-density keeps it a density: the log-density is resized bilinearly and renormalised with
 logsumexp (:func:`resize_log_density`), so that ``logsumexp`` of the result is 0 at any size.
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from salgan.layout import read_split
 from salgan.models.generator import Generator, _encode
 
 OUTPUTS = ("map", "density")
@@ -154,8 +155,6 @@ def centre_log_prior(data: str | Path, size: tuple[int, int], sigma_fraction: fl
     already moved to the training grid, docs/data-layout.md), so the train stage needs no scoring code."""
     import numpy as np
     from scipy.ndimage import gaussian_filter
-
-    from salgan.layout import read_split
 
     width, height = int(size[0]), int(size[1])
     counts = read_split(data, "train", "fixation_maps").fixation_maps

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from salgan.encoder_table import MULTISCALE_ENCODERS
+
 # Encoder name -> the names (ResNet) or index ranges (MobileNetV3 ``features``) of its five stages.
 RESNET_STAGES = (("conv1", "bn1", "relu", "maxpool"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
 MOBILENET_V3_LARGE_STAGES = ((0, 2), (2, 4), (4, 7), (7, 13), (13, 17))
-MULTISCALE_ENCODERS = ("resnet18", "resnet50", "mobilenet_v3_large")
-WIDTH_ENCODERS = ("vgg16", "mobilenet_v3_large")  # the ones whose builder takes a channel multiplier
 
 
 class MultiScaleEncoder(nn.Module):

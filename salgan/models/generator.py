@@ -14,10 +14,8 @@ import json
 import torch
 from torch import nn
 
-from salgan.models.encoders import MULTISCALE_ENCODERS, MultiScaleEncoder, SkipDecoder
-
-ENCODERS = ("vgg16", *MULTISCALE_ENCODERS)
-MAX_WIDTH = 2.0  # model.width's upper bound
+from salgan.encoder_table import ENCODER_TABLE, ENCODERS
+from salgan.models.encoders import MultiScaleEncoder, SkipDecoder
 
 # VGG16 configuration "D": channels per conv, "M" for 2x2 max-pooling. pool5 is not part of SalGAN.
 VGG16_ENCODER = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -67,13 +65,14 @@ class Generator(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # Saved with the weights, so whatever reads a generator.pt rebuilds the same network from it alone.
         self.register_buffer("architecture", _encode({"encoder": encoder, "width": width}))
+        if encoder not in ENCODER_TABLE:
+            raise ValueError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
+        self.stride = ENCODER_TABLE[encoder].stride
         if encoder == "vgg16":
-            self.stride = 16
             self.encoder = _conv_stack(VGG16_ENCODER, 3, width)
             self.decoder = _conv_stack(SALGAN_DECODER, scaled(512, width), width)
             self.output = nn.Conv2d(scaled(64, width), 1, kernel_size=1)
         else:
-            self.stride = 32
             self.encoder = MultiScaleEncoder(encoder, width)
             self.decoder = SkipDecoder(self.encoder.channels, scaled(128, width))
             self.output = nn.Sequential(
@@ -156,81 +155,3 @@ class Generator(nn.Module):
 
 def _encode(architecture: dict) -> torch.Tensor:
     return torch.tensor(list(json.dumps(architecture, sort_keys=True).encode()), dtype=torch.uint8)
-
-
-def architecture_of(state_dict: dict[str, torch.Tensor]) -> dict:
-    """``{"encoder": ..., "width": ...}`` of a generator state_dict: its ``architecture`` entry, or for one
-    saved before there was a choice of encoder, VGG16 with the width of conv1_1 (64 * width filters).
-    Either way checked against the encoders salgan builds and ``MAX_WIDTH`` before anything is built."""
-    if "architecture" in state_dict:
-        try:
-            found = json.loads(bytes(state_dict["architecture"].tolist()).decode())
-            architecture = {"encoder": str(found["encoder"]), "width": float(found["width"])}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ValueError("not a SalGAN generator state_dict: unreadable 'architecture' entry") from None
-        architecture |= _output_fields(found)
-    else:
-        try:
-            architecture = {"encoder": "vgg16", "width": int(state_dict["encoder.0.weight"].shape[0]) / 64}
-        except (KeyError, AttributeError, IndexError, TypeError):
-            raise ValueError("not a SalGAN generator state_dict: no 'architecture' nor 'encoder.0.weight'") from None
-    # A crafted entry or tensor shape must not name another network or a huge width.
-    if architecture["encoder"] not in ENCODERS or not 0 < architecture["width"] <= MAX_WIDTH:
-        raise ValueError(f"not a SalGAN generator state_dict: architecture {architecture} is not one salgan builds")
-    return architecture
-
-
-def _output_fields(found: dict) -> dict:
-    """The output kind recorded beside encoder and width (``model.output: density``, salgan/models/density.py),
-    each field checked before anything is built; ``{}`` for a map model."""
-    from salgan.models.density import density_architecture
-
-    try:
-        return density_architecture(found)
-    except ValueError as exc:
-        raise ValueError(f"not a SalGAN generator state_dict: {exc}") from None
-
-
-def build_architecture(architecture: dict) -> Generator:
-    """The untrained generator of a checked architecture: a map model, or a density model
-    (salgan/models/density.py) when it records ``output: density``."""
-    if architecture.get("output", "map") == "density":
-        from salgan.models.density import DensityGenerator
-
-        return DensityGenerator(**architecture)
-    return Generator(**architecture)
-
-
-def checked_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
-    """:func:`architecture_of`, and every tensor of ``state_dict`` with the name and shape the generator of
-    that architecture has: compared against one built on the meta device (no memory), before any generator
-    is built. The one check behind every way of building a generator from weights."""
-    architecture = architecture_of(state_dict)
-    with torch.device("meta"):
-        expected = {
-            k: tuple(v.shape) for k, v in build_architecture(architecture).state_dict().items() if k != "architecture"
-        }
-    given = {k: v for k, v in state_dict.items() if k != "architecture"}
-    missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
-    if missing or extra:
-        which = f"lacks {missing[0]}" if missing else f"has an unexpected entry {extra[0]!r}"
-        raise ValueError(f"not a SalGAN generator state_dict: {which} ({architecture})")
-    for key, shape in expected.items():
-        found = tuple(given[key].shape) if isinstance(given[key], torch.Tensor) else None
-        if found != shape:
-            raise ValueError(
-                f"not a SalGAN generator state_dict: {key} has shape {found}, {architecture} needs {shape}"
-            )
-    return architecture
-
-
-def generator_from_state_dict(state_dict: dict[str, torch.Tensor]) -> Generator:
-    """The generator a state_dict was saved from, built from the architecture it records once every tensor's
-    shape fits it (:func:`checked_architecture`), weights loaded strictly."""
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"not a SalGAN generator state_dict: a {type(state_dict).__name__}")
-    generator = build_architecture(checked_architecture(state_dict))
-    state = dict(state_dict)
-    state.setdefault("architecture", generator.architecture)
-    generator.load_state_dict(state)
-    return generator

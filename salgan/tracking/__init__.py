@@ -1,9 +1,9 @@
-"""MLflow, by concern: where it is and what to do when it does not answer (:mod:`.store`), the run of a
-pipeline run and its tags (:mod:`.runs`), the generator as an MLflow model (:mod:`.models`), and the
-registry with its alias policy and promotion rule (:mod:`.registry`) and the lock one promotion at a time
-holds (:mod:`.lock`).
+"""MLflow, by concern: the one access point, its client and what to do when MLflow does not answer
+(:mod:`.store`), the run of a pipeline run and its tags (:mod:`.runs`), the generator as an MLflow model
+(:mod:`.models`), the registry with its alias policy and promotion rule (:mod:`.registry`), the lock one
+promotion at a time holds (:mod:`.lock`), and what a score depends on (:mod:`.fingerprint`).
 
-One MLflow run per pipeline run: train opens it, evaluate, predict and package continue it. MLflow never
+One MLflow run per pipeline run: train opens it, evaluate, predict and package continue it by its id. MLflow never
 stops the pipeline: a failing server costs one warning. Import the submodule you need (this package's
 own import loads no MLflow code, so a stage loads only what it uses, and the core install works without it).
 """

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from salgan.errors import ConfigError
 from salgan.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,6 @@ def _ensure_limit(name: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    from salgan.errors import ConfigError
 
     with get_client(sync_client=True) as client:
         try:

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
-import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
+import mlflow.artifacts
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput, Metric
+from mlflow.models import Model
 
 from salgan.layout import DATA_VERSION_TAG, LOGGED_WEIGHTS, MODEL_KIND, sha256_file
 from salgan.settings import Params, PredictParams
 from salgan.tracking.fingerprint import FINGERPRINT_TAG, encode
 from salgan.tracking.registry import CHALLENGER, WEIGHTS_TAG, logged_model_id, register, version_with_weights
-from salgan.tracking.runs import continue_run, git_commit, is_number
-from salgan.tracking.store import TRACKING_ERRORS, configure, tracking_uri, warn_unavailable
-from salgan.urls import redact_url
+from salgan.tracking.runs import continued_run, git_commit, is_number
+from salgan.tracking.store import TRACKING_ERRORS, client, configure_environment, tracking_uri, warn_unavailable
+from salgan.urls import REGISTRY_URI, redact_url
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME_IN_RUN = "model"
 
@@ -48,109 +53,123 @@ def record_evaluation(
     """
     uri, name = tracking_uri(params), params.mlflow.model_name
     try:
-        with continue_run(params) as run:
-            mlflow.log_metrics(
-                {
-                    f"baseline_{side}_{k}": float(v)
-                    for side, values in baselines.items()
-                    for k, v in values.items()
-                    if is_number(v)
-                }
-            )
+        with continued_run(params) as (mlflow_client, run_id):
+            baseline = {f"baseline_{side}_{k}": v for side, values in baselines.items() for k, v in values.items()}
+            mlflow_client.log_batch(run_id, metrics=_metrics(baseline))
             for path in artifacts:
                 if Path(path).is_file():
-                    mlflow.log_artifact(str(path), "evaluation")
-            client = MlflowClient()
+                    mlflow_client.log_artifact(run_id, str(path), "evaluation")
             weights = sha256_file(generator_path)
-            existing = version_with_weights(client, name, weights)
-            model_id = logged_model_id(existing) if existing is not None else None
-            model_uri = None
+            existing = version_with_weights(mlflow_client, name, weights)
+            model_id = logged_model_id(mlflow_client, existing) if existing is not None else None
             if model_id is None:
-                info = log_generator(generator_path, params.prepare.size, options=params.predict)
-                model_id, model_uri, existing = info.model_id, info.model_uri, None
+                model_id = log_generator(mlflow_client, run_id, generator_path, params.prepare.size, params.predict)
             elif FINGERPRINT_TAG in existing.tags:
-                client.delete_model_version_tag(name, existing.version, FINGERPRINT_TAG)
-            mlflow.log_metrics({f"val_{k}": float(v) for k, v in metrics.items() if is_number(v)}, model_id=model_id)
-            tags = {"run_id": run.info.run_id}
+                mlflow_client.delete_model_version_tag(name, existing.version, FINGERPRINT_TAG)
+            val = _metrics({f"val_{k}": v for k, v in metrics.items()}, model_id=model_id)
+            mlflow_client.log_batch(run_id, metrics=val)
+            tags = {"run_id": run_id}
             if fingerprint:
                 tags[FINGERPRINT_TAG] = encode(fingerprint)
             if data_version:
                 tags[DATA_VERSION_TAG] = data_version
-                mlflow.set_tag(DATA_VERSION_TAG, data_version)
+                mlflow_client.set_tag(run_id, DATA_VERSION_TAG, data_version)
             commit = git_commit()
             if commit:
                 tags["git_commit"] = commit
             tags |= extra_tags or {}  # the datasets it was trained and scored on (salgan.finetune.dataset_tags)
-            version = register(client, name, model_uri, weights, tags, existing)
+            version = register(mlflow_client, name, model_id, run_id, weights, tags, existing)
     except TRACKING_ERRORS as exc:
         warn_unavailable("record the evaluation and register the model", exc, uri)
         return None
     how = "the same weights as" if existing is not None else "new"
-    print(f"registered {name} version {version} ({how} version; alias {CHALLENGER}) in {redact_url(uri)}")
+    log.info("registered %s version %s (%s version; alias %s) in %s", name, version, how, CHALLENGER, redact_url(uri))
     return version
 
 
+def _metrics(values: dict[str, float], model_id: str | None = None) -> list[Metric]:
+    """The numbers of ``values`` as metrics at step 0 (linked to the logged model ``model_id``)."""
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, 0, model_id=model_id) for key, value in values.items() if is_number(value)]
+
+
 def log_generator(
+    mlflow_client: MlflowClient,
+    run_id: str,
     generator_path: str | Path,
     size: list[int] | tuple[int, int],
+    options: PredictParams,
     name: str = MODEL_NAME_IN_RUN,
-    options: PredictParams | None = None,
-):
-    """Log a generator state_dict as salgan's MLflow pyfunc model in the active run; returns its ModelInfo.
+) -> str:
+    """Log a generator state_dict as salgan's MLflow pyfunc model of run ``run_id``; returns its model id
+    (``models:/<id>`` is its URI).
 
     The model (salgan/serving.py) takes encoded images and returns maps at each image's size, through
     ``mlflow.pyfunc.load_model`` and ``mlflow models serve``; its folder holds the plain state_dict as
-    ``extra_files/generator.pt``, the one file salgan reads back (``torch.load(weights_only=True)``, see
-    ``salgan.predict``). ``metadata.input_size`` = [W, H] tells ``salgan predict`` the training size,
-    ``metadata.encoder`` the network, ``metadata.output`` whether it outputs a map or a density
-    (``model.output``) and ``metadata.kind`` that salgan made it. ``options``: the ``predict`` settings the
-    model serves with (blur, pixel limit; a density model's metric-map settings).
-    """
-    from mlflow.models import Model
+    ``extra_files/generator.pt``, the one file salgan reads back (:func:`salgan.models.load_generator`).
+    ``metadata.input_size`` = [W, H] tells ``salgan predict`` the training size, ``metadata.encoder`` the
+    network, ``metadata.output`` whether it outputs a map or a density (``model.output``) and
+    ``metadata.kind`` that salgan made it. ``options``: the ``predict`` settings the model serves with
+    (batch size, blur, pixel limit; a density model's metric-map settings).
 
+    Logged through the client API (as ``mlflow.models.Model.log`` does with the fluent API's state): a
+    logged model made in the run's experiment, the folder written by salgan's flavor and uploaded, the
+    model marked ready and named as the run's output.
+    """
     from salgan import serving
     from salgan.models import load_generator
     from salgan.models.density import output_of
 
-    options = options or PredictParams()
-    generator = load_generator(generator_path, map_location="cpu")
-    density = {"metric_map_sigma": options.metric_map_sigma, "sim_fixations": options.sim_fixations}
+    generator = load_generator(generator_path).generator
     width, height = int(size[0]), int(size[1])
-    return Model.log(
-        artifact_path=None,
-        name=name,
-        flavor=serving,
-        generator_path=str(generator_path),
-        size=(width, height),
-        blur_size=options.blur_size,
-        max_pixels=options.max_pixels,
-        density=density if output_of(generator) == "density" else None,
-        metadata={
-            "input_size": [width, height],
-            "encoder": generator.encoder_name,
-            "width": generator.width,
-            "kind": MODEL_KIND,
-            "output": output_of(generator),  # map | density (model.output)
-        },
-        # MLflow would load the model again through pyfunc and check every installed package's version
-        # against its requirements to validate the input example (seconds per evaluation); tests/
-        # test_serving.py serves the logged model for real instead.
-        validate_serving_input=False,
+    run = mlflow_client.get_run(run_id)
+    model = mlflow_client.create_logged_model(
+        run.info.experiment_id, name=name, source_run_id=run_id, params=dict(run.data.params)
     )
+    mlflow_client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    metadata = {"input_size": [width, height], "encoder": generator.encoder_name, "width": generator.width}
+    metadata["output"] = output_of(generator)  # map | density (model.output)
+    mlflow_model = Model(
+        artifact_path=model.artifact_location,
+        model_uuid=model.model_id,
+        run_id=run_id,
+        model_id=model.model_id,
+        metadata=metadata | {"kind": MODEL_KIND},
+    )
+    with tempfile.TemporaryDirectory(prefix="salgan-model-") as tmp:
+        serving.save_model(Path(tmp) / "model", mlflow_model, generator_path, (width, height), options)
+        mlflow_client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
+    mlflow_client.finalize_logged_model(model.model_id, "READY")
+    return model.model_id
 
 
 def download_model(model_uri: str, params: Params, dst: Path) -> Path:
-    """Download an MLflow model (``models:/``, ``runs:/``, logged-model or artifact URI) into ``dst``."""
-    configure(params)
+    """Download an MLflow model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/m-ID``,
+    ``runs:/`` or an artifact URI) into ``dst``."""
+    configure_environment()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # predict shows its own bar
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    uri = tracking_uri(params)
+    files = model_files_uri(client(params), model_uri)
+    return Path(mlflow.artifacts.download_artifacts(files, dst_path=str(dst), tracking_uri=uri, registry_uri=uri))
+
+
+def model_files_uri(mlflow_client: MlflowClient, model_uri: str) -> str:
+    """Where the files of ``model_uri`` are, a ``models:/`` URI resolved through ``mlflow_client`` (MLflow's
+    own resolution of one reads its process-wide registry URI, which salgan never sets)."""
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    if model_uri.startswith("models:/m-"):  # a logged model
+        return mlflow_client.get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+    match = REGISTRY_URI.fullmatch(model_uri)
+    if match is None:
+        raise ValueError(f"{model_uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID")
+    version = match["version"] or mlflow_client.get_model_version_by_alias(match["name"], match["alias"]).version
+    return mlflow_client.get_model_version_download_uri(match["name"], str(version))
 
 
 # --- the local cache of registered models -------------------------------------------------------------
 
 CACHE_ENV = "SALGAN_CACHE_DIR"
-# Only names that are safe as a folder name are cached (a name such as ".." must not steer a path).
-_REGISTRY_URI = re.compile(r"models:/(?P<name>[A-Za-z0-9_-][A-Za-z0-9_.-]*)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
 
 
 def cache_root() -> Path:
@@ -171,16 +190,15 @@ def fetched_model(model_uri: str, params: Params) -> Iterator[Path]:
     downloaded into a temporary folder, removed afterwards, as are registered names that are not plain
     folder names.
     """
-    configure(params)
-    match = _REGISTRY_URI.fullmatch(model_uri)
+    match = REGISTRY_URI.fullmatch(model_uri)  # its name is safe as a folder name
     if match is None:
         with tempfile.TemporaryDirectory(prefix="salgan-model-") as tmp:
             yield download_model(model_uri, params, Path(tmp))
         return
-    client = MlflowClient()
+    mlflow_client = client(params)
     name = match["name"]
-    version = client.get_model_version_by_alias(name, match["alias"]) if match["alias"] else None
-    version = version or client.get_model_version(name, match["version"])
+    version = mlflow_client.get_model_version_by_alias(name, match["alias"]) if match["alias"] else None
+    version = version or mlflow_client.get_model_version(name, match["version"])
     server = hashlib.sha256(redact_url(tracking_uri(params)).encode()).hexdigest()[:12]
     folder = cache_root() / "models" / server / name / str(version.version)
     expected = version.tags.get(WEIGHTS_TAG)

@@ -19,7 +19,10 @@ keeps resolving; the replaced champion keeps ``previous_champion`` for a rollbac
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import math
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -28,16 +31,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from salgan.errors import ConfigError, InputError
 from salgan.layout import DATA_VERSION_TAG
+from salgan.metrics import LOWER_IS_BETTER, METRIC_NAMES
 from salgan.tracking.fingerprint import FINGERPRINT_TAG, decode, differences, fingerprint
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+log = logging.getLogger(__name__)
+
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 WEIGHTS_TAG = "weights_sha256"
-LOWER_IS_BETTER = {"kld"}
-LIST_METRICS = ("nss", "cc", "auc_judd", "auc_shuffled", "sim", "kld", "information_gain")
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # a logged model's registered versions, as MLflow writes them
+_LOGGED_MODEL_FOLDER = re.compile(r"/models/(?P<id>m-[0-9a-f]+)/artifacts/?$")  # where MLflow 3 keeps one
 
 
 class PromotionError(InputError):
@@ -50,21 +56,45 @@ class PromotionError(InputError):
 def register(
     client: MlflowClient,
     name: str,
-    model_uri: str,
+    model_id: str,
+    run_id: str | None,
     weights_sha256: str,
     tags: dict[str, str],
     existing: ModelVersion | None = None,
 ) -> str:
-    """``existing`` (a version with these weights) updated with ``tags``, or a new version of ``name``
-    from ``model_uri``; either way it becomes the ``challenger``. Returns the version number."""
+    """``existing`` (a version with these weights) updated with ``tags``, or a new version of ``name`` from
+    the logged model ``model_id`` (of run ``run_id``); either way it becomes the ``challenger``. Returns the
+    version number."""
+    from mlflow.exceptions import MlflowException
+
     if existing is not None:
         for key, value in tags.items():
             client.set_model_version_tag(name, existing.version, key, value)
         version = str(existing.version)
     else:
-        import mlflow
-
-        version = str(mlflow.register_model(model_uri, name, tags={**tags, WEIGHTS_TAG: weights_sha256}).version)
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        # The logged model's own folder as the source (and its id, which a server checks the folder against):
+        # a "models:/<id>" source would make MLflow's local registry look the model up through its
+        # process-wide tracking URI, which salgan never sets.
+        model = client.get_logged_model(model_id)
+        version = str(
+            client.create_model_version(
+                name,
+                model.artifact_location,
+                run_id=run_id,
+                tags={**tags, WEIGHTS_TAG: weights_sha256},
+                model_id=model_id,
+            ).version
+        )
+        # The logged model names its versions, as mlflow.register_model records them (the UI links the two).
+        listed = json.loads(model.tags.get(MODEL_VERSIONS_TAG) or "[]")
+        client.set_logged_model_tags(
+            model_id, {MODEL_VERSIONS_TAG: json.dumps([*listed, {"name": name, "version": version}])}
+        )
     client.set_registered_model_alias(name, CHALLENGER, version)
     return version
 
@@ -75,30 +105,22 @@ def version_with_weights(client: MlflowClient, name: str, weights_sha256: str) -
     return max(found, key=lambda v: int(v.version), default=None)
 
 
-def logged_model_id(version: ModelVersion) -> str | None:
-    """The MLflow 3 logged model behind a version (its source ``models:/m-...``), if it has one."""
-    source = version.source or ""
-    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+def logged_model_id(client: MlflowClient, version: ModelVersion) -> str | None:
+    """The MLflow 3 logged model behind a version, if it has one.
 
+    salgan registers a version with its logged model's own folder as the source (:func:`register`); the
+    folder's path names the model (``.../models/m-<id>/artifacts``), and the model's artifact location must
+    be that very source, which no one can change once the version exists (its tags they can)."""
+    found = _LOGGED_MODEL_FOLDER.search(version.source or "")
+    if found is None:
+        return None
+    from mlflow.exceptions import MlflowException
 
-def version_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
-    """A version's validation metrics: the latest value of each ``val_*`` metric of its logged model
-    (without the prefix), else its numeric tags (versions registered before metrics moved there)."""
-    model_id = logged_model_id(version)
-    if model_id:
-        latest: dict[str, float] = {}
-        for metric in sorted(client.get_logged_model(model_id).metrics or [], key=lambda m: (m.timestamp, m.step)):
-            if metric.key.startswith("val_"):
-                latest[metric.key.removeprefix("val_")] = float(metric.value)
-        if latest:
-            return latest
-    numbers: dict[str, float] = {}
-    for key, text in version.tags.items():
-        try:
-            numbers[key.removeprefix("val_")] = float(text)
-        except ValueError:
-            continue
-    return numbers
+    try:
+        model = client.get_logged_model(found["id"])
+    except MlflowException:
+        return None
+    return model.model_id if model.artifact_location.rstrip("/") == version.source.rstrip("/") else None
 
 
 # --- the promotion gate ---------------------------------------------------------------------------------
@@ -146,7 +168,7 @@ def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
 def recorded_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
     """The val metrics evaluate logged on the version's logged model (never its tags: anyone who can tag a
     version could write a number there)."""
-    model_id = logged_model_id(version)
+    model_id = logged_model_id(client, version)
     if not model_id:
         return {}
     latest: dict[str, float] = {}
@@ -311,7 +333,9 @@ def promote(
                 if found is not None:
                     client.set_registered_model_alias(name, PREVIOUS, found.version)
                 return decided | {"lock": held}
-        print(f"the {CHAMPION} alias moved from v{_number(found)} to v{_number(now)} meanwhile; comparing again")
+        log.info(
+            "the %s alias moved from v%s to v%s meanwhile; comparing again", CHAMPION, _number(found), _number(now)
+        )
     raise PromotionError(
         f"the {CHAMPION} alias of {name!r} moved {attempts} times while the gate compared; run it again"
     )
@@ -352,11 +376,11 @@ def list_versions(client: MlflowClient, name: str) -> str:
     aliases: dict[str, list[str]] = {}
     for alias, number in client.get_registered_model(name).aliases.items():
         aliases.setdefault(str(number), []).append(alias)
-    header = ["version", "aliases", "created", "run", "data", *LIST_METRICS]
+    header = ["version", "aliases", "created", "run", "data", *METRIC_NAMES]
     rows = [header]
     for version in versions:
         created = datetime.fromtimestamp(version.creation_timestamp / 1000, tz=timezone.utc)
-        metrics = version_metrics(client, version)
+        metrics = recorded_metrics(client, version)
         rows.append(
             [
                 str(version.version),
@@ -364,7 +388,7 @@ def list_versions(client: MlflowClient, name: str) -> str:
                 created.strftime("%Y-%m-%d %H:%M"),
                 (version.run_id or "-")[:8],
                 version.tags.get(DATA_VERSION_TAG, "-")[:8],
-                *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in LIST_METRICS),
+                *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in METRIC_NAMES),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

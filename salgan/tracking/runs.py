@@ -1,17 +1,19 @@
 """The MLflow run of a pipeline run: who opens it, how later stages find it, what it is tagged with.
 
 The train stage creates the run (rank 0 only) and records its id in ``<train.output>/mlflow_run.json``;
-evaluate, predict and package continue it through :func:`continue_run` (``MLFLOW_RUN_ID`` wins over the
-file). Each run is tagged with what made it: the git commit, the data versions in dvc.lock, the DVC
-experiment (``dvc exp run`` tells its stages through ``DVC_EXP_NAME``), the Prefect flow run (the flows
-tell their stages through ``SALGAN_FLOW_RUN_ID``) and, inside an ablation or a retraining, the parent run
-that groups them (:func:`parent_run`).
+evaluate, predict and package continue it by that id through :func:`continued_run` (``MLFLOW_RUN_ID`` wins
+over the file), with the client of :mod:`salgan.tracking.store`: no fluent MLflow state is set. Each run is
+tagged with what made it: the git commit, the data versions in dvc.lock, the DVC experiment (``dvc exp run``
+tells its stages through ``DVC_EXP_NAME``), the Prefect flow run (the flows tell their stages through
+``SALGAN_FLOW_RUN_ID``) and, inside an ablation or a retraining, the parent run that groups them
+(:func:`parent_run`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import subprocess
@@ -21,29 +23,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from salgan.layout import FLOW_RUN_ENV, PARENT_RUN_ENV, ModelFiles, write_atomic
+from salgan.layout import FLOW_RUN_ENV, HISTORY_METRICS, PARENT_RUN_ENV, ModelFiles, write_atomic
 from salgan.settings import Params, flatten, to_dict, to_record
-from salgan.tracking.store import (
-    HTTP_DEFAULTS,
-    TRACKING_ERRORS,
-    configure,
-    tracking_uri,
-    use_experiment,
-    warn_unavailable,
-)
+from salgan.tracking.store import TRACKING_ERRORS, client, experiment_id, tracking_uri, warn_unavailable
 from salgan.urls import redact_text, redact_url
 
 if TYPE_CHECKING:
     from salgan.distributed import DistInfo
 
-# The losses, the speed, and the discriminator's held-out diagnostics (salgan/gan_diagnostics.py).
-EPOCH_METRICS = ("g_loss", "content_loss", "d_loss", "val_content_loss", "images_per_s", "lr")
-EPOCH_METRICS += ("d_accuracy", "d_real", "d_fake", "d_dead_units")
+log = logging.getLogger(__name__)
 # While the server is unreachable, training tries again at most this often ($SALGAN_TRACKING_RETRY_S).
 RETRY_SECONDS = float(os.environ.get("SALGAN_TRACKING_RETRY_S", "60"))
 
@@ -143,12 +135,11 @@ def parent_run(params: Params, name: str, tags: dict[str, str] | None = None) ->
     if not params.mlflow.enabled:
         yield None
         return
-    uri = configure(params)
+    uri = tracking_uri(params)
     try:
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(params.mlflow.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(params.mlflow.experiment)
-        run_id = client.create_run(experiment_id, run_name=name, tags=run_tags() | (tags or {})).info.run_id
+        mlflow_client = client(params)
+        experiment = experiment_id(mlflow_client, params.mlflow.experiment)
+        run_id = mlflow_client.create_run(experiment, run_name=name, tags=run_tags() | (tags or {})).info.run_id
     except TRACKING_ERRORS as exc:
         warn_unavailable(f"open the parent run {name!r}", exc, uri)
         yield None
@@ -165,7 +156,7 @@ def parent_run(params: Params, name: str, tags: dict[str, str] | None = None) ->
         else:
             os.environ[PARENT_RUN_ENV] = previous
         with contextlib.suppress(*TRACKING_ERRORS):
-            client.set_terminated(run_id, status)
+            mlflow_client.set_terminated(run_id, status)
 
 
 # --- training ------------------------------------------------------------------------------------------
@@ -232,34 +223,29 @@ class TrainingTracker:
                 warn_unavailable(action, exc, self.uri)
         else:
             if self.failed_at is not None and self.warned:
-                print(f"MLflow at {redact_url(self.uri)} answers again; logging resumed")
+                log.info("MLflow at %s answers again; logging resumed", redact_url(self.uri))
             self.failed_at = None
 
     def _open(self) -> None:
-        for key, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(key, value)
-        client = MlflowClient(self.uri)
-        experiment = client.get_experiment_by_name(self.params.mlflow.experiment)
-        experiment_id = (
-            experiment.experiment_id if experiment else client.create_experiment(self.params.mlflow.experiment)
-        )
+        mlflow_client = client(self.params)
+        experiment = experiment_id(mlflow_client, self.params.mlflow.experiment)
         run_id = recorded_run_id(self.params) if self.resumed_epochs else None
         if run_id:
             try:
-                client.update_run(run_id, status="RUNNING")
+                mlflow_client.update_run(run_id, status="RUNNING")
             except MlflowException:
                 run_id = None  # deleted, or from another store: start afresh
         if not run_id:
-            run = client.create_run(experiment_id, tags=self.tags)
+            run = mlflow_client.create_run(experiment, tags=self.tags)
             run_id = run.info.run_id
             params = [Param(k, _param_value(v)) for k, v in flatten(to_dict(self.params)).items()]
-            client.log_batch(run_id, params=params)
+            mlflow_client.log_batch(run_id, params=params)
         else:
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
+            mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self.tags.items()])
         if self.resumed_epochs:
-            client.set_tag(run_id, "resumed_after_epoch", str(self.resumed_epochs))
-        _write_run_file(self.params, run_id, experiment_id)
-        self.client, self.run_id = client, run_id
+            mlflow_client.set_tag(run_id, "resumed_after_epoch", str(self.resumed_epochs))
+        _write_run_file(self.params, run_id, experiment)
+        self.client, self.run_id = mlflow_client, run_id
 
     def _flush(self) -> None:
         if self.run_id is None:
@@ -268,7 +254,7 @@ class TrainingTracker:
             record, snapshot = self.pending[0]
             if record is not None:
                 step, now = int(record["epoch"]), int(time.time() * 1000)
-                metrics = [Metric(k, float(record[k]), now, step) for k in EPOCH_METRICS if is_number(record.get(k))]
+                metrics = [Metric(k, float(record[k]), now, step) for k in HISTORY_METRICS if is_number(record.get(k))]
                 self.client.log_batch(self.run_id, metrics=metrics)
                 # Logged: a retry after the snapshot's upload failed (artifact store down) must not log it twice.
                 self.pending[0] = (None, snapshot)
@@ -298,34 +284,38 @@ def is_number(value: Any) -> bool:
 
 
 @contextlib.contextmanager
-def continue_run(params: Params) -> Iterator[mlflow.ActiveRun]:
-    """The pipeline's run as the active fluent run: ``MLFLOW_RUN_ID``, else the one train recorded, else
-    a new run in ``mlflow.experiment``. The run is marked finished (or failed) on exit."""
-    configure(params)
+def continued_run(params: Params) -> Iterator[tuple[MlflowClient, str]]:
+    """(client, run id) of the pipeline's run: ``MLFLOW_RUN_ID``, else the one train recorded, else a new
+    run in ``mlflow.experiment``. The run is marked running, and finished (or failed) on exit."""
+    mlflow_client = client(params)
     run_id = os.environ.get("MLFLOW_RUN_ID") or recorded_run_id(params)
     if run_id:
         try:
-            # The run's own experiment becomes the active one: start_run refuses a run of another experiment.
-            use_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+            mlflow_client.update_run(run_id, status="RUNNING")
         except MlflowException as exc:
             if os.environ.get("MLFLOW_RUN_ID"):
                 raise
             warnings.warn(f"{run_file(params)}: run {run_id} not found ({exc}); starting a new run", stacklevel=3)
             run_id = None
     if not run_id:
-        use_experiment(params.mlflow.experiment)
-    # An explicit run_id also overrides a stale MLFLOW_RUN_ID that mlflow.start_run would otherwise read.
-    with mlflow.start_run(run_id=run_id, tags=None if run_id else run_tags()) as run:
-        yield run
+        experiment = experiment_id(mlflow_client, params.mlflow.experiment)
+        run_id = mlflow_client.create_run(experiment, tags=run_tags()).info.run_id
+    status = "FAILED"
+    try:
+        yield mlflow_client, run_id
+        status = "FINISHED"
+    finally:
+        with contextlib.suppress(*TRACKING_ERRORS):
+            mlflow_client.set_terminated(run_id, status)
 
 
 def record_prediction(params: Params, files: list[Path], artifact_dir: str = "predictions", max_files: int = 4) -> None:
     """Log how many files a stage wrote (metric ``n_<artifact_dir>``) and the first few as artifacts."""
     uri = tracking_uri(params)
     try:
-        with continue_run(params):
-            mlflow.log_metric(f"n_{artifact_dir}", len(files))
+        with continued_run(params) as (mlflow_client, run_id):
+            mlflow_client.log_metric(run_id, f"n_{artifact_dir}", len(files))
             for path in sorted(files)[:max_files]:
-                mlflow.log_artifact(str(path), artifact_dir)
+                mlflow_client.log_artifact(run_id, str(path), artifact_dir)
     except TRACKING_ERRORS as exc:
         warn_unavailable(f"log {artifact_dir}", exc, uri)

@@ -1,9 +1,15 @@
-"""Where MLflow is and what to do when it does not answer.
+"""The one access point to MLflow: where it is, the client every call goes through, the experiment a run
+belongs to, and what to do when it does not answer.
 
 The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri`` from params.yaml (the
-embedded ``sqlite:///mlflow.db`` with artifacts in ./mlruns). MLflow is never allowed to stop the
-pipeline: an unreachable or failing server costs one :class:`TrackingUnavailableWarning`, and everything
-that matters is on disk anyway (history.json, snapshots, reports).
+embedded ``sqlite:///mlflow.db`` with artifacts in ./mlruns). :func:`client` gives the configured
+``MlflowClient`` for it; salgan never sets MLflow's process-wide state (a tracking URI, an experiment or
+an active run of the fluent API): runs are continued by their ids (:mod:`salgan.tracking.runs`), so one
+process can run stages under different settings, and nothing leaks from one to the next.
+
+MLflow is never allowed to stop the pipeline: an unreachable or failing server costs one
+:class:`TrackingUnavailableWarning`, and everything that matters is on disk anyway (history.json,
+snapshots, reports).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import contextlib
 import os
 import warnings
 
-import mlflow
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from salgan.settings import Params
@@ -53,38 +59,34 @@ def tracking_uri(params: Params) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
 
 
-def configure(params: Params) -> str:
-    """Short HTTP timeouts (unless set), no pickle deserialisation, and the tracking URI for the fluent API;
-    returns the URI."""
+def configure_environment() -> None:
+    """Short HTTP timeouts (unless the user chose others), and no pickle deserialisation: salgan never
+    unpickles a model (salgan.models.load_generator reads weights only), nor may MLflow on its behalf."""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    # salgan never unpickles a model (salgan.predict reads weights only); nor may MLflow on its behalf.
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+
+
+def client(params: Params) -> MlflowClient:
+    """The client for ``params``' tracking URI (registry included), the environment configured first."""
+    configure_environment()
     uri = tracking_uri(params)
-    with _not_exported("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(uri)
-    return uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-@contextlib.contextmanager
-def _not_exported(name: str):
-    """MLflow's setters also export what they set (for subprocesses); there, it would win over the next
-    params' setting in this process (one process that runs stages with other settings, the tests). Keep the
-    environment as it was: what the user set stays, what salgan picked stays in MLflow only."""
-    before = os.environ.get(name)
+def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
+    """The id of the experiment ``name``, created if it does not exist yet (by another process meanwhile
+    too)."""
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
     try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
-def use_experiment(name: str | None = None, experiment_id: str | None = None) -> None:
-    """``mlflow.set_experiment`` without exporting ``MLFLOW_EXPERIMENT_ID`` (see :func:`_not_exported`)."""
-    with _not_exported("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(experiment_name=name, experiment_id=experiment_id)
+        return mlflow_client.create_experiment(name)
+    except MlflowException:
+        found = mlflow_client.get_experiment_by_name(name)  # created by a concurrent stage
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def warn_unavailable(action: str, exc: BaseException, uri: str) -> None:

@@ -15,24 +15,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from salgan.cli import command_parser, run_command
+from salgan.errors import ConfigError, InputError
+from salgan.layout import ModelFiles, ReportFiles
 from salgan.settings import Params, load_params
+from salgan.urls import redact_url
 
 
 def replay(params: Params) -> str:
     """Log what is missing; returns the registered version. Raises when MLflow is still unreachable."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from salgan.errors import ConfigError, InputError
     from salgan.evaluate import record_to_mlflow
-    from salgan.layout import ModelFiles, ReportFiles
     from salgan.tracking.runs import TrainingTracker, recorded_run_id
-    from salgan.tracking.store import configure
-    from salgan.urls import redact_url
+    from salgan.tracking.store import client, tracking_uri
 
     if not params.mlflow.enabled:
         raise ConfigError("mlflow.enabled is false in the settings: nothing to log")
-    uri = configure(params)
+    uri = tracking_uri(params)
     trained, reports = ModelFiles(Path(params.train.output)), ReportFiles(Path(params.evaluate.output))
     for path in (trained.history, trained.generator, reports.metrics):
         if not path.is_file():
@@ -40,7 +40,7 @@ def replay(params: Params) -> str:
     run_id = recorded_run_id(params)
     if run_id:
         try:
-            MlflowClient(uri).get_run(run_id)
+            client(params).get_run(run_id)
         except MlflowException:
             run_id = None
     if run_id:
@@ -57,7 +57,6 @@ def replay(params: Params) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``salgan track`` (exit statuses: salgan/cli.py)."""
-    from salgan.cli import command_parser, run_command
 
     parser = command_parser(
         "track",
