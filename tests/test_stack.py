@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,6 +180,14 @@ def _decisions() -> list[str]:
 # The stack itself
 
 
+def _logged_model_id(version) -> str:
+    """The id of the logged model a registry version was made from: its source is that model's folder,
+    ``mlflow-artifacts:/<experiment>/models/<model id>/artifacts``."""
+    found = re.search(r"/models/(m-[0-9a-f]+)/artifacts$", version.source)
+    assert found, version.source
+    return found[1]
+
+
 def test_up_twice_starts_no_second_copy_and_status_reports_health(stack):
     before = stack.pids()
     assert set(before) == {"postgres", "s3", "mlflow", "prefect-server", "prefect-worker"}
@@ -287,7 +296,7 @@ def test_retraining_twice_at_once_through_the_stack(stack, checkout):
     # The models' files are objects in the bucket, written by the MLflow server (--serve-artifacts).
     keys = _bucket_keys()
     for version in versions:
-        model_id = version.source.removeprefix("models:/")
+        model_id = _logged_model_id(version)
         assert any(key.startswith("mlflow/") and model_id in key and key.endswith("/MLmodel") for key in keys)
         assert any(model_id in key and key.endswith("extra_files/generator.pt") for key in keys)
 
@@ -525,7 +534,7 @@ def test_s3_down_during_dvc_push_and_the_model_upload(stack, checkout):
 
     s3 = _s3()
     weights = (checkout / "models" / "generator.pt").read_bytes()
-    model_id = versions[-1].source.removeprefix("models:/")
+    model_id = _logged_model_id(versions[-1])
     (key,) = [k for k in _bucket_keys() if model_id in k and k.endswith("extra_files/generator.pt")]
     assert s3.get_object(Bucket="salgan", Key=key)["Body"].read() == weights
     for key in _bucket_keys():  # DVC's objects are named by their md5: a partial one would not match
