@@ -157,16 +157,26 @@ def run(params: DownloadParams, progress: bool = True) -> dict:
     return record
 
 
-def source_type(source: str) -> str:
-    """sample | salicon | s3 | http | local; anything else is a ConfigError naming download.source."""
-    if source in ("sample", "salicon"):
-        return source
+def location_type(source: str) -> str | None:
+    """s3 | http | local (a directory) | zip (a .zip file) for a source naming a place; None otherwise."""
     if is_s3_url(source):
         return "s3"
     if source.startswith(("http://", "https://")):
         return "http"
     if Path(source).is_dir():
         return "local"
+    if Path(source).is_file() and source.lower().endswith(".zip"):
+        return "zip"
+    return None
+
+
+def source_type(source: str) -> str:
+    """sample | salicon | s3 | http | local; anything else is a ConfigError naming download.source."""
+    if source in ("sample", "salicon"):
+        return source
+    location = location_type(source)
+    if location in ("s3", "http", "local"):
+        return location
     raise ConfigError(
         f"download.source: {source!r} is not 'sample', 'salicon', an s3:// or http(s):// URL, or an existing directory"
     )
@@ -661,15 +671,10 @@ def dataset_source_type(source: str, module) -> str:
             + (f"'{module.NAME}' (its release), " if module is not None and module.OFFICIAL else "")
             + "a folder, a .zip, or an s3:// or https:// URL (README: Your own data)"
         )
-    if is_s3_url(source):
-        return "s3"
-    if source.startswith(("http://", "https://")):
-        return "http"
-    if Path(source).is_dir():
-        return "local"
-    if Path(source).is_file() and source.lower().endswith(".zip"):
-        return "zip"
-    raise ConfigError(f"{key}: {source!r} is not an s3:// or http(s):// URL, an existing directory or a .zip file")
+    location = location_type(source)
+    if location is None:
+        raise ConfigError(f"{key}: {source!r} is not an s3:// or http(s):// URL, an existing directory or a .zip file")
+    return location
 
 
 def _test_layout(paths: list[str]) -> dict[str, str]:

@@ -161,12 +161,7 @@ def evaluate(params: Params) -> dict:
     add_density_scores(metrics, rows, generator, params, val, common)  # LL, IG, metric maps: density models only
 
     reports = ReportFiles(Path(cfg.output))
-    reports.root.mkdir(parents=True, exist_ok=True)
-    write_atomic(reports.metrics, json.dumps(metrics, indent=2) + "\n")
-    with atomic_file(reports.per_image, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_scores(reports, metrics, rows)
     write_figures(params, metrics, val, predictions, rows, reports)
     record_to_mlflow(params, metrics, reports, trained.generator)
     return metrics
@@ -267,6 +262,16 @@ class RawImages:
         return np.stack([image.array for image in decoded])
 
 
+def write_scores(reports: ReportFiles, metrics: dict, rows: list[dict]) -> None:
+    """``metrics.json`` and ``per_image.csv`` into the reports folder, each written atomically."""
+    reports.root.mkdir(parents=True, exist_ok=True)
+    write_atomic(reports.metrics, json.dumps(metrics, indent=2) + "\n")
+    with atomic_file(reports.per_image, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def summary_table(metrics: dict) -> str:
     """Model, centre bias and ceiling side by side."""
     from salgan.density.scores import DENSITY_KEYS
@@ -300,12 +305,7 @@ def evaluate_model(params: Params, uri: str, output: Path) -> dict:
         "datasets": {"scored_on": prepared_dataset(params.train.data)},
     }
     reports = ReportFiles(output)
-    reports.root.mkdir(parents=True, exist_ok=True)
-    write_atomic(reports.metrics, json.dumps(metrics, indent=2) + "\n")
-    with atomic_file(reports.per_image, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_scores(reports, metrics, rows)
     example_grid(val.images, val.maps, predictions, rows, params.evaluate.grid_images, reports.examples)
     return metrics
 

@@ -206,14 +206,7 @@ class SaliencyService:
         if {"kind", "metric"} & set(frame.columns):  # density kinds, row by row (salgan/density/inference.py)
             from salgan.density.inference import answer_rows
 
-            decoded = {}
-            for row in encoded_rows:
-                try:
-                    image = decode(row)
-                    decoded[row] = (image.array, image.original_size, image.full)
-                except ValueError as exc:
-                    results[row]["error"] = f"row {row}: {exc}"
-            answer_rows(self.generator, frame, decoded, results, self.options, self.device)
+            answer_rows(self.generator, frame, list(encoded_rows), decode, results, self.options, self.device)
         rows = [row for row in encoded_rows if not (results[row]["saliency"] or results[row]["error"])]
         outcomes = predict_images(self.generator, rows, decode, self.batch_size, self.blur_size, self.device)
         for outcome in outcomes:

@@ -146,8 +146,10 @@ def generator_optimizer(
 
 def build_models(params: Params, size: tuple[int, int], info: DistInfo, init: InitModel | None = None) -> Models:
     torch.manual_seed(params.train.seed)  # identical initial weights on every rank
-    prior = density_prior(params, size)
-    generator = build_generator(params.model, prior) if init is None else finetune.initial_generator(init, params.model)
+    if init is None:
+        generator = build_generator(params.model, density_prior(params, size))
+    else:  # the prior travels in the initial model's weights
+        generator = finetune.initial_generator(init, params.model)
     generator = generator.to(info.device)
     discriminator = build_discriminator(params.model, size).to(info.device)
     if info.device.type == "cuda":

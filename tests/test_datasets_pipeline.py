@@ -18,7 +18,7 @@ from salgan.inference import predict_batches
 from salgan.layout import read_split
 from salgan.models import load_generator
 from tests import dataset_trees as trees
-from tests.test_pipeline import TINY, run, set_params, tracked_files
+from tests.test_pipeline import TINY, project_checkout, run
 
 FORMATS_TINY = TINY | {"evaluate": {"n_splits": 5, "grid_images": 2}}
 
@@ -26,27 +26,8 @@ FORMATS_TINY = TINY | {"evaluate": {"n_splits": 5, "grid_images": 2}}
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The repository in a temporary git repo, tiny settings, and the three raw trees beside it."""
-    import os
-    import shutil
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
     workdir = tmp_path_factory.mktemp("datasets-project")
-    for name in tracked_files():
-        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo / name, workdir / name)
-    set_params(workdir, FORMATS_TINY)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(workdir),
-        "DVC_NO_ANALYTICS": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"]):
-        run(command, workdir, env)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "tiny"], workdir, env)
+    env = project_checkout(workdir, FORMATS_TINY)
     sources = tmp_path_factory.mktemp("sources")
     scenes = {
         "mit1003": trees.write_mit1003(sources / "mit1003", 16),

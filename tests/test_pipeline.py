@@ -41,13 +41,13 @@ def set_params(workdir: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("project")
+def project_checkout(workdir: Path, overrides: dict) -> dict:
+    """The repository's tracked files committed in a fresh git repo at ``workdir`` with ``overrides`` in
+    params.yaml; returns the environment its commands run in (no MLflow server named)."""
     for name in tracked_files():
         (workdir / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, workdir / name)
-    set_params(workdir, TINY)
+    set_params(workdir, overrides)
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -59,6 +59,13 @@ def project(tmp_path_factory):
     for command in (["git", "init", "-q"], ["git", "add", "-A"]):
         run(command, workdir, env)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "tiny"], workdir, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("project")
+    env = project_checkout(workdir, TINY)
     first = run(["dvc", "repro"], workdir, env)
     return workdir, env, first
 

@@ -177,16 +177,16 @@ def predict_density_files(
     return written, errors
 
 
-def answer_rows(generator, frame, decoded: dict, results: list[dict], options, device) -> None:
-    """The served model's density rows (salgan/serving.py): each row of ``frame`` whose ``kind`` is
+def answer_rows(generator, frame, rows, decode, results: list[dict], options, device) -> None:
+    """The served model's density rows (salgan/serving.py): each of ``rows`` whose ``kind`` in ``frame`` is
     ``log-density`` or ``metric-map`` (with ``metric``) gets its array as base64 ``.npy`` in ``saliency``,
-    or the reason in ``error``; ``decoded``: row -> (model-size array, (rows, cols), full image). Rows of
-    kind ``map`` (or none) are left for the map path."""
+    or the reason in ``error``; ``decode(row)`` gives its :class:`salgan.imaging.Decoded`, called only for
+    those rows. Rows of kind ``map`` (or none) are left for the map path, undecoded."""
     import base64
 
     kinds = _cells(frame, "kind")
     metrics = _cells(frame, "metric")
-    for row, (array, original_size, _) in decoded.items():
+    for row in rows:
         kind, metric = kinds[row] or "map", metrics[row]
         problem = None
         if kind not in KINDS:
@@ -203,9 +203,14 @@ def answer_rows(generator, frame, decoded: dict, results: list[dict], options, d
         if kind == "map":
             continue
         try:
-            sizes = np.array([original_size], dtype=np.int64)
-            log_density = next(log_densities(generator, np.array(array[None]), sizes, 1, device))
-            centre = centre_log_density(generator, tuple(original_size), CENTRE_SIGMA) if metric else None
+            image = decode(row)
+        except ValueError as exc:
+            results[row]["error"] = f"row {row}: {exc}"
+            continue
+        try:
+            sizes = np.array([image.original_size], dtype=np.int64)
+            log_density = next(log_densities(generator, image.array[None], sizes, 1, device))
+            centre = centre_log_density(generator, tuple(image.original_size), CENTRE_SIGMA) if metric else None
             chosen = output_array(log_density, kind, metric, centre, options)
             results[row]["saliency"] = base64.b64encode(npy_bytes(chosen)).decode("ascii")
         except Exception as exc:  # noqa: BLE001 -- this row alone fails, named
