@@ -192,6 +192,56 @@ def test_a_second_prediction_from_the_champion_downloads_nothing_until_the_alias
     assert REGISTRY_URI.fullmatch("models:/../2") is None  # a name never steers a cache path
 
 
+FETCHER = """
+import json, os, sys, time
+from pathlib import Path
+
+from salgan.layout import LOGGED_WEIGHTS, sha256_file
+from salgan.settings import Params
+from salgan.tracking import models as tracked
+
+me, other = sys.argv[1], sys.argv[2]
+tracked.download_model("models:/salgan/1", Params(), Path(me + "-warm"))  # imports done before the race
+downloads = []
+download = tracked.download_model
+tracked.download_model = lambda *args: downloads.append(args[0]) or download(*args)
+Path(me + ".ready").touch()
+deadline = time.time() + 300
+while not Path(other + ".ready").exists() and time.time() < deadline:  # both ask at the same moment
+    time.sleep(0.01)
+with tracked.fetched_model("models:/salgan/1", Params()) as folder:
+    weights = folder / LOGGED_WEIGHTS
+    inode, digest = os.stat(weights).st_ino, sha256_file(weights)
+    time.sleep(1.5)  # reading the model while the other process fetches
+    kept = weights.is_file() and os.stat(weights).st_ino == inode and sha256_file(weights) == digest
+print(json.dumps({"downloads": downloads, "kept": kept}))
+"""
+
+
+def test_two_processes_fetching_one_version_download_it_once_and_never_swap_it_under_each_other(tmp_path):
+    """Two gates (or predictions) opening the same version at once share one cache folder: the second waits
+    for the first fetch and reuses it, so neither has the folder it is reading removed or replaced."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    torch.save(Generator(width=0.0625).state_dict(), tmp_path / "generator.pt")
+    register_weights(uri, tmp_path / "generator.pt")
+    repo = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(repo), "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    env |= {"MLFLOW_TRACKING_URI": uri, "SALGAN_CACHE_DIR": str(tmp_path / "cache")}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", FETCHER, me, other], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+        )
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    reports = [json.loads(process.communicate(timeout=600)[0].strip().splitlines()[-1]) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0]
+    assert all(report["kept"] for report in reports), reports
+    assert sorted(sum((report["downloads"] for report in reports), [])) == ["models:/salgan/1"], reports
+
+
 @pytest.mark.parametrize("size", [3, 5, 9])
 def test_the_blur_gives_torchvisions_values_without_importing_it(size):
     """salgan.inference writes torchvision's Gaussian blur out (the stages skip torchvision's 3 s start-up):

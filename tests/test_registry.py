@@ -355,6 +355,8 @@ def wait_for(path):
     while not Path(path).exists():
         if Path(other + ".failed").exists():
             raise RuntimeError(other + " failed before " + path)
+        if Path(other + ".done").exists() and not Path(path).exists():  # decided without the lock
+            raise RuntimeError(other + " ended before " + path + ": " + Path(other + ".done").read_text())
         if time.time() > deadline:
             raise TimeoutError(path)
         time.sleep(0.05)
@@ -378,8 +380,9 @@ try:
 except BaseException:
     Path(me + ".failed").touch()  # the other racer stops waiting for this one
     raise
-Path(me + ".done").touch()
-print(json.dumps({"decision": result["decision"], "champion": (result["champion"] or {}).get("version")}))
+report = {"decision": result["decision"], "champion": (result["champion"] or {}).get("version")}
+Path(me + ".done").write_text(json.dumps(report | {"reason": result.get("reason")}))
+print(json.dumps(report))
 """
 
 

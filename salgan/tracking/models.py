@@ -186,7 +186,8 @@ def fetched_model(model_uri: str, params: Params) -> Iterator[Path]:
     A registry URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) is resolved to its version first (one
     metadata call) and kept in :func:`cache_root` by tracking server, name and version: the next use of
     the same version downloads nothing, and an alias that moved fetches the version it now names. A cached
-    copy is used only while its weights still hash to the version's ``weights_sha256`` tag. Other URIs are
+    copy is used only while its weights still hash to the version's ``weights_sha256`` tag; processes
+    fetching one version take turns (a file lock beside its folder). Other URIs are
     downloaded into a temporary folder, removed afterwards, as are registered names that are not plain
     folder names.
     """
@@ -203,10 +204,15 @@ def fetched_model(model_uri: str, params: Params) -> Iterator[Path]:
     folder = cache_root() / "models" / server / name / str(version.version)
     expected = version.tags.get(WEIGHTS_TAG)
     weights = folder / LOGGED_WEIGHTS
-    if not (weights.is_file() and expected and sha256_file(weights) == expected):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder.parent) as tmp:
-            local = download_model(f"models:/{name}/{version.version}", params, Path(tmp))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(local, folder)  # whole or not at all: a killed fetch leaves no half model
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock  # torch's own dependency
+
+    # One fetch per version at a time: a second process waits, then finds the copy valid and leaves it in
+    # place, so a folder another process is reading is never removed under it.
+    with FileLock(folder.parent / f".{folder.name}.fetch.lock"):
+        if not (weights.is_file() and expected and sha256_file(weights) == expected):
+            with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder.parent) as tmp:
+                local = download_model(f"models:/{name}/{version.version}", params, Path(tmp))
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(local, folder)  # whole or not at all: a killed fetch leaves no half model
     yield folder
