@@ -40,7 +40,7 @@ from salgan.fetch import FetchError, md5sum
 from salgan.layout import SPLITS, atomic_directory
 from salgan.progress import progress as bar_for
 from salgan.sample import generate_sample
-from salgan.settings import ConfigError, DownloadParams, load_params
+from salgan.settings import ConfigError, DownloadParams, PrepareParams, load_params
 from salgan.urls import is_s3_url, parse_s3_url, redact_url
 
 log = logging.getLogger(__name__)
@@ -642,7 +642,9 @@ def run_dataset(params: DownloadParams, progress: bool = True) -> dict:
             return text.replace(f"{stage}/", "").replace(str(stage), source)
 
         try:
-            records, problems = datasets.dataset_records(params.dataset, stage, datasets.Limits())
+            # under the schema's default limits: this stage reads no prepare settings (prepare applies its own)
+            limits = datasets.Limits(PrepareParams().max_pixels, PrepareParams().max_fixations)
+            records, problems = datasets.dataset_records(params.dataset, stage, limits)
         except datasets.DatasetError as exc:
             raise LayoutError(f"{source}: {named(str(exc))}; the output was left as it was") from None
         if problems:

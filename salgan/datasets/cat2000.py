@@ -65,7 +65,7 @@ def layout(paths: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def records(root: Path, limits: Limits = Limits()) -> tuple[list[Record], list[Problem]]:
+def records(root: Path, limits: Limits) -> tuple[list[Record], list[Problem]]:
     """The train images with their map and fixation matrix, and the test images; a train image lacking
     either is a :class:`Problem` naming the missing file."""
     train = root / TRAIN

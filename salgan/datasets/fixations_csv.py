@@ -68,7 +68,7 @@ def layout(paths: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def records(root: Path, limits: Limits = Limits()) -> tuple[list[Record], list[Problem]]:
+def records(root: Path, limits: Limits) -> tuple[list[Record], list[Problem]]:
     """One record per image that ``fixations.csv`` names. A row naming a missing image, a value that is
     not a number, an unknown split or an image given two splits is a :class:`DatasetError` naming the line;
     a train or val image without a fixation is a :class:`Problem`."""

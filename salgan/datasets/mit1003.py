@@ -60,7 +60,7 @@ def layout(paths: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def records(root: Path, limits: Limits = Limits()) -> tuple[list[Record], list[Problem]]:
+def records(root: Path, limits: Limits) -> tuple[list[Record], list[Problem]]:
     """Every stimulus with its map and fixation points; a stimulus lacking either is a :class:`Problem`
     naming the missing file."""
     stimuli = root / STIMULI

@@ -72,8 +72,8 @@ class ArchiveSpec(NamedTuple):
 class Limits(NamedTuple):
     """What one image's files may cost (``prepare.max_pixels``, ``prepare.max_fixations``)."""
 
-    max_pixels: int = 50_000_000
-    max_fixations: int = 100_000
+    max_pixels: int
+    max_fixations: int
 
 
 def xy_to_row_col(xy: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, int]:
