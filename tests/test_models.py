@@ -418,3 +418,27 @@ def test_load_generator_reads_a_state_dict_a_checkpoint_and_what_lies_beside_the
         load_generator(tmp_path / "alone")
     with pytest.raises(ModelError, match="no such file or directory"):
         load_generator(tmp_path / "nothing.pt")
+
+
+def test_loading_a_generators_weights_skips_torchs_compiler_start_up(tmp_path):
+    """The shape check builds the architecture on the meta device with its random initialisation skipped:
+    a meta tensor's normal_ would import torch._dynamo (over a second of every predict, gate and serving
+    process). The check still refuses a tensor of the wrong shape."""
+    import subprocess
+    import sys
+
+    torch.save(Generator(width=0.0625).state_dict(), tmp_path / "generator.pt")
+    state = Generator(width=0.0625).state_dict()
+    state["output.weight"] = torch.zeros(1, 5, 1, 1)
+    torch.save(state, tmp_path / "wrong.pt")
+    probe = (
+        "import sys; from salgan.models import load_generator\n"
+        f"load_generator({str(tmp_path / 'generator.pt')!r})\n"
+        "try:\n"
+        f"    load_generator({str(tmp_path / 'wrong.pt')!r})\n"
+        "except Exception as exc:\n"
+        "    print(exc)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "output.weight has shape (1, 5, 1, 1)" in out and out.splitlines()[-1] == "False", out

@@ -11,7 +11,7 @@ from salgan import checkpoint
 from salgan.encoder_table import ENCODERS, PAPER_INPUT_SIZE
 from salgan.errors import InputError
 from salgan.layout import sha256_file
-from salgan.models.architecture import architecture_of, generator_from_state_dict
+from salgan.models.architecture import architecture_of, generator_from_state_dict, on_meta
 from salgan.models.discriminator import Discriminator
 from salgan.models.generator import IMAGENET_MEAN, IMAGENET_STD, Generator
 from salgan.models.loading import LoadedGenerator, ModelError, load_generator
@@ -163,7 +163,7 @@ def model_cost(generator: Generator, size: tuple[int, int] = PAPER_INPUT_SIZE) -
     matrix products) on the meta device, so that counting costs no memory and no time."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.device("meta"):
+    with on_meta():
         shadow = Generator(generator.width, generator.encoder_name).eval()
         image = torch.zeros(1, 3, size[1], size[0])
     with FlopCounterMode(display=False) as counter, torch.no_grad():

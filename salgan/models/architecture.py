@@ -3,9 +3,12 @@ builds before anything is built, and the generator (a map or a density model) bu
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from salgan.encoder_table import ENCODERS, MAX_WIDTH
 from salgan.models.density import DensityGenerator, density_architecture
@@ -46,12 +49,39 @@ def build_architecture(architecture: dict) -> Generator:
     return Generator(**architecture)
 
 
+# torch's random initialisers, as named in torch.nn.init and on Tensor
+RANDOM_INITS = frozenset(
+    ("normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
+     "xavier_uniform_", "orthogonal_")
+)  # fmt: skip
+
+
+class _NoRandomInitOnMeta(TorchFunctionMode):
+    """Random initialisers leave a meta tensor as it is. A meta tensor has no values to draw, yet ``normal_``
+    on one runs torch's Python decompositions, whose first use imports torch._dynamo: 1.3 s of every
+    process that checks a generator's weights (evaluate, predict, the gate, serving), for nothing."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")
+        if getattr(func, "__name__", "") in RANDOM_INITS and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def on_meta() -> Iterator[None]:
+    """Modules built here live on the meta device (shapes, no memory), their random initialisation skipped."""
+    with torch.device("meta"), _NoRandomInitOnMeta():
+        yield
+
+
 def checked_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
     """:func:`architecture_of`, and every tensor of ``state_dict`` with the name and shape the generator of
     that architecture has: compared against one built on the meta device (no memory), before any generator
     is built. The one check behind every way of building a generator from weights."""
     architecture = architecture_of(state_dict)
-    with torch.device("meta"):
+    with on_meta():
         expected = {
             k: tuple(v.shape) for k, v in build_architecture(architecture).state_dict().items() if k != "architecture"
         }
