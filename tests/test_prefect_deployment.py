@@ -146,6 +146,9 @@ def stack(tmp_path_factory):
         "DO_NOT_TRACK": "1",
         "PREFECT_UI_ENABLED": "false",
         "SALGAN_RETRY_DELAY_S": "1",
+        # The worker looks for scheduled runs every second (Prefect's default: 10 s, so each triggered run
+        # waited up to 10 s to be picked up; infra/stack sets the same setting).
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
     }
     for leaked in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_PROFILE"):
         env.pop(leaked, None)
