@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,11 +120,23 @@ def _git(root: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
 
 
+_TEMPLATES: dict[str, Path] = {}  # one committed project per extra_params, copied for each test
+
+
 def make_project(root: Path, behaviour: dict | None = None, extra_params: dict | None = None) -> Path:
-    """A git + DVC repository with six stand-in stages chained download -> ... -> package."""
+    """A git + DVC repository with six stand-in stages chained download -> ... -> package (a copy of one made
+    once per session: ``git init`` and ``dvc init`` cost most of a second)."""
+    key = json.dumps(extra_params, sort_keys=True)
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = _new_project(Path(tempfile.mkdtemp(prefix="salgan-flow-template-")) / "p", extra_params)
+    shutil.copytree(_TEMPLATES[key], root, symlinks=True, dirs_exist_ok=True)
+    (root / "behaviour.json").write_text(json.dumps(behaviour or {}))  # git-ignored: no commit needed
+    return root
+
+
+def _new_project(root: Path, extra_params: dict | None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "stage.py").write_text(STAGE_SCRIPT)
-    (root / "behaviour.json").write_text(json.dumps(behaviour or {}))
     params = {"train": {"epochs": 1, "bce_epochs": 0}, "mlflow": {"enabled": False}, **(extra_params or {})}
     write_params_file(root / "params.yaml", params)
     stages = {}

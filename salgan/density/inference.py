@@ -50,7 +50,7 @@ def log_densities(
     device = device or default_device()
     generator = generator.to(device).eval()
     for start in range(0, len(images), batch_size):
-        batch = torch.as_tensor(np.asarray(images[start : start + batch_size])).to(device)
+        batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)  # a read-only memmap's copy
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             predicted = generator(images_to_float(batch), return_logits=True)
         for one, size in zip(predicted, original_sizes[start : start + batch_size], strict=True):
