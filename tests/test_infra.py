@@ -439,3 +439,26 @@ def test_stack_names_a_taken_port_and_the_variable_that_moves_it(tmp_path):
     assert "MINIO_PORT=" in result.stderr
     secrets = (tmp_path / "home" / ".env").stat()
     assert oct(secrets.st_mode & 0o777) == "0o600"
+
+
+def test_the_stacks_waits_are_settings_with_productions_defaults_and_a_floor(monkeypatch):
+    """infra/stack's waits (infra/README.md): Prefect's defaults unless set; the zombie window never under
+    two heartbeats, so one late beat cannot mark a live run Crashed; a value that is not whole seconds is
+    named."""
+    from importlib.machinery import SourceFileLoader
+    from importlib.util import module_from_spec, spec_from_loader
+
+    loader = SourceFileLoader("infra_stack", str(INFRA / "stack"))
+    stack = module_from_spec(spec_from_loader("infra_stack", loader))
+    loader.exec_module(stack)
+    for name in stack.TIMING_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    assert [stack.timing(name) for name in stack.TIMING_DEFAULTS] == [10, 30, 90]
+    monkeypatch.setenv("SALGAN_STACK_ZOMBIE_WINDOW_S", "60")
+    assert stack.timing("SALGAN_STACK_ZOMBIE_WINDOW_S") == 60
+    monkeypatch.setenv("SALGAN_STACK_ZOMBIE_WINDOW_S", "59")
+    with pytest.raises(stack.StackError, match=r"SALGAN_STACK_ZOMBIE_WINDOW_S=59: at least 60 s \(two heartbeats"):
+        stack.timing("SALGAN_STACK_ZOMBIE_WINDOW_S")
+    monkeypatch.setenv("SALGAN_STACK_SLOT_WAIT_S", "2.5")
+    with pytest.raises(stack.StackError, match=r"SALGAN_STACK_SLOT_WAIT_S='2.5': expected whole seconds"):
+        stack.timing("SALGAN_STACK_SLOT_WAIT_S")
