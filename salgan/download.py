@@ -643,7 +643,8 @@ def run_dataset(params: DownloadParams, progress: bool = True) -> dict:
 
         try:
             # under the schema's default limits: this stage reads no prepare settings (prepare applies its own)
-            limits = datasets.Limits(PrepareParams().max_pixels, PrepareParams().max_fixations)
+            defaults = PrepareParams()
+            limits = datasets.Limits(defaults.max_pixels, defaults.max_fixations)
             records, problems = datasets.dataset_records(params.dataset, stage, limits)
         except datasets.DatasetError as exc:
             raise LayoutError(f"{source}: {named(str(exc))}; the output was left as it was") from None

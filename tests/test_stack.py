@@ -120,10 +120,7 @@ def checkout(stack):
     its params.yaml set to TINY_REAL: the first retraining's data refresh then downloads the tiny sample
     that its experiment trains on, not the offline default's 312 images."""
     project = _repository_checkout(stack.root / "checkout")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for key, value in TINY_REAL.items():
-        section, name = key.split(".")
-        params[section][name] = value
+    params = _overridden(yaml.safe_load((project / "params.yaml").read_text()), TINY_REAL)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "commit", "-qam", "the tiny sample"], cwd=project, check=True, capture_output=True)
@@ -358,14 +355,19 @@ def _dvc(stack: Stack, cwd: Path, *args: str) -> str:
 # Faults
 
 
+def _overridden(params: dict, overrides: dict) -> dict:
+    """params.yaml's contents with ``{"section.key": value}`` overrides set, as the flows' overrides are."""
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    return params
+
+
 def _fault_params(checkout: Path, name: str, epochs: int, settings: dict | None = None) -> Path:
     """params.yaml of the checkout, training ``epochs`` into runs/<name> (the prepared data is reused), with
     ``settings`` (``{"train.seed": 31}``) on top."""
-    params = yaml.safe_load((checkout / "params.yaml").read_text())
-    params["train"].update({"output": f"runs/{name}", "epochs": epochs, "bce_epochs": 1})
-    for key, value in (settings or {}).items():
-        section, field = key.split(".")
-        params[section][field] = value
+    run = {"train.output": f"runs/{name}", "train.epochs": epochs, "train.bce_epochs": 1}
+    params = _overridden(yaml.safe_load((checkout / "params.yaml").read_text()), run | (settings or {}))
     path = checkout / f"{name}.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
