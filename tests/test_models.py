@@ -288,9 +288,10 @@ def test_model_cost_counts_the_vgg16_generators_convolutions_by_hand():
             flops += 2 * 9 * channels * item * h * w
             channels = item
     flops += 2 * channels * 1 * h * w  # the 1x1 output convolution
-    generator = Generator(width=1.0)
+    generator = Generator(width=1.0).train()
     cost = model_cost(generator)
     assert cost["gflops"] == pytest.approx(flops / 1e9, rel=1e-9)
+    assert generator.training and not any(m._forward_hooks for m in generator.modules())  # left as found
     assert cost["params_m"] == pytest.approx(sum(p.numel() for p in generator.parameters()) / 1e6)
     assert model_cost(Generator(encoder="resnet50"))["gflops"] < cost["gflops"] / 5  # ResNet-50 is far cheaper
 
@@ -420,10 +421,11 @@ def test_load_generator_reads_a_state_dict_a_checkpoint_and_what_lies_beside_the
         load_generator(tmp_path / "nothing.pt")
 
 
-def test_loading_a_generators_weights_skips_torchs_compiler_start_up(tmp_path):
+def test_loading_a_generators_weights_and_counting_its_cost_skip_torchs_compiler_start_up(tmp_path):
     """The shape check builds the architecture on the meta device with its random initialisation skipped:
     a meta tensor's normal_ would import torch._dynamo (over a second of every predict, gate and serving
-    process). The check still refuses a tensor of the wrong shape."""
+    process). The check still refuses a tensor of the wrong shape. The evaluate stage's cost count runs
+    no meta ops either (their Python references import it too)."""
     import subprocess
     import sys
 
@@ -438,7 +440,9 @@ def test_loading_a_generators_weights_skips_torchs_compiler_start_up(tmp_path):
         f"    load_generator({str(tmp_path / 'wrong.pt')!r})\n"
         "except Exception as exc:\n"
         "    print(exc)\n"
+        "from salgan.models import model_cost\n"
+        f"print(model_cost(load_generator({str(tmp_path / 'generator.pt')!r}).generator)['gflops'] > 0)\n"
         "print('torch._dynamo' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert "output.weight has shape (1, 5, 1, 1)" in out and out.splitlines()[-1] == "False", out
+    assert "output.weight has shape (1, 5, 1, 1)" in out and out.splitlines()[-2:] == ["True", "False"], out
