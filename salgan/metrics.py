@@ -24,10 +24,13 @@ departs from it. The conventions shared by all metrics:
 All arithmetic is float64. :class:`PreparedMap` and :class:`Fixations` cache what several metrics share
 (min, max, sum, standard deviation, the fixated values), so :func:`image_metrics` computes all eight metrics
 of one image without repeating work; ``salgan.scoring`` uses it to score whole splits. Nothing sorts the
-map: AUC-Judd's and AUC-Borji's counts come from one histogram (:func:`_counts_at_or_above`), and the
-per-pixel intermediates live in reusable scratch buffers, so a 640x480 image costs about 7 ms of one core
-(``benchmarks/bench_metrics.py``; the values are those of the sort-based and fresh-array computation, bit
-for bit).
+map: AUC-Judd's and AUC-Borji's counts come from one histogram (:func:`_counts_at_or_above`); the
+per-pixel intermediates live in reusable scratch buffers; KLD's logarithm and the map-sized dot products
+(CC, NSS's standard deviation) run in torch on the calling thread (:func:`_one_torch_thread`; torch is
+imported on first use, not with this module). A 640x480 image costs about 5 ms of one core
+(``benchmarks/bench_metrics.py``). The AUCs, SIM and IG are those of the sort-based and fresh-array
+computation bit for bit; CC, NSS and KLD differ from numpy's sums and log in the last digits (within
+1e-13, ``tests/test_metrics_fast_path.py`` checks them against exactly rounded sums).
 """
 
 from __future__ import annotations
@@ -484,7 +487,9 @@ def _minmax_density_reusing(
     return _minmax_density_into(smap, out, shifted)
 
 
-# Histogram bins over the min-max normalised map for the AUC counts (a power of two: exact scaling).
+# Histogram bins over the min-max normalised map for the AUC counts (a power of two: exact scaling). 2^16
+# rather than 2^14: a quarter of the pixels to compare one by one, whose gathering and sort cost more than
+# the larger histogram.
 _COUNT_BINS = 1 << 16
 
 
@@ -495,11 +500,11 @@ def _counts_at_or_above(
     fixated ones) and ``#(N >= u)`` for each ``u`` of ``unit``, N the min-max normalised map: what
     AUC-Judd and AUC-Borji need, without sorting the map's pixels.
 
-    One histogram of ``b = floor(N * 2^14)`` over all pixels. ``N`` is computed exactly as
+    One histogram of ``b = floor(N * 2^16)`` over all pixels. ``N`` is computed exactly as
     :meth:`PreparedMap.normalise_minmax` does and the scaling by a power of two is exact, so ``b`` is a
     non-decreasing function of S and of N: a pixel whose bin holds no threshold is at or above a threshold
-    exactly when its bin is above the threshold's. Only the pixels sharing a bin with a threshold (a few
-    thousand at 640x480) are compared one by one, after sorting them. Maps given as integers are
+    exactly when its bin is above the threshold's. Only the pixels sharing a bin with a threshold (about
+    2,000 at 640x480 with 500 fixations) are compared one by one, after sorting them. Maps given as integers are
     histogrammed by value instead, one bin per level, with no pixel left to compare.
 
     ``shifted`` holds ``S - min(S)``; ``work`` (float64) and ``bins`` (intp) are scratch of the map's size.
