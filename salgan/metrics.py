@@ -111,11 +111,14 @@ def _torch():
 
 @contextlib.contextmanager
 def _one_torch_thread():
-    """torch with one intra-op thread while the block runs, the caller's count restored afterwards.
+    """torch with one intra-op thread while the block runs, the calling thread's count restored afterwards.
 
     torch's CPU kernels are vectorised where numpy's are not on AVX2 (a float64 log through SLEEF: 0.8 ms
     against numpy's scalar 1.3 ms at 640x480; a BLAS dot: 0.07 ms against einsum's 0.15 ms), but they split
     a map-sized pass across all cores: scoring runs one process per core, so the pass stays on this thread.
+    ``torch.set_num_threads`` is partly process-wide (the main thread reads what any thread last set), so
+    torch work in another thread during the block may also see one thread; each thread restores the count
+    it found.
     """
     torch = _torch()
     threads = torch.get_num_threads()

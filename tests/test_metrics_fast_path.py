@@ -10,6 +10,7 @@ bin edge, fixations stacked on one pixel or on the minimum, and a full 640x480 i
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -333,6 +334,53 @@ def test_torch_runs_one_thread_and_gives_the_callers_count_back(monkeypatch):
         monkeypatch.setattr(torch, "log", failing)
         with pytest.raises(RuntimeError, match="kernel failed"):
             m.kld(s, q)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_torch_kernels_in_two_threads_at_once_give_the_count_back(monkeypatch):
+    """torch's thread count is partly process-wide (the main thread reads what any thread set): kernels
+    overlapping in two threads both run on one thread, and the main thread's count is as it was once both
+    are done, the first in leaving first."""
+    torch = pytest.importorskip("torch")
+    log, seen = torch.log, []
+    first_inside, second_inside, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    def paced_log(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        if threading.current_thread().name == "first":  # enters first, leaves while the second is inside
+            first_inside.set()
+            assert second_inside.wait(10)
+        else:
+            second_inside.set()
+            assert first_done.wait(10)
+        result = log(*args, **kwargs)
+        seen.append(torch.get_num_threads())
+        return result
+
+    rng = np.random.default_rng(7)
+    s, q = rng.random(SHAPE), gaussian_filter(rng.random(SHAPE), 3)
+    expected = m.kld(s, q)
+    monkeypatch.setattr(torch, "log", paced_log)
+    results = {}
+
+    def run(name):
+        results[name] = m.kld(s, q)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = threading.Thread(target=run, args=("first",), name="first")
+        second = threading.Thread(target=run, args=("second",), name="second")
+        first.start()
+        assert first_inside.wait(10)
+        second.start()
+        first.join(10)
+        first_done.set()
+        second.join(10)
+        assert results == {"first": expected, "second": expected}
+        assert set(seen) == {1}  # the second kernel kept one thread after the first had finished
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
