@@ -27,7 +27,7 @@ of one image without repeating work; ``salgan.scoring`` uses it to score whole s
 map: AUC-Judd's and AUC-Borji's counts come from one histogram (:func:`_counts_at_or_above`); the
 per-pixel intermediates live in reusable scratch buffers; KLD's logarithm and the map-sized dot products
 (CC, NSS's standard deviation) run in torch on the calling thread (:func:`_one_torch_thread`; torch is
-imported on first use, not with this module). A 640x480 image costs about 5 ms of one core
+imported on first use, not with this module). A 640x480 image costs about 5.3 ms of one core
 (``benchmarks/bench_metrics.py``). The AUCs, SIM and IG are those of the sort-based and fresh-array
 computation bit for bit; CC, NSS and KLD differ from numpy's sums and log in the last digits (within
 1e-13, ``tests/test_metrics_fast_path.py`` checks them against exactly rounded sums).
@@ -640,9 +640,7 @@ def _sampled_auc(
     return float(_trapezoid(fp_curve, tp_curve).mean())
 
 
-def _auc_borji(
-    smap: PreparedMap, fix: Fixations, at_or_above: np.ndarray, n_splits: int, tp_curve: np.ndarray, rng
-) -> float:
+def _auc_borji(fix: Fixations, at_or_above: np.ndarray, n_splits: int, tp_curve: np.ndarray, rng) -> float:
     """AUC-Borji from ``at_or_above``, the number of pixels with N >= each :func:`_borji_thresholds`."""
     return _sampled_auc(_bin_counts(at_or_above), "with_replacement", round(fix.total), tp_curve, n_splits, rng)
 
@@ -789,7 +787,7 @@ def auc_borji(
         smap, _shift_into(smap, work[0]), np.empty(0), thresholds, work[1], work[2].view(np.intp)
     )
     tp_curve = _positives_curve(smap, fix, thresholds)
-    return _auc_borji(smap, fix, at_or_above, int(n_splits), tp_curve, np.random.default_rng(seed))
+    return _auc_borji(fix, at_or_above, int(n_splits), tp_curve, np.random.default_rng(seed))
 
 
 def auc_shuffled(
@@ -967,7 +965,7 @@ def image_metrics(
     scores["auc_judd"] = _auc_judd(smap, fix, judd, all_ge)
     tp_curve = _positives_curve(smap, fix, borji_thresholds)  # the same for AUC-Borji and sAUC
     rng = np.random.default_rng(borji_seed)
-    scores["auc_borji"] = _auc_borji(smap, fix, borji_ge, n_splits, tp_curve, rng)
+    scores["auc_borji"] = _auc_borji(fix, borji_ge, n_splits, tp_curve, rng)
     rng = np.random.default_rng(shuffled_seed)
     scores["auc_shuffled"] = _auc_shuffled(smap, fix, other_indices, n_splits, borji_thresholds, tp_curve, rng)
     p = _density_into(smap, work[3], shifted)
