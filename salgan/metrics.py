@@ -24,14 +24,18 @@ departs from it. The conventions shared by all metrics:
 All arithmetic is float64. :class:`PreparedMap` and :class:`Fixations` cache what several metrics share
 (min, max, sum, standard deviation, the fixated values), so :func:`image_metrics` computes all eight metrics
 of one image without repeating work; ``salgan.scoring`` uses it to score whole splits. Nothing sorts the
-map: AUC-Judd's and AUC-Borji's counts come from one histogram (:func:`_counts_at_or_above`), and the
-per-pixel intermediates live in reusable scratch buffers, so a 640x480 image costs about 7 ms of one core
-(``benchmarks/bench_metrics.py``; the values are those of the sort-based and fresh-array computation, bit
-for bit).
+map: AUC-Judd's and AUC-Borji's counts come from one histogram (:func:`_counts_at_or_above`); the
+per-pixel intermediates live in reusable scratch buffers; KLD's logarithm and the map-sized dot products
+(CC, NSS's standard deviation) run in torch on the calling thread (:func:`_one_torch_thread`; torch is
+imported on first use, not with this module). A 640x480 image costs about 5.3 ms of one core
+(``benchmarks/bench_metrics.py``). The AUCs, SIM and IG are those of the sort-based and fresh-array
+computation bit for bit; CC, NSS and KLD differ from numpy's sums and log in the last digits (within
+1e-13, ``tests/test_metrics_fast_path.py`` checks them against exactly rounded sums).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -88,13 +92,49 @@ __all__ = [
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Inner product of two 1-D arrays without BLAS.
+    """Inner product of two short 1-D arrays (one value per fixation) without BLAS.
 
-    ``np.dot`` hands large vectors to multithreaded OpenBLAS, whose thread wake-ups made each call cost
-    milliseconds between the other (single-threaded) numpy operations of a scoring loop; einsum's own
-    loop is steady at about 0.5 ms for 640x480.
+    ``np.dot`` hands vectors to multithreaded OpenBLAS, whose thread wake-ups cost milliseconds between
+    the other (single-threaded) numpy operations of a scoring loop; einsum's own loop is steady. Map-sized
+    products go through :func:`_map_dot`.
     """
     return float(np.einsum("i,i->", a, b))
+
+
+def _torch():
+    """torch, imported on first use: its import takes about 2 s, which the many processes that import this
+    module for its names (and numpy-only callers) should not pay."""
+    import torch
+
+    return torch
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch with one intra-op thread while the block runs, the calling thread's count restored afterwards.
+
+    torch's CPU kernels are vectorised where numpy's are not on AVX2 (a float64 log through SLEEF: 0.8 ms
+    against numpy's scalar 1.3 ms at 640x480; a BLAS dot: 0.07 ms against einsum's 0.15 ms), but they split
+    a map-sized pass across all cores: scoring runs one process per core, so the pass stays on this thread.
+    ``torch.set_num_threads`` is partly process-wide (the main thread reads what any thread last set), so
+    torch work in another thread during the block may also see one thread; each thread restores the count
+    it found.
+    """
+    torch = _torch()
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        yield torch
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
+
+
+def _map_dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Inner product of two map-sized float64 scratch rows (writable, contiguous) by torch's BLAS dot."""
+    with _one_torch_thread() as torch:
+        return float(torch.dot(torch.from_numpy(a), torch.from_numpy(b)))
 
 
 def _checked(array: Any, name: str, finite: bool = True) -> np.ndarray:
@@ -297,7 +337,7 @@ class PreparedMap:
     def centre_into(self, out: np.ndarray) -> np.ndarray:
         """Write ``values - mean`` into ``out`` (and keep its sum of squares for :attr:`std`)."""
         np.subtract(self.values, self.mean, out=out)
-        self._sum_sq = _dot(out, out)
+        self._sum_sq = _map_dot(out, out)
         return out
 
     @functools.cached_property
@@ -450,8 +490,10 @@ def _minmax_density_reusing(
     return _minmax_density_into(smap, out, shifted)
 
 
-# Histogram bins over the min-max normalised map for the AUC counts (a power of two: exact scaling).
-_COUNT_BINS = 1 << 14
+# Histogram bins over the min-max normalised map for the AUC counts (a power of two: exact scaling). 2^16
+# rather than 2^14: a quarter of the pixels to compare one by one, whose gathering and sort cost more than
+# the larger histogram.
+_COUNT_BINS = 1 << 16
 
 
 def _counts_at_or_above(
@@ -461,11 +503,11 @@ def _counts_at_or_above(
     fixated ones) and ``#(N >= u)`` for each ``u`` of ``unit``, N the min-max normalised map: what
     AUC-Judd and AUC-Borji need, without sorting the map's pixels.
 
-    One histogram of ``b = floor(N * 2^14)`` over all pixels. ``N`` is computed exactly as
+    One histogram of ``b = floor(N * 2^16)`` over all pixels. ``N`` is computed exactly as
     :meth:`PreparedMap.normalise_minmax` does and the scaling by a power of two is exact, so ``b`` is a
     non-decreasing function of S and of N: a pixel whose bin holds no threshold is at or above a threshold
-    exactly when its bin is above the threshold's. Only the pixels sharing a bin with a threshold (a few
-    thousand at 640x480) are compared one by one, after sorting them. Maps given as integers are
+    exactly when its bin is above the threshold's. Only the pixels sharing a bin with a threshold (about
+    2,000 at 640x480 with 500 fixations) are compared one by one, after sorting them. Maps given as integers are
     histogrammed by value instead, one bin per level, with no pixel left to compare.
 
     ``shifted`` holds ``S - min(S)``; ``work`` (float64) and ``bins`` (intp) are scratch of the map's size.
@@ -494,10 +536,10 @@ def _counts_at_or_above(
     shared[unit_bins[~(unit_all | unit_none)]] = True
     candidates = np.sort(smap.at(shared[bins]))
     hist[shared] = 0
-    above = np.append(np.cumsum(hist[::-1])[::-1], 0)[1:]  # above[b]: other pixels in bins > b
-    raw_ge = above[raw_bins] + (candidates.size - np.searchsorted(candidates, raw, side="left"))
+    up_to = np.cumsum(hist)  # up_to[b]: the other pixels in bins <= b (a forward cumsum: 5x a reversed one)
+    raw_ge = (up_to[-1] - up_to[raw_bins]) + (candidates.size - np.searchsorted(candidates, raw, side="left"))
     candidates_norm = (candidates - low) / span  # the same N values, still sorted (N is monotone)
-    unit_ge = above[unit_bins] + (candidates.size - np.searchsorted(candidates_norm, unit, side="left"))
+    unit_ge = (up_to[-1] - up_to[unit_bins]) + (candidates.size - np.searchsorted(candidates_norm, unit, side="left"))
     raw_ge[raw_all] = n
     unit_ge[unit_all], unit_ge[unit_none] = n, 0
     return raw_ge, unit_ge
@@ -522,8 +564,9 @@ class _JuddThresholds:
             raise ValueError("auc_judd: every pixel is fixated, so there are no negatives to rank against")
         order = np.argsort(values, kind="stable")
         fixated_sorted, counts_sorted = values[order], fix.counts[order]
-        self.values = np.unique(fixated_sorted)  # each distinct fixated value is one ROC point
-        self.below = np.searchsorted(fixated_sorted, self.values, side="left")
+        # Each distinct fixated value is one ROC point; ``below`` is its first place in the sorted values.
+        self.below = np.flatnonzero(np.concatenate(([True], fixated_sorted[1:] != fixated_sorted[:-1])))
+        self.values = fixated_sorted[self.below]
         weight_below = np.concatenate(([0.0], np.cumsum(counts_sorted)))[self.below]
         self.tp = (fix.total - weight_below) / fix.total  # share of fixations with S >= t (counts weighted)
 
@@ -539,8 +582,9 @@ def _auc_judd(smap: PreparedMap, fix: Fixations, judd: _JuddThresholds, all_ge: 
     return float(_trapezoid(fp, tp))
 
 
+@functools.lru_cache(maxsize=16)
 def _borji_thresholds(step_size: float) -> np.ndarray:
-    """``0:step:1`` on the min-max normalised map.
+    """``0:step:1`` on the min-max normalised map (read-only: shared through the cache).
 
     The MIT code stops at the largest value among the positives and negatives of a split; thresholds
     above it only add points at (0, 0), which add no area, so a fixed 0..1 sweep gives the same AUC and
@@ -550,7 +594,24 @@ def _borji_thresholds(step_size: float) -> np.ndarray:
     if not (0 < step_size <= 1):
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     n = int(np.floor(1.0 / step_size + 1e-9))
-    return np.round(np.arange(n + 1) * step_size, 12)
+    thresholds = np.round(np.arange(n + 1) * step_size, 12)
+    thresholds.setflags(write=False)
+    return thresholds
+
+
+def _threshold_bins(values: np.ndarray, thresholds: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Counts (or summed ``weights``) of min-max normalised ``values`` (all >= 0 = ``thresholds[0]``) in
+    the bins ``[t_j, t_j+1)``, the last bin open-ended."""
+    j = np.searchsorted(thresholds, values, side="right") - 1
+    return np.bincount(j, weights=weights, minlength=thresholds.size)
+
+
+def _positives_curve(smap: PreparedMap, fix: Fixations, thresholds: np.ndarray) -> np.ndarray:
+    """The TP coordinates of the thresholded ROC of AUC-Borji and sAUC: 0, the share of fixations (counts
+    weighted) at or above each threshold from the highest down, 1."""
+    positives = smap.normalise_minmax(smap.at_fixations(fix))
+    tp = np.cumsum(_threshold_bins(positives, thresholds, fix.counts)[::-1]) / fix.total
+    return np.concatenate(([0.0], tp, [1.0]))
 
 
 def _bin_counts(at_or_above: np.ndarray) -> np.ndarray:
@@ -559,62 +620,47 @@ def _bin_counts(at_or_above: np.ndarray) -> np.ndarray:
 
 
 def _sampled_auc(
-    smap: PreparedMap,
-    fix: Fixations,
-    negative_bins: np.ndarray,
-    sample: str,
-    n_splits: int,
-    step_size: float,
-    rng: np.random.Generator,
+    negative_bins: np.ndarray, sample: str, n_negatives: int, tp_curve: np.ndarray, n_splits: int, rng
 ) -> float:
     """Mean over splits of the thresholded ROC area of fixations against sampled negatives.
 
     ``negative_bins`` counts the population of negative candidates per threshold bin. Each split draws
-    ``N_f`` (the number of fixations) negatives from it; only a negative's bin matters for ``S >= t``, so
-    drawing per-bin counts (multinomial with replacement, multivariate hypergeometric without) is exactly
-    equivalent in distribution to drawing locations and thresholding their values, and costs
-    O(splits x bins) instead of O(splits x N_f).
+    ``n_negatives`` = N_f (the number of fixations) negatives from it; only a negative's bin matters for
+    ``S >= t``, so drawing per-bin counts (multinomial with replacement, multivariate hypergeometric
+    without) is exactly equivalent in distribution to drawing locations and thresholding their values, and
+    costs O(splits x bins) instead of O(splits x N_f). ``tp_curve``: :func:`_positives_curve`.
     """
-    thresholds = _borji_thresholds(step_size)
-    n_neg = round(fix.total)
     if sample == "with_replacement":
-        p = negative_bins / negative_bins.sum()
-        drawn = rng.multinomial(n_neg, p, size=n_splits)
+        drawn = rng.multinomial(n_negatives, negative_bins / negative_bins.sum(), size=n_splits)
     else:
-        drawn = rng.multivariate_hypergeometric(negative_bins.astype(np.int64), n_neg, size=n_splits)
-    fp = np.cumsum(drawn[:, ::-1], axis=1)[:, ::-1] / n_neg  # (splits, thresholds): share >= t_j
-    positives = smap.normalise_minmax(smap.at_fixations(fix))
-    pos_bins = np.bincount(
-        np.searchsorted(thresholds, positives, side="right") - 1,
-        weights=fix.counts,
-        minlength=thresholds.size,
-    )
-    tp = np.cumsum(pos_bins[::-1])[::-1] / fix.total  # share of fixations >= t_j (counts weighted)
-    zeros, ones = np.zeros((n_splits, 1)), np.ones((n_splits, 1))
-    fp_curve = np.hstack([zeros, fp[:, ::-1], ones])
-    tp_curve = np.hstack([zeros, np.broadcast_to(tp[::-1], fp.shape), ones])
+        drawn = rng.multivariate_hypergeometric(negative_bins.astype(np.int64), n_negatives, size=n_splits)
+    fp_curve = np.zeros((n_splits, tp_curve.size))  # per split: 0, the share of negatives >= t_j from the
+    fp_curve[:, -1] = 1.0  # highest threshold down, 1
+    np.divide(np.cumsum(drawn[:, ::-1], axis=1), n_negatives, out=fp_curve[:, 1:-1])
     return float(_trapezoid(fp_curve, tp_curve).mean())
 
 
-def _auc_borji(
-    smap: PreparedMap, fix: Fixations, at_or_above: np.ndarray, n_splits: int, step_size: float, rng
-) -> float:
+def _auc_borji(fix: Fixations, at_or_above: np.ndarray, n_splits: int, tp_curve: np.ndarray, rng) -> float:
     """AUC-Borji from ``at_or_above``, the number of pixels with N >= each :func:`_borji_thresholds`."""
-    return _sampled_auc(smap, fix, _bin_counts(at_or_above), "with_replacement", n_splits, step_size, rng)
+    return _sampled_auc(_bin_counts(at_or_above), "with_replacement", round(fix.total), tp_curve, n_splits, rng)
 
 
 def _auc_shuffled(
-    smap: PreparedMap, fix: Fixations, other_indices: np.ndarray, n_splits: int, step_size: float, rng
+    smap: PreparedMap,
+    fix: Fixations,
+    other_indices: np.ndarray,
+    n_splits: int,
+    thresholds: np.ndarray,
+    tp_curve: np.ndarray,
+    rng,
 ) -> float:
     if other_indices.size == 0:
         raise ValueError("auc_shuffled: the other images have no fixations to sample negatives from")
-    negatives = np.sort(smap.normalise_minmax(smap.at(other_indices)))
-    thresholds = _borji_thresholds(step_size)
-    bins = _bin_counts(negatives.size - np.searchsorted(negatives, thresholds, side="left"))
+    bins = _threshold_bins(smap.normalise_minmax(smap.at(other_indices)), thresholds)
     # MIT draws min(N_f, #locations) without replacement; drawing N_f with replacement when the other
     # images have fewer locations keeps N_f negatives per split (documented in auc_shuffled).
     sample = "without_replacement" if other_indices.size >= fix.total else "with_replacement"
-    return _sampled_auc(smap, fix, bins, sample, n_splits, step_size, rng)
+    return _sampled_auc(bins, sample, round(fix.total), tp_curve, n_splits, rng)
 
 
 def _nss(smap: PreparedMap, fix: Fixations) -> float:
@@ -629,16 +675,26 @@ def _cc(smap: PreparedMap, gt: PreparedMap, centred: np.ndarray, gt_centred: np.
     squares)."""
     if smap.is_constant or gt.is_constant:
         return 0.0
-    r = _dot(centred, gt_centred) / np.sqrt(smap._sum_sq * gt._sum_sq)
+    r = _map_dot(centred, gt_centred) / np.sqrt(smap._sum_sq * gt._sum_sq)
     return float(np.clip(r, -1.0, 1.0))
 
 
 def _kld(p: np.ndarray, q: np.ndarray, work: np.ndarray) -> float:
-    """``sum Q ln(eps + Q / (P + eps))`` of two densities; ``work`` is scratch."""
-    np.add(p, EPS, out=work)
-    np.divide(q, work, out=work)
-    work += EPS
-    return float(_dot(q, np.log(work, out=work)))
+    """``sum Q ln(eps + Q / (P + eps))`` of two densities (scratch rows); ``work`` is scratch.
+
+    In torch (:func:`_one_torch_thread`): its vectorised log is most of the saving; the division and the
+    second ``+ eps`` are one ``addcdiv`` pass, the same operations in the same order.
+    """
+    with _one_torch_thread() as torch:
+        tp, tq, tw = torch.from_numpy(p), torch.from_numpy(q), torch.from_numpy(work)
+        torch.add(tp, EPS, out=tw)
+        torch.addcdiv(_eps_tensor(torch), tq, tw, out=tw)
+        return float(torch.dot(tq, torch.log(tw, out=tw)))
+
+
+@functools.cache
+def _eps_tensor(torch) -> Any:
+    return torch.tensor(EPS, dtype=torch.float64)
 
 
 def _sim(p: np.ndarray, q: np.ndarray, work: np.ndarray) -> float:
@@ -730,7 +786,8 @@ def auc_borji(
     _, at_or_above = _counts_at_or_above(
         smap, _shift_into(smap, work[0]), np.empty(0), thresholds, work[1], work[2].view(np.intp)
     )
-    return _auc_borji(smap, fix, at_or_above, int(n_splits), step_size, np.random.default_rng(seed))
+    tp_curve = _positives_curve(smap, fix, thresholds)
+    return _auc_borji(fix, at_or_above, int(n_splits), tp_curve, np.random.default_rng(seed))
 
 
 def auc_shuffled(
@@ -768,7 +825,9 @@ def auc_shuffled(
     fix = Fixations.from_map(fixation_map)
     other = _other_locations(other_fixation_map, fix)
     smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
-    return _auc_shuffled(smap, fix, other, int(n_splits), step_size, np.random.default_rng(seed))
+    thresholds = _borji_thresholds(step_size)
+    tp_curve = _positives_curve(smap, fix, thresholds)
+    return _auc_shuffled(smap, fix, other, int(n_splits), thresholds, tp_curve, np.random.default_rng(seed))
 
 
 def nss(saliency_map: Any, fixation_map: Any) -> float:
@@ -904,10 +963,11 @@ def image_metrics(
     shifted = _shift_into(smap, work[2])
     all_ge, borji_ge = _counts_at_or_above(smap, shifted, judd.values, borji_thresholds, work[3], work[4].view(np.intp))
     scores["auc_judd"] = _auc_judd(smap, fix, judd, all_ge)
+    tp_curve = _positives_curve(smap, fix, borji_thresholds)  # the same for AUC-Borji and sAUC
     rng = np.random.default_rng(borji_seed)
-    scores["auc_borji"] = _auc_borji(smap, fix, borji_ge, n_splits, step_size, rng)
+    scores["auc_borji"] = _auc_borji(fix, borji_ge, n_splits, tp_curve, rng)
     rng = np.random.default_rng(shuffled_seed)
-    scores["auc_shuffled"] = _auc_shuffled(smap, fix, other_indices, n_splits, step_size, rng)
+    scores["auc_shuffled"] = _auc_shuffled(smap, fix, other_indices, n_splits, borji_thresholds, tp_curve, rng)
     p = _density_into(smap, work[3], shifted)
     q = _density_into(gt, work[4])
     scores["information_gain"] = _information_gain(p, fix, log2_baseline)

@@ -4,7 +4,7 @@
 fixations as stored by ``prepare`` (docs/data-layout.md: ``coords`` (M, 2) 0-based (row, col) at the
 original resolution, ``offsets`` (N + 1)), and returns one row of eight metrics per image plus their
 means. Per image, the prediction is resized once (bilinear, :func:`salgan.metrics.resize_map`) and all
-eight metrics share their passes over it (:func:`salgan.metrics.image_metrics`, about 7 ms of one core at
+eight metrics share their passes over it (:func:`salgan.metrics.image_metrics`, 5-6 ms of one core at
 640x480); images are scored by a pool of processes, one per usable CPU, while this process reads the maps
 in order.
 
@@ -124,8 +124,12 @@ def _other_images(i: int, n_images: int, k: int) -> np.ndarray:
 
 def _sauc_negatives(i: int, flat: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
     """Distinct flat indices of the fixations of image i's sAUC reference images."""
-    others = _other_images(i, offsets.size - 1, k)
-    parts = np.sort(np.concatenate([flat[offsets[j] : offsets[j + 1]] for j in others]))
+    n_images = offsets.size - 1
+    stop = i + 1 + min(k, n_images - 1)  # the images after i, cyclically: one run of fixations, or two
+    parts = flat[offsets[i + 1] : offsets[min(stop, n_images)]]
+    if stop > n_images:
+        parts = np.concatenate((parts, flat[: offsets[stop - n_images]]))
+    parts = np.sort(parts)
     if parts.size == 0:
         return parts
     # np.unique by hand: numpy 2.4's hashing unique took 1 ms for these 5,000 indices, sorting 0.05 ms.
@@ -332,7 +336,9 @@ class _Workers:
     """
 
     def __init__(self, workers: int, split: _Split):
-        context = worker_context(["salgan.scoring"])
+        import torch  # noqa: F401 -- image_metrics runs torch kernels: imported once here, not in each worker
+
+        context = worker_context(["salgan.scoring", "torch"])
         self.split, self.processes, self.idle, self.busy = split, [], [], {}
         for _ in range(workers):
             here, there = context.Pipe()

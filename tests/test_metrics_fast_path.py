@@ -1,12 +1,16 @@
 """The fast per-image path of salgan.metrics against straightforward implementations written here.
 
-The AUC counts come from a histogram instead of a sort of the map, and the other metrics share passes and
-scratch buffers; each is compared with the textbook computation (a full sort, fresh arrays) on maps built
-to break it: ties, constant maps, integer maps, values a hair either side of a threshold or a bin edge,
-fixations stacked on one pixel or on the minimum.
+The AUC counts come from a histogram instead of a sort of the map, KLD's logarithm and the map-sized dot
+products run in torch on one thread, and the other metrics share passes and scratch buffers; each is
+compared with the textbook computation (a full sort, fresh arrays, numpy's log, exactly rounded sums) on
+maps built to break it: ties, constant maps, integer maps, values a hair either side of a threshold or a
+bin edge, fixations stacked on one pixel or on the minimum, and a full 640x480 image.
 """
 
 from __future__ import annotations
+
+import math
+import threading
 
 import numpy as np
 import pytest
@@ -123,8 +127,10 @@ def saliency_cases():
     normalised = (smooth - smooth.min()) / (smooth.max() - smooth.min())
     steps = rng.choice(STEP_THRESHOLDS, SHAPE)  # exactly on AUC-Borji's thresholds
     edges = normalised.copy()
-    edges.ravel()[::7] = np.nextafter(0.5, 0)  # a hair below and at a bin edge of the 2^14 histogram
+    edges.ravel()[::7] = np.nextafter(0.5, 0)  # a hair below and at a bin edge of the counting histogram
     edges.ravel()[3::7] = 0.5
+    edges.ravel()[5::7] = 3 / m._COUNT_BINS  # the edge of a narrow bin, and a hair above it
+    edges.ravel()[6::7] = np.nextafter(3 / m._COUNT_BINS, 1)
     clumped = np.where(rng.random(SHAPE) < 0.8, 0.25, normalised)  # most pixels in one bin
     return [
         ("random", rng.random(SHAPE)),
@@ -132,6 +138,8 @@ def saliency_cases():
         ("uint8", rng.integers(0, 256, SHAPE).astype(np.uint8)),
         ("uint8 narrow", rng.integers(100, 104, SHAPE).astype(np.uint8)),
         ("int16 negative", rng.integers(-300, 300, SHAPE).astype(np.int16)),
+        ("uint16 full range", rng.integers(0, 1 << 16, SHAPE).astype(np.uint16)),  # one bin per level
+        ("int32 wide", rng.integers(-(1 << 20), 1 << 20, SHAPE).astype(np.int32)),  # more levels than bins
         ("constant", np.full(SHAPE, 0.3)),
         ("normalised", normalised),
         ("on the thresholds", steps),
@@ -262,3 +270,117 @@ def test_a_map_too_large_for_a_float_sum_is_still_accepted_and_a_nan_still_refus
     big[1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
         m.auc_judd(big, f)
+
+
+def test_a_full_size_image_equals_the_straightforward_computation():
+    """At 640x480, where the histogram's bins hold many pixels each and torch's sums run long: the sort-based
+    values, and KLD, CC and NSS against exactly rounded sums (math.fsum)."""
+    rng = np.random.default_rng(5)
+    shape = (480, 640)
+    s = gaussian_filter(rng.random((120, 160)), 3)  # smooth, resized 4x: many near-ties
+    s_full = m.resize_map(s, shape)
+    f = fixation_map(rng, 500, shape)
+    q = np.round(255 * gaussian_filter(rng.random(shape), 8) ** 2).astype(np.uint8)
+    other = fixation_map(rng, 5000, shape)
+    baseline = gaussian_filter(rng.random(shape), 20) + 0.1
+    got = m.image_metrics(
+        m.PreparedMap(s, shape=shape),
+        m.Fixations.from_map(f),
+        m.PreparedMap(q),
+        m.Fixations.from_map(other).indices,
+        m.PreparedMap(baseline).log2_density,
+        n_splits=30,
+    )
+    assert got == pytest.approx(reference_metrics(s_full, f, q, other, baseline), abs=1e-12, rel=1e-12)
+
+    p, qd = density(s_full).ravel(), density(q).ravel()
+    assert got["kld"] == pytest.approx(math.fsum(qd * np.log(m.EPS + qd / (p + m.EPS))), abs=1e-14)
+    sc, qc = s_full.ravel() - s_full.mean(), q.ravel() - q.mean()
+    ss, qq, sq = (math.fsum(a * b) for a, b in ((sc, sc), (qc, qc), (sc, qc)))
+    assert got["cc"] == pytest.approx(sq / math.sqrt(ss * qq), abs=1e-14)
+    counts = f.ravel()[f.ravel() > 0]
+    nss = math.fsum(counts * sc[f.ravel() > 0]) / math.sqrt(ss / sc.size) / counts.sum()
+    assert got["nss"] == pytest.approx(nss, abs=1e-13)
+
+
+def test_torch_runs_one_thread_and_gives_the_callers_count_back(monkeypatch):
+    """The torch kernels (KLD's log, the map-sized dots) run on the calling thread only, whatever the
+    caller's thread count, which they restore afterwards, also when a kernel fails."""
+    torch = pytest.importorskip("torch")
+    seen = []
+    log, dot = torch.log, torch.dot
+
+    def spy(real):
+        def call(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(torch, "log", spy(log))
+    monkeypatch.setattr(torch, "dot", spy(dot))
+    rng = np.random.default_rng(6)
+    s, q, f = rng.random(SHAPE), gaussian_filter(rng.random(SHAPE), 3), fixation_map(rng, 30)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        m.kld(s, q), m.cc(s, q), m.nss(s, f)
+        assert torch.get_num_threads() == 2
+        assert seen and set(seen) == {1}
+
+        def failing(*args, **kwargs):
+            raise RuntimeError("kernel failed")
+
+        monkeypatch.setattr(torch, "log", failing)
+        with pytest.raises(RuntimeError, match="kernel failed"):
+            m.kld(s, q)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_torch_kernels_in_two_threads_at_once_give_the_count_back(monkeypatch):
+    """torch's thread count is partly process-wide (the main thread reads what any thread set): kernels
+    overlapping in two threads both run on one thread, and the main thread's count is as it was once both
+    are done, the first in leaving first."""
+    torch = pytest.importorskip("torch")
+    log, seen = torch.log, []
+    first_inside, second_inside, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    def paced_log(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        if threading.current_thread().name == "first":  # enters first, leaves while the second is inside
+            first_inside.set()
+            assert second_inside.wait(10)
+        else:
+            second_inside.set()
+            assert first_done.wait(10)
+        result = log(*args, **kwargs)
+        seen.append(torch.get_num_threads())
+        return result
+
+    rng = np.random.default_rng(7)
+    s, q = rng.random(SHAPE), gaussian_filter(rng.random(SHAPE), 3)
+    expected = m.kld(s, q)
+    monkeypatch.setattr(torch, "log", paced_log)
+    results = {}
+
+    def run(name):
+        results[name] = m.kld(s, q)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = threading.Thread(target=run, args=("first",), name="first")
+        second = threading.Thread(target=run, args=("second",), name="second")
+        first.start()
+        assert first_inside.wait(10)
+        second.start()
+        first.join(10)
+        first_done.set()
+        second.join(10)
+        assert results == {"first": expected, "second": expected}
+        assert set(seen) == {1}  # the second kernel kept one thread after the first had finished
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -187,3 +187,18 @@ def test_worker_pool_names_the_image_that_fails():
         score_split(predictions, gts, coords[keep], holes, baseline, names=names, progress=False, workers=2)
     with pytest.raises(ValueError, match="workers"):
         score_split(predictions, gts, coords, offsets, baseline, progress=False, workers=0)
+
+
+def test_sauc_negatives_are_the_union_of_the_next_images_fixations():
+    """Read as one or two runs of the fixations (wrapping past the last image), the negatives are the
+    distinct locations of the k images after i, images without fixations and k >= N included."""
+    rng = np.random.default_rng(3)
+    counts = np.array([3, 0, 4, 1, 0, 5, 2])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    flat = rng.integers(0, 6, offsets[-1])  # few locations: repeats within and across images
+    n_images = counts.size
+    for i in range(n_images):
+        for k in (1, 2, 3, n_images - 1, n_images + 5):
+            others = [(i + d) % n_images for d in range(1, min(k, n_images - 1) + 1)]
+            union = sorted({int(v) for j in others for v in flat[offsets[j] : offsets[j + 1]]})
+            assert scoring._sauc_negatives(i, flat, offsets, k).tolist() == union, (i, k)
