@@ -92,10 +92,10 @@ def main() -> int:
         seconds: dict[str, float] = {}
         for arm in arms:  # one arm at a time, so that each run's wall time is its own
             started = time.perf_counter()
-            command = [sys.executable, "-m", "salgan.cli", "ablation", "run", "--arms", arm]
+            command = [sys.executable, "-m", "salgan.cli", "ablation", "run", "--scores-only", "--arms", arm]
             run([*command, "--seeds", str(args.seeds), "--profile", "no-mlflow.yaml"], clone, env)
             seconds[arm] = round((time.perf_counter() - started) / args.seeds, 1)
-            print(f"{arm}: {seconds[arm]} s per seed (the whole pipeline; the first run generates the sample)")
+            print(f"{arm}: {seconds[arm]} s per seed (the pipeline up to evaluate; the first run generates the sample)")
         reference = args.reference if args.reference in arms else arms[0]
         print(run([sys.executable, "-m", "salgan.cli", "ablation", "show", "--reference", reference], clone, env))
         shown = json.loads(run(["dvc", "exp", "show", "--json"], clone, env))

@@ -141,8 +141,9 @@ def load_profile(path: str | None, params_file: str = "params.yaml") -> dict[str
     return flatten(data)
 
 
-def exp_run_command(name: str, overrides: dict[str, object], queue: bool) -> list[str]:
-    """``dvc exp run --name NAME`` with the overrides validated and written by :func:`salgan.settings.override_args`."""
+def exp_run_command(name: str, overrides: dict[str, object], queue: bool, scores_only: bool = False) -> list[str]:
+    """``dvc exp run --name NAME`` with the overrides validated and written by :func:`salgan.settings.override_args`;
+    with ``scores_only``, up to the evaluate stage (what ``ablation show`` reads), not the test-set stages."""
     return [
         *python_tool("dvc"),
         "exp",
@@ -151,6 +152,7 @@ def exp_run_command(name: str, overrides: dict[str, object], queue: bool) -> lis
         name,
         *(["--queue"] if queue else []),
         *override_args(overrides),
+        *(["evaluate"] if scores_only else []),
     ]
 
 
@@ -178,7 +180,9 @@ def run_arms(args: argparse.Namespace) -> int:
     print(f"ablation base: {source}" + (f" with {args.profile}" if args.profile else ""), flush=True)
     runs = [run for arm in args.arms for run in seeded_runs(arm, args.seeds, profile, base)]
     names = [name for name, _ in runs]
-    commands = [exp_run_command(args.prefix + name, overrides, args.queue) for name, overrides in runs]
+    commands = [
+        exp_run_command(args.prefix + name, overrides, args.queue, args.scores_only) for name, overrides in runs
+    ]
     if args.dry_run or args.queue:
         return _run_all(names, commands, args.dry_run)
     from salgan.tracking.runs import parent_run
@@ -446,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="run each arm N times, as ARM-seedK with train.seed the base's + K (another initialisation and "
         "data order); `salgan ablation show` then gives mean+-std and intervals",
+    )
+    run.add_argument(
+        "--scores-only",
+        action="store_true",
+        help="stop each arm at the evaluate stage: its val scores and costs, which `ablation show` reads, without "
+        "the test-set predictions and submission (`dvc exp apply NAME && dvc repro` makes them later)",
     )
     run.add_argument("--queue", action="store_true", help="queue the runs (start them with `dvc queue start`)")
     run.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")

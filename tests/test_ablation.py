@@ -52,6 +52,7 @@ def test_exp_run_command_sets_each_override_as_json():
         sys.executable, "-m", "dvc", "exp", "run", "--name", "x", "--queue",
         "-S", "prepare.size=[256,192]", "-S", "download.source='salicon'",
     ]  # fmt: skip
+    assert exp_run_command("x", {}, queue=False, scores_only=True)[-1] == "evaluate"  # the stage, as dvc's target
 
 
 def test_repository_gpu_profile_is_valid():
