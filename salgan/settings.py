@@ -147,6 +147,8 @@ class ModelParams(Section):
     freeze_blocks: Annotated[int, trust(KNOB)] = Field(default=0, ge=0, le=STAGES)
     # channel multiplier (vgg16, mobilenet_v3_large); 1.0: as published
     width: Annotated[float, trust(KNOB)] = Field(default=0.125, gt=0, le=MAX_WIDTH)
+    # D's conv channels (32, 64) times this; 1.0: as published. Not tied to width: D is the same for every G
+    discriminator_width: Annotated[float, trust(KNOB)] = Field(default=1.0, gt=0, le=MAX_WIDTH)
     discriminator_first_pool: Annotated[Literal[2, 4], trust(KNOB)] = 4  # 4 in the original code, 2 in the paper's
     # weight norm on conv3_1/conv3_2 as the original code; not in the paper
     discriminator_weight_norm: Annotated[bool, trust(KNOB)] = True
@@ -201,6 +203,8 @@ class TrainParams(Section):
     g_warmup_steps: Annotated[int, trust(KNOB)] = Field(default=0, ge=0)
     # the first N val images: D's accuracy etc. each adversarial epoch
     diagnostics_images: Annotated[PositiveInt, trust(KNOB)] = Field(default=64, le=4096)
+    # each of D's training pairs mirrored left-right (image and map together) with probability 1/2
+    discriminator_flip: Annotated[bool, trust(KNOB)] = False
     # mean of the real and fake BCE (original) or their sum
     discriminator_loss: Annotated[Literal["mean", "sum"], trust(KNOB)] = "mean"
     content_downsample: Annotated[PositiveInt, trust(KNOB)] = 4  # BCE on maps average-pooled 4x4 (paper Table 2)

@@ -209,10 +209,21 @@ def discriminator_step(
             with torch.no_grad():
                 logits = models.g_step(images, return_logits=True)
         fake = saliency_of(logits.detach(), params.model.output).to(targets.dtype)
-        both = models.d_step(torch.cat([images, images]), torch.cat([targets, fake]))
+        pairs = torch.cat([images, images]), torch.cat([targets, fake])
+        if cfg.discriminator_flip:
+            pairs = flip_pairs(*pairs)
+        both = models.d_step(*pairs)
     d_loss = discriminator_loss(*both.chunk(2), reduction=cfg.discriminator_loss)
     _update(models.opt_d, d_loss)
     return d_loss.detach(), content_of(params)(logits.detach(), targets, fixations)
+
+
+def flip_pairs(images: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (image, map) pair mirrored left-right, image and map together, with probability 1/2: D's
+    training pairs doubled against memorising the few offline images (``train.discriminator_flip``)."""
+    flip = torch.rand(len(images), device=images.device) < 0.5
+    mirror = flip.view(-1, 1, 1, 1)
+    return torch.where(mirror, images.flip(-1), images), torch.where(mirror, maps.flip(-1), maps)
 
 
 def generator_step(

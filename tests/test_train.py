@@ -24,6 +24,7 @@ from salgan.train import (
     build_models,
     discriminator_step,
     epoch_batches,
+    flip_pairs,
     generator_optimizer,
     generator_step,
     run,
@@ -85,6 +86,38 @@ def test_a_discriminator_step_leaves_the_generator_unchanged(tmp_path):
     discriminator_step(models, images, targets, params)
     assert same_weights(clone(models.generator), g_before)
     assert not same_weights(clone(models.discriminator), d_before)
+
+
+def test_flip_pairs_mirrors_each_image_with_its_own_map_about_half_the_time():
+    torch.manual_seed(0)
+    images, maps = torch.rand(64, 3, 6, 8), torch.rand(64, 1, 6, 8)
+    flipped_images, flipped_maps = flip_pairs(images, maps)
+    mirrored = [bool(torch.equal(flipped_images[i], images[i].flip(-1))) for i in range(64)]
+    for i in range(64):
+        source_image, source_map = (images[i].flip(-1), maps[i].flip(-1)) if mirrored[i] else (images[i], maps[i])
+        assert torch.equal(flipped_images[i], source_image) and torch.equal(flipped_maps[i], source_map)
+    assert 20 <= sum(mirrored) <= 44
+
+
+def test_discriminator_flip_changes_only_which_way_d_sees_each_pair(tmp_path):
+    """On left-right symmetric images, human maps and generated maps (the generator's logits given) a flip
+    changes nothing, so D's update with train.discriminator_flip equals the one without; on the real
+    batch it differs. G never moves."""
+
+    def d_after_a_step(images, targets, logits, flip):
+        torch.manual_seed(0)
+        params, _, models, _, _ = models_and_batch(tmp_path, discriminator_flip=flip)
+        g_before = clone(models.generator)
+        discriminator_step(models, images, targets, params, logits)
+        assert same_weights(clone(models.generator), g_before)
+        return clone(models.discriminator)
+
+    _, _, _, images, targets = models_and_batch(tmp_path)
+    logits = torch.randn_like(targets)
+    batch = images, targets, logits
+    symmetric = [(t + t.flip(-1)) / 2 for t in batch]
+    assert same_weights(d_after_a_step(*symmetric, flip=True), d_after_a_step(*symmetric, flip=False))
+    assert not same_weights(d_after_a_step(*batch, flip=True), d_after_a_step(*batch, flip=False))
 
 
 def test_a_generator_step_leaves_the_discriminator_unchanged_and_trainable(tmp_path):
