@@ -405,7 +405,8 @@ def test_the_settings_build_the_original_discriminator_and_decoder():
     )
     assert plain.image_input == "normalised" and any(n.endswith("original0") for n, _ in plain.named_parameters())
     assert build_generator(model.model_copy(update={"decoder_init": "he"})).decoder_init == "he"
-    assert disc.features[2].out_channels == 32  # the default width: the paper's D
+    paper = build_discriminator(model.model_copy(update={"discriminator_width": 1.0}), (64, 48))
+    assert [m.out_channels for m in paper.features if isinstance(m, torch.nn.Conv2d)] == [3, 32, 64, 64, 64, 64]
     narrow = build_discriminator(model.model_copy(update={"discriminator_width": 0.25}), (64, 48))
     assert [m.out_channels for m in narrow.features if isinstance(m, torch.nn.Conv2d)] == [3, 8, 16, 16, 16, 16]
 
