@@ -198,7 +198,8 @@ def write_figures(params: Params, metrics: dict, val: SplitArrays, predictions, 
         f"G warm-up {train.g_warmup_steps} steps",
         "losses": f"alpha {train.alpha}, content {describe_content_loss(train.content_loss, train.content_downsample)}"
         f", D loss {train.discriminator_loss}",
-        "discriminator": f"image {model.discriminator_image}, weight-norm gain {model.discriminator_weight_norm_gain}",
+        "discriminator": f"width {model.discriminator_width}, image {model.discriminator_image}, weight-norm gain "
+        f"{model.discriminator_weight_norm_gain}, pairs flipped {train.discriminator_flip}",
     }
     figures = {
         "examples": ("Val examples: best, median and worst by NSS (seed paper Fig. 4)", reports.examples),

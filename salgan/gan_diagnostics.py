@@ -10,8 +10,8 @@ with its human map (real) and once with the generator's map (fake):
 - ``d_real``, ``d_fake``: the mean probability D gives the real and the fake pairs (a learning D pulls
   them apart; a collapsed one gives both the same);
 - ``d_dead_units``: the share of D's ReLU channels (the 1x1 merge layer's 3 and the convolutions' 32 +
-  4 x 64) that are zero at every position of every pair: such a channel passes no gradient, and a D
-  whose merge layer is dead sees nothing at all.
+  4 x 64 at ``model.discriminator_width`` 1) that are zero at every position of every pair: such a
+  channel passes no gradient, and a D whose merge layer is dead sees nothing at all.
 """
 
 from __future__ import annotations

@@ -147,6 +147,8 @@ class ModelParams(Section):
     freeze_blocks: Annotated[int, trust(KNOB)] = Field(default=0, ge=0, le=STAGES)
     # channel multiplier (vgg16, mobilenet_v3_large); 1.0: as published
     width: Annotated[float, trust(KNOB)] = Field(default=0.125, gt=0, le=MAX_WIDTH)
+    # D's conv channels (32, 64) times this; 1.0: as published. Not tied to width: D is the same for every G
+    discriminator_width: Annotated[float, trust(KNOB)] = Field(default=0.25, gt=0, le=MAX_WIDTH)
     discriminator_first_pool: Annotated[Literal[2, 4], trust(KNOB)] = 4  # 4 in the original code, 2 in the paper's
     # weight norm on conv3_1/conv3_2 as the original code; not in the paper
     discriminator_weight_norm: Annotated[bool, trust(KNOB)] = True
@@ -176,8 +178,8 @@ class TrainParams(Section):
     bce_epochs: Annotated[int, trust(KNOB)] = Field(default=10, ge=0)
     batch_size: Annotated[PositiveInt, trust(KNOB)] = Field(default=8, le=MAX_BATCH)  # global, split across processes
     # the adversarial phase's (and the BCE phase's without lr_bce)
-    lr_generator: Annotated[float, trust(KNOB)] = Field(default=3e-4, gt=0)
-    lr_discriminator: Annotated[float, trust(KNOB)] = Field(default=5e-3, gt=0)
+    lr_generator: Annotated[float, trust(KNOB)] = Field(default=5e-5, gt=0)
+    lr_discriminator: Annotated[float, trust(KNOB)] = Field(default=1e-2, gt=0)
     # the paper's L2 1e-4; the original computes it, never adds it
     weight_decay: Annotated[float, trust(KNOB)] = Field(default=0.0, ge=0)
     decay_biases: Annotated[bool, trust(KNOB)] = False  # false: weights only, as Lasagne's l2 regularisation
@@ -196,11 +198,13 @@ class TrainParams(Section):
     # Nesterov momentum (0.5 in the original's BCE script)
     bce_momentum: Annotated[float, trust(KNOB)] = Field(default=0.5, ge=0, lt=1)
     # D updates per G update (1 in the original)
-    d_steps_per_g: Annotated[PositiveInt, trust(KNOB)] = Field(default=4, le=64)
+    d_steps_per_g: Annotated[PositiveInt, trust(KNOB)] = Field(default=8, le=64)
     # the adversarial G lr rises linearly over this many G updates
     g_warmup_steps: Annotated[int, trust(KNOB)] = Field(default=0, ge=0)
     # the first N val images: D's accuracy etc. each adversarial epoch
     diagnostics_images: Annotated[PositiveInt, trust(KNOB)] = Field(default=64, le=4096)
+    # each of D's training pairs mirrored left-right (image and map together) with probability 1/2
+    discriminator_flip: Annotated[bool, trust(KNOB)] = True
     # mean of the real and fake BCE (original) or their sum
     discriminator_loss: Annotated[Literal["mean", "sum"], trust(KNOB)] = "mean"
     content_downsample: Annotated[PositiveInt, trust(KNOB)] = 4  # BCE on maps average-pooled 4x4 (paper Table 2)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
@@ -195,13 +196,14 @@ def content_step(models: Models, images, targets, params: Params, fixations=None
 
 
 def discriminator_step(
-    models: Models, images, targets, params: Params, logits=None, fixations=None
+    models: Models, images, targets, params: Params, logits=None, fixations=None, mirror=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """1. The discriminator learns to tell real maps from generated ones (Eq. 3); G does not change.
 
     ``logits``: the generator's output for this batch when a G step follows on the same batch (the
     ``both`` schedule); otherwise G runs here without a graph. Real and fake go through D in one batch:
-    one DDP reduction, larger kernels. Returns (D loss, content loss of the generated maps).
+    one DDP reduction, larger kernels. ``mirror``: which of the real then the fake pairs D sees mirrored
+    (:func:`flip_mask`). Returns (D loss, content loss of the generated maps).
     """
     cfg = params.train
     with autocast(images.device):
@@ -209,10 +211,31 @@ def discriminator_step(
             with torch.no_grad():
                 logits = models.g_step(images, return_logits=True)
         fake = saliency_of(logits.detach(), params.model.output).to(targets.dtype)
-        both = models.d_step(torch.cat([images, images]), torch.cat([targets, fake]))
+        pairs = torch.cat([images, images]), torch.cat([targets, fake])
+        if mirror is not None:
+            pairs = flip_pairs(*pairs, mirror)
+        both = models.d_step(*pairs)
     d_loss = discriminator_loss(*both.chunk(2), reduction=cfg.discriminator_loss)
     _update(models.opt_d, d_loss)
     return d_loss.detach(), content_of(params)(logits.detach(), targets, fixations)
+
+
+def flip_pairs(images: torch.Tensor, maps: torch.Tensor, mirror: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (image, map) pairs where ``mirror`` (bool, one per pair) is set mirrored left-right, image and
+    map together: D's training pairs doubled against memorising the few offline images
+    (``train.discriminator_flip``)."""
+    where = mirror.view(-1, 1, 1, 1)
+    return torch.where(where, images.flip(-1), images), torch.where(where, maps.flip(-1), maps)
+
+
+def flip_mask(seed: int, step: int, d_step: int, per_rank: int, rank: int, world: int) -> torch.Tensor:
+    """Which of this rank's real then fake pairs D sees mirrored on its update ``d_step`` of adversarial
+    batch ``step``: a coin per pair of the global batch from a generator seeded by (seed, step, d_step),
+    rank r taking every world-th (as its images, :func:`epoch_batches`). The same pairs are mirrored
+    whatever the world size, and a resumed run draws what the uninterrupted one drew."""
+    coins = torch.Generator().manual_seed((seed * 1_000_003 + step) * 128 + d_step)
+    heads = torch.rand(2, per_rank * world, generator=coins) < 0.5
+    return heads[:, rank::world].reshape(-1)
 
 
 def generator_step(
@@ -281,6 +304,13 @@ def train_one_epoch(
     the mean over G updates, ``d_loss`` over D updates, ``content_loss`` over every batch.
     """
     cfg, device = params.train, split.device
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+    def mirror(step: int, d_step: int, per_rank: int) -> torch.Tensor | None:
+        if not cfg.discriminator_flip:
+            return None
+        return flip_mask(cfg.seed, step, d_step, per_rank, rank, world).to(device)
+
     models.generator.train()
     models.discriminator.train()
     # g_loss, g updates, d_loss, d updates, content, batches
@@ -298,8 +328,9 @@ def train_one_epoch(
             if cfg.adversarial_schedule == "both":
                 with autocast(device):
                     logits = models.g_step(images, return_logits=True)  # one generator forward serves every step
-                for _ in range(cfg.d_steps_per_g):
-                    d_loss = d_loss + discriminator_step(models, images, targets, params, logits, fixations)[0]
+                for d_step in range(cfg.d_steps_per_g):
+                    flips = mirror(first_step + i, d_step, len(images))
+                    d_loss = d_loss + discriminator_step(models, images, targets, params, logits, fixations, flips)[0]
                 d_n = one * cfg.d_steps_per_g
                 g_loss, content = generator_step(models, images, targets, params, logits, fixations, lr)
                 g_n = one
@@ -307,7 +338,8 @@ def train_one_epoch(
                 g_loss, content = generator_step(models, images, targets, params, fixations=fixations, lr=lr)
                 g_n = one
             else:
-                d_loss, content = discriminator_step(models, images, targets, params, fixations=fixations)
+                flips = mirror(first_step + i, 0, len(images))
+                d_loss, content = discriminator_step(models, images, targets, params, fixations=fixations, mirror=flips)
                 d_n = one
         # d_loss holds the sum over this batch's D updates (zero without one)
         totals += torch.stack([g_loss * g_n, g_n, d_loss, d_n, content, one]).double()

@@ -98,6 +98,19 @@ def test_discriminator_outputs_one_logit_per_pair(first_pool):
         torch.testing.assert_close(disc(images, maps), torch.full((3,), 0.3))
 
 
+@pytest.mark.parametrize(("width", "wide", "narrow"), [(1.0, 32, 64), (0.25, 8, 16), (0.01, 1, 1)])
+def test_discriminator_width_scales_its_conv_channels_and_nothing_else(width, wide, narrow):
+    """model.discriminator_width: the 3x3 convolutions' 32 and 64 channels times the width (rounded, at
+    least 1); the 1x1 merge layer (4 -> 3), FC 100, FC 2 and FC 1 stay the paper's, FC 100 reading what
+    the last pool leaves (channels x 4 x 3 at 64x48 with first pool 4)."""
+    disc = Discriminator(input_size=(64, 48), width=width)
+    convs = [(m.in_channels, m.out_channels) for m in disc.features if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [(4, 3), (3, wide), (wide, narrow), *[(narrow, narrow)] * 3]
+    linears = [(m.in_features, m.out_features) for m in disc.classifier if isinstance(m, torch.nn.Linear)]
+    assert linears == [(narrow * 4 * 3, 100), (100, 2), (2, 1)]
+    assert disc(torch.rand(2, 3, 48, 64), torch.rand(2, 1, 48, 64)).shape == (2,)
+
+
 def test_discriminator_rejects_indivisible_input():
     with pytest.raises(ValueError, match="divisible"):
         Discriminator(input_size=(100, 60), first_pool=4)
@@ -392,6 +405,10 @@ def test_the_settings_build_the_original_discriminator_and_decoder():
     )
     assert plain.image_input == "normalised" and any(n.endswith("original0") for n, _ in plain.named_parameters())
     assert build_generator(model.model_copy(update={"decoder_init": "he"})).decoder_init == "he"
+    paper = build_discriminator(model.model_copy(update={"discriminator_width": 1.0}), (64, 48))
+    assert [m.out_channels for m in paper.features if isinstance(m, torch.nn.Conv2d)] == [3, 32, 64, 64, 64, 64]
+    narrow = build_discriminator(model.model_copy(update={"discriminator_width": 0.25}), (64, 48))
+    assert [m.out_channels for m in narrow.features if isinstance(m, torch.nn.Conv2d)] == [3, 8, 16, 16, 16, 16]
 
 
 def test_load_generator_reads_a_state_dict_a_checkpoint_and_what_lies_beside_them(tmp_path):

@@ -29,6 +29,7 @@ def test_the_gpu_profile_gives_the_papers_settings():
     assert params.train.lr_generator == 3e-4 and params.train.batch_size == 32 and params.train.epochs == 100
     assert params.prepare.size == [256, 192] and params.model.encoder_weights == "imagenet"
     assert params.model.freeze_blocks == 3 and params.train.alpha == 0.05 and params.train.content_downsample == 4
+    assert params.model.discriminator_width == 1.0 and not params.train.discriminator_flip  # the original's D
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,8 @@ from salgan.train import (
     build_models,
     discriminator_step,
     epoch_batches,
+    flip_mask,
+    flip_pairs,
     generator_optimizer,
     generator_step,
     run,
@@ -85,6 +87,63 @@ def test_a_discriminator_step_leaves_the_generator_unchanged(tmp_path):
     discriminator_step(models, images, targets, params)
     assert same_weights(clone(models.generator), g_before)
     assert not same_weights(clone(models.discriminator), d_before)
+
+
+def test_flip_pairs_mirrors_exactly_the_marked_pairs_each_image_with_its_own_map():
+    torch.manual_seed(0)
+    images, maps = torch.rand(4, 3, 6, 8), torch.rand(4, 1, 6, 8)
+    mirror = torch.tensor([True, False, False, True])
+    flipped_images, flipped_maps = flip_pairs(images, maps, mirror)
+    for i, mirrored in enumerate(mirror.tolist()):
+        image, saliency = (images[i].flip(-1), maps[i].flip(-1)) if mirrored else (images[i], maps[i])
+        assert torch.equal(flipped_images[i], image) and torch.equal(flipped_maps[i], saliency)
+
+
+def test_flip_mask_draws_the_global_batch_whatever_the_world_size():
+    """Two ranks of 4 pairs each mirror what one process of 8 mirrors (rank r holds the global batch's
+    images r, r + 2, ...: epoch_batches), real pairs first then fake; each D update draws anew, a repeated
+    call draws the same, and about half the pairs are mirrored."""
+    alone = flip_mask(0, step=5, d_step=2, per_rank=8, rank=0, world=1).view(2, 8)
+    ranks = [flip_mask(0, step=5, d_step=2, per_rank=4, rank=r, world=2).view(2, 4) for r in (0, 1)]
+    interleaved = torch.stack(ranks, dim=-1).reshape(2, 8)
+    assert torch.equal(interleaved, alone)
+    assert torch.equal(flip_mask(0, 5, 2, 8, 0, 1), alone.reshape(-1))
+    draws = torch.stack([flip_mask(0, step, d_step, 8, 0, 1) for step in range(8) for d_step in range(8)])
+    assert len({tuple(d.tolist()) for d in draws}) == 64
+    assert 0.4 < draws.float().mean().item() < 0.6
+
+
+def test_discriminator_flip_changes_only_which_way_d_sees_each_pair(tmp_path):
+    """On left-right symmetric images, human maps and generated maps (the generator's logits given) a flip
+    changes nothing, so D's update with mirrored pairs equals the one without; on the real batch it
+    differs. G never moves."""
+
+    def d_after_a_step(images, targets, logits, mirror):
+        params, _, models, _, _ = models_and_batch(tmp_path)
+        g_before = clone(models.generator)
+        discriminator_step(models, images, targets, params, logits, mirror=mirror)
+        assert same_weights(clone(models.generator), g_before)
+        return clone(models.discriminator)
+
+    _, _, _, images, targets = models_and_batch(tmp_path)
+    logits = torch.randn_like(targets)
+    mirror = torch.ones(2 * len(images), dtype=torch.bool)
+    batch = images, targets, logits
+    symmetric = [(t + t.flip(-1)) / 2 for t in batch]
+    assert same_weights(d_after_a_step(*symmetric, mirror), d_after_a_step(*symmetric, None))
+    assert not same_weights(d_after_a_step(*batch, mirror), d_after_a_step(*batch, None))
+
+
+@pytest.mark.parametrize("schedule", ["both", "alternate"])
+def test_train_discriminator_flip_reaches_d_in_both_schedules(tmp_path, schedule):
+    """Two adversarial batches: with train.discriminator_flip D ends elsewhere than without (the models
+    start from the same seed)."""
+    ends = []
+    for flip in (True, False):
+        params, split, models, _, _ = models_and_batch(tmp_path, adversarial_schedule=schedule, discriminator_flip=flip)
+        train_one_epoch(models, split, [torch.arange(i * 8, i * 8 + 8) for i in range(2)], True, params, 0)
+        ends.append(clone(models.discriminator))
+    assert not same_weights(*ends)
 
 
 def test_a_generator_step_leaves_the_discriminator_unchanged_and_trainable(tmp_path):
@@ -287,9 +346,14 @@ def test_training_reduces_the_content_loss(tmp_path):
 
 
 def discriminator_record(tmp_path, **train_overrides) -> list[dict]:
-    """history.json's adversarial epochs of a tiny run with D's image normalised and fixed weight-norm gain."""
-    params = to_dict(tiny_params(tmp_path, **train_overrides))
-    params["model"] |= {"discriminator_image": "normalised", "discriminator_weight_norm_gain": "fixed"}
+    """history.json's adversarial epochs of a tiny run with the paper's D (width 1, pairs as they are), its
+    image normalised and fixed weight-norm gain."""
+    params = to_dict(tiny_params(tmp_path, **({"discriminator_flip": False} | train_overrides)))
+    params["model"] |= {
+        "discriminator_image": "normalised",
+        "discriminator_weight_norm_gain": "fixed",
+        "discriminator_width": 1.0,
+    }
     run(params_from_dict(params))
     return [h for h in json.loads((tmp_path / "models" / HISTORY_FILE).read_text()) if h["phase"] == "adversarial"]
 

@@ -73,6 +73,7 @@ def build_discriminator(model_params, input_size: tuple[int, int]) -> Discrimina
         weight_norm=model_params.discriminator_weight_norm,
         weight_norm_gain=model_params.discriminator_weight_norm_gain,
         image_input=model_params.discriminator_image,
+        width=model_params.discriminator_width,
     )
 
 

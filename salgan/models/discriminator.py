@@ -21,12 +21,14 @@ class Discriminator(nn.Module):
     about -2..2, closer to the map's 0..1).
     Layers: 1x1 conv 4->3 + ReLU; conv 32; max-pool ``first_pool`` (4 in the original code, 2 in the
     paper's table); conv 64, conv 64, max-pool 2; conv 64, conv 64, max-pool 2; FC 100 tanh; FC 2 tanh;
-    FC 1. The final sigmoid is folded into the loss (BCE with logits), which is the same function and
-    stays finite under bf16 autocast. With ``weight_norm`` (the original code; the paper does not mention
-    it) conv3_1 and conv3_2 are weight-normalised (Salimans & Kingma 2016), w = g v / ||v|| per filter:
-    ``weight_norm_gain`` ``fixed`` is the original's (its WeightNormLayer has ``train_g=False``, g = 1, and
-    ||v|| = sqrt(1e-6 + sum v^2)), so each filter keeps unit norm and only its direction learns;
-    ``trainable`` is PyTorch's weight norm, g a parameter starting at ||v||.
+    FC 1. ``width`` scales the conv layers' 32 and 64 channels (rounded, at least 1), not the 1x1 merge
+    layer nor the FC layers; 1.0 is the paper's D. The final sigmoid is folded into the loss (BCE with
+    logits), which is the same function and stays finite under bf16 autocast. With ``weight_norm`` (the
+    original code; the paper does not mention it) conv3_1 and conv3_2 are weight-normalised (Salimans &
+    Kingma 2016), w = g v / ||v|| per filter: ``weight_norm_gain`` ``fixed`` is the original's (its
+    WeightNormLayer has ``train_g=False``, g = 1, and ||v|| = sqrt(1e-6 + sum v^2)), so each filter keeps
+    unit norm and only its direction learns; ``trainable`` is PyTorch's weight norm, g a parameter
+    starting at ||v||.
     """
 
     def __init__(
@@ -36,11 +38,13 @@ class Discriminator(nn.Module):
         weight_norm: bool = True,
         weight_norm_gain: Literal["fixed", "trainable"] = "trainable",
         image_input: Literal["raw", "normalised"] = "normalised",
+        width: float = 1.0,
     ):
         super().__init__()
         if image_input not in ("raw", "normalised") or weight_norm_gain not in ("fixed", "trainable"):
             raise ValueError(f"unknown discriminator input {image_input!r} or weight-norm gain {weight_norm_gain!r}")
         self.image_input = image_input
+        wide, narrow = max(1, round(32 * width)), max(1, round(64 * width))
         width, height = input_size
         reduction = first_pool * 4
         if width % reduction or height % reduction:
@@ -51,16 +55,16 @@ class Discriminator(nn.Module):
 
         self.features = nn.Sequential(
             *conv(4, 3, kernel=1),
-            *conv(3, 32),
+            *conv(3, wide),
             nn.MaxPool2d(first_pool),
-            *conv(32, 64),
-            *conv(64, 64),
+            *conv(wide, narrow),
+            *conv(narrow, narrow),
             nn.MaxPool2d(2),
-            *conv(64, 64),
-            *conv(64, 64),
+            *conv(narrow, narrow),
+            *conv(narrow, narrow),
             nn.MaxPool2d(2),
         )
-        flat = 64 * (width // reduction) * (height // reduction)
+        flat = narrow * (width // reduction) * (height // reduction)
         self.classifier = nn.Sequential(nn.Linear(flat, 100), nn.Tanh(), nn.Linear(100, 2), nn.Tanh(), nn.Linear(2, 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
