@@ -3,11 +3,11 @@
 In a fresh clone of this checkout (git clone of HEAD: commit first; nothing of the checkout's own DVC
 cache, experiments or MLflow store is touched) it runs
 
-    salgan ablation run --arms ARMS --seeds N --profile <MLflow off>
+    salgan ablation run --scores-only --arms ARMS --seeds N --profile <MLflow off>
     salgan ablation show --reference REFERENCE
 
-that is one ``dvc exp run`` per arm and seed of the whole pipeline (download of the generated sample,
-prepare, train, evaluate, predict, package), then the table of mean +- std over the seeds and each arm's
+that is one ``dvc exp run`` per arm and seed up to the evaluate stage (download of the generated sample,
+prepare, train, evaluate: the scores the table reads), then the table of mean +- std over the seeds and each arm's
 paired bootstrap interval against the reference arm. The ImageNet arms need torchvision's VGG16 ImageNet
 weights in torch.hub's cache (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``) and train the full-width
 VGG16 (64 times the offline model's convolutions: hours per arm on a CPU); without the file they are left
