@@ -124,11 +124,14 @@ def _other_images(i: int, n_images: int, k: int) -> np.ndarray:
 
 def _sauc_negatives(i: int, flat: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
     """Distinct flat indices of the fixations of image i's sAUC reference images."""
-    n_images = offsets.size - 1
-    stop = i + 1 + min(k, n_images - 1)  # the images after i, cyclically: one run of fixations, or two
-    parts = flat[offsets[i + 1] : offsets[min(stop, n_images)]]
-    if stop > n_images:
-        parts = np.concatenate((parts, flat[: offsets[stop - n_images]]))
+    others = _other_images(i, offsets.size - 1, k)
+    if others.size == 0:
+        return flat[:0]
+    first, last = int(others[0]), int(others[-1])  # one run of their fixations, or two where they wrap
+    if first <= last:
+        parts = flat[offsets[first] : offsets[last + 1]]
+    else:
+        parts = np.concatenate((flat[offsets[first] : offsets[-1]], flat[: offsets[last + 1]]))
     parts = np.sort(parts)
     if parts.size == 0:
         return parts

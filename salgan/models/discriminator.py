@@ -45,10 +45,10 @@ class Discriminator(nn.Module):
             raise ValueError(f"unknown discriminator input {image_input!r} or weight-norm gain {weight_norm_gain!r}")
         self.image_input = image_input
         wide, narrow = max(1, round(32 * width)), max(1, round(64 * width))
-        width, height = input_size
+        columns, rows = input_size
         reduction = first_pool * 4
-        if width % reduction or height % reduction:
-            raise ValueError(f"discriminator input {width}x{height} must be divisible by {reduction}")
+        if columns % reduction or rows % reduction:
+            raise ValueError(f"discriminator input {columns}x{rows} must be divisible by {reduction}")
 
         def conv(cin: int, cout: int, kernel: int = 3) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.ReLU(inplace=True)]
@@ -64,7 +64,7 @@ class Discriminator(nn.Module):
             *conv(narrow, narrow),
             nn.MaxPool2d(2),
         )
-        flat = narrow * (width // reduction) * (height // reduction)
+        flat = narrow * (columns // reduction) * (rows // reduction)
         self.classifier = nn.Sequential(nn.Linear(flat, 100), nn.Tanh(), nn.Linear(100, 2), nn.Tanh(), nn.Linear(2, 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
