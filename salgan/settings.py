@@ -185,8 +185,8 @@ class TrainParams(Section):
     decay_biases: Annotated[bool, trust(KNOB)] = False  # false: weights only, as Lasagne's l2 regularisation
     # Lasagne's: lr g / sqrt(sum g^2 + eps); 0: PyTorch's form
     adagrad_epsilon: Annotated[float, trust(KNOB)] = Field(default=1e-6, ge=0)
-    # weight of the content loss; 1/20 in the original code
-    alpha: Annotated[float, trust(KNOB)] = Field(default=0.05, ge=0)
+    # weight of the content loss in G's adversarial loss; 1/20 in the original code, 20 offline (params.yaml)
+    alpha: Annotated[float, trust(KNOB)] = Field(default=20.0, ge=0)
     # both: D steps then a G step on every batch; alternate (the original): one batch to D, the next to G
     adversarial_schedule: Annotated[Literal["alternate", "both"], trust(KNOB)] = "both"
     # a fresh G optimiser for the adversarial phase, as the original

@@ -162,6 +162,7 @@ def tiny_params(tmp_path: Path, **train_overrides):
         "lr_discriminator": 1e-3,
         "adversarial_schedule": "alternate",  # the original's schedule: what the schedule tests count
         "d_steps_per_g": 1,
+        "alpha": 0.05,  # the original's content weight, which the adversarial tests were written against
         "device": "cpu",
         "nproc": 1,
     }

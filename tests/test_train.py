@@ -17,7 +17,7 @@ from salgan import train as train_module
 from salgan.data import load_split
 from salgan.distributed import DistInfo
 from salgan.layout import ModelFiles
-from salgan.settings import params_from_dict, to_dict
+from salgan.settings import Params, params_from_dict, to_dict
 from salgan.train import (
     adagrad,
     adversarial_turn,
@@ -369,6 +369,32 @@ def test_a_discriminator_set_to_learn_beats_chance_on_held_out_pairs_and_a_froze
     frozen = discriminator_record(tmp_path / "frozen", lr_discriminator=1e-12, **(learning | {"epochs": 3}))
     assert all(abs(h["d_accuracy"] - 0.5) <= 0.1 and abs(h["d_real"] - h["d_fake"]) < 0.01 for h in frozen)
     assert all(h["d_dead_units"] < 0.5 for h in learnt + frozen)
+
+
+def offline_adversarial_record(tmp_path, **train_overrides) -> list[dict]:
+    """history.json of a tiny run (3 BCE epochs, then 2 adversarial) whose adversarial phase has the offline
+    default's settings (params.yaml): D's width, D steps, rates, schedule, alpha; mirrored pairs (tiny_params
+    keeps that default)."""
+    defaults = Params()
+    names = ("alpha", "adversarial_schedule", "d_steps_per_g", "lr_generator", "lr_discriminator")
+    offline = {name: getattr(defaults.train, name) for name in names} | {"lr_bce": 3e-3}
+    params = to_dict(tiny_params(tmp_path, epochs=5, bce_epochs=3, **(offline | train_overrides)))
+    params["model"]["discriminator_width"] = defaults.model.discriminator_width
+    run(params_from_dict(params))
+    return json.loads((tmp_path / "models" / HISTORY_FILE).read_text())
+
+
+def test_the_offline_defaults_adversarial_phase_teaches_d_and_keeps_gs_content_fit(tmp_path):
+    """Issue 28's balance on the tiny data: under the offline default D's held-out accuracy leaves chance and
+    G's val content loss goes on falling through the adversarial epochs; the same run at the original's
+    content weight (alpha 0.05) lets G chase D away from the content fit (val content loss up 5% offline)."""
+    kept = offline_adversarial_record(tmp_path / "default")
+    after_bce = kept[2]["val_content_loss"]
+    assert kept[-1]["d_accuracy"] > 0.6 and kept[-1]["d_real"] > kept[-1]["d_fake"]
+    assert all(h["val_content_loss"] < after_bce for h in kept[3:])
+    chased = offline_adversarial_record(tmp_path / "original-alpha", alpha=0.05)
+    assert chased[2]["val_content_loss"] == after_bce  # the same BCE phase: alpha acts in the adversarial one only
+    assert chased[-1]["val_content_loss"] > 1.03 * after_bce
 
 
 @pytest.mark.parametrize(("reset", "g_updates"), [(True, 2), (False, 4 + 2)])
