@@ -387,7 +387,7 @@ def offline_adversarial_record(tmp_path, **train_overrides) -> list[dict]:
 def test_the_offline_defaults_adversarial_phase_teaches_d_and_keeps_gs_content_fit(tmp_path):
     """Issue 28's balance on the tiny data: under the offline default D's held-out accuracy leaves chance and
     G's val content loss goes on falling through the adversarial epochs; the same run at the original's
-    content weight (alpha 0.05) lets G chase D away from the content fit (val content loss up 5% offline)."""
+    content weight (alpha 0.05) lets G chase D away from the content fit (val content loss up 5% here)."""
     kept = offline_adversarial_record(tmp_path / "default")
     after_bce = kept[2]["val_content_loss"]
     assert kept[-1]["d_accuracy"] > 0.6 and kept[-1]["d_real"] > kept[-1]["d_fake"]
