@@ -38,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,6 +109,40 @@ def _torch():
     import torch
 
     return torch
+
+
+_KERNELS_UNSET = object()
+_kernels_module: Any = _KERNELS_UNSET
+
+
+def _kernels():
+    """:mod:`salgan.metric_kernels` (numba's compiled passes), or None where numba cannot be imported, cannot
+    compile here, or ``SALGAN_METRICS_KERNELS=numpy`` asks for numpy's and torch's passes.
+
+    Loaded on first use, like torch: numba's import and its cached kernels take about 0.7 s (their first
+    compilation on a machine 2-3 s, kept in numba's cache) that importing this module should not cost.
+    """
+    global _kernels_module
+    if _kernels_module is _KERNELS_UNSET:
+        _kernels_module = None
+        if os.environ.get("SALGAN_METRICS_KERNELS", "numba") != "numpy":
+            try:
+                from salgan import metric_kernels
+
+                metric_kernels.warm_up()
+            except ImportError:  # numba not installed, or too old for this numpy
+                pass
+            except Exception as error:  # noqa: BLE001 -- a compiler failure must not stop the scoring
+                message = f"salgan.metrics: numba could not compile the metrics' passes ({error}); using numpy's"
+                warnings.warn(message, stacklevel=3)
+            else:
+                _kernels_module = metric_kernels
+    return _kernels_module
+
+
+def warm_up_kernels() -> None:
+    """Load the compiled passes now (see :func:`_kernels`), so that processes forked from this one have them."""
+    _kernels()
 
 
 @contextlib.contextmanager
@@ -273,22 +309,73 @@ class PreparedMap:
             work = None if buffer is None else _scratch(buffer.size)[_RESIZE_ROW]
             a = _resize(_as_map(raw, name), target, buffer, work)
         else:
-            a = _float64(_checked(raw, name, finite=False), buffer)
+            a = _checked(raw, name, finite=False)
         self.shape: tuple[int, int] = a.shape
         self.size: int = a.size
-        self.values: np.ndarray = a.reshape(-1)
-        if raw.dtype.kind == "f" and not resizing:
-            # A sum is finite only if every term is (a non-finite one may also be an overflow): the sum,
-            # needed anyway, spares a pass over the map to check it.
+        # An 8-bit map as given (an eighth of the memory), for the passes that can read it; its values are
+        # the levels of KLD's table (_PairPass).
+        self.levels: np.ndarray | None = raw.reshape(-1) if self.integral and raw.dtype == np.uint8 else None
+        kernels = _kernels()
+        # The float64 values; where the compiled passes read the 8-bit map itself they are converted on
+        # first use, which a ground truth's may never see.
+        self._values: np.ndarray | None = None
+        self._buffer = buffer
+        if kernels is None or self.levels is None:
+            self._values = _float64(a, buffer).reshape(-1)
+        if kernels is not None:  # min, max, sum and the sums for the mean and variance in one compiled pass
+            self.min, self.max, self.total, *self._pivot_sums = kernels.map_stats(self._kernel_source)
+        elif raw.dtype.kind == "f" and not resizing:
             with np.errstate(over="ignore"):
                 self.total = float(self.values.sum())
-            if not math.isfinite(self.total) and not np.isfinite(self.values).all():
-                _not_finite(name)
+        # A sum is finite only if every term is (a non-finite one may also be an overflow): the sum,
+        # needed anyway, spares a pass over the map to check it.
+        finite_sum = raw.dtype.kind != "f" or resizing or math.isfinite(self.total)
+        if not finite_sum and not np.isfinite(self.values).all():
+            _not_finite(name)
         # Min and max are read from the array as given when it holds small integers (an 8-bit map: an
         # eighth of the memory); the conversion to float64 is monotone, so they are the same numbers.
-        self._extremes_of = raw if self.integral and raw.dtype.itemsize <= 4 else self.values
+        self._extremes_of = raw if self.integral and raw.dtype.itemsize <= 4 else a
         self._sum_sq: float | None = None
+        self._kernel_sums: tuple[float, float, float] | None = None
         self._fixated: tuple[Fixations, np.ndarray] | None = None
+
+    @property
+    def values(self) -> np.ndarray:
+        """The float64 values in C order (1-D)."""
+        if self._values is None:
+            self._values = _float64(self.levels.reshape(self.shape), self._buffer).reshape(-1)
+        return self._values
+
+    @property
+    def _kernel_source(self) -> np.ndarray:
+        """What the compiled passes read: the 8-bit map as given, else the float64 values."""
+        return self.values if self.levels is None else self.levels
+
+    def kernel_sums(self, kernels) -> tuple[float, float, float]:
+        """The mean, ``sum((v - mean)^2)`` (kept for :attr:`std`) and ``sum(v - min)``.
+
+        From the sums about a pivot ``p`` (the first value) that :func:`~salgan.metric_kernels.map_stats`
+        took with the min and max: ``mean = p + sum(v - p) / n``, and the squares moved from ``p`` to that
+        mean (the corrected two-pass algorithm, the pivot standing in for the first pass's mean). That is
+        exact to rounding while the pivot lies within a few standard deviations of the mean (and, for
+        ``sum(v - min)``, of the minimum); beyond :data:`_PIVOT_LIMIT` a second, centred pass
+        (:func:`~salgan.metric_kernels.centred_sums`) gives them.
+        """
+        if self._kernel_sums is None:
+            n, pivot = self.size, float(self._kernel_source[0])
+            deviation, squares = self._pivot_sums
+            mean, centred = _moved_moments(pivot, deviation, squares, n)
+            if self.min == 0 or self.integral:  # exact: the total, or a difference of integers
+                shifted, far_from_min = self.total - n * self.min, False
+            else:
+                shifted = deviation + n * (pivot - self.min)
+                far_from_min = abs(pivot - self.min) + (self.max - self.min) > _PIVOT_LIMIT * (mean - self.min)
+            if squares > _PIVOT_LIMIT**2 * centred or far_from_min:
+                squares, deviation, shifted = kernels.centred_sums(self._kernel_source, mean, self.min)
+                mean, centred = _moved_moments(mean, deviation, squares, n)
+            self._sum_sq = centred
+            self._kernel_sums = (mean, centred, shifted)
+        return self._kernel_sums
 
     def at(self, indices: np.ndarray) -> np.ndarray:
         """The values at flat ``indices``."""
@@ -326,6 +413,9 @@ class PreparedMap:
 
     @functools.cached_property
     def mean(self) -> float:
+        kernels = _kernels()
+        if kernels is not None:
+            return self.kernel_sums(kernels)[0]
         # Bit for bit ``values.mean()``, which is the same pairwise sum divided by the count.
         return self.total / self.size
 
@@ -343,8 +433,8 @@ class PreparedMap:
     @functools.cached_property
     def std(self) -> float:
         """Population standard deviation (ddof=0, pysaliency; the MIT NSS uses ddof=1)."""
-        if self._sum_sq is None:  # a fresh array: a scratch row may be in use by the caller
-            self.centre_into(np.empty(self.size))
+        if self._sum_sq is None:
+            _prepare_std(self, None)
         return float(np.sqrt(self._sum_sq / self.size))
 
     @functools.cached_property
@@ -361,6 +451,19 @@ class PreparedMap:
     def log2_density(self) -> np.ndarray:
         """``log2(eps + P)`` of :attr:`density`, for the information-gain baseline."""
         return np.log2(EPS + self.density)
+
+
+# How far (in standard deviations, or in mean distances from the minimum) the pivot of PreparedMap.kernel_sums
+# may lie before a second pass: its sums then lose at most about 64 ulps.
+_PIVOT_LIMIT = 8.0
+
+
+def _moved_moments(centre: float, deviation: float, squares: float, n: int) -> tuple[float, float]:
+    """The mean and ``sum((v - mean)^2)`` from ``sum(v - c)`` and ``sum((v - c)^2)`` about a centre ``c``:
+    ``sum((v - m)^2) = sum((v - c)^2) - 2 (m - c) sum(v - c) + n (m - c)^2`` for the rounded mean ``m``."""
+    mean = centre + deviation / n
+    step = mean - centre
+    return mean, max(squares - 2.0 * step * deviation + n * step * step, 0.0)
 
 
 class Fixations:
@@ -510,7 +613,8 @@ def _counts_at_or_above(
     2,000 at 640x480 with 500 fixations) are compared one by one, after sorting them. Maps given as integers are
     histogrammed by value instead, one bin per level, with no pixel left to compare.
 
-    ``shifted`` holds ``S - min(S)``; ``work`` (float64) and ``bins`` (intp) are scratch of the map's size.
+    ``shifted`` holds ``S - min(S)`` (None: computed here where needed); ``work`` (float64) and ``bins``
+    (intp) are scratch of the map's size.
     """
     n, low = smap.size, smap.min
     if smap.is_constant:  # every pixel equals every raw threshold; N is all zeros
@@ -518,13 +622,18 @@ def _counts_at_or_above(
     span = smap.max - low
     if smap.integral and span <= _COUNT_BINS:
         levels = int(span)  # pixel S = min + k sits in bin k, which no other value shares
-        np.copyto(bins, shifted, casting="unsafe")
+        np.copyto(bins, _shift_into(smap, work) if shifted is None else shifted, casting="unsafe")
         at_or_above = np.cumsum(np.bincount(bins, minlength=levels + 1)[::-1])[::-1]
         at_or_above = np.append(at_or_above, 0)
         level_norm = np.arange(levels + 1, dtype=np.float64) / span  # N of each level, as normalise_minmax
         raw_ge = at_or_above[(raw - low).astype(np.intp)]
         return raw_ge, at_or_above[np.searchsorted(level_norm, unit, side="left")]
 
+    kernels = _kernels()
+    if kernels is not None and n < -_MARKED:
+        return _counts_by_kernel(kernels, smap, raw, unit, work)
+    if shifted is None:
+        shifted = _shift_into(smap, work)
     norm = shifted if span == 1 else np.divide(shifted, span, out=work)  # N, exactly
     np.multiply(norm, _COUNT_BINS, out=bins, casting="unsafe")  # truncated to an integer: floor, as N >= 0
     hist = np.bincount(bins, minlength=_COUNT_BINS + 1)
@@ -545,13 +654,63 @@ def _counts_at_or_above(
     return raw_ge, unit_ge
 
 
+def _counts_by_kernel(
+    kernels, smap: PreparedMap, raw: np.ndarray, unit: np.ndarray, candidates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_counts_at_or_above` of a float map by the compiled histogram (``candidates``: float64 scratch
+    of the map's size).
+
+    Its bin, ``int((S - min) * 2^16 / span)``, is non-decreasing in S and computed in the same IEEE order
+    as here, so a raw threshold's bin is the bin its value has among the pixels. AUC-Borji's thresholds
+    live on the normalised map, ``N = (S - min) / span``, whose ``N * 2^16`` differs from the bin's
+    product by a rounding: the bins either side of theirs are compared one by one too. A pixel in any
+    unmarked bin above a threshold's is above the threshold.
+    """
+    n, low = smap.size, smap.min
+    span = smap.max - low
+    scale = _COUNT_BINS / span
+    raw_all, unit_all, unit_none = raw <= low, unit <= 0, unit > 1
+    raw_bins = np.clip((raw - low) * scale, 0, _COUNT_BINS).astype(np.intp)
+    unit_bins = np.floor(np.clip(unit, 0.0, 1.0) * _COUNT_BINS).astype(np.intp)
+    unit_marked = unit_bins[~(unit_all | unit_none)]
+    marked = np.concatenate((raw_bins[~raw_all], np.maximum(unit_marked - 1, 0), unit_marked, unit_marked + 1))
+    hist, up_to = _count_buffers()
+    hist.fill(0)
+    hist[marked] = _MARKED  # the kernel copies these bins' pixels out instead of counting them
+    found = kernels.histogram(smap.values, low, scale, hist, candidates)
+    hist[marked] = 0
+    compared = np.sort(candidates[:found])
+    np.cumsum(hist, out=up_to)  # up_to[b]: the pixels of the other bins <= b
+    raw_ge = (up_to[-1] - up_to[raw_bins]) + (found - np.searchsorted(compared, raw, side="left"))
+    compared_norm = (compared - low) / span  # N, exactly as normalise_minmax computes it; still sorted
+    unit_ge = (up_to[-1] - up_to[unit_bins + 1]) + (found - np.searchsorted(compared_norm, unit, side="left"))
+    raw_ge[raw_all] = n
+    unit_ge[unit_all], unit_ge[unit_none] = n, 0
+    return raw_ge, unit_ge
+
+
+_MARKED = np.int32(-(1 << 30))  # below any count of a map under 2^30 pixels (larger ones: numpy's passes)
+
+
+def _count_buffers() -> tuple[np.ndarray, np.ndarray]:
+    """The compiled histogram's counts (int32: half the cache a 64-bit table takes, 10% faster) and their
+    cumulative sums (int64), ``_COUNT_BINS + 2`` each, reused per thread: a fresh 512 KB array costs its
+    page faults, 0.2 ms, on every call."""
+    buffers = getattr(_SCRATCH, "counts", None)
+    if buffers is None:
+        buffers = _SCRATCH.counts = tuple(np.empty(_COUNT_BINS + 2, dtype=t) for t in (np.int32, np.int64))
+    return buffers
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Metric kernels on prepared inputs
 
 
 def _trapezoid(fp: np.ndarray, tp: np.ndarray) -> np.ndarray:
     """Area under the curve(s) given by points along the last axis (MATLAB ``trapz(fp, tp)``)."""
-    return np.sum(np.diff(fp, axis=-1) * (tp[..., 1:] + tp[..., :-1]), axis=-1) / 2.0
+    widths = fp[..., 1:] - fp[..., :-1]  # np.diff's arithmetic, without its wrapper's cost
+    widths *= tp[..., 1:] + tp[..., :-1]
+    return widths.sum(axis=-1) / 2.0
 
 
 class _JuddThresholds:
@@ -637,7 +796,7 @@ def _sampled_auc(
     fp_curve = np.zeros((n_splits, tp_curve.size))  # per split: 0, the share of negatives >= t_j from the
     fp_curve[:, -1] = 1.0  # highest threshold down, 1
     np.divide(np.cumsum(drawn[:, ::-1], axis=1), n_negatives, out=fp_curve[:, 1:-1])
-    return float(_trapezoid(fp_curve, tp_curve).mean())
+    return float(_trapezoid(fp_curve, tp_curve).sum() / n_splits)  # np.mean's arithmetic
 
 
 def _auc_borji(fix: Fixations, at_or_above: np.ndarray, n_splits: int, tp_curve: np.ndarray, rng) -> float:
@@ -702,9 +861,110 @@ def _sim(p: np.ndarray, q: np.ndarray, work: np.ndarray) -> float:
     return float(np.minimum(p, q, out=work).sum())
 
 
-def _information_gain(density: np.ndarray, fix: Fixations, log2_baseline: np.ndarray) -> float:
-    gain = np.log2(EPS + density[fix.indices]) - log2_baseline[fix.indices]
+def _information_gain(fixated_density: np.ndarray, fix: Fixations, log2_baseline: np.ndarray) -> float:
+    """IG from the density at ``fix``'s pixels."""
+    gain = np.log2(EPS + fixated_density) - log2_baseline[fix.indices]
     return float(_dot(gain, fix.counts) / fix.total)
+
+
+def _fixated_density(smap: PreparedMap, fix: Fixations, work: np.ndarray) -> np.ndarray:
+    """:attr:`PreparedMap.density` at ``fix``'s pixels: computed there alone where the compiled passes run
+    (``work``, a scratch row, is then left alone), else from the whole density written into ``work``."""
+    kernels = _kernels()
+    if kernels is None:
+        return _density_into(smap, work)[fix.indices]
+    shift, total = _density_terms(kernels, smap)
+    if total <= 0:
+        return np.full(fix.indices.size, 1.0 / smap.size)
+    fixated = smap.at_fixations(fix)
+    return (fixated if shift == 0 else fixated - shift) / total
+
+
+def _density_terms(kernels, smap: PreparedMap) -> tuple[float, float]:
+    """The shift and the total of :attr:`PreparedMap.density` (``P = (S - shift) / total``)."""
+    if smap.min < 0:
+        return smap.min, smap.kernel_sums(kernels)[2]
+    return 0.0, smap.total
+
+
+_NO_LEVELS = np.zeros(0)  # the pair pass's table for a ground truth that is not 8-bit: ln G computed
+
+
+@functools.cache
+def _log_levels() -> np.ndarray:
+    """``ln k`` for the 256 levels of an 8-bit map, with 0 at level 0 (read-only: shared through the
+    cache)."""
+    with np.errstate(divide="ignore"):
+        table = np.log(np.arange(256, dtype=np.float64))
+    table[0] = 0.0
+    table.setflags(write=False)
+    return table
+
+
+def _pair_pass_applies(smap: PreparedMap, gt: PreparedMap) -> bool:
+    """Whether CC, KLD and SIM come from :class:`_PairPass` (compiled passes available, neither map constant,
+    both non-negative) rather than from numpy's and torch's passes."""
+    if _kernels() is None or smap.is_constant or gt.is_constant:
+        return False
+    return smap.min >= 0 and gt.min >= 0
+
+
+class _PairPass:
+    """CC, SIM and KLD of a prediction S against a ground truth Q from one compiled pass over both maps
+    (:func:`salgan.metric_kernels.pair_pass`), where :func:`_pair_pass_applies`.
+
+    KLD is ``sum Q ln(eps + Q / (P + eps))`` written as ``sum Q (ln Q - ln(P + eps))``: where Q > 0 the two
+    differ by ``Q ln(1 + eps (P + eps) / Q) <= eps (P + eps)``, at most about 2e-16 over the whole map,
+    and where Q = 0 both terms are 0. With ``P = S / T`` and ``Q = G / U`` (T, U the maps' totals) that is
+    ``sum G (ln G - ln(S + eps T)) / U + ln(T / U)``: one logarithm per pixel, and for an 8-bit ground
+    truth ``ln G`` from a table of its 256 levels.
+    """
+
+    def __init__(self, kernels, smap: PreparedMap, gt: PreparedMap):
+        _, s_squares, s_shifted = smap.kernel_sums(kernels)
+        _, g_squares, g_shifted = gt.kernel_sums(kernels)
+        cross, self.sim, divergence = kernels.pair_pass(
+            smap.values,
+            gt._kernel_source,
+            smap.mean,
+            gt.mean,
+            smap.min,
+            1.0 / s_shifted,
+            gt.min,
+            1.0 / g_shifted,
+            EPS * smap.total,
+            _log_levels() if gt.levels is not None else _NO_LEVELS,
+        )
+        self.cc = float(np.clip(cross / math.sqrt(s_squares * g_squares), -1.0, 1.0))
+        self.kld = divergence / gt.total + math.log(smap.total / gt.total)
+
+
+def _pair_metrics(smap: PreparedMap, gt: PreparedMap, work: np.ndarray, wanted: Sequence[str]) -> dict[str, float]:
+    """The ``wanted`` ones of CC, KLD and SIM of S against Q, as every caller computes them: from
+    :class:`_PairPass` where it applies (its one pass gives CC and SIM together), else from numpy's and
+    torch's passes in the scratch rows 0-2 of ``work``."""
+    kernels = _kernels()
+    if _pair_pass_applies(smap, gt):
+        pair = _PairPass(kernels, smap, gt)
+        return {"cc": pair.cc, "sim": pair.sim, "kld": pair.kld}
+    scores = {}
+    if "cc" in wanted:
+        scores["cc"] = _cc(smap, gt, smap.centre_into(work[0]), gt.centre_into(work[1]))
+    if "kld" in wanted:
+        scores["kld"] = _kld(_density_into(smap, work[0]), _density_into(gt, work[1]), work[2])
+    if "sim" in wanted:
+        scores["sim"] = _sim(_minmax_density_into(smap, work[0]), _minmax_density_into(gt, work[1]), work[2])
+    return scores
+
+
+def _prepare_std(smap: PreparedMap, work_row: np.ndarray | None) -> None:
+    """Compute the sum of squares behind ``smap.std`` (NSS): by the compiled pass, or by numpy's in
+    ``work_row`` (None: a fresh array, where a scratch row may be in use by the caller)."""
+    kernels = _kernels()
+    if kernels is not None:
+        smap.kernel_sums(kernels)
+    else:
+        smap.centre_into(np.empty(smap.size) if work_row is None else work_row)
 
 
 def _check_splits(n_splits: int) -> None:
@@ -745,9 +1005,7 @@ def auc_judd(saliency_map: Any, fixation_map: Any) -> float:
     smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
     judd = _JuddThresholds(smap, fix)
     work = _scratch(smap.size)
-    all_ge, _ = _counts_at_or_above(
-        smap, _shift_into(smap, work[0]), judd.values, np.empty(0), work[1], work[2].view(np.intp)
-    )
+    all_ge, _ = _counts_at_or_above(smap, None, judd.values, np.empty(0), work[1], work[2].view(np.intp))
     return _auc_judd(smap, fix, judd, all_ge)
 
 
@@ -783,9 +1041,7 @@ def auc_borji(
     smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
     work = _scratch(smap.size)
     thresholds = _borji_thresholds(step_size)
-    _, at_or_above = _counts_at_or_above(
-        smap, _shift_into(smap, work[0]), np.empty(0), thresholds, work[1], work[2].view(np.intp)
-    )
+    _, at_or_above = _counts_at_or_above(smap, None, np.empty(0), thresholds, work[1], work[2].view(np.intp))
     tp_curve = _positives_curve(smap, fix, thresholds)
     return _auc_borji(fix, at_or_above, int(n_splits), tp_curve, np.random.default_rng(seed))
 
@@ -844,7 +1100,7 @@ def nss(saliency_map: Any, fixation_map: Any) -> float:
     """
     fix = Fixations.from_map(fixation_map)
     smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
-    smap.centre_into(_scratch(smap.size)[0])
+    _prepare_std(smap, _scratch(smap.size)[0])
     return _nss(smap, fix)
 
 
@@ -861,8 +1117,7 @@ def cc(saliency_map: Any, saliency_map_gt: Any) -> float:
     """
     gt = PreparedMap(saliency_map_gt, "saliency_map_gt", buffer=_input_row(np.shape(saliency_map_gt), 1))
     smap = PreparedMap(saliency_map, shape=gt.shape, buffer=_input_row(gt.shape, 0))
-    work = _scratch(gt.size)
-    return _cc(smap, gt, smap.centre_into(work[0]), gt.centre_into(work[1]))
+    return _pair_metrics(smap, gt, _scratch(gt.size), ("cc",))["cc"]
 
 
 def kld(saliency_map: Any, saliency_map_gt: Any) -> float:
@@ -880,8 +1135,7 @@ def kld(saliency_map: Any, saliency_map_gt: Any) -> float:
     """
     gt = PreparedMap(saliency_map_gt, "saliency_map_gt", buffer=_input_row(np.shape(saliency_map_gt), 1))
     smap = PreparedMap(saliency_map, shape=gt.shape, buffer=_input_row(gt.shape, 0))
-    work = _scratch(gt.size)
-    return _kld(_density_into(smap, work[0]), _density_into(gt, work[1]), work[2])
+    return _pair_metrics(smap, gt, _scratch(gt.size), ("kld",))["kld"]
 
 
 def sim(saliency_map: Any, saliency_map_gt: Any) -> float:
@@ -900,8 +1154,7 @@ def sim(saliency_map: Any, saliency_map_gt: Any) -> float:
     """
     gt = PreparedMap(saliency_map_gt, "saliency_map_gt", buffer=_input_row(np.shape(saliency_map_gt), 1))
     smap = PreparedMap(saliency_map, shape=gt.shape, buffer=_input_row(gt.shape, 0))
-    work = _scratch(gt.size)
-    return _sim(_minmax_density_into(smap, work[0]), _minmax_density_into(gt, work[1]), work[2])
+    return _pair_metrics(smap, gt, _scratch(gt.size), ("sim",))["sim"]
 
 
 def information_gain(saliency_map: Any, fixation_map: Any, baseline_map: Any) -> float:
@@ -924,8 +1177,7 @@ def information_gain(saliency_map: Any, fixation_map: Any, baseline_map: Any) ->
     fix = Fixations.from_map(fixation_map)
     smap = PreparedMap(saliency_map, shape=fix.shape, buffer=_input_row(fix.shape, 0))
     baseline = PreparedMap(baseline_map, "baseline_map", shape=fix.shape, buffer=_input_row(fix.shape, 1))
-    density = _density_into(smap, _scratch(smap.size)[0])
-    return _information_gain(density, fix, baseline.log2_density)
+    return _information_gain(_fixated_density(smap, fix, _scratch(smap.size)[0]), fix, baseline.log2_density)
 
 
 def image_metrics(
@@ -959,8 +1211,13 @@ def image_metrics(
     judd = _JuddThresholds(smap, fix)
     borji_thresholds = _borji_thresholds(step_size)
     work = _scratch(smap.size)
-    scores = {"cc": _cc(smap, gt, smap.centre_into(work[0]), gt.centre_into(work[1])), "nss": _nss(smap, fix)}
-    shifted = _shift_into(smap, work[2])
+    compiled = _kernels() is not None
+    if compiled:  # NSS's standard deviation first: the pair metrics' numpy passes may centre the map again
+        _prepare_std(smap, work[0])
+        scores, shifted = {"nss": _nss(smap, fix)}, None
+    else:
+        scores = {"cc": _cc(smap, gt, smap.centre_into(work[0]), gt.centre_into(work[1])), "nss": _nss(smap, fix)}
+        shifted = _shift_into(smap, work[2])
     all_ge, borji_ge = _counts_at_or_above(smap, shifted, judd.values, borji_thresholds, work[3], work[4].view(np.intp))
     scores["auc_judd"] = _auc_judd(smap, fix, judd, all_ge)
     tp_curve = _positives_curve(smap, fix, borji_thresholds)  # the same for AUC-Borji and sAUC
@@ -968,9 +1225,13 @@ def image_metrics(
     scores["auc_borji"] = _auc_borji(fix, borji_ge, n_splits, tp_curve, rng)
     rng = np.random.default_rng(shuffled_seed)
     scores["auc_shuffled"] = _auc_shuffled(smap, fix, other_indices, n_splits, borji_thresholds, tp_curve, rng)
+    if compiled:
+        scores["information_gain"] = _information_gain(_fixated_density(smap, fix, work[3]), fix, log2_baseline)
+        scores |= _pair_metrics(smap, gt, work, ("cc", "kld", "sim"))
+        return {name: scores[name] for name in METRIC_NAMES}
     p = _density_into(smap, work[3], shifted)
     q = _density_into(gt, work[4])
-    scores["information_gain"] = _information_gain(p, fix, log2_baseline)
+    scores["information_gain"] = _information_gain(p[fix.indices], fix, log2_baseline)
     scores["kld"] = _kld(p, q, work[0])
     s_minmax = _minmax_density_reusing(smap, p, work[2], shifted)
     scores["sim"] = _sim(s_minmax, _minmax_density_reusing(gt, q, work[1]), work[0])

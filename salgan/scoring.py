@@ -37,7 +37,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from salgan.cpus import die_with_parent, usable_cpus, worker_context
-from salgan.metrics import METRIC_NAMES, Fixations, PreparedMap, image_metrics
+from salgan.metrics import METRIC_NAMES, Fixations, PreparedMap, image_metrics, warm_up_kernels
 from salgan.progress import progress as bar_for
 
 __all__ = ["fixation_density_baseline", "score_split"]
@@ -339,8 +339,9 @@ class _Workers:
     """
 
     def __init__(self, workers: int, split: _Split):
-        import torch  # noqa: F401 -- image_metrics runs torch kernels: imported once here, not in each worker
+        import torch  # noqa: F401 -- image_metrics's numpy path runs torch kernels: imported once here
 
+        warm_up_kernels()  # numba's compiled passes, loaded once here rather than in each forked worker
         context = worker_context(["salgan.scoring", "torch"])
         self.split, self.processes, self.idle, self.busy = split, [], [], {}
         for _ in range(workers):

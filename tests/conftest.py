@@ -57,6 +57,20 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file stays
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def metrics_backend(request, monkeypatch) -> str:
+    """Runs a test under each implementation of the metrics' per-pixel passes: numba's compiled ones
+    (salgan.metric_kernels; skipped where numba cannot be imported) and numpy's and torch's."""
+    from salgan import metrics
+
+    if request.param == "numba":
+        if metrics._kernels() is None:
+            pytest.skip("numba's compiled passes are not available here")
+    else:
+        monkeypatch.setattr(metrics, "_kernels_module", None)
+    return request.param
+
+
 def register_weights(uri: str, weights: Path, alias: str | None = None, name: str = "salgan", size=(64, 48)) -> str:
     """``weights`` logged as salgan's MLflow model in a new run and registered as a version of ``name`` (the
     challenger, and ``alias`` too) at the store ``uri``, through salgan's own client API (no process-wide

@@ -15,7 +15,10 @@ from tests.conftest import write_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 # Everything the extras add: none of it may be imported by the core's commands.
-NOT_CORE = ("mlflow", "prefect", "dvc", "boto3", "botocore", "requests", "gdown", "s3fs", "sqlalchemy", "filelock")
+NOT_CORE = (
+    *("mlflow", "prefect", "dvc", "boto3", "botocore", "requests", "gdown", "s3fs", "sqlalchemy", "filelock"),
+    *("numba", "llvmlite"),  # the `fast` extra: scoring falls back to numpy's passes
+)
 # `salgan ...` with the packages above made unimportable, as in an environment that lacks them.
 CORE_ONLY = f"""
 import importlib.abc, sys

@@ -8,6 +8,9 @@ from scipy.ndimage import gaussian_filter, zoom
 
 from salgan import metrics as m
 
+# Every test under both implementations of the per-pixel passes (tests/conftest.py, metrics_backend).
+pytestmark = pytest.mark.usefixtures("metrics_backend")
+
 SIZE = 40
 # docs/reference.md §3 fixture (pysaliency tests): 0-based (x, y) fixations; image 0 fixates (2, 12) three times.
 FIXATIONS_XY = (

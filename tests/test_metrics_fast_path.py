@@ -1,21 +1,25 @@
 """The fast per-image path of salgan.metrics against straightforward implementations written here.
 
-The AUC counts come from a histogram instead of a sort of the map, KLD's logarithm and the map-sized dot
-products run in torch on one thread, and the other metrics share passes and scratch buffers; each is
-compared with the textbook computation (a full sort, fresh arrays, numpy's log, exactly rounded sums) on
-maps built to break it: ties, constant maps, integer maps, values a hair either side of a threshold or a
-bin edge, fixations stacked on one pixel or on the minimum, and a full 640x480 image.
+The AUC counts come from a histogram instead of a sort of the map, and the other metrics share passes and
+scratch buffers: numba's compiled passes (salgan.metric_kernels, with their own logarithm) where numba is
+installed, numpy's and torch's (KLD's logarithm and the map-sized dot products on one thread) otherwise.
+Each test that takes ``metrics_backend`` runs under both, and each compares the metrics with the textbook
+computation (a full sort, fresh arrays, numpy's log, exactly rounded sums) on maps built to break them:
+ties, constant maps, integer maps, values a hair either side of a threshold or a bin edge, a first pixel
+far from the rest, fixations stacked on one pixel or on the minimum, and a full 640x480 image.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+import salgan
 from salgan import metrics as m
 
 SHAPE = (48, 64)
@@ -151,6 +155,10 @@ def saliency_cases():
         ("tiny span", 1.0 + np.round(normalised * 7) * np.spacing(1.0)),
         ("huge range", np.exp(rng.normal(0, 40, SHAPE))),
         ("smaller, resized", rng.random((24, 32))),
+        # The compiled passes' mean and variance come from sums about the first pixel: one far from the
+        # rest takes a second, centred pass; an offset map, far from 0, the shifted total's guard.
+        ("outlier first pixel", np.where(np.arange(normalised.size).reshape(SHAPE) == 0, 1e6, normalised)),
+        ("offset", 1000.0 + normalised),
     ]
 
 
@@ -158,7 +166,7 @@ CASES = saliency_cases()
 
 
 @pytest.mark.parametrize(("name", "s"), CASES, ids=[name for name, _ in CASES])
-def test_counts_equal_a_full_sort(name, s):
+def test_counts_equal_a_full_sort(name, s, metrics_backend):
     rng = np.random.default_rng(1)
     smap = m.PreparedMap(s, shape=SHAPE)
     values = smap.values.reshape(SHAPE)
@@ -174,7 +182,7 @@ def test_counts_equal_a_full_sort(name, s):
 
 
 @pytest.mark.parametrize(("name", "s"), CASES, ids=[name for name, _ in CASES])
-def test_every_metric_equals_the_straightforward_computation(name, s):
+def test_every_metric_equals_the_straightforward_computation(name, s, metrics_backend):
     rng = np.random.default_rng(2)
     f = fixation_map(rng, 40)
     f.ravel()[np.argmin(m.resize_map(s, SHAPE))] += 2  # fixations on the minimum too
@@ -195,7 +203,7 @@ def test_every_metric_equals_the_straightforward_computation(name, s):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_public_functions_equal_image_metrics_bit_for_bit(seed):
+def test_public_functions_equal_image_metrics_bit_for_bit(seed, metrics_backend):
     rng = np.random.default_rng(seed)
     s = [rng.random((24, 32)), gaussian_filter(rng.random(SHAPE), 2) - 0.3, rng.integers(0, 9, SHAPE)][seed % 3]
     f, other = fixation_map(rng, 30), fixation_map(rng, 100)
@@ -224,7 +232,7 @@ def test_public_functions_equal_image_metrics_bit_for_bit(seed):
     assert alone == shared  # exact: the same kernels on the same values
 
 
-def test_inputs_and_buffers_are_left_alone():
+def test_inputs_and_buffers_are_left_alone(metrics_backend):
     """The scratch rows never alias a caller's array: image_metrics leaves its inputs as they were, and a
     map built on a caller's buffer keeps its values across other metric calls."""
     rng = np.random.default_rng(3)
@@ -262,7 +270,7 @@ def test_fixation_count_maps_are_validated_without_converting_them():
         m.Fixations.from_map(fractional)
 
 
-def test_a_map_too_large_for_a_float_sum_is_still_accepted_and_a_nan_still_refused():
+def test_a_map_too_large_for_a_float_sum_is_still_accepted_and_a_nan_still_refused(metrics_backend):
     big = np.full(SHAPE, 1e306)
     big[0, 0] = 0.0  # finite, but its sum overflows to inf: the check falls back to looking at each value
     f = fixation_map(np.random.default_rng(4), 10)
@@ -272,7 +280,7 @@ def test_a_map_too_large_for_a_float_sum_is_still_accepted_and_a_nan_still_refus
         m.auc_judd(big, f)
 
 
-def test_a_full_size_image_equals_the_straightforward_computation():
+def test_a_full_size_image_equals_the_straightforward_computation(metrics_backend):
     """At 640x480, where the histogram's bins hold many pixels each and torch's sums run long: the sort-based
     values, and KLD, CC and NSS against exactly rounded sums (math.fsum)."""
     rng = np.random.default_rng(5)
@@ -305,8 +313,10 @@ def test_a_full_size_image_equals_the_straightforward_computation():
 
 def test_torch_runs_one_thread_and_gives_the_callers_count_back(monkeypatch):
     """The torch kernels (KLD's log, the map-sized dots) run on the calling thread only, whatever the
-    caller's thread count, which they restore afterwards, also when a kernel fails."""
+    caller's thread count, which they restore afterwards, also when a kernel fails. (numpy's path: the
+    compiled passes use no torch.)"""
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(m, "_kernels_module", None)
     seen = []
     log, dot = torch.log, torch.dot
 
@@ -342,8 +352,9 @@ def test_torch_runs_one_thread_and_gives_the_callers_count_back(monkeypatch):
 def test_torch_kernels_in_two_threads_at_once_give_the_count_back(monkeypatch):
     """torch's thread count is partly process-wide (the main thread reads what any thread set): kernels
     overlapping in two threads both run on one thread, and the main thread's count is as it was once both
-    are done, the first in leaving first."""
+    are done, the first in leaving first. (numpy's path.)"""
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(m, "_kernels_module", None)
     log, seen = torch.log, []
     first_inside, second_inside, first_done = threading.Event(), threading.Event(), threading.Event()
 
@@ -384,3 +395,113 @@ def test_torch_kernels_in_two_threads_at_once_give_the_count_back(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# --- the compiled passes -------------------------------------------------------------------------------
+
+
+def test_the_compiled_logarithm_is_within_a_few_ulps_of_numpys():
+    """salgan.metric_kernels._log (fdlibm's algorithm, compiled with the kernels' flags) over the range KLD
+    feeds it: tiny, huge, near 1, and powers of two, where the reduction changes exponent."""
+    kernels = pytest.importorskip("salgan.metric_kernels")
+    rng = np.random.default_rng(7)
+    x = np.concatenate(
+        [
+            np.exp(rng.uniform(-700, 700, 2000)),
+            1.0 + rng.normal(0, 1e-9, 500),
+            rng.random(500),
+            2.0 ** np.arange(-1000, 1000, 37),
+            [np.nextafter(np.sqrt(0.5), 0), np.sqrt(0.5), np.sqrt(2.0), 2.2250738585072014e-308],
+        ]
+    )
+    x = x[x > 0]
+    got = np.array([kernels._log(v) for v in x])
+    expected = np.log(x)
+    ulps = np.abs(got - expected) / np.spacing(np.maximum(np.abs(expected), np.finfo(float).tiny))
+    assert ulps.max() <= 4, x[np.argmax(ulps)]
+
+
+def pair_cases():
+    """(name, S, Q) pairs that take each branch of the compiled pair pass and of its fallback."""
+    rng = np.random.default_rng(8)
+    smooth = gaussian_filter(rng.random(SHAPE), 2)
+    s = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    q = gaussian_filter(rng.random(SHAPE), 3)
+    q_zeros = np.where(q < np.quantile(q, 0.4), 0.0, q)  # a float ground truth that is 0 on 40% of it
+    return [
+        ("uint8 ground truth", s, np.round(255 * q_zeros / q_zeros.max()).astype(np.uint8)),
+        ("float ground truth with zeros", s, q_zeros),
+        ("ground truth above 0", s + 0.2, q + 1.0),
+        ("negative prediction (numpy's pass)", s - 0.5, q),
+        ("negative ground truth (numpy's pass)", s, q - 0.5),
+        ("constant ground truth", s, np.full(SHAPE, 3.0)),
+        ("integer prediction", rng.integers(0, 9, SHAPE), q_zeros),
+        ("prediction of ones and one zero", np.where(np.arange(s.size).reshape(SHAPE) == 5, 0.0, 1.0), q),
+    ]
+
+
+PAIRS = pair_cases()
+
+
+@pytest.mark.parametrize(("name", "s", "q"), PAIRS, ids=[name for name, _, _ in PAIRS])
+def test_cc_kld_and_sim_equal_the_straightforward_computation(name, s, q, metrics_backend):
+    s64, q64 = s.astype(np.float64), q.astype(np.float64)
+    p, qd = density(s64), density(q64)
+    sc, qc = s64 - s64.mean(), q64 - q64.mean()
+    constant = s64.min() == s64.max() or q64.min() == q64.max()
+    ss, qq, sq = (math.fsum((a * b).ravel()) for a, b in ((sc, sc), (qc, qc), (sc, qc)))
+    expected = {
+        "cc": 0.0 if constant else sq / math.sqrt(ss * qq),
+        "kld": math.fsum((qd * np.log(m.EPS + qd / (p + m.EPS))).ravel()),
+        "sim": math.fsum(np.minimum(minmax_density(s64), minmax_density(q64)).ravel()),
+    }
+    got = {"cc": m.cc(s, q), "kld": m.kld(s, q), "sim": m.sim(s, q)}
+    assert got == pytest.approx(expected, abs=1e-13, rel=1e-13)
+
+
+def test_the_compiled_and_numpy_passes_give_the_same_scores(monkeypatch):
+    """The scorer's numbers do not depend on whether numba is installed: all eight metrics of a full-size
+    image, once through each implementation, within 1e-13."""
+    pytest.importorskip("salgan.metric_kernels")
+    rng = np.random.default_rng(9)
+    shape = (480, 640)
+    s = m.resize_map(gaussian_filter(rng.random((120, 160)), 3).astype(np.float32), shape)
+    f, other = fixation_map(rng, 500, shape), fixation_map(rng, 5000, shape)
+    q = np.round(255 * gaussian_filter(rng.random(shape), 8) ** 2).astype(np.uint8)
+    baseline = m.PreparedMap(gaussian_filter(rng.random(shape), 20) + 0.1).log2_density
+
+    def scores():
+        args = (m.Fixations.from_map(f), m.PreparedMap(q), m.Fixations.from_map(other).indices, baseline)
+        return m.image_metrics(m.PreparedMap(s), *args, n_splits=30)
+
+    assert m._kernels() is not None, "numba is installed with the package"
+    compiled = scores()
+    monkeypatch.setattr(m, "_kernels_module", None)
+    assert compiled == pytest.approx(scores(), abs=1e-13, rel=1e-13)
+
+
+def test_without_numba_or_with_the_switch_the_numpy_passes_run(monkeypatch):
+    """numba missing, SALGAN_METRICS_KERNELS=numpy, or a compiler failure (with a warning): the metrics
+    still run, on numpy's and torch's passes."""
+    s, q = np.random.default_rng(10).random(SHAPE), np.full(SHAPE, 2.0)
+    q[0, 0] = 0.0
+    expected = m.kld(s, q)
+    monkeypatch.setattr(m, "_kernels_module", m._KERNELS_UNSET)
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    monkeypatch.delitem(sys.modules, "salgan.metric_kernels", raising=False)
+    monkeypatch.delattr(salgan, "metric_kernels", raising=False)
+    assert m._kernels() is None
+    assert m.kld(s, q) == pytest.approx(expected, abs=1e-13)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(m, "_kernels_module", m._KERNELS_UNSET)
+    monkeypatch.setenv("SALGAN_METRICS_KERNELS", "numpy")
+    assert m._kernels() is None
+
+    kernels = pytest.importorskip("salgan.metric_kernels")
+    monkeypatch.delenv("SALGAN_METRICS_KERNELS")
+    monkeypatch.setattr(m, "_kernels_module", m._KERNELS_UNSET)
+    monkeypatch.setattr(kernels, "warm_up", lambda: (_ for _ in ()).throw(RuntimeError("no LLVM target")))
+    with pytest.warns(UserWarning, match="no LLVM target"):
+        assert m._kernels() is None
+    assert m.kld(s, q) == pytest.approx(expected, abs=1e-13)
