@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_metrics.py [--images K | --quick] [--fixations F] [--splits S] [--workers W]
     python benchmarks/bench_metrics.py --vs-pysaliency [--cases C] [--rounds R]
+    ... --numpy-passes: either mode on numpy's and torch's passes instead of numba's compiled ones
 
 Default mode: ``score_split`` (what ``salgan evaluate`` runs three times) on a synthetic SALICON-val-like
 split of K 640x480 images: uint8 ground-truth maps (blurred fixation counts), F centre-biased fixations
@@ -180,7 +181,7 @@ def split_mode(args) -> int:
         "single_ms": {name: round(1e3 * value, 3) for name, value in singles.items()},
         "load_average": [load_before, load_average()],
     }
-    print(result_line("metrics", f"CPU ({usable_cpus()} cores)", **figures))
+    print(result_line("metrics", f"CPU ({usable_cpus()} cores)", passes=passes(), **figures))
     return 0
 
 
@@ -365,6 +366,7 @@ def vs_pysaliency_mode(args) -> int:
             "metrics_vs_pysaliency",
             f"CPU, one core ({usable_cpus()} usable)",
             pysaliency=versions,
+            passes=passes(),
             config=config,
             load_average=[load_before, load_average()],
             values=check,
@@ -373,6 +375,15 @@ def vs_pysaliency_mode(args) -> int:
         )
     )
     return 0 if check["agree"] else 1
+
+
+def passes() -> str:
+    """Which implementation of the metrics' passes over the pixels ran (salgan.metrics._kernels)."""
+    if metrics._kernels() is None:
+        return "numpy and torch"
+    import numba
+
+    return f"compiled (numba {numba.__version__})"
 
 
 def add(totals: dict, seconds: dict) -> None:
@@ -468,7 +479,14 @@ def main(argv: list[str] | None = None) -> int:
         help="--vs-pysaliency: pysaliency's virtual environment, built there if missing (default: "
         "~/.cache/salgan-bench/pysaliency-venv, with a suffix for another --pysaliency-numpy)",
     )
+    parser.add_argument(
+        "--numpy-passes",
+        action="store_true",
+        help="time the metrics on numpy's and torch's passes (SALGAN_METRICS_KERNELS=numpy), as without numba",
+    )
     args = parser.parse_args(argv)
+    if args.numpy_passes:
+        os.environ["SALGAN_METRICS_KERNELS"] = "numpy"  # read at the first metric, in this process and its workers
     if args.vs_pysaliency:
         if args.cases < 1 or args.rounds < 1:
             parser.error("--cases and --rounds must be at least 1")

@@ -2,19 +2,19 @@
 
 numpy and torch run one operation per pass over the pixels, and at 640x480 every pass costs about the same,
 0.1-0.15 ms (the map is 2.4 MB of float64: the pass is a trip through memory), whatever little arithmetic it
-does. A compiled loop does all the arithmetic of several passes on each pixel while it is loaded, and only
-the logarithm stays in torch (SLEEF's vectorised log). :mod:`salgan.metrics` uses these kernels when numba
-can be imported and its own numpy and torch passes otherwise (``SALGAN_METRICS_KERNELS=numpy`` forces
-those); both give the same values within 1e-12 (``tests/test_metrics_fast_path.py`` runs the metrics both
-ways).
+does. A compiled loop does the arithmetic of several passes on each pixel while it is loaded, the logarithm
+included (:func:`_log`, vectorised with the rest; torch's is a pass of its own and glibc's is scalar).
+:mod:`salgan.metrics` uses these kernels when numba can be imported and its own numpy and torch passes
+otherwise (``SALGAN_METRICS_KERNELS=numpy`` forces those); both give the same values within 1e-13
+(``tests/test_metrics_fast_path.py`` runs the metrics both ways).
 
 Numerics. Sums are taken in blocks of :data:`BLOCK` pixels (inside a block in any order the compiler
-vectorises, ``reassoc``), the block sums then in order: an error of a few ulps, like numpy's pairwise
-sum. Divisions are exact (no ``arcp``) and nothing is contracted into fused multiply-adds, so a value
-computed per pixel is the one numpy computes. The histogram's bin of a pixel is only required to be a
-non-decreasing function of its value, and is computed without fast-math flags, in IEEE order, as numpy
-computes a threshold's (``salgan.metrics._counts_by_kernel`` compares the pixels of a threshold's bin one
-by one, so the counts are exact).
+vectorises: ``reassoc``), the block sums then in order: an error of a few ulps, like numpy's pairwise sum.
+``reassoc`` also lets the compiler regroup the arithmetic of one pixel, so no expression here relies on
+its order for more than a few ulps (``pair_pass`` adds one offset, not a difference and an offset). The
+histogram's bin of a pixel need only be a non-decreasing function of its value, and is computed without
+fast-math flags, in IEEE order, as numpy computes a threshold's: ``salgan.metrics._counts_by_kernel``
+compares the pixels of a threshold's bin one by one, so the counts are exact.
 """
 
 from __future__ import annotations

@@ -24,13 +24,25 @@ departs from it. The conventions shared by all metrics:
 All arithmetic is float64. :class:`PreparedMap` and :class:`Fixations` cache what several metrics share
 (min, max, sum, standard deviation, the fixated values), so :func:`image_metrics` computes all eight metrics
 of one image without repeating work; ``salgan.scoring`` uses it to score whole splits. Nothing sorts the
-map: AUC-Judd's and AUC-Borji's counts come from one histogram (:func:`_counts_at_or_above`); the
-per-pixel intermediates live in reusable scratch buffers; KLD's logarithm and the map-sized dot products
-(CC, NSS's standard deviation) run in torch on the calling thread (:func:`_one_torch_thread`; torch is
-imported on first use, not with this module). A 640x480 image costs about 5.3 ms of one core
-(``benchmarks/bench_metrics.py``). The AUCs, SIM and IG are those of the sort-based and fresh-array
-computation bit for bit; CC, NSS and KLD differ from numpy's sums and log in the last digits (within
-1e-13, ``tests/test_metrics_fast_path.py`` checks them against exactly rounded sums).
+map: AUC-Judd's and AUC-Borji's counts come from one histogram (:func:`_counts_at_or_above`).
+
+The passes over the pixels run one of two ways, chosen once per process (:func:`_kernels`):
+
+* Compiled (``salgan.metric_kernels``, numba: the ``fast`` extra). Three loops over the prediction, each
+  doing the work of several numpy passes on the pixel it has loaded: min, max, sum and the moments
+  (:meth:`PreparedMap.kernel_sums`); CC's, SIM's and KLD's sums together (:class:`_PairPass`, KLD as
+  ``sum Q (ln Q - ln(P + eps))`` with a compiled logarithm); the AUC histogram. About 2.9 ms per 640x480
+  image on one core.
+* numpy's and torch's, where numba is not installed or cannot compile, or ``SALGAN_METRICS_KERNELS=numpy``:
+  one operation per pass into reusable scratch buffers, KLD's logarithm and the map-sized dot products in
+  torch on the calling thread (:func:`_one_torch_thread`; torch is imported on first use, not with this
+  module). About 5.3 ms.
+
+``benchmarks/bench_metrics.py`` times both. The AUCs and IG are those of the sort-based computation to the
+last bit either way (the counts are exact), and so is SIM on numpy's passes; CC, NSS, KLD and the compiled
+SIM differ from it in the last digits, and the two ways from each other within 1e-13
+(``tests/test_metrics_fast_path.py`` checks both against exactly rounded sums). Each public function gives
+exactly what :func:`image_metrics` gives for its metric: they run the same passes.
 """
 
 from __future__ import annotations
@@ -284,9 +296,10 @@ class PreparedMap:
 
     ``shape`` is the map's shape, ``size`` its number of pixels; ``values`` its float64 values in C order;
     ``integral`` whether they came as integers (an 8-bit map, say) and were not resized, which lets the
-    AUC counting histogram them exactly. The cached properties are computed on first use: min, max, sum,
-    mean, standard deviation (NSS), the density (KLD, IG) and its log. The per-pixel intermediates of the
-    metrics are written into reusable scratch buffers (:func:`_scratch`) instead of being kept here.
+    AUC counting histogram them exactly; ``levels`` an 8-bit map as given (else None). The cached
+    properties are computed on first use: min, max, sum, mean, standard deviation (NSS), the density (KLD,
+    IG) and its log. The per-pixel intermediates of the metrics are written into reusable scratch buffers
+    (:func:`_scratch`) instead of being kept here.
     """
 
     def __init__(

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("salgan", "flows")
 # Third-party packages that cost seconds to import or are optional installs: a module that loads one at its
 # top may be imported inside the function that needs it.
-HEAVY = {"torch", "torchvision", "mlflow", "prefect", "boto3", "botocore", "matplotlib", "dvc", "pandas"}
+HEAVY = {"torch", "torchvision", "mlflow", "prefect", "boto3", "botocore", "matplotlib", "dvc", "pandas", "numba"}
 COMMAND_LAYER = "salgan.cli"
 
 
