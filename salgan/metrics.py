@@ -31,12 +31,12 @@ The passes over the pixels run one of two ways, chosen once per process (:func:`
 * Compiled (``salgan.metric_kernels``, numba: the ``fast`` extra). Three loops over the prediction, each
   doing the work of several numpy passes on the pixel it has loaded: min, max, sum and the moments
   (:meth:`PreparedMap.kernel_sums`); CC's, SIM's and KLD's sums together (:class:`_PairPass`, KLD as
-  ``sum Q (ln Q - ln(P + eps))`` with a compiled logarithm); the AUC histogram. About 2.9 ms per 640x480
+  ``sum Q (ln Q - ln(P + eps))`` with a compiled logarithm); the AUC histogram. About 2.6 ms per 640x480
   image on one core.
 * numpy's and torch's, where numba is not installed or cannot compile, or ``SALGAN_METRICS_KERNELS=numpy``:
   one operation per pass into reusable scratch buffers, KLD's logarithm and the map-sized dot products in
   torch on the calling thread (:func:`_one_torch_thread`; torch is imported on first use, not with this
-  module). About 5.3 ms.
+  module). About 6 ms.
 
 ``benchmarks/bench_metrics.py`` times both. The AUCs and IG are those of the sort-based computation to the
 last bit either way (the counts are exact), and so is SIM on numpy's passes; CC, NSS, KLD and the compiled
