@@ -917,10 +917,14 @@ def _log_levels() -> np.ndarray:
 
 def _pair_pass_applies(smap: PreparedMap, gt: PreparedMap) -> bool:
     """Whether CC, KLD and SIM come from :class:`_PairPass` (compiled passes available, neither map constant,
-    both non-negative) rather than from numpy's and torch's passes."""
-    if _kernels() is None or smap.is_constant or gt.is_constant:
+    both non-negative, and ``eps`` times the prediction's total a normal number, which the compiled
+    logarithm needs) rather than from numpy's and torch's passes."""
+    if _kernels() is None or smap.is_constant or gt.is_constant or smap.min < 0 or gt.min < 0:
         return False
-    return smap.min >= 0 and gt.min >= 0
+    return _SMALLEST_TOTAL <= smap.total < math.inf and gt.total < math.inf
+
+
+_SMALLEST_TOTAL = np.finfo(np.float64).tiny / EPS
 
 
 class _PairPass:

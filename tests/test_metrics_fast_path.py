@@ -505,3 +505,16 @@ def test_without_numba_or_with_the_switch_the_numpy_passes_run(monkeypatch):
     with pytest.warns(UserWarning, match="no LLVM target"):
         assert m._kernels() is None
     assert m.kld(s, q) == pytest.approx(expected, abs=1e-13)
+
+
+def test_maps_the_compiled_logarithm_cannot_take_go_through_numpys_passes(metrics_backend):
+    """A prediction whose total is so small that eps times it is subnormal, and one whose total overflows:
+    KLD as the straightforward computation gives it (or, overflowing, as numpy's passes give it)."""
+    rng = np.random.default_rng(11)
+    q = gaussian_filter(rng.random(SHAPE), 3)
+    tiny = rng.random(SHAPE) * 1e-300
+    p, qd = density(tiny), density(q)
+    assert m.kld(tiny, q) == pytest.approx(math.fsum((qd * np.log(m.EPS + qd / (p + m.EPS))).ravel()), abs=1e-12)
+    huge = np.full(SHAPE, 1e306)
+    huge[0, 0] = 0.0
+    assert not m._pair_pass_applies(m.PreparedMap(huge), m.PreparedMap(q))
