@@ -31,10 +31,19 @@ BLOCK = 2048
 _FLAGS = {"reassoc", "nsz", "nnan", "ninf", "contract"}
 
 
+def _compiled(function, **options):
+    """``njit(function)`` with numba's on-disk cache, or without it where numba finds no writable place for
+    one (a read-only install and home): each process then compiles the kernels, 2-3 s, instead of failing."""
+    try:
+        return njit(cache=True, nogil=True, boundscheck=False, **options)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(cache=False, nogil=True, boundscheck=False, **options)(function)
+
+
 def _kernel(function):
     # error_model="numpy": a division by zero gives inf instead of a check per division, which would keep
     # the loop from being vectorised.
-    return njit(fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False, error_model="numpy")(function)
+    return _compiled(function, fastmath=_FLAGS, error_model="numpy")
 
 
 @intrinsic
@@ -212,7 +221,6 @@ def pair_pass(s, g, s_mean, g_mean, s_low, s_scale, g_low, g_scale, log_offset, 
     return cross, similarity, divergence
 
 
-@njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")  # IEEE order: see the docstring
 def histogram(s, low, scale, counts, candidates):
     """Adds each pixel to ``counts`` at its bin ``int((S - low) * scale)``; the value of a pixel whose bin
     holds a negative count (the caller marks the bins to compare one by one that way) is also written to
@@ -231,6 +239,9 @@ def histogram(s, low, scale, counts, candidates):
             candidates[n] = v
             n += 1
     return n
+
+
+histogram = _compiled(histogram, error_model="numpy")  # no fast-math flags: IEEE order (see the docstring)
 
 
 def warm_up() -> None:

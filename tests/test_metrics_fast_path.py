@@ -12,8 +12,11 @@ far from the rest, fixations stacked on one pixel or on the minimum, and a full 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -518,3 +521,23 @@ def test_maps_the_compiled_logarithm_cannot_take_go_through_numpys_passes(metric
     huge = np.full(SHAPE, 1e306)
     huge[0, 0] = 0.0
     assert not m._pair_pass_applies(m.PreparedMap(huge), m.PreparedMap(q))
+
+
+def test_the_kernels_compile_uncached_where_numba_can_cache_nowhere(tmp_path):
+    """A read-only install and home leave numba no cache folder: the kernels then compile in each process
+    instead of failing (in a fresh interpreter, with every cache locator of numba taken away)."""
+    pytest.importorskip("salgan.metric_kernels")
+    script = (
+        "import numba.core.caching as caching\n"
+        "caching.CacheImpl._locator_classes = []\n"
+        "import numpy as np\n"
+        "from salgan import metrics\n"
+        "assert metrics._kernels() is not None\n"
+        "s, q = np.random.default_rng(0).random((48, 64)), np.random.default_rng(1).random((48, 64))\n"
+        "print(metrics.kld(s, q))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(m.__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    s, q = np.random.default_rng(0).random((48, 64)), np.random.default_rng(1).random((48, 64))
+    assert float(result.stdout) == pytest.approx(m.kld(s, q), abs=1e-13)
