@@ -30,7 +30,7 @@ The passes over the pixels run one of two ways, chosen once per process (:func:`
 
 * Compiled (``salgan.metric_kernels``, numba: the ``fast`` extra). Three loops over the prediction, each
   doing the work of several numpy passes on the pixel it has loaded: min, max, sum and the moments
-  (:meth:`PreparedMap.kernel_sums`); CC's, SIM's and KLD's sums together (:class:`_PairPass`, KLD as
+  (:meth:`PreparedMap.kernel_sums`); CC's, SIM's and KLD's sums together (:func:`_pair_pass`, KLD as
   ``sum Q (ln Q - ln(P + eps))`` with a compiled logarithm); the AUC histogram. About 2.6 ms per 640x480
   image on one core.
 * numpy's and torch's, where numba is not installed or cannot compile, or ``SALGAN_METRICS_KERNELS=numpy``:
@@ -326,7 +326,7 @@ class PreparedMap:
         self.shape: tuple[int, int] = a.shape
         self.size: int = a.size
         # An 8-bit map as given (an eighth of the memory), for the passes that can read it; its values are
-        # the levels of KLD's table (_PairPass).
+        # the levels of KLD's table (_pair_pass).
         self.levels: np.ndarray | None = raw.reshape(-1) if self.integral and raw.dtype == np.uint8 else None
         kernels = _kernels()
         # The float64 values; where the compiled passes read the 8-bit map itself they are converted on
@@ -916,7 +916,7 @@ def _log_levels() -> np.ndarray:
 
 
 def _pair_pass_applies(smap: PreparedMap, gt: PreparedMap) -> bool:
-    """Whether CC, KLD and SIM come from :class:`_PairPass` (compiled passes available, neither map constant,
+    """Whether CC, KLD and SIM come from :func:`_pair_pass` (compiled passes available, neither map constant,
     both non-negative, and ``eps`` times the prediction's total a normal number, which the compiled
     logarithm needs) rather than from numpy's and torch's passes."""
     if _kernels() is None or smap.is_constant or gt.is_constant or smap.min < 0 or gt.min < 0:
@@ -927,7 +927,7 @@ def _pair_pass_applies(smap: PreparedMap, gt: PreparedMap) -> bool:
 _SMALLEST_TOTAL = np.finfo(np.float64).tiny / EPS
 
 
-class _PairPass:
+def _pair_pass(kernels, smap: PreparedMap, gt: PreparedMap) -> dict[str, float]:
     """CC, SIM and KLD of a prediction S against a ground truth Q from one compiled pass over both maps
     (:func:`salgan.metric_kernels.pair_pass`), where :func:`_pair_pass_applies`.
 
@@ -938,33 +938,34 @@ class _PairPass:
     truth ``ln G`` from a table of its 256 levels.
     """
 
-    def __init__(self, kernels, smap: PreparedMap, gt: PreparedMap):
-        _, s_squares, s_shifted = smap.kernel_sums(kernels)
-        _, g_squares, g_shifted = gt.kernel_sums(kernels)
-        cross, self.sim, divergence = kernels.pair_pass(
-            smap.values,
-            gt._kernel_source,
-            smap.mean,
-            gt.mean,
-            smap.min,
-            1.0 / s_shifted,
-            gt.min,
-            1.0 / g_shifted,
-            EPS * smap.total,
-            _log_levels() if gt.levels is not None else _NO_LEVELS,
-        )
-        self.cc = float(np.clip(cross / math.sqrt(s_squares * g_squares), -1.0, 1.0))
-        self.kld = divergence / gt.total + math.log(smap.total / gt.total)
+    _, s_squares, s_shifted = smap.kernel_sums(kernels)
+    _, g_squares, g_shifted = gt.kernel_sums(kernels)
+    cross, similarity, divergence = kernels.pair_pass(
+        smap.values,
+        gt._kernel_source,
+        smap.mean,
+        gt.mean,
+        smap.min,
+        1.0 / s_shifted,
+        gt.min,
+        1.0 / g_shifted,
+        EPS * smap.total,
+        _log_levels() if gt.levels is not None else _NO_LEVELS,
+    )
+    return {
+        "cc": float(np.clip(cross / math.sqrt(s_squares * g_squares), -1.0, 1.0)),
+        "kld": divergence / gt.total + math.log(smap.total / gt.total),
+        "sim": similarity,
+    }
 
 
 def _pair_metrics(smap: PreparedMap, gt: PreparedMap, work: np.ndarray, wanted: Sequence[str]) -> dict[str, float]:
     """The ``wanted`` ones of CC, KLD and SIM of S against Q, as every caller computes them: from
-    :class:`_PairPass` where it applies (its one pass gives CC and SIM together), else from numpy's and
+    :func:`_pair_pass` where it applies (its one pass gives CC and SIM together), else from numpy's and
     torch's passes in the scratch rows 0-2 of ``work``."""
     kernels = _kernels()
     if _pair_pass_applies(smap, gt):
-        pair = _PairPass(kernels, smap, gt)
-        return {"cc": pair.cc, "sim": pair.sim, "kld": pair.kld}
+        return _pair_pass(kernels, smap, gt)
     scores = {}
     if "cc" in wanted:
         scores["cc"] = _cc(smap, gt, smap.centre_into(work[0]), gt.centre_into(work[1]))
